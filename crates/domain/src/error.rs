@@ -1,0 +1,94 @@
+//! The store's error type: what went wrong, typed so callers can decide
+//! (an unknown SKU is the buyer's mistake, a lost connection is retryable, a
+//! constraint violation names the constraint).
+
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+
+use crate::values::SkuCode;
+
+/// Which kind of database constraint rejected a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConstraintKind {
+    Unique,
+    Check,
+    ForeignKey,
+    NotNull,
+}
+
+/// Everything a repository operation can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("an order needs at least one item")]
+    EmptyOrder,
+    #[error("unknown SKU {0}; create it first with `order-producer stock set --sku {0} --quantity N`")]
+    UnknownSku(SkuCode),
+    #[error("insufficient stock for SKU {sku}: {requested} requested, {available} available")]
+    InsufficientStock {
+        sku: SkuCode,
+        requested: u32,
+        available: u32,
+    },
+    #[error("quantity for SKU {0} is too large")]
+    QuantityTooLarge(SkuCode),
+    #[error("order total is too large")]
+    TotalTooLarge,
+    #[error("payment window of {0:?} is out of range (at most 366 days)")]
+    InvalidWindow(std::time::Duration),
+    #[error("the database rejected the change: {kind:?} constraint {constraint} ({message})")]
+    Constraint {
+        kind: ConstraintKind,
+        constraint: String,
+        message: String,
+    },
+    #[error("the database holds a value this program cannot read: {0}")]
+    Corrupt(String),
+    #[error("database migration failed: {0}")]
+    Migration(String),
+    #[error("could not connect to the database: {0}")]
+    Connect(String),
+    #[error("database error: {0}")]
+    Database(#[source] DieselError),
+}
+
+impl StoreError {
+    /// True for failures that may go away by themselves (connection lost,
+    /// serialization failure, pool timeout): retry the whole operation later.
+    #[must_use]
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Connect(_) => true,
+            Self::Database(e) => matches!(
+                e,
+                DieselError::DatabaseError(
+                    DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::SerializationFailure,
+                    _
+                ) | DieselError::BrokenTransactionManager
+            ),
+            _ => false,
+        }
+    }
+}
+
+impl From<DieselError> for StoreError {
+    fn from(e: DieselError) -> Self {
+        if let DieselError::DatabaseError(kind, info) = &e {
+            let kind = match kind {
+                DatabaseErrorKind::UniqueViolation => Some(ConstraintKind::Unique),
+                DatabaseErrorKind::CheckViolation => Some(ConstraintKind::Check),
+                DatabaseErrorKind::ForeignKeyViolation => Some(ConstraintKind::ForeignKey),
+                DatabaseErrorKind::NotNullViolation => Some(ConstraintKind::NotNull),
+                _ => None,
+            };
+            if let Some(kind) = kind {
+                return Self::Constraint {
+                    kind,
+                    constraint: info.constraint_name().unwrap_or("(unnamed)").to_owned(),
+                    message: info.message().to_owned(),
+                };
+            }
+        }
+        Self::Database(e)
+    }
+}

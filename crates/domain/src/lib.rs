@@ -1,0 +1,38 @@
+//! The order and inventory model and its PostgreSQL store.
+//!
+//! This crate owns the schema (embedded diesel migrations), the value types
+//! that can only be built valid ([`OrderNo`], [`Fen`], [`SkuCode`],
+//! [`Quantity`], ...), and the repository operations that move orders
+//! between `pending_payment`, `paid` and `closed` while keeping stock
+//! conserved. It knows nothing of RabbitMQ or HTTP, and never reads the
+//! environment: callers hand it a [`DatabaseUrl`] or a connection.
+//!
+//! Repository functions take `&mut PgConnection`, run their own transaction
+//! where they change anything, and say in their docs what a repeated call
+//! does.
+
+pub mod db;
+pub mod error;
+pub mod models;
+pub mod order_no;
+pub mod orders;
+pub mod outbox;
+pub mod schema;
+pub mod stock;
+#[cfg(feature = "test-support")]
+pub mod testing;
+pub mod values;
+
+pub use db::{build_pool, connect, pending_migrations, run_migrations, DatabaseUrl, PgPool};
+pub use diesel::PgConnection;
+pub use error::{ConstraintKind, StoreError};
+pub use models::{Order, OrderEvent, OrderItem, Payment, Sku};
+pub use order_no::{OrderNo, OrderNoError};
+pub use orders::{
+    close_unpaid, count_by_status, create_order, find_order, mark_paid, order_events,
+    order_items, payments_of, pending_past_deadline, CloseOutcome, MarkPaidOutcome, NewOrder,
+    OrderLine, OverdueOrder, PaymentRecord,
+};
+pub use outbox::{relay_batch, unpublished_count, OutboxMessage, PublishReport, RelayBatch};
+pub use stock::{get_sku, list_skus, set_stock, stock_balances, StockBalance, StockChange};
+pub use values::{Fen, OrderStatus, Quantity, SkuCode, StockLevel, TransactionId, ValueError};

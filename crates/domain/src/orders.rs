@@ -1,0 +1,515 @@
+//! Orders: creation (stock reserved and the delay message queued in the
+//! outbox, one transaction), and the two ways out of `pending_payment`:
+//! closed unpaid (stock given back) or paid.
+//!
+//! Every state change is an `UPDATE ... WHERE status = 'pending_payment'`
+//! that must touch exactly one row: whoever changes the row first wins, every
+//! later or concurrent attempt sees zero rows and reports what the order has
+//! become. That is what makes the worker's retries and duplicates harmless
+//! (invariant 1 of the design).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use diesel::prelude::*;
+
+use crate::error::StoreError;
+use crate::models::{
+    corrupt, EventRow, NewEventRow, NewOrderItemRow, NewOrderRow, NewOutboxRow, NewPaymentRow,
+    Order, OrderEvent, OrderItem, OrderRow, Payment, PaymentRow,
+};
+use crate::order_no::OrderNo;
+use crate::schema::{order_events, order_items, orders, outbox, payments, skus};
+use crate::values::{Fen, OrderStatus, Quantity, SkuCode, TransactionId};
+
+const PENDING: &str = "pending_payment";
+const MAX_WINDOW: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// One line of a new order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderLine {
+    pub sku: SkuCode,
+    pub quantity: Quantity,
+}
+
+/// An order just created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewOrder {
+    pub id: i64,
+    pub order_no: OrderNo,
+    pub total: Fen,
+    pub created_at: DateTime<Utc>,
+    pub deadline: DateTime<Utc>,
+}
+
+/// Creates an order for `lines`, payable within `payment_window`, in one
+/// transaction: for every SKU the stock is checked and decremented, then the
+/// order, its items, an outbox row (the delay message to publish) and a
+/// `created` event are inserted. Lines naming the same SKU are merged.
+///
+/// Fails with [`StoreError::EmptyOrder`], [`StoreError::UnknownSku`] or
+/// [`StoreError::InsufficientStock`] (naming the SKU) and then writes
+/// nothing. Concurrent buyers of the last unit: exactly one succeeds, the
+/// others get `InsufficientStock`. Every call creates a new order.
+pub fn create_order(
+    conn: &mut PgConnection,
+    lines: &[OrderLine],
+    payment_window: Duration,
+) -> Result<NewOrder, StoreError> {
+    if lines.is_empty() {
+        return Err(StoreError::EmptyOrder);
+    }
+    if payment_window > MAX_WINDOW {
+        return Err(StoreError::InvalidWindow(payment_window));
+    }
+    let window = chrono::Duration::from_std(payment_window)
+        .map_err(|_| StoreError::InvalidWindow(payment_window))?;
+    let mut merged: BTreeMap<&SkuCode, Quantity> = BTreeMap::new();
+    for line in lines {
+        match merged.get_mut(&line.sku) {
+            Some(q) => {
+                *q = q
+                    .checked_add(line.quantity)
+                    .ok_or_else(|| StoreError::QuantityTooLarge(line.sku.clone()))?;
+            }
+            None => {
+                merged.insert(&line.sku, line.quantity);
+            }
+        }
+    }
+
+    conn.transaction(|conn| {
+        let codes: Vec<&str> = merged.keys().map(|c| c.as_str()).collect();
+        let found: BTreeMap<String, i64> = skus::table
+            .filter(skus::code.eq_any(&codes))
+            .select((skus::code, skus::id))
+            .load::<(String, i64)>(conn)?
+            .into_iter()
+            .collect();
+        let mut by_id: Vec<(i64, &SkuCode, Quantity)> = Vec::with_capacity(merged.len());
+        for (code, qty) in &merged {
+            let id = *found
+                .get(code.as_str())
+                .ok_or_else(|| StoreError::UnknownSku((*code).clone()))?;
+            by_id.push((id, code, *qty));
+        }
+        // Always lock SKU rows in id order (closing does the same), so two
+        // transactions touching the same SKUs cannot deadlock.
+        by_id.sort_by_key(|(id, _, _)| *id);
+
+        let mut items = Vec::with_capacity(by_id.len());
+        let mut total = Fen::ZERO;
+        for (sku_id, code, qty) in by_id {
+            let wanted = qty.get() as i32;
+            let price: Option<i64> = diesel::update(
+                skus::table
+                    .find(sku_id)
+                    .filter(skus::stock.ge(wanted)),
+            )
+            .set((
+                skus::stock.eq(skus::stock - wanted),
+                skus::updated_at.eq(Utc::now()),
+            ))
+            .returning(skus::price_fen)
+            .get_result(conn)
+            .optional()?;
+            let Some(price) = price else {
+                let available: i32 = skus::table.find(sku_id).select(skus::stock).first(conn)?;
+                return Err(StoreError::InsufficientStock {
+                    sku: code.clone(),
+                    requested: qty.get(),
+                    available: available.max(0) as u32,
+                });
+            };
+            let unit_price = Fen::new(price).map_err(|e| corrupt("skus.price_fen", e))?;
+            total = unit_price
+                .times(qty)
+                .and_then(|line| total.checked_add(line))
+                .ok_or(StoreError::TotalTooLarge)?;
+            items.push((sku_id, wanted, unit_price.get()));
+        }
+
+        // Microseconds: what PostgreSQL stores, so the values returned equal
+        // the values read back.
+        let created_at = Utc::now().trunc_subsecs(6);
+        let deadline = created_at + window;
+        let order_no = OrderNo::generate(created_at);
+        let order_id: i64 = diesel::insert_into(orders::table)
+            .values(NewOrderRow {
+                order_no: order_no.as_str(),
+                status: PENDING,
+                total_fen: total.get(),
+                deadline,
+                created_at,
+                updated_at: created_at,
+            })
+            .returning(orders::id)
+            .get_result(conn)?;
+        let rows: Vec<NewOrderItemRow> = items
+            .into_iter()
+            .map(|(sku_id, quantity, unit_price_fen)| NewOrderItemRow {
+                order_id,
+                sku_id,
+                quantity,
+                unit_price_fen,
+            })
+            .collect();
+        diesel::insert_into(order_items::table)
+            .values(&rows)
+            .execute(conn)?;
+        diesel::insert_into(outbox::table)
+            .values(NewOutboxRow {
+                order_id,
+                created_at,
+            })
+            .execute(conn)?;
+        record_event(conn, order_id, "created", &format!("total {total}, deadline {deadline}"))?;
+        Ok(NewOrder {
+            id: order_id,
+            order_no,
+            total,
+            created_at,
+            deadline,
+        })
+    })
+}
+
+fn record_event(
+    conn: &mut PgConnection,
+    order_id: i64,
+    kind: &str,
+    detail: &str,
+) -> Result<(), StoreError> {
+    diesel::insert_into(order_events::table)
+        .values(NewEventRow {
+            order_id,
+            kind,
+            detail,
+        })
+        .execute(conn)?;
+    Ok(())
+}
+
+/// The order with this number, or `None`. Read-only.
+pub fn find_order(conn: &mut PgConnection, order_no: &OrderNo) -> Result<Option<Order>, StoreError> {
+    orders::table
+        .filter(orders::order_no.eq(order_no.as_str()))
+        .select(OrderRow::as_select())
+        .first(conn)
+        .optional()?
+        .map(Order::try_from)
+        .transpose()
+}
+
+/// The lines of an order, by SKU code. Read-only.
+pub fn order_items(conn: &mut PgConnection, order_no: &OrderNo) -> Result<Vec<OrderItem>, StoreError> {
+    order_items::table
+        .inner_join(orders::table)
+        .inner_join(skus::table)
+        .filter(orders::order_no.eq(order_no.as_str()))
+        .order(skus::code.asc())
+        .select((skus::code, order_items::quantity, order_items::unit_price_fen))
+        .load::<(String, i32, i64)>(conn)?
+        .into_iter()
+        .map(|(code, qty, price)| {
+            Ok(OrderItem {
+                sku: SkuCode::parse(&code).map_err(|e| corrupt("skus.code", e))?,
+                quantity: Quantity::new(qty as u32)
+                    .map_err(|e| corrupt("order_items.quantity", e))?,
+                unit_price: Fen::new(price).map_err(|e| corrupt("order_items.unit_price_fen", e))?,
+            })
+        })
+        .collect()
+}
+
+/// What [`close_unpaid`] found and did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum CloseOutcome {
+    /// This call closed the order and gave `units` units back over `lines` lines.
+    Closed { lines: usize, units: u64 },
+    /// The order was already closed; nothing changed.
+    AlreadyClosed,
+    /// The order is paid; nothing changed.
+    AlreadyPaid,
+    /// No order has this number.
+    NotFound,
+}
+
+/// Closes a pending order unpaid: status `closed`, every item's stock given
+/// back and a `closed` event with `reason`, all in one transaction.
+///
+/// Only the call that moves the order out of `pending_payment` gives stock
+/// back (invariant 1). A repeated or concurrent call changes nothing and
+/// returns `AlreadyClosed` (or `AlreadyPaid` if a payment won the race).
+/// The caller must know the order is unpaid at WeChat Pay (invariant 2).
+pub fn close_unpaid(
+    conn: &mut PgConnection,
+    order_no: &OrderNo,
+    reason: &str,
+) -> Result<CloseOutcome, StoreError> {
+    conn.transaction(|conn| {
+        let now = Utc::now();
+        let closed: Option<i64> = diesel::update(
+            orders::table
+                .filter(orders::order_no.eq(order_no.as_str()))
+                .filter(orders::status.eq(PENDING)),
+        )
+        .set((
+            orders::status.eq(OrderStatus::Closed.as_str()),
+            orders::closed_at.eq(now),
+            orders::updated_at.eq(now),
+            orders::close_reason.eq(reason),
+        ))
+        .returning(orders::id)
+        .get_result(conn)
+        .optional()?;
+        let Some(order_id) = closed else {
+            return Ok(match current_status(conn, order_no)? {
+                None => CloseOutcome::NotFound,
+                Some(OrderStatus::Paid) => CloseOutcome::AlreadyPaid,
+                // Pending cannot be seen here: the UPDATE above waited for any
+                // concurrent writer and re-checked the row.
+                Some(OrderStatus::Closed | OrderStatus::PendingPayment) => {
+                    CloseOutcome::AlreadyClosed
+                }
+            });
+        };
+        // Lock SKU rows in id order, like create_order.
+        let items: Vec<(i64, i32)> = order_items::table
+            .filter(order_items::order_id.eq(order_id))
+            .order(order_items::sku_id.asc())
+            .select((order_items::sku_id, order_items::quantity))
+            .load(conn)?;
+        let mut units = 0u64;
+        for (sku_id, qty) in &items {
+            diesel::update(skus::table.find(sku_id))
+                .set((
+                    skus::stock.eq(skus::stock + qty),
+                    skus::updated_at.eq(now),
+                ))
+                .execute(conn)?;
+            units += *qty as u64;
+        }
+        record_event(conn, order_id, "closed", reason)?;
+        Ok(CloseOutcome::Closed {
+            lines: items.len(),
+            units,
+        })
+    })
+}
+
+fn current_status(
+    conn: &mut PgConnection,
+    order_no: &OrderNo,
+) -> Result<Option<OrderStatus>, StoreError> {
+    orders::table
+        .filter(orders::order_no.eq(order_no.as_str()))
+        .select(orders::status)
+        .first::<String>(conn)
+        .optional()?
+        .map(|s| OrderStatus::parse(&s).map_err(|e| corrupt("orders.status", e)))
+        .transpose()
+}
+
+/// A payment as WeChat Pay reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PaymentRecord {
+    pub transaction_id: TransactionId,
+    pub amount: Fen,
+    pub success_time: DateTime<Utc>,
+}
+
+/// What [`mark_paid`] found and did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum MarkPaidOutcome {
+    /// This call moved the order from pending to paid and recorded the payment.
+    Paid,
+    /// The order was already paid; nothing changed.
+    AlreadyPaid,
+    /// The order had been closed (its stock given back) and is paid after
+    /// all: the payment is recorded as `paid_after_close` for a refund.
+    /// `newly_recorded` is false when this payment was already on record.
+    PaidAfterClose { newly_recorded: bool },
+    /// No order has this number.
+    NotFound,
+}
+
+/// Records that the order was paid: pending -> paid, a payment row and a
+/// `paid` event, one transaction; the stock stays sold.
+///
+/// Repeat: `AlreadyPaid`, nothing changes. On an order already closed: the
+/// payment is recorded with `paid_after_close` and a `paid_after_close` event
+/// (someone must refund it), stock is left alone; a repeat finds the payment
+/// and records nothing more (invariant 4). A transaction id already recorded
+/// for another order fails with a unique-constraint error and changes nothing.
+pub fn mark_paid(
+    conn: &mut PgConnection,
+    order_no: &OrderNo,
+    payment: &PaymentRecord,
+) -> Result<MarkPaidOutcome, StoreError> {
+    conn.transaction(|conn| {
+        let now = Utc::now();
+        let paid: Option<i64> = diesel::update(
+            orders::table
+                .filter(orders::order_no.eq(order_no.as_str()))
+                .filter(orders::status.eq(PENDING)),
+        )
+        .set((
+            orders::status.eq(OrderStatus::Paid.as_str()),
+            orders::paid_at.eq(payment.success_time),
+            orders::updated_at.eq(now),
+        ))
+        .returning(orders::id)
+        .get_result(conn)
+        .optional()?;
+        if let Some(order_id) = paid {
+            insert_payment(conn, order_id, payment, false)?;
+            record_event(
+                conn,
+                order_id,
+                "paid",
+                &format!("transaction {}, {}", payment.transaction_id, payment.amount),
+            )?;
+            return Ok(MarkPaidOutcome::Paid);
+        }
+        // Not pending. Lock the order so that two reports of the same late
+        // payment cannot both record it.
+        let Some((order_id, status)) = orders::table
+            .filter(orders::order_no.eq(order_no.as_str()))
+            .select((orders::id, orders::status))
+            .for_update()
+            .first::<(i64, String)>(conn)
+            .optional()?
+        else {
+            return Ok(MarkPaidOutcome::NotFound);
+        };
+        match OrderStatus::parse(&status).map_err(|e| corrupt("orders.status", e))? {
+            OrderStatus::Paid | OrderStatus::PendingPayment => Ok(MarkPaidOutcome::AlreadyPaid),
+            OrderStatus::Closed => {
+                let known: bool = diesel::select(diesel::dsl::exists(
+                    payments::table
+                        .filter(payments::order_id.eq(order_id))
+                        .filter(payments::transaction_id.eq(payment.transaction_id.as_str())),
+                ))
+                .get_result(conn)?;
+                if known {
+                    return Ok(MarkPaidOutcome::PaidAfterClose {
+                        newly_recorded: false,
+                    });
+                }
+                insert_payment(conn, order_id, payment, true)?;
+                record_event(
+                    conn,
+                    order_id,
+                    "paid_after_close",
+                    &format!(
+                        "transaction {}, {}: paid after the order was closed, refund needed",
+                        payment.transaction_id, payment.amount
+                    ),
+                )?;
+                log::warn!(
+                    "order {order_no} was paid after it had been closed (transaction {}, {}): refund needed",
+                    payment.transaction_id,
+                    payment.amount
+                );
+                Ok(MarkPaidOutcome::PaidAfterClose {
+                    newly_recorded: true,
+                })
+            }
+        }
+    })
+}
+
+fn insert_payment(
+    conn: &mut PgConnection,
+    order_id: i64,
+    payment: &PaymentRecord,
+    paid_after_close: bool,
+) -> Result<(), StoreError> {
+    diesel::insert_into(payments::table)
+        .values(NewPaymentRow {
+            order_id,
+            transaction_id: payment.transaction_id.as_str(),
+            amount_fen: payment.amount.get(),
+            success_time: payment.success_time,
+            paid_after_close,
+        })
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Payments recorded for an order, oldest first. Read-only.
+pub fn payments_of(conn: &mut PgConnection, order_no: &OrderNo) -> Result<Vec<Payment>, StoreError> {
+    payments::table
+        .inner_join(orders::table)
+        .filter(orders::order_no.eq(order_no.as_str()))
+        .order(payments::id.asc())
+        .select(PaymentRow::as_select())
+        .load(conn)?
+        .into_iter()
+        .map(Payment::try_from)
+        .collect()
+}
+
+/// The audit trail of an order, oldest first. Read-only.
+pub fn order_events(conn: &mut PgConnection, order_no: &OrderNo) -> Result<Vec<OrderEvent>, StoreError> {
+    Ok(order_events::table
+        .inner_join(orders::table)
+        .filter(orders::order_no.eq(order_no.as_str()))
+        .order(order_events::id.asc())
+        .select(EventRow::as_select())
+        .load(conn)?
+        .into_iter()
+        .map(OrderEvent::from)
+        .collect())
+}
+
+/// A pending order and its deadline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverdueOrder {
+    pub order_no: OrderNo,
+    pub deadline: DateTime<Utc>,
+}
+
+/// Pending orders whose deadline is before `before`, oldest deadline first,
+/// at most `limit`: what the sweep settles. Uses the partial index
+/// `orders_pending_deadline_idx`. Read-only.
+pub fn pending_past_deadline(
+    conn: &mut PgConnection,
+    before: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<OverdueOrder>, StoreError> {
+    orders::table
+        .filter(orders::status.eq(PENDING))
+        .filter(orders::deadline.lt(before))
+        .order(orders::deadline.asc())
+        .limit(limit)
+        .select((orders::order_no, orders::deadline))
+        .load::<(String, DateTime<Utc>)>(conn)?
+        .into_iter()
+        .map(|(no, deadline)| {
+            Ok(OverdueOrder {
+                order_no: OrderNo::parse(&no).map_err(|e| corrupt("orders.order_no", e))?,
+                deadline,
+            })
+        })
+        .collect()
+}
+
+/// How many orders are in each status (statuses with none included, as 0).
+/// Read-only.
+pub fn count_by_status(conn: &mut PgConnection) -> Result<Vec<(OrderStatus, i64)>, StoreError> {
+    let counts: BTreeMap<String, i64> = orders::table
+        .group_by(orders::status)
+        .select((orders::status, diesel::dsl::count_star()))
+        .load::<(String, i64)>(conn)?
+        .into_iter()
+        .collect();
+    Ok(OrderStatus::ALL
+        .into_iter()
+        .map(|s| (s, counts.get(s.as_str()).copied().unwrap_or(0)))
+        .collect())
+}

@@ -1,0 +1,211 @@
+//! Test support (feature `test-support`): a fresh, migrated PostgreSQL
+//! database per test, dropped when the test ends.
+//!
+//! The schema is migrated once into a template database named after a hash
+//! of the migrations (`ot_tmpl_<hash>`), built under an advisory lock and
+//! renamed into place only when complete, so concurrent test processes share
+//! it and a crashed build never leaves a half-migrated template. Each test
+//! then gets `CREATE DATABASE ... TEMPLATE`, which takes milliseconds.
+//! `scripts/test.sh` drops the templates when the suite is done.
+//!
+//! The server is `TEST_DATABASE_URL` (any database on it the user may connect
+//! to; default `postgres://postgres@127.0.0.1:5432/postgres`). The user must
+//! be allowed to create databases.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+
+use diesel::{Connection, PgConnection, RunQueryDsl};
+
+use crate::db::{build_pool, run_migrations, DatabaseUrl, PgPool};
+
+const TEMPLATE_LOCK_KEY: i64 = 0x6f74_5f74_6d70_6c00; // "ot_tmpl"
+
+/// The server's admin URL for tests.
+#[must_use]
+pub fn admin_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// `url` with its database (last path segment) replaced by `db`.
+#[must_use]
+pub fn url_with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let server = match base[scheme_end..].find('/') {
+        Some(i) => &base[..scheme_end + i],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{server}/{db}?{q}"),
+        None => format!("{server}/{db}"),
+    }
+}
+
+fn admin_conn() -> PgConnection {
+    PgConnection::establish(&admin_url()).unwrap_or_else(|e| {
+        panic!(
+            "tests need PostgreSQL at {} ({e}); start it or set TEST_DATABASE_URL",
+            crate::db::redact_password(&admin_url())
+        )
+    })
+}
+
+fn migrations_hash() -> u64 {
+    let mut hasher = DefaultHasher::new();
+    // The SQL the embedded migrations were built from, names and contents.
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../migrations");
+    let mut files: Vec<_> = walk(std::path::Path::new(dir));
+    files.sort();
+    for f in files {
+        f.strip_prefix(dir).unwrap_or(&f).hash(&mut hasher);
+        std::fs::read(&f).expect("read migration").hash(&mut hasher);
+    }
+    hasher.finish()
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// The migrated template database, built on first use.
+pub fn template() -> &'static str {
+    static TEMPLATE: OnceLock<String> = OnceLock::new();
+    TEMPLATE.get_or_init(|| {
+        let name = format!("ot_tmpl_{:016x}", migrations_hash());
+        let mut admin = admin_conn();
+        diesel::sql_query(format!("SELECT pg_advisory_lock({TEMPLATE_LOCK_KEY})"))
+            .execute(&mut admin)
+            .expect("advisory lock");
+        if !database_exists(&mut admin, &name) {
+            let building = format!("{name}_building");
+            diesel::sql_query(format!("DROP DATABASE IF EXISTS {building} WITH (FORCE)"))
+                .execute(&mut admin)
+                .expect("drop stale template");
+            diesel::sql_query(format!("CREATE DATABASE {building}"))
+                .execute(&mut admin)
+                .expect("create template");
+            {
+                let mut conn = PgConnection::establish(&url_with_database(&admin_url(), &building))
+                    .expect("connect to template");
+                run_migrations(&mut conn).expect("migrate template");
+            }
+            diesel::sql_query(format!("ALTER DATABASE {building} RENAME TO {name}"))
+                .execute(&mut admin)
+                .expect("rename template");
+        }
+        diesel::sql_query(format!("SELECT pg_advisory_unlock({TEMPLATE_LOCK_KEY})"))
+            .execute(&mut admin)
+            .expect("advisory unlock");
+        name
+    })
+}
+
+fn database_exists(conn: &mut PgConnection, name: &str) -> bool {
+    use diesel::sql_types::{Bool, Text};
+    #[derive(diesel::QueryableByName)]
+    struct Exists {
+        #[diesel(sql_type = Bool)]
+        exists: bool,
+    }
+    diesel::sql_query("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS exists")
+        .bind::<Text, _>(name)
+        .get_result::<Exists>(conn)
+        .expect("query pg_database")
+        .exists
+}
+
+/// A fresh migrated database, dropped (connections and all) on drop.
+#[derive(Debug)]
+pub struct TestDb {
+    name: String,
+    url: DatabaseUrl,
+}
+
+impl TestDb {
+    /// Creates the database from the template. Panics with a clear message
+    /// when PostgreSQL is unreachable: tests cannot run without it.
+    #[must_use]
+    pub fn new() -> Self {
+        init_test_logging();
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let template = template();
+        let name = format!(
+            "ot_test_{}_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed),
+            rand::random::<u32>()
+        );
+        let mut admin = admin_conn();
+        diesel::sql_query(format!("CREATE DATABASE {name} TEMPLATE {template}"))
+            .execute(&mut admin)
+            .expect("create test database");
+        let url = DatabaseUrl::new(url_with_database(&admin_url(), &name));
+        Self { name, url }
+    }
+
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    #[must_use]
+    pub fn url(&self) -> &DatabaseUrl {
+        &self.url
+    }
+
+    /// A new connection to this database.
+    #[must_use]
+    pub fn conn(&self) -> PgConnection {
+        PgConnection::establish(self.url.expose()).expect("connect to test database")
+    }
+
+    /// A pool of `size` connections to this database.
+    #[must_use]
+    pub fn pool(&self, size: u32) -> PgPool {
+        build_pool(&self.url, size, std::time::Duration::from_secs(5)).expect("test pool")
+    }
+}
+
+impl Default for TestDb {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Ok(mut admin) = PgConnection::establish(&admin_url()) {
+            let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
+                .execute(&mut admin);
+        }
+    }
+}
+
+/// Logs in tests only when asked for: `TEST_LOG=1` (or any `RUST_LOG`-style
+/// filter in `TEST_LOG`).
+pub fn init_test_logging() {
+    if let Ok(filter) = std::env::var("TEST_LOG") {
+        let filter = if filter == "1" { "debug".to_owned() } else { filter };
+        let _ = env_logger::Builder::new()
+            .parse_filters(&filter)
+            .is_test(true)
+            .try_init();
+    }
+}

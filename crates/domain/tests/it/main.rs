@@ -1,0 +1,60 @@
+//! Integration tests of the store against the real PostgreSQL: one fresh
+//! database per test (see `domain::testing`).
+
+mod concurrency;
+mod constraints;
+mod migrations;
+mod orders;
+mod outbox;
+mod payments;
+mod stock;
+
+use std::time::Duration;
+
+use domain::{
+    create_order, get_sku, set_stock, stock_balances, NewOrder, OrderLine, PgConnection,
+    Quantity, SkuCode, StockLevel,
+};
+
+pub const WINDOW: Duration = Duration::from_secs(30 * 60);
+
+pub fn sku(code: &str) -> SkuCode {
+    SkuCode::parse(code).unwrap()
+}
+
+pub fn line(code: &str, qty: u32) -> OrderLine {
+    OrderLine {
+        sku: sku(code),
+        quantity: Quantity::new(qty).unwrap(),
+    }
+}
+
+/// Loads `code` with `stock` units at `price` fen.
+pub fn load(conn: &mut PgConnection, code: &str, stock: u32, price: i64) {
+    let _ = set_stock(
+        conn,
+        &sku(code),
+        StockLevel::new(stock).unwrap(),
+        Some(domain::Fen::new(price).unwrap()),
+    )
+    .unwrap();
+}
+
+pub fn stock_of(conn: &mut PgConnection, code: &str) -> u32 {
+    get_sku(conn, &sku(code)).unwrap().expect("sku exists").stock
+}
+
+pub fn order(conn: &mut PgConnection, lines: &[(&str, u32)]) -> NewOrder {
+    let lines: Vec<OrderLine> = lines.iter().map(|(c, q)| line(c, *q)).collect();
+    create_order(conn, &lines, WINDOW).unwrap()
+}
+
+/// Invariant 3: for every SKU, stock + held by pending and paid orders ==
+/// everything ever loaded.
+pub fn assert_conserved(conn: &mut PgConnection) {
+    let balances = stock_balances(conn).unwrap();
+    assert!(!balances.is_empty(), "no SKUs to check");
+    for b in balances {
+        assert!(b.is_conserved(), "stock not conserved: {b:?}");
+    }
+}

@@ -1,0 +1,149 @@
+use std::time::Duration;
+
+use domain::testing::TestDb;
+use domain::{
+    create_order, find_order, order_events, order_items, pending_past_deadline,
+    unpublished_count, OrderStatus, StoreError,
+};
+
+use crate::{assert_conserved, line, load, order, stock_of, WINDOW};
+
+#[test]
+fn create_order_reserves_stock_and_writes_order_items_outbox_and_event() {
+    let db = TestDb::new();
+    let mut conn = db.conn();
+    load(&mut conn, "TEA", 10, 350);
+    load(&mut conn, "MUG", 3, 1999);
+
+    let new = order(&mut conn, &[("TEA", 2), ("MUG", 1)]);
+    assert_eq!(new.total.get(), 2 * 350 + 1999);
+    assert_eq!(new.deadline - new.created_at, chrono::Duration::minutes(30));
+    assert_eq!((stock_of(&mut conn, "TEA"), stock_of(&mut conn, "MUG")), (8, 2));
+
+    let stored = find_order(&mut conn, &new.order_no).unwrap().unwrap();
+    assert_eq!(stored.status, OrderStatus::PendingPayment);
+    assert_eq!(stored.total, new.total);
+    assert_eq!(stored.deadline, new.deadline);
+    let items: Vec<(String, u32, i64)> = order_items(&mut conn, &new.order_no)
+        .unwrap()
+        .into_iter()
+        .map(|i| (i.sku.to_string(), i.quantity.get(), i.unit_price.get()))
+        .collect();
+    assert_eq!(items, [("MUG".into(), 1, 1999), ("TEA".into(), 2, 350)]);
+    assert_eq!(unpublished_count(&mut conn).unwrap(), 1);
+    let events = order_events(&mut conn, &new.order_no).unwrap();
+    assert_eq!(events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(), ["created"]);
+    assert_conserved(&mut conn);
+}
+
+#[test]
+fn create_order_merges_lines_naming_the_same_sku() {
+    let db = TestDb::new();
+    let mut conn = db.conn();
+    load(&mut conn, "TEA", 10, 100);
+    let new = order(&mut conn, &[("TEA", 2), ("TEA", 3)]);
+    let items = order_items(&mut conn, &new.order_no).unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0].quantity.get(), 5);
+    assert_eq!(stock_of(&mut conn, "TEA"), 5);
+    assert_eq!(new.total.get(), 500);
+}
+
+#[test]
+fn create_order_for_more_than_the_stock_names_the_sku_and_writes_nothing() {
+    let db = TestDb::new();
+    let mut conn = db.conn();
+    load(&mut conn, "AAA", 10, 100);
+    load(&mut conn, "ZZZ", 1, 100);
+    // AAA (locked and decremented first) is fine; ZZZ fails: AAA must be untouched.
+    let err = create_order(&mut conn, &[line("AAA", 4), line("ZZZ", 2)], WINDOW).unwrap_err();
+    match &err {
+        StoreError::InsufficientStock {
+            sku,
+            requested,
+            available,
+        } => assert_eq!((sku.as_str(), *requested, *available), ("ZZZ", 2, 1)),
+        other => panic!("expected InsufficientStock, got {other:?}"),
+    }
+    assert!(err.to_string().contains("ZZZ"), "{err}");
+    assert_eq!((stock_of(&mut conn, "AAA"), stock_of(&mut conn, "ZZZ")), (10, 1));
+    assert_eq!(unpublished_count(&mut conn).unwrap(), 0);
+    assert_eq!(domain::count_by_status(&mut conn).unwrap()[0].1, 0);
+    assert_conserved(&mut conn);
+}
+
+#[test]
+fn create_order_for_an_unknown_sku_names_it_and_writes_nothing() {
+    let db = TestDb::new();
+    let mut conn = db.conn();
+    load(&mut conn, "TEA", 10, 100);
+    let err = create_order(&mut conn, &[line("TEA", 1), line("GHOST", 1)], WINDOW).unwrap_err();
+    assert!(matches!(&err, StoreError::UnknownSku(s) if s.as_str() == "GHOST"), "{err:?}");
+    assert!(err.to_string().contains("GHOST"));
+    assert_eq!(stock_of(&mut conn, "TEA"), 10);
+    assert_eq!(unpublished_count(&mut conn).unwrap(), 0);
+}
+
+#[test]
+fn create_order_rejects_an_empty_order_and_an_absurd_window() {
+    let db = TestDb::new();
+    let mut conn = db.conn();
+    load(&mut conn, "TEA", 10, 100);
+    assert!(matches!(create_order(&mut conn, &[], WINDOW), Err(StoreError::EmptyOrder)));
+    let year_and_more = Duration::from_secs(400 * 24 * 3600);
+    assert!(matches!(
+        create_order(&mut conn, &[line("TEA", 1)], year_and_more),
+        Err(StoreError::InvalidWindow(_))
+    ));
+    assert_eq!(stock_of(&mut conn, "TEA"), 10);
+}
+
+#[test]
+fn the_last_units_can_be_sold_and_then_nothing_more() {
+    let db = TestDb::new();
+    let mut conn = db.conn();
+    load(&mut conn, "TEA", 3, 100);
+    let _ = order(&mut conn, &[("TEA", 3)]);
+    assert_eq!(stock_of(&mut conn, "TEA"), 0);
+    let err = create_order(&mut conn, &[line("TEA", 1)], WINDOW).unwrap_err();
+    assert!(matches!(err, StoreError::InsufficientStock { available: 0, .. }));
+    assert_conserved(&mut conn);
+}
+
+#[test]
+fn order_numbers_are_unique_and_valid_for_wechat() {
+    let db = TestDb::new();
+    let mut conn = db.conn();
+    load(&mut conn, "TEA", 1000, 100);
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..200 {
+        let no = order(&mut conn, &[("TEA", 1)]).order_no;
+        assert!(domain::OrderNo::parse(no.as_str()).is_ok());
+        assert!(seen.insert(no));
+    }
+}
+
+#[test]
+fn pending_past_deadline_lists_only_overdue_pending_orders_oldest_first() {
+    let db = TestDb::new();
+    let mut conn = db.conn();
+    load(&mut conn, "TEA", 10, 100);
+    let short = Duration::from_secs(60);
+    let a = create_order(&mut conn, &[line("TEA", 1)], short).unwrap();
+    let b = create_order(&mut conn, &[line("TEA", 1)], Duration::from_secs(30)).unwrap();
+    let closed = create_order(&mut conn, &[line("TEA", 1)], short).unwrap();
+    let _later = create_order(&mut conn, &[line("TEA", 1)], Duration::from_secs(3600)).unwrap();
+    let _ = domain::close_unpaid(&mut conn, &closed.order_no, "test").unwrap();
+
+    let in_two_minutes = chrono::Utc::now() + chrono::Duration::minutes(2);
+    let overdue: Vec<_> = pending_past_deadline(&mut conn, in_two_minutes, 10)
+        .unwrap()
+        .into_iter()
+        .map(|o| o.order_no)
+        .collect();
+    assert_eq!(overdue, [b.order_no.clone(), a.order_no]);
+    let limited = pending_past_deadline(&mut conn, in_two_minutes, 1).unwrap();
+    assert_eq!(limited.len(), 1);
+    assert_eq!(limited[0].order_no, b.order_no);
+    assert!(pending_past_deadline(&mut conn, chrono::Utc::now(), 10).unwrap().is_empty());
+}
