@@ -58,7 +58,9 @@ impl DatabaseUrl {
 
 impl fmt::Debug for DatabaseUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("DatabaseUrl").field(&self.redacted()).finish()
+        f.debug_tuple("DatabaseUrl")
+            .field(&self.redacted())
+            .finish()
     }
 }
 
@@ -110,6 +112,71 @@ fn password_of(url: &str) -> Option<&str> {
     let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
     let userinfo = authority.rsplit_once('@')?.0;
     userinfo.split_once(':').map(|(_, pw)| pw)
+}
+
+/// `url` with its database (last path segment) replaced by `db`.
+#[must_use]
+pub fn url_with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let server = match base[scheme_end..].find('/') {
+        Some(i) => &base[..scheme_end + i],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{server}/{db}?{q}"),
+        None => format!("{server}/{db}"),
+    }
+}
+
+/// The name of the database a URL points at (its last path segment), if any.
+#[must_use]
+pub fn database_name(url: &str) -> Option<&str> {
+    let base = url.split_once('?').map_or(url, |(b, _)| b);
+    let rest = base.split_once("://")?.1;
+    let db = &rest[rest.find('/')? + 1..];
+    (!db.is_empty()).then_some(db)
+}
+
+/// Creates the database `url` names unless it exists, connecting to the
+/// `postgres` maintenance database on the same server. Returns whether it
+/// created it. Repeat: `false`, nothing changes.
+pub fn create_database_if_missing(url: &DatabaseUrl) -> Result<bool, StoreError> {
+    use diesel::sql_types::{Bool, Text};
+    #[derive(diesel::QueryableByName)]
+    struct Exists {
+        #[diesel(sql_type = Bool)]
+        exists: bool,
+    }
+    let name = database_name(url.expose())
+        .ok_or_else(|| StoreError::Connect(format!("{url} names no database")))?;
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return Err(StoreError::Connect(format!(
+            "will not create database {name:?}: only A-Z a-z 0-9 _ are supported in its name"
+        )));
+    }
+    let maintenance = DatabaseUrl::new(url_with_database(url.expose(), "postgres"));
+    let mut conn = connect(&maintenance)?;
+    let exists =
+        diesel::sql_query("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS exists")
+            .bind::<Text, _>(name)
+            .get_result::<Exists>(&mut conn)?
+            .exists;
+    if exists {
+        return Ok(false);
+    }
+    match diesel::sql_query(format!("CREATE DATABASE \"{name}\"")).execute(&mut conn) {
+        Ok(_) => Ok(true),
+        // Someone else created it meanwhile: fine.
+        Err(diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::UniqueViolation,
+            _,
+        )) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// One connection, for short-lived commands.
@@ -175,6 +242,20 @@ mod tests {
         );
         assert_eq!(redact_password("postgres://db"), "postgres://db");
         assert_eq!(redact_password("s3cret"), "[redacted: not a URL]");
+    }
+
+    #[test]
+    fn database_names_are_found_and_replaced() {
+        assert_eq!(
+            database_name("postgres://u@h:5432/orders?sslmode=disable"),
+            Some("orders")
+        );
+        assert_eq!(database_name("postgres://u@h:5432"), None);
+        assert_eq!(
+            url_with_database("postgres://u:p@h:5432/orders?sslmode=disable", "postgres"),
+            "postgres://u:p@h:5432/postgres?sslmode=disable"
+        );
+        assert_eq!(url_with_database("postgres://h", "x"), "postgres://h/x");
     }
 
     #[test]

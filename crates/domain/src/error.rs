@@ -22,7 +22,9 @@ pub enum ConstraintKind {
 pub enum StoreError {
     #[error("an order needs at least one item")]
     EmptyOrder,
-    #[error("unknown SKU {0}; create it first with `order-producer stock set --sku {0} --quantity N`")]
+    #[error(
+        "unknown SKU {0}; create it first with `order-producer stock set --sku {0} --quantity N`"
+    )]
     UnknownSku(SkuCode),
     #[error("insufficient stock for SKU {sku}: {requested} requested, {available} available")]
     InsufficientStock {

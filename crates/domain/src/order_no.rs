@@ -49,10 +49,14 @@ impl OrderNo {
     pub fn generate(now: DateTime<Utc>) -> Self {
         let mut rng = rand::rng();
         let mut s = now.format("%Y%m%d%H%M%S%3f").to_string();
-        s.extend((0..RANDOM_SUFFIX_LEN).map(|_| {
-            char::from(SUFFIX_ALPHABET[rng.random_range(0..SUFFIX_ALPHABET.len())])
-        }));
-        debug_assert!(Self::parse(&s).is_ok(), "generated order number {s} is invalid");
+        s.extend(
+            (0..RANDOM_SUFFIX_LEN)
+                .map(|_| char::from(SUFFIX_ALPHABET[rng.random_range(0..SUFFIX_ALPHABET.len())])),
+        );
+        debug_assert!(
+            Self::parse(&s).is_ok(),
+            "generated order number {s} is invalid"
+        );
         Self(s)
     }
 
@@ -91,11 +95,17 @@ mod tests {
     #[test]
     fn rejects_bad_lengths_and_characters() {
         assert_eq!(OrderNo::parse("abcde"), Err(OrderNoError::Length(5)));
-        assert_eq!(OrderNo::parse(&"a".repeat(33)), Err(OrderNoError::Length(33)));
+        assert_eq!(
+            OrderNo::parse(&"a".repeat(33)),
+            Err(OrderNoError::Length(33))
+        );
         assert_eq!(OrderNo::parse(""), Err(OrderNoError::Length(0)));
         assert_eq!(OrderNo::parse("abc def"), Err(OrderNoError::Character(' ')));
         assert_eq!(OrderNo::parse("abcdé12"), Err(OrderNoError::Character('é')));
-        assert_eq!(OrderNo::parse("order/123"), Err(OrderNoError::Character('/')));
+        assert_eq!(
+            OrderNo::parse("order/123"),
+            Err(OrderNoError::Character('/'))
+        );
     }
 
     #[test]

@@ -65,70 +65,10 @@ pub fn create_order(
     }
     let window = chrono::Duration::from_std(payment_window)
         .map_err(|_| StoreError::InvalidWindow(payment_window))?;
-    let mut merged: BTreeMap<&SkuCode, Quantity> = BTreeMap::new();
-    for line in lines {
-        match merged.get_mut(&line.sku) {
-            Some(q) => {
-                *q = q
-                    .checked_add(line.quantity)
-                    .ok_or_else(|| StoreError::QuantityTooLarge(line.sku.clone()))?;
-            }
-            None => {
-                merged.insert(&line.sku, line.quantity);
-            }
-        }
-    }
+    let merged = merge_lines(lines)?;
 
     conn.transaction(|conn| {
-        let codes: Vec<&str> = merged.keys().map(|c| c.as_str()).collect();
-        let found: BTreeMap<String, i64> = skus::table
-            .filter(skus::code.eq_any(&codes))
-            .select((skus::code, skus::id))
-            .load::<(String, i64)>(conn)?
-            .into_iter()
-            .collect();
-        let mut by_id: Vec<(i64, &SkuCode, Quantity)> = Vec::with_capacity(merged.len());
-        for (code, qty) in &merged {
-            let id = *found
-                .get(code.as_str())
-                .ok_or_else(|| StoreError::UnknownSku((*code).clone()))?;
-            by_id.push((id, code, *qty));
-        }
-        // Always lock SKU rows in id order (closing does the same), so two
-        // transactions touching the same SKUs cannot deadlock.
-        by_id.sort_by_key(|(id, _, _)| *id);
-
-        let mut items = Vec::with_capacity(by_id.len());
-        let mut total = Fen::ZERO;
-        for (sku_id, code, qty) in by_id {
-            let wanted = qty.get() as i32;
-            let price: Option<i64> = diesel::update(
-                skus::table
-                    .find(sku_id)
-                    .filter(skus::stock.ge(wanted)),
-            )
-            .set((
-                skus::stock.eq(skus::stock - wanted),
-                skus::updated_at.eq(Utc::now()),
-            ))
-            .returning(skus::price_fen)
-            .get_result(conn)
-            .optional()?;
-            let Some(price) = price else {
-                let available: i32 = skus::table.find(sku_id).select(skus::stock).first(conn)?;
-                return Err(StoreError::InsufficientStock {
-                    sku: code.clone(),
-                    requested: qty.get(),
-                    available: available.max(0) as u32,
-                });
-            };
-            let unit_price = Fen::new(price).map_err(|e| corrupt("skus.price_fen", e))?;
-            total = unit_price
-                .times(qty)
-                .and_then(|line| total.checked_add(line))
-                .ok_or(StoreError::TotalTooLarge)?;
-            items.push((sku_id, wanted, unit_price.get()));
-        }
+        let (items, total) = reserve_stock(conn, &merged)?;
 
         // Microseconds: what PostgreSQL stores, so the values returned equal
         // the values read back.
@@ -164,7 +104,12 @@ pub fn create_order(
                 created_at,
             })
             .execute(conn)?;
-        record_event(conn, order_id, "created", &format!("total {total}, deadline {deadline}"))?;
+        record_event(
+            conn,
+            order_id,
+            "created",
+            &format!("total {total}, deadline {deadline}"),
+        )?;
         Ok(NewOrder {
             id: order_id,
             order_no,
@@ -173,6 +118,84 @@ pub fn create_order(
             deadline,
         })
     })
+}
+
+/// Merges lines naming the same SKU.
+fn merge_lines(lines: &[OrderLine]) -> Result<BTreeMap<&SkuCode, Quantity>, StoreError> {
+    let mut merged: BTreeMap<&SkuCode, Quantity> = BTreeMap::new();
+    for line in lines {
+        match merged.get_mut(&line.sku) {
+            Some(q) => {
+                *q = q
+                    .checked_add(line.quantity)
+                    .ok_or_else(|| StoreError::QuantityTooLarge(line.sku.clone()))?;
+            }
+            None => {
+                merged.insert(&line.sku, line.quantity);
+            }
+        }
+    }
+
+    Ok(merged)
+}
+
+/// `(sku_id, quantity, unit_price_fen)` of a line about to be inserted.
+type NewItem = (i64, i32, i64);
+
+/// Checks and decrements stock for every SKU, locking SKU rows in id order.
+/// Returns `(sku_id, quantity, unit_price_fen)` per line and the total.
+fn reserve_stock(
+    conn: &mut PgConnection,
+    merged: &BTreeMap<&SkuCode, Quantity>,
+) -> Result<(Vec<NewItem>, Fen), StoreError> {
+    let codes: Vec<&str> = merged.keys().map(|c| c.as_str()).collect();
+    let found: BTreeMap<String, i64> = skus::table
+        .filter(skus::code.eq_any(&codes))
+        .select((skus::code, skus::id))
+        .load::<(String, i64)>(conn)?
+        .into_iter()
+        .collect();
+    let mut by_id: Vec<(i64, &SkuCode, Quantity)> = Vec::with_capacity(merged.len());
+    for (code, qty) in merged {
+        let id = *found
+            .get(code.as_str())
+            .ok_or_else(|| StoreError::UnknownSku((*code).clone()))?;
+        by_id.push((id, code, *qty));
+    }
+    // Always lock SKU rows in id order (closing does the same), so two
+    // transactions touching the same SKUs cannot deadlock.
+    by_id.sort_by_key(|(id, _, _)| *id);
+
+    let mut items = Vec::with_capacity(by_id.len());
+    let mut total = Fen::ZERO;
+    for (sku_id, code, qty) in by_id {
+        let wanted = qty.get() as i32;
+        let price: Option<i64> =
+            diesel::update(skus::table.find(sku_id).filter(skus::stock.ge(wanted)))
+                .set((
+                    skus::stock.eq(skus::stock - wanted),
+                    skus::updated_at.eq(Utc::now()),
+                ))
+                .returning(skus::price_fen)
+                .get_result(conn)
+                .optional()?;
+        let Some(price) = price else {
+            let available: i32 = skus::table.find(sku_id).select(skus::stock).first(conn)?;
+            return Err(StoreError::InsufficientStock {
+                sku: code.clone(),
+                requested: qty.get(),
+                available: available.max(0) as u32,
+            });
+        };
+        let unit_price = Fen::new(price).map_err(|e| corrupt("skus.price_fen", e))?;
+        total = unit_price
+            .times(qty)
+            .and_then(|line| total.checked_add(line))
+            .ok_or(StoreError::TotalTooLarge)?;
+        items.push((sku_id, wanted, unit_price.get()));
+    }
+
+    Ok((items, total))
 }
 
 fn record_event(
@@ -192,7 +215,10 @@ fn record_event(
 }
 
 /// The order with this number, or `None`. Read-only.
-pub fn find_order(conn: &mut PgConnection, order_no: &OrderNo) -> Result<Option<Order>, StoreError> {
+pub fn find_order(
+    conn: &mut PgConnection,
+    order_no: &OrderNo,
+) -> Result<Option<Order>, StoreError> {
     orders::table
         .filter(orders::order_no.eq(order_no.as_str()))
         .select(OrderRow::as_select())
@@ -203,13 +229,20 @@ pub fn find_order(conn: &mut PgConnection, order_no: &OrderNo) -> Result<Option<
 }
 
 /// The lines of an order, by SKU code. Read-only.
-pub fn order_items(conn: &mut PgConnection, order_no: &OrderNo) -> Result<Vec<OrderItem>, StoreError> {
+pub fn order_items(
+    conn: &mut PgConnection,
+    order_no: &OrderNo,
+) -> Result<Vec<OrderItem>, StoreError> {
     order_items::table
         .inner_join(orders::table)
         .inner_join(skus::table)
         .filter(orders::order_no.eq(order_no.as_str()))
         .order(skus::code.asc())
-        .select((skus::code, order_items::quantity, order_items::unit_price_fen))
+        .select((
+            skus::code,
+            order_items::quantity,
+            order_items::unit_price_fen,
+        ))
         .load::<(String, i32, i64)>(conn)?
         .into_iter()
         .map(|(code, qty, price)| {
@@ -217,7 +250,8 @@ pub fn order_items(conn: &mut PgConnection, order_no: &OrderNo) -> Result<Vec<Or
                 sku: SkuCode::parse(&code).map_err(|e| corrupt("skus.code", e))?,
                 quantity: Quantity::new(qty as u32)
                     .map_err(|e| corrupt("order_items.quantity", e))?,
-                unit_price: Fen::new(price).map_err(|e| corrupt("order_items.unit_price_fen", e))?,
+                unit_price: Fen::new(price)
+                    .map_err(|e| corrupt("order_items.unit_price_fen", e))?,
             })
         })
         .collect()
@@ -285,10 +319,7 @@ pub fn close_unpaid(
         let mut units = 0u64;
         for (sku_id, qty) in &items {
             diesel::update(skus::table.find(sku_id))
-                .set((
-                    skus::stock.eq(skus::stock + qty),
-                    skus::updated_at.eq(now),
-                ))
+                .set((skus::stock.eq(skus::stock + qty), skus::updated_at.eq(now)))
                 .execute(conn)?;
             units += *qty as u64;
         }
@@ -442,7 +473,10 @@ fn insert_payment(
 }
 
 /// Payments recorded for an order, oldest first. Read-only.
-pub fn payments_of(conn: &mut PgConnection, order_no: &OrderNo) -> Result<Vec<Payment>, StoreError> {
+pub fn payments_of(
+    conn: &mut PgConnection,
+    order_no: &OrderNo,
+) -> Result<Vec<Payment>, StoreError> {
     payments::table
         .inner_join(orders::table)
         .filter(orders::order_no.eq(order_no.as_str()))
@@ -455,7 +489,10 @@ pub fn payments_of(conn: &mut PgConnection, order_no: &OrderNo) -> Result<Vec<Pa
 }
 
 /// The audit trail of an order, oldest first. Read-only.
-pub fn order_events(conn: &mut PgConnection, order_no: &OrderNo) -> Result<Vec<OrderEvent>, StoreError> {
+pub fn order_events(
+    conn: &mut PgConnection,
+    order_no: &OrderNo,
+) -> Result<Vec<OrderEvent>, StoreError> {
     Ok(order_events::table
         .inner_join(orders::table)
         .filter(orders::order_no.eq(order_no.as_str()))

@@ -70,7 +70,12 @@ pub fn relay_batch<E>(
         let order_ids: Vec<i64> = claimed.iter().map(|(_, order_id, _)| *order_id).collect();
         let order_data: HashMap<i64, (String, DateTime<Utc>, DateTime<Utc>)> = orders::table
             .filter(orders::id.eq_any(&order_ids))
-            .select((orders::id, orders::order_no, orders::created_at, orders::deadline))
+            .select((
+                orders::id,
+                orders::order_no,
+                orders::created_at,
+                orders::deadline,
+            ))
             .load::<(i64, String, DateTime<Utc>, DateTime<Utc>)>(conn)?
             .into_iter()
             .map(|(id, no, created_at, deadline)| (id, (no, created_at, deadline)))

@@ -29,23 +29,7 @@ pub fn admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
-/// `url` with its database (last path segment) replaced by `db`.
-#[must_use]
-pub fn url_with_database(url: &str, db: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let server = match base[scheme_end..].find('/') {
-        Some(i) => &base[..scheme_end + i],
-        None => base,
-    };
-    match query {
-        Some(q) => format!("{server}/{db}?{q}"),
-        None => format!("{server}/{db}"),
-    }
-}
+pub use crate::db::url_with_database;
 
 fn admin_conn() -> PgConnection {
     PgConnection::establish(&admin_url()).unwrap_or_else(|e| {
@@ -143,9 +127,18 @@ impl TestDb {
     /// when PostgreSQL is unreachable: tests cannot run without it.
     #[must_use]
     pub fn new() -> Self {
-        init_test_logging();
+        Self::create(Some(template()))
+    }
+
+    /// An empty database, not migrated: for testing migrations themselves.
+    #[must_use]
+    pub fn empty() -> Self {
+        Self::create(None)
+    }
+
+    fn create(template: Option<&str>) -> Self {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let template = template();
+        init_test_logging();
         let name = format!(
             "ot_test_{}_{}_{}",
             std::process::id(),
@@ -153,7 +146,11 @@ impl TestDb {
             rand::random::<u32>()
         );
         let mut admin = admin_conn();
-        diesel::sql_query(format!("CREATE DATABASE {name} TEMPLATE {template}"))
+        let sql = match template {
+            Some(t) => format!("CREATE DATABASE {name} TEMPLATE {t}"),
+            None => format!("CREATE DATABASE {name}"),
+        };
+        diesel::sql_query(sql)
             .execute(&mut admin)
             .expect("create test database");
         let url = DatabaseUrl::new(url_with_database(&admin_url(), &name));
@@ -192,8 +189,11 @@ impl Default for TestDb {
 impl Drop for TestDb {
     fn drop(&mut self) {
         if let Ok(mut admin) = PgConnection::establish(&admin_url()) {
-            let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
-                .execute(&mut admin);
+            let _ = diesel::sql_query(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .execute(&mut admin);
         }
     }
 }
@@ -202,7 +202,11 @@ impl Drop for TestDb {
 /// filter in `TEST_LOG`).
 pub fn init_test_logging() {
     if let Ok(filter) = std::env::var("TEST_LOG") {
-        let filter = if filter == "1" { "debug".to_owned() } else { filter };
+        let filter = if filter == "1" {
+            "debug".to_owned()
+        } else {
+            filter
+        };
         let _ = env_logger::Builder::new()
             .parse_filters(&filter)
             .is_test(true)

@@ -83,8 +83,7 @@ pub struct SkuCode(String);
 impl SkuCode {
     pub fn parse(s: &str) -> Result<Self, ValueError> {
         let ok = (1..=64).contains(&s.len())
-            && s
-                .bytes()
+            && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
         if ok {
             Ok(Self(s.to_owned()))
@@ -259,7 +258,10 @@ mod tests {
         assert!(Fen::parse("19.99").is_err());
         let price = Fen::new(1999).unwrap();
         assert_eq!(price.times(Quantity::new(3).unwrap()), Fen::new(5997).ok());
-        assert_eq!(Fen::new(Fen::MAX).unwrap().times(Quantity::new(2).unwrap()), None);
+        assert_eq!(
+            Fen::new(Fen::MAX).unwrap().times(Quantity::new(2).unwrap()),
+            None
+        );
         assert_eq!(price.checked_add(Fen::new(1).unwrap()), Fen::new(2000).ok());
         assert_eq!(price.to_string(), "19.99 CNY");
     }
@@ -269,7 +271,11 @@ mod tests {
         assert!(SkuCode::parse("TSHIRT-RED_L.v2").is_ok());
         assert!(SkuCode::parse(&"A".repeat(64)).is_ok());
         for bad in ["", "has space", "A:B", "ünï", &"A".repeat(65)] {
-            assert_eq!(SkuCode::parse(bad), Err(ValueError::SkuCode(bad.to_owned())), "{bad:?}");
+            assert_eq!(
+                SkuCode::parse(bad),
+                Err(ValueError::SkuCode(bad.to_owned())),
+                "{bad:?}"
+            );
         }
     }
 
@@ -304,6 +310,9 @@ mod tests {
         for st in OrderStatus::ALL {
             assert_eq!(OrderStatus::parse(st.as_str()), Ok(st));
         }
-        assert_eq!(OrderStatus::parse("PAID"), Err(ValueError::Status("PAID".into())));
+        assert_eq!(
+            OrderStatus::parse("PAID"),
+            Err(ValueError::Status("PAID".into()))
+        );
     }
 }

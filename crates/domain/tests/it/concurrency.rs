@@ -5,8 +5,8 @@ use std::thread;
 
 use domain::testing::TestDb;
 use domain::{
-    close_unpaid, create_order, find_order, mark_paid, CloseOutcome, MarkPaidOutcome,
-    OrderStatus, StoreError,
+    close_unpaid, create_order, find_order, mark_paid, CloseOutcome, MarkPaidOutcome, OrderStatus,
+    StoreError,
 };
 
 use crate::payments::payment;
@@ -51,7 +51,10 @@ fn eight_threads_closing_one_order_give_its_stock_back_exactly_once() {
     assert!(outcomes
         .iter()
         .all(|o| matches!(o, CloseOutcome::Closed { .. } | CloseOutcome::AlreadyClosed)));
-    assert_eq!((stock_of(&mut conn, "TEA"), stock_of(&mut conn, "MUG")), (10, 10));
+    assert_eq!(
+        (stock_of(&mut conn, "TEA"), stock_of(&mut conn, "MUG")),
+        (10, 10)
+    );
     assert_conserved(&mut conn);
 }
 
@@ -63,10 +66,9 @@ fn two_buyers_for_the_last_unit_make_exactly_one_order() {
     let results = race(&db, 2, |_, c| create_order(c, &[line("LAST", 1)], WINDOW));
     let won = results.iter().filter(|r| r.is_ok()).count();
     assert_eq!(won, 1, "{results:?}");
-    assert!(results.iter().any(|r| matches!(
-        r,
-        Err(StoreError::InsufficientStock { available: 0, .. })
-    )));
+    assert!(results
+        .iter()
+        .any(|r| matches!(r, Err(StoreError::InsufficientStock { available: 0, .. }))));
     assert_eq!(stock_of(&mut conn, "LAST"), 0);
     assert_conserved(&mut conn);
 }
@@ -95,8 +97,15 @@ fn eight_buyers_across_overlapping_skus_never_oversell_nor_deadlock() {
         }
         ok
     });
-    assert_eq!(results.iter().sum::<i32>(), 20, "exactly the stock was sold");
-    assert_eq!((stock_of(&mut conn, "AAA"), stock_of(&mut conn, "BBB")), (0, 0));
+    assert_eq!(
+        results.iter().sum::<i32>(),
+        20,
+        "exactly the stock was sold"
+    );
+    assert_eq!(
+        (stock_of(&mut conn, "AAA"), stock_of(&mut conn, "BBB")),
+        (0, 0)
+    );
     assert_conserved(&mut conn);
 }
 
@@ -105,7 +114,9 @@ fn close_racing_mark_paid_has_exactly_one_winner_per_order() {
     let db = TestDb::new();
     let mut conn = db.conn();
     load(&mut conn, "TEA", 100, 100);
-    let orders: Vec<_> = (0..25).map(|_| order(&mut conn, &[("TEA", 2)]).order_no).collect();
+    let orders: Vec<_> = (0..25)
+        .map(|_| order(&mut conn, &[("TEA", 2)]).order_no)
+        .collect();
     let shared = Arc::new(orders.clone());
     let outcomes = race(&db, 2, move |i, c| {
         shared
@@ -127,7 +138,12 @@ fn close_racing_mark_paid_has_exactly_one_winner_per_order() {
         let status = find_order(&mut conn, no).unwrap().unwrap().status;
         match (close, pay) {
             // The close won: the payment is recorded for refund, order stays closed.
-            (CloseOutcome::Closed { .. }, MarkPaidOutcome::PaidAfterClose { newly_recorded: true }) => {
+            (
+                CloseOutcome::Closed { .. },
+                MarkPaidOutcome::PaidAfterClose {
+                    newly_recorded: true,
+                },
+            ) => {
                 assert_eq!(status, OrderStatus::Closed);
             }
             // The payment won: the close backs off.

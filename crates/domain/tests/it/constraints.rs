@@ -9,7 +9,9 @@ use crate::payments::payment;
 use crate::{assert_conserved, load, order};
 
 fn raw(conn: &mut domain::PgConnection, sql: &str) -> Result<usize, StoreError> {
-    diesel::sql_query(sql).execute(conn).map_err(StoreError::from)
+    diesel::sql_query(sql)
+        .execute(conn)
+        .map_err(StoreError::from)
 }
 
 fn assert_violates(result: Result<usize, StoreError>, kind: ConstraintKind, name: &str) {
@@ -79,7 +81,11 @@ fn order_numbers_are_unique() {
         "INSERT INTO orders (order_no, total_fen, deadline) VALUES ('{}', 0, now() + interval '1 hour')",
         o.order_no
     );
-    assert_violates(raw(&mut conn, &sql), ConstraintKind::Unique, "orders_order_no_key");
+    assert_violates(
+        raw(&mut conn, &sql),
+        ConstraintKind::Unique,
+        "orders_order_no_key",
+    );
 }
 
 #[test]
@@ -102,7 +108,11 @@ fn conservation_holds_through_a_mixed_history() {
     load(&mut conn, "BBB", 30, 250);
     let mut orders = Vec::new();
     for i in 0..30u32 {
-        let lines: &[(&str, u32)] = if i % 3 == 0 { &[("AAA", 1), ("BBB", 1)] } else { &[("AAA", 1)] };
+        let lines: &[(&str, u32)] = if i % 3 == 0 {
+            &[("AAA", 1), ("BBB", 1)]
+        } else {
+            &[("AAA", 1)]
+        };
         orders.push(order(&mut conn, lines).order_no);
     }
     for (i, no) in orders.iter().enumerate() {

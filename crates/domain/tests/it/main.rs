@@ -12,17 +12,17 @@ mod stock;
 use std::time::Duration;
 
 use domain::{
-    create_order, get_sku, set_stock, stock_balances, NewOrder, OrderLine, PgConnection,
-    Quantity, SkuCode, StockLevel,
+    create_order, get_sku, set_stock, stock_balances, NewOrder, OrderLine, PgConnection, Quantity,
+    SkuCode, StockLevel,
 };
 
-pub const WINDOW: Duration = Duration::from_secs(30 * 60);
+pub(crate) const WINDOW: Duration = Duration::from_secs(30 * 60);
 
-pub fn sku(code: &str) -> SkuCode {
+pub(crate) fn sku(code: &str) -> SkuCode {
     SkuCode::parse(code).unwrap()
 }
 
-pub fn line(code: &str, qty: u32) -> OrderLine {
+pub(crate) fn line(code: &str, qty: u32) -> OrderLine {
     OrderLine {
         sku: sku(code),
         quantity: Quantity::new(qty).unwrap(),
@@ -30,7 +30,7 @@ pub fn line(code: &str, qty: u32) -> OrderLine {
 }
 
 /// Loads `code` with `stock` units at `price` fen.
-pub fn load(conn: &mut PgConnection, code: &str, stock: u32, price: i64) {
+pub(crate) fn load(conn: &mut PgConnection, code: &str, stock: u32, price: i64) {
     let _ = set_stock(
         conn,
         &sku(code),
@@ -40,18 +40,21 @@ pub fn load(conn: &mut PgConnection, code: &str, stock: u32, price: i64) {
     .unwrap();
 }
 
-pub fn stock_of(conn: &mut PgConnection, code: &str) -> u32 {
-    get_sku(conn, &sku(code)).unwrap().expect("sku exists").stock
+pub(crate) fn stock_of(conn: &mut PgConnection, code: &str) -> u32 {
+    get_sku(conn, &sku(code))
+        .unwrap()
+        .expect("sku exists")
+        .stock
 }
 
-pub fn order(conn: &mut PgConnection, lines: &[(&str, u32)]) -> NewOrder {
+pub(crate) fn order(conn: &mut PgConnection, lines: &[(&str, u32)]) -> NewOrder {
     let lines: Vec<OrderLine> = lines.iter().map(|(c, q)| line(c, *q)).collect();
     create_order(conn, &lines, WINDOW).unwrap()
 }
 
 /// Invariant 3: for every SKU, stock + held by pending and paid orders ==
 /// everything ever loaded.
-pub fn assert_conserved(conn: &mut PgConnection) {
+pub(crate) fn assert_conserved(conn: &mut PgConnection) {
     let balances = stock_balances(conn).unwrap();
     assert!(!balances.is_empty(), "no SKUs to check");
     for b in balances {

@@ -1,39 +1,26 @@
-use diesel::{Connection, PgConnection, RunQueryDsl};
-use domain::testing::{admin_url, url_with_database};
+use diesel::RunQueryDsl;
+use domain::testing::TestDb;
 use domain::{pending_migrations, run_migrations};
-
-/// An empty database (not from the template), dropped at the end.
-struct EmptyDb(String);
-
-impl Drop for EmptyDb {
-    fn drop(&mut self) {
-        let mut admin = PgConnection::establish(&admin_url()).unwrap();
-        let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.0))
-            .execute(&mut admin);
-    }
-}
 
 #[test]
 fn migrations_create_the_schema_once_and_a_second_run_changes_nothing() {
-    let name = format!("ot_test_empty_{}_{}", std::process::id(), rand::random::<u32>());
-    let mut admin = PgConnection::establish(&admin_url()).unwrap();
-    diesel::sql_query(format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .unwrap();
-    let _guard = EmptyDb(name.clone());
-    let mut conn = PgConnection::establish(&url_with_database(&admin_url(), &name)).unwrap();
-
-    assert_eq!(pending_migrations(&mut conn).unwrap().len(), 1);
-    let applied = run_migrations(&mut conn).unwrap();
-    assert_eq!(applied.len(), 1, "first run applies the migration");
-    assert!(pending_migrations(&mut conn).unwrap().is_empty());
-    assert!(run_migrations(&mut conn).unwrap().is_empty(), "second run is a no-op");
-
     #[derive(diesel::QueryableByName)]
     struct Table {
         #[diesel(sql_type = diesel::sql_types::Text)]
         table_name: String,
     }
+    let db = TestDb::empty();
+    let mut conn = db.conn();
+
+    assert_eq!(pending_migrations(&mut conn).unwrap().len(), 1);
+    let applied = run_migrations(&mut conn).unwrap();
+    assert_eq!(applied.len(), 1, "first run applies the migration");
+    assert!(pending_migrations(&mut conn).unwrap().is_empty());
+    assert!(
+        run_migrations(&mut conn).unwrap().is_empty(),
+        "second run is a no-op"
+    );
+
     let mut tables: Vec<String> = diesel::sql_query(
         "SELECT table_name::text AS table_name FROM information_schema.tables
           WHERE table_schema = 'public' AND table_name NOT LIKE '%diesel%'",
@@ -46,6 +33,27 @@ fn migrations_create_the_schema_once_and_a_second_run_changes_nothing() {
     tables.sort();
     assert_eq!(
         tables,
-        ["order_events", "order_items", "orders", "outbox", "payments", "skus", "stock_adjustments"]
+        [
+            "order_events",
+            "order_items",
+            "orders",
+            "outbox",
+            "payments",
+            "skus",
+            "stock_adjustments"
+        ]
     );
+}
+
+#[test]
+fn concurrent_migrations_queue_on_the_lock_and_apply_once() {
+    let db = TestDb::empty();
+    let handles: Vec<_> = (0..3)
+        .map(|_| {
+            let mut conn = db.conn();
+            std::thread::spawn(move || run_migrations(&mut conn).unwrap().len())
+        })
+        .collect();
+    let applied: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    assert_eq!(applied, 1);
 }

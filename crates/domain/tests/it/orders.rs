@@ -2,8 +2,8 @@ use std::time::Duration;
 
 use domain::testing::TestDb;
 use domain::{
-    create_order, find_order, order_events, order_items, pending_past_deadline,
-    unpublished_count, OrderStatus, StoreError,
+    create_order, find_order, order_events, order_items, pending_past_deadline, unpublished_count,
+    OrderStatus, StoreError,
 };
 
 use crate::{assert_conserved, line, load, order, stock_of, WINDOW};
@@ -18,7 +18,10 @@ fn create_order_reserves_stock_and_writes_order_items_outbox_and_event() {
     let new = order(&mut conn, &[("TEA", 2), ("MUG", 1)]);
     assert_eq!(new.total.get(), 2 * 350 + 1999);
     assert_eq!(new.deadline - new.created_at, chrono::Duration::minutes(30));
-    assert_eq!((stock_of(&mut conn, "TEA"), stock_of(&mut conn, "MUG")), (8, 2));
+    assert_eq!(
+        (stock_of(&mut conn, "TEA"), stock_of(&mut conn, "MUG")),
+        (8, 2)
+    );
 
     let stored = find_order(&mut conn, &new.order_no).unwrap().unwrap();
     assert_eq!(stored.status, OrderStatus::PendingPayment);
@@ -32,7 +35,10 @@ fn create_order_reserves_stock_and_writes_order_items_outbox_and_event() {
     assert_eq!(items, [("MUG".into(), 1, 1999), ("TEA".into(), 2, 350)]);
     assert_eq!(unpublished_count(&mut conn).unwrap(), 1);
     let events = order_events(&mut conn, &new.order_no).unwrap();
-    assert_eq!(events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(), ["created"]);
+    assert_eq!(
+        events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(),
+        ["created"]
+    );
     assert_conserved(&mut conn);
 }
 
@@ -66,7 +72,10 @@ fn create_order_for_more_than_the_stock_names_the_sku_and_writes_nothing() {
         other => panic!("expected InsufficientStock, got {other:?}"),
     }
     assert!(err.to_string().contains("ZZZ"), "{err}");
-    assert_eq!((stock_of(&mut conn, "AAA"), stock_of(&mut conn, "ZZZ")), (10, 1));
+    assert_eq!(
+        (stock_of(&mut conn, "AAA"), stock_of(&mut conn, "ZZZ")),
+        (10, 1)
+    );
     assert_eq!(unpublished_count(&mut conn).unwrap(), 0);
     assert_eq!(domain::count_by_status(&mut conn).unwrap()[0].1, 0);
     assert_conserved(&mut conn);
@@ -78,7 +87,10 @@ fn create_order_for_an_unknown_sku_names_it_and_writes_nothing() {
     let mut conn = db.conn();
     load(&mut conn, "TEA", 10, 100);
     let err = create_order(&mut conn, &[line("TEA", 1), line("GHOST", 1)], WINDOW).unwrap_err();
-    assert!(matches!(&err, StoreError::UnknownSku(s) if s.as_str() == "GHOST"), "{err:?}");
+    assert!(
+        matches!(&err, StoreError::UnknownSku(s) if s.as_str() == "GHOST"),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("GHOST"));
     assert_eq!(stock_of(&mut conn, "TEA"), 10);
     assert_eq!(unpublished_count(&mut conn).unwrap(), 0);
@@ -89,7 +101,10 @@ fn create_order_rejects_an_empty_order_and_an_absurd_window() {
     let db = TestDb::new();
     let mut conn = db.conn();
     load(&mut conn, "TEA", 10, 100);
-    assert!(matches!(create_order(&mut conn, &[], WINDOW), Err(StoreError::EmptyOrder)));
+    assert!(matches!(
+        create_order(&mut conn, &[], WINDOW),
+        Err(StoreError::EmptyOrder)
+    ));
     let year_and_more = Duration::from_secs(400 * 24 * 3600);
     assert!(matches!(
         create_order(&mut conn, &[line("TEA", 1)], year_and_more),
@@ -106,7 +121,10 @@ fn the_last_units_can_be_sold_and_then_nothing_more() {
     let _ = order(&mut conn, &[("TEA", 3)]);
     assert_eq!(stock_of(&mut conn, "TEA"), 0);
     let err = create_order(&mut conn, &[line("TEA", 1)], WINDOW).unwrap_err();
-    assert!(matches!(err, StoreError::InsufficientStock { available: 0, .. }));
+    assert!(matches!(
+        err,
+        StoreError::InsufficientStock { available: 0, .. }
+    ));
     assert_conserved(&mut conn);
 }
 
@@ -145,5 +163,7 @@ fn pending_past_deadline_lists_only_overdue_pending_orders_oldest_first() {
     let limited = pending_past_deadline(&mut conn, in_two_minutes, 1).unwrap();
     assert_eq!(limited.len(), 1);
     assert_eq!(limited[0].order_no, b.order_no);
-    assert!(pending_past_deadline(&mut conn, chrono::Utc::now(), 10).unwrap().is_empty());
+    assert!(pending_past_deadline(&mut conn, chrono::Utc::now(), 10)
+        .unwrap()
+        .is_empty());
 }

@@ -47,7 +47,9 @@ fn only_confirmed_rows_are_marked_and_failures_are_counted() {
     .unwrap();
     assert_eq!(next.published, 3);
     assert_eq!(unpublished_count(&mut conn).unwrap(), 0);
-    let empty = relay_batch::<()>(&mut conn, 10, |_| panic!("nothing to publish")).unwrap().unwrap();
+    let empty = relay_batch::<()>(&mut conn, 10, |_| panic!("nothing to publish"))
+        .unwrap()
+        .unwrap();
     assert_eq!(empty.claimed, 0);
 }
 
@@ -103,6 +105,9 @@ fn two_relays_never_claim_the_same_rows() {
     go_tx.send(()).unwrap();
     let a = a.join().unwrap();
     assert_eq!((a.published, b.published), (4, 2));
-    assert!(a_ids.iter().all(|id| !b_ids.contains(id)), "{a_ids:?} vs {b_ids:?}");
+    assert!(
+        a_ids.iter().all(|id| !b_ids.contains(id)),
+        "{a_ids:?} vs {b_ids:?}"
+    );
     assert_eq!(unpublished_count(&mut conn).unwrap(), 0);
 }

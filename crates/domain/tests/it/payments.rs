@@ -9,7 +9,7 @@ use domain::{
 
 use crate::{assert_conserved, load, order, stock_of};
 
-pub fn payment(tx: &str, fen: i64) -> PaymentRecord {
+pub(crate) fn payment(tx: &str, fen: i64) -> PaymentRecord {
     PaymentRecord {
         transaction_id: TransactionId::parse(tx).unwrap(),
         amount: Fen::new(fen).unwrap(),
@@ -18,7 +18,11 @@ pub fn payment(tx: &str, fen: i64) -> PaymentRecord {
 }
 
 fn event_kinds(conn: &mut domain::PgConnection, no: &OrderNo) -> Vec<String> {
-    order_events(conn, no).unwrap().into_iter().map(|e| e.kind).collect()
+    order_events(conn, no)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect()
 }
 
 #[test]
@@ -28,11 +32,17 @@ fn closing_gives_every_item_back_and_records_the_reason() {
     load(&mut conn, "TEA", 10, 100);
     load(&mut conn, "MUG", 5, 100);
     let o = order(&mut conn, &[("TEA", 3), ("MUG", 2)]);
-    assert_eq!((stock_of(&mut conn, "TEA"), stock_of(&mut conn, "MUG")), (7, 3));
+    assert_eq!(
+        (stock_of(&mut conn, "TEA"), stock_of(&mut conn, "MUG")),
+        (7, 3)
+    );
 
     let out = close_unpaid(&mut conn, &o.order_no, "unpaid at deadline").unwrap();
     assert_eq!(out, CloseOutcome::Closed { lines: 2, units: 5 });
-    assert_eq!((stock_of(&mut conn, "TEA"), stock_of(&mut conn, "MUG")), (10, 5));
+    assert_eq!(
+        (stock_of(&mut conn, "TEA"), stock_of(&mut conn, "MUG")),
+        (10, 5)
+    );
     let stored = find_order(&mut conn, &o.order_no).unwrap().unwrap();
     assert_eq!(stored.status, OrderStatus::Closed);
     assert!(stored.closed_at.is_some());
@@ -49,8 +59,14 @@ fn closing_twice_gives_stock_back_once() {
     let mut conn = db.conn();
     load(&mut conn, "TEA", 10, 100);
     let o = order(&mut conn, &[("TEA", 4)]);
-    assert!(matches!(close_unpaid(&mut conn, &o.order_no, "x").unwrap(), CloseOutcome::Closed { .. }));
-    assert_eq!(close_unpaid(&mut conn, &o.order_no, "x").unwrap(), CloseOutcome::AlreadyClosed);
+    assert!(matches!(
+        close_unpaid(&mut conn, &o.order_no, "x").unwrap(),
+        CloseOutcome::Closed { .. }
+    ));
+    assert_eq!(
+        close_unpaid(&mut conn, &o.order_no, "x").unwrap(),
+        CloseOutcome::AlreadyClosed
+    );
     assert_eq!(stock_of(&mut conn, "TEA"), 10);
     assert_eq!(event_kinds(&mut conn, &o.order_no), ["created", "closed"]);
     assert_conserved(&mut conn);
@@ -62,8 +78,14 @@ fn closing_an_unknown_order_finds_nothing_and_changes_nothing() {
     let mut conn = db.conn();
     load(&mut conn, "TEA", 10, 100);
     let ghost = OrderNo::parse("ghost-order-1").unwrap();
-    assert_eq!(close_unpaid(&mut conn, &ghost, "x").unwrap(), CloseOutcome::NotFound);
-    assert_eq!(mark_paid(&mut conn, &ghost, &payment("tx-ghost", 1)).unwrap(), MarkPaidOutcome::NotFound);
+    assert_eq!(
+        close_unpaid(&mut conn, &ghost, "x").unwrap(),
+        CloseOutcome::NotFound
+    );
+    assert_eq!(
+        mark_paid(&mut conn, &ghost, &payment("tx-ghost", 1)).unwrap(),
+        MarkPaidOutcome::NotFound
+    );
     assert_eq!(stock_of(&mut conn, "TEA"), 10);
 }
 
@@ -73,10 +95,19 @@ fn a_paid_order_is_never_closed() {
     let mut conn = db.conn();
     load(&mut conn, "TEA", 10, 100);
     let o = order(&mut conn, &[("TEA", 2)]);
-    assert_eq!(mark_paid(&mut conn, &o.order_no, &payment("tx-1", 200)).unwrap(), MarkPaidOutcome::Paid);
-    assert_eq!(close_unpaid(&mut conn, &o.order_no, "x").unwrap(), CloseOutcome::AlreadyPaid);
+    assert_eq!(
+        mark_paid(&mut conn, &o.order_no, &payment("tx-1", 200)).unwrap(),
+        MarkPaidOutcome::Paid
+    );
+    assert_eq!(
+        close_unpaid(&mut conn, &o.order_no, "x").unwrap(),
+        CloseOutcome::AlreadyPaid
+    );
     assert_eq!(stock_of(&mut conn, "TEA"), 8, "sold stock stays sold");
-    assert_eq!(find_order(&mut conn, &o.order_no).unwrap().unwrap().status, OrderStatus::Paid);
+    assert_eq!(
+        find_order(&mut conn, &o.order_no).unwrap().unwrap().status,
+        OrderStatus::Paid
+    );
     assert_conserved(&mut conn);
 }
 
@@ -87,8 +118,14 @@ fn marking_paid_records_the_payment_once() {
     load(&mut conn, "TEA", 10, 150);
     let o = order(&mut conn, &[("TEA", 2)]);
     let p = payment("4200000001202611260001", 300);
-    assert_eq!(mark_paid(&mut conn, &o.order_no, &p).unwrap(), MarkPaidOutcome::Paid);
-    assert_eq!(mark_paid(&mut conn, &o.order_no, &p).unwrap(), MarkPaidOutcome::AlreadyPaid);
+    assert_eq!(
+        mark_paid(&mut conn, &o.order_no, &p).unwrap(),
+        MarkPaidOutcome::Paid
+    );
+    assert_eq!(
+        mark_paid(&mut conn, &o.order_no, &p).unwrap(),
+        MarkPaidOutcome::AlreadyPaid
+    );
 
     let stored = find_order(&mut conn, &o.order_no).unwrap().unwrap();
     assert_eq!(stored.status, OrderStatus::Paid);
@@ -113,19 +150,30 @@ fn a_payment_learned_after_close_is_recorded_for_refund_and_leaves_stock_alone()
     let p = payment("tx-late", 300);
     assert_eq!(
         mark_paid(&mut conn, &o.order_no, &p).unwrap(),
-        MarkPaidOutcome::PaidAfterClose { newly_recorded: true }
+        MarkPaidOutcome::PaidAfterClose {
+            newly_recorded: true
+        }
     );
     assert_eq!(
         mark_paid(&mut conn, &o.order_no, &p).unwrap(),
-        MarkPaidOutcome::PaidAfterClose { newly_recorded: false }
+        MarkPaidOutcome::PaidAfterClose {
+            newly_recorded: false
+        }
     );
     let stored = find_order(&mut conn, &o.order_no).unwrap().unwrap();
     assert_eq!(stored.status, OrderStatus::Closed, "status stays closed");
-    assert_eq!(stock_of(&mut conn, "TEA"), 10, "stock given back once, not taken again");
+    assert_eq!(
+        stock_of(&mut conn, "TEA"),
+        10,
+        "stock given back once, not taken again"
+    );
     let pays = payments_of(&mut conn, &o.order_no).unwrap();
     assert_eq!(pays.len(), 1);
     assert!(pays[0].paid_after_close);
-    assert_eq!(event_kinds(&mut conn, &o.order_no), ["created", "closed", "paid_after_close"]);
+    assert_eq!(
+        event_kinds(&mut conn, &o.order_no),
+        ["created", "closed", "paid_after_close"]
+    );
     assert_conserved(&mut conn);
 }
 
@@ -137,7 +185,10 @@ fn a_transaction_id_of_another_order_is_a_typed_error_and_changes_nothing() {
     let first = order(&mut conn, &[("TEA", 1)]);
     let second = order(&mut conn, &[("TEA", 1)]);
     let p = payment("tx-shared", 100);
-    assert_eq!(mark_paid(&mut conn, &first.order_no, &p).unwrap(), MarkPaidOutcome::Paid);
+    assert_eq!(
+        mark_paid(&mut conn, &first.order_no, &p).unwrap(),
+        MarkPaidOutcome::Paid
+    );
     let err = mark_paid(&mut conn, &second.order_no, &p).unwrap_err();
     match err {
         StoreError::Constraint {

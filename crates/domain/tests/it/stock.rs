@@ -21,6 +21,12 @@ fn set_stock_creates_a_sku_then_updates_it_and_records_each_change() {
 
 #[test]
 fn set_stock_repeated_with_the_same_values_changes_nothing() {
+    #[derive(diesel::QueryableByName)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    use diesel::RunQueryDsl;
     let db = TestDb::new();
     let mut conn = db.conn();
     load(&mut conn, "TEA", 7, 300);
@@ -31,13 +37,10 @@ fn set_stock_repeated_with_the_same_values_changes_nothing() {
         Some(Fen::new(300).unwrap()),
     )
     .unwrap();
-    assert_eq!((again.created, again.previous, again.current), (false, 7, 7));
-    #[derive(diesel::QueryableByName)]
-    struct N {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        n: i64,
-    }
-    use diesel::RunQueryDsl;
+    assert_eq!(
+        (again.created, again.previous, again.current),
+        (false, 7, 7)
+    );
     let n = diesel::sql_query("SELECT count(*) AS n FROM stock_adjustments")
         .get_result::<N>(&mut conn)
         .unwrap()
@@ -51,7 +54,14 @@ fn set_stock_keeps_the_price_unless_a_new_one_is_given() {
     let mut conn = db.conn();
     load(&mut conn, "MUG", 5, 1999);
     let _ = set_stock(&mut conn, &sku("MUG"), StockLevel::new(6).unwrap(), None).unwrap();
-    assert_eq!(get_sku(&mut conn, &sku("MUG")).unwrap().unwrap().price.get(), 1999);
+    assert_eq!(
+        get_sku(&mut conn, &sku("MUG"))
+            .unwrap()
+            .unwrap()
+            .price
+            .get(),
+        1999
+    );
     let _ = set_stock(
         &mut conn,
         &sku("MUG"),
@@ -59,7 +69,14 @@ fn set_stock_keeps_the_price_unless_a_new_one_is_given() {
         Some(Fen::new(2500).unwrap()),
     )
     .unwrap();
-    assert_eq!(get_sku(&mut conn, &sku("MUG")).unwrap().unwrap().price.get(), 2500);
+    assert_eq!(
+        get_sku(&mut conn, &sku("MUG"))
+            .unwrap()
+            .unwrap()
+            .price
+            .get(),
+        2500
+    );
 }
 
 #[test]

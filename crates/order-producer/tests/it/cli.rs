@@ -1,0 +1,241 @@
+use std::process::{Command, Output};
+
+use domain::testing::TestDb;
+use domain::{get_sku, unpublished_count, OrderNo, SkuCode};
+
+fn producer(db_url: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_order-producer"))
+        .args(args)
+        .env("DATABASE_URL", db_url)
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("run order-producer")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stock(db: &TestDb, code: &str) -> u32 {
+    get_sku(&mut db.conn(), &SkuCode::parse(code).unwrap())
+        .unwrap()
+        .unwrap()
+        .stock
+}
+
+#[test]
+fn migrate_creates_the_schema_and_a_second_run_changes_nothing() {
+    let db = TestDb::empty();
+    let url = db.url().expose().to_owned();
+    let first = producer(&url, &["migrate"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert!(
+        stderr(&first).contains("applied 1 migration"),
+        "{}",
+        stderr(&first)
+    );
+    let second = producer(&url, &["migrate"]);
+    assert!(second.status.success(), "{}", stderr(&second));
+    assert!(
+        stderr(&second).contains("up to date"),
+        "{}",
+        stderr(&second)
+    );
+    assert!(domain::pending_migrations(&mut db.conn())
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
+fn migrate_creates_a_missing_database() {
+    // The database TestDb::empty() names, dropped first so migrate must create it.
+    let db = TestDb::empty();
+    {
+        use diesel::{Connection, RunQueryDsl};
+        let mut admin = diesel::PgConnection::establish(&domain::testing::admin_url()).unwrap();
+        diesel::sql_query(format!("DROP DATABASE {} WITH (FORCE)", db.name()))
+            .execute(&mut admin)
+            .unwrap();
+    }
+    let out = producer(db.url().expose(), &["migrate"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("created database"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(domain::pending_migrations(&mut db.conn())
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
+fn stock_set_then_create_order_prints_only_the_order_number() {
+    let db = TestDb::new();
+    let url = db.url().expose().to_owned();
+    let set = producer(
+        &url,
+        &[
+            "stock",
+            "set",
+            "--sku",
+            "TEA",
+            "--quantity",
+            "5",
+            "--price-fen",
+            "350",
+        ],
+    );
+    assert!(set.status.success(), "{}", stderr(&set));
+    assert_eq!(
+        stdout(&set).trim(),
+        "SKU TEA: stock 0 -> 5, price 350 fen (new)"
+    );
+
+    let created = producer(
+        &url,
+        &["create-order", "--item", "TEA:2", "--item", "TEA:1"],
+    );
+    assert!(created.status.success(), "{}", stderr(&created));
+    let out = stdout(&created);
+    assert_eq!(out.lines().count(), 1, "stdout: {out:?}");
+    let no = OrderNo::parse(out.trim()).expect("stdout is an order number");
+    let order = domain::find_order(&mut db.conn(), &no).unwrap().unwrap();
+    assert_eq!(order.total.get(), 3 * 350);
+    assert_eq!(stock(&db, "TEA"), 2);
+    assert_eq!(unpublished_count(&mut db.conn()).unwrap(), 1);
+}
+
+#[test]
+fn create_order_respects_the_payment_window() {
+    let db = TestDb::new();
+    let url = db.url().expose().to_owned();
+    assert!(
+        producer(&url, &["stock", "set", "--sku", "TEA", "--quantity", "5"])
+            .status
+            .success()
+    );
+    let created = producer(
+        &url,
+        &["create-order", "--item", "TEA:1", "--payment-window", "10s"],
+    );
+    assert!(created.status.success(), "{}", stderr(&created));
+    let no = OrderNo::parse(stdout(&created).trim()).unwrap();
+    let order = domain::find_order(&mut db.conn(), &no).unwrap().unwrap();
+    assert_eq!(
+        order.deadline - order.created_at,
+        chrono::Duration::seconds(10)
+    );
+}
+
+#[test]
+fn create_order_beyond_the_stock_fails_naming_the_sku_and_leaves_stock_alone() {
+    let db = TestDb::new();
+    let url = db.url().expose().to_owned();
+    assert!(
+        producer(&url, &["stock", "set", "--sku", "TEA", "--quantity", "5"])
+            .status
+            .success()
+    );
+    assert!(
+        producer(&url, &["stock", "set", "--sku", "MUG", "--quantity", "1"])
+            .status
+            .success()
+    );
+    let out = producer(
+        &url,
+        &["create-order", "--item", "TEA:1", "--item", "MUG:2"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("insufficient stock for SKU MUG: 2 requested, 1 available"),
+        "{err}"
+    );
+    assert!(stdout(&out).is_empty());
+    assert_eq!((stock(&db, "TEA"), stock(&db, "MUG")), (5, 1));
+    assert_eq!(unpublished_count(&mut db.conn()).unwrap(), 0);
+
+    let unknown = producer(&url, &["create-order", "--item", "GHOST:1"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(
+        stderr(&unknown).contains("unknown SKU GHOST"),
+        "{}",
+        stderr(&unknown)
+    );
+}
+
+#[test]
+fn bad_usage_exits_2_saying_what_is_wrong() {
+    let db = TestDb::new();
+    let url = db.url().expose().to_owned();
+    let cases: &[(&[&str], &str)] = &[
+        (&["create-order"], "--item"),
+        (&["create-order", "--item", "TEA:0"], "quantity for SKU TEA"),
+        (&["create-order", "--item", "TEA"], "CODE:QTY"),
+        (
+            &["create-order", "--item", "TEA:1", "--payment-window", "30"],
+            "no unit",
+        ),
+        (
+            &["stock", "set", "--sku", "TEA", "--quantity", "-1"],
+            "stock must be",
+        ),
+        (
+            &["stock", "set", "--sku", "has space", "--quantity", "1"],
+            "SKU code",
+        ),
+        (
+            &[
+                "stock",
+                "set",
+                "--sku",
+                "TEA",
+                "--quantity",
+                "1",
+                "--price-fen",
+                "-5",
+            ],
+            "amount in fen",
+        ),
+        (&["frobnicate"], "unrecognized subcommand"),
+    ];
+    for (args, needle) in cases {
+        let out = producer(&url, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(needle), "{args:?}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn an_unmigrated_schema_exits_2_telling_to_migrate() {
+    let db = TestDb::empty();
+    let out = producer(
+        db.url().expose(),
+        &["stock", "set", "--sku", "TEA", "--quantity", "1"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("run `order-producer migrate` first"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn an_unreachable_database_exits_1_without_printing_the_password() {
+    // Port 1 on loopback: nothing listens there.
+    let out = producer(
+        "postgres://app:hunter2secret@127.0.0.1:1/orders",
+        &["create-order", "--item", "TEA:1"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("could not connect to the database"), "{err}");
+    assert!(err.contains("app:***@127.0.0.1:1"), "{err}");
+    assert!(!err.contains("hunter2secret"), "{err}");
+}
