@@ -7,6 +7,7 @@ mod migrations;
 mod orders;
 mod outbox;
 mod payments;
+mod pool;
 mod stock;
 
 use std::time::Duration;
