@@ -1,0 +1,182 @@
+//! A typed client for the simulator's admin API (`/sim/...`), for tests and
+//! scripts: create and change orders, let the user pay, inject faults.
+
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::model::{Faults, Order, Stats};
+
+/// An admin call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdminError {
+    #[error("simulator admin API unreachable: {0}")]
+    Http(#[from] ureq::Error),
+    #[error("simulator admin API answered {status}: {body}")]
+    Status { status: u16, body: String },
+    #[error("simulator admin API sent unexpected JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Talks to `/sim/...` of one simulator.
+#[derive(Debug, Clone)]
+pub struct AdminClient {
+    base_url: String,
+    agent: ureq::Agent,
+}
+
+impl AdminClient {
+    /// `base_url` as printed by the simulator, e.g. `http://127.0.0.1:8099`.
+    #[must_use]
+    pub fn new(base_url: &str) -> Self {
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(10)))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        Self {
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            agent,
+        }
+    }
+
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<(u16, String), AdminError> {
+        let url = format!("{}/sim/{path}", self.base_url);
+        let mut resp = match (method, body) {
+            ("GET", _) => self.agent.get(&url).call()?,
+            ("DELETE", _) => self.agent.delete(&url).call()?,
+            ("PUT", body) => self
+                .agent
+                .put(&url)
+                .header("Content-Type", "application/json")
+                .send(body.unwrap_or_default())?,
+            (_, body) => self
+                .agent
+                .post(&url)
+                .header("Content-Type", "application/json")
+                .send(body.unwrap_or_default())?,
+        };
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string()?;
+        if (200..300).contains(&status) {
+            Ok((status, text))
+        } else {
+            Err(AdminError::Status { status, body: text })
+        }
+    }
+
+    fn json<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<T, AdminError> {
+        let (_, text) = self.call(method, path, body)?;
+        Ok(serde_json::from_str(&text)?)
+    }
+
+    fn to_body(value: &impl Serialize) -> Result<Option<String>, AdminError> {
+        Ok(Some(serde_json::to_string(value)?))
+    }
+
+    /// Waits until the simulator answers, at most `timeout`.
+    pub fn wait_ready(&self, timeout: Duration) -> Result<(), AdminError> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            match self.call("GET", "health", None) {
+                Ok(_) => return Ok(()),
+                Err(e) if std::time::Instant::now() >= deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
+    /// Creates or replaces an order (its request counters are kept).
+    pub fn put_order(&self, out_trade_no: &str, order: &Order) -> Result<Order, AdminError> {
+        self.json(
+            "PUT",
+            &format!("orders/{}", encode(out_trade_no)),
+            Self::to_body(order)?,
+        )
+    }
+
+    /// Creates or replaces an order in `trade_state`, default amount.
+    pub fn set_state(&self, out_trade_no: &str, trade_state: &str) -> Result<Order, AdminError> {
+        self.put_order(out_trade_no, &Order::in_state(trade_state))
+    }
+
+    /// The order, or `None` when the simulator does not hold it.
+    pub fn order(&self, out_trade_no: &str) -> Result<Option<Order>, AdminError> {
+        match self.json("GET", &format!("orders/{}", encode(out_trade_no)), None) {
+            Ok(o) => Ok(Some(o)),
+            Err(AdminError::Status { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn delete_order(&self, out_trade_no: &str) -> Result<(), AdminError> {
+        self.call("DELETE", &format!("orders/{}", encode(out_trade_no)), None)
+            .map(drop)
+    }
+
+    /// "The user pays now": `SUCCESS`, a transaction id and a success time.
+    /// Fails (409) unless the order is `NOTPAY`, `USERPAYING` or `PAYERROR`.
+    pub fn pay(&self, out_trade_no: &str) -> Result<Order, AdminError> {
+        self.json(
+            "POST",
+            &format!("orders/{}/pay", encode(out_trade_no)),
+            None,
+        )
+    }
+
+    /// Faults for API calls about this order (they win over global ones).
+    pub fn set_order_faults(&self, out_trade_no: &str, faults: &Faults) -> Result<(), AdminError> {
+        self.call(
+            "PUT",
+            &format!("orders/{}/faults", encode(out_trade_no)),
+            Self::to_body(faults)?,
+        )
+        .map(drop)
+    }
+
+    pub fn clear_order_faults(&self, out_trade_no: &str) -> Result<(), AdminError> {
+        self.call(
+            "DELETE",
+            &format!("orders/{}/faults", encode(out_trade_no)),
+            None,
+        )
+        .map(drop)
+    }
+
+    /// Faults for every API call not covered by an order's own faults.
+    pub fn set_global_faults(&self, faults: &Faults) -> Result<(), AdminError> {
+        self.call("PUT", "faults", Self::to_body(faults)?).map(drop)
+    }
+
+    pub fn clear_global_faults(&self) -> Result<(), AdminError> {
+        self.call("DELETE", "faults", None).map(drop)
+    }
+
+    pub fn stats(&self) -> Result<Stats, AdminError> {
+        self.json("GET", "stats", None)
+    }
+
+    /// Forgets every order, fault and counter.
+    pub fn reset(&self) -> Result<(), AdminError> {
+        self.call("POST", "reset", None).map(drop)
+    }
+}
+
+fn encode(out_trade_no: &str) -> String {
+    out_trade_no
+        .replace('%', "%25")
+        .replace('|', "%7C")
+        .replace('/', "%2F")
+}

@@ -1,0 +1,106 @@
+//! The simulator's data: orders as WeChat Pay would hold them, the faults to
+//! inject, and request counters. Shared by the server and the admin client
+//! (they are the admin API's JSON bodies).
+
+use serde::{Deserialize, Serialize};
+
+/// One payment order. `trade_state` is a free string so tests can make the
+/// simulator report states the client does not know.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Order {
+    pub trade_state: String,
+    /// Fen.
+    pub amount_total: i64,
+    pub payer_total: Option<i64>,
+    pub transaction_id: Option<String>,
+    /// RFC 3339.
+    pub success_time: Option<String>,
+    /// Faults for requests about this order; they win over the global ones.
+    pub faults: Option<Faults>,
+    /// Read-only counters, filled in by the simulator.
+    pub queries: u64,
+    pub closes: u64,
+}
+
+impl Default for Order {
+    fn default() -> Self {
+        Self {
+            trade_state: "NOTPAY".to_owned(),
+            amount_total: 100,
+            payer_total: None,
+            transaction_id: None,
+            success_time: None,
+            faults: None,
+            queries: 0,
+            closes: 0,
+        }
+    }
+}
+
+impl Order {
+    /// An order in `trade_state` with the default amount.
+    #[must_use]
+    pub fn in_state(trade_state: &str) -> Self {
+        Self {
+            trade_state: trade_state.to_owned(),
+            ..Self::default()
+        }
+    }
+}
+
+/// Which API a fault applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Endpoint {
+    Query,
+    Close,
+}
+
+/// Faults to inject into API answers (never into the admin API).
+// Independent switches, one per kind of fault: a bitflag set would only
+// make the admin JSON harder to write.
+#[allow(clippy::struct_excessive_bools)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Faults {
+    /// Sleep this long before answering.
+    pub latency_ms: u64,
+    /// Answer with this HTTP status and a matching WeChat Pay error body
+    /// instead of the real answer (429 `FREQUENCY_LIMITED`, 500
+    /// `SYSTEM_ERROR`, 503 `SERVICE_UNAVAILABLE`, 403 `NO_AUTH`, ...).
+    pub status: Option<u16>,
+    /// `Retry-After` seconds sent with a 429.
+    pub retry_after_secs: Option<u64>,
+    /// Sign, then corrupt the signature.
+    pub tamper_signature: bool,
+    /// Sign with a timestamp 10 minutes in the past.
+    pub stale_timestamp: bool,
+    /// Sign with the right key but name a serial nobody knows.
+    pub unknown_serial: bool,
+    /// Send no signature headers at all (like a proxy's error page).
+    pub unsigned: bool,
+    /// Close answers 204 but leaves the order as it was.
+    pub close_noop: bool,
+    /// Only for this endpoint (both when absent).
+    pub only: Option<Endpoint>,
+    /// Only for the next N matching requests, then the faults clear
+    /// themselves (forever when absent).
+    pub times: Option<u32>,
+}
+
+/// Counters since start (or the last reset).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Stats {
+    /// Every request to `/v3/...`.
+    pub api_requests: u64,
+    pub queries: u64,
+    pub closes: u64,
+    /// Requests refused with 401 `SIGN_ERROR`.
+    pub bad_signatures: u64,
+    /// Requests refused with 400 `INVALID_REQUEST` (missing headers).
+    pub invalid_requests: u64,
+    /// Answers replaced by an injected fault status.
+    pub faults_injected: u64,
+}
