@@ -1,0 +1,545 @@
+//! The client: builds signed requests, sends them on one shared agent,
+//! verifies every answer and maps it to an outcome or a typed error.
+
+use std::fmt;
+use std::io;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Deserialize;
+use ureq::http::{HeaderMap, Uri};
+
+use crate::config::{Config, ConfigError};
+use crate::error::{Error, DEFAULT_RATE_LIMIT_BACKOFF};
+use crate::model::{CloseOutcome, QueryOutcome, RawTransaction};
+use crate::signing::{self, MerchantKey};
+use crate::verify::{self, KeyStore};
+
+/// `User-Agent` of every request: WeChat Pay refuses requests without one.
+pub const USER_AGENT: &str = concat!("order-timeout/", env!("CARGO_PKG_VERSION"));
+
+/// Responses larger than this are not WeChat Pay's answers to our two calls.
+const MAX_BODY: u64 = 1024 * 1024;
+/// A `Retry-After` longer than this is capped: the caller's own back-off
+/// schedule takes over beyond it.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+/// Checks the `out_trade_no` rule (6 to 32 of `0-9 a-z A-Z _ - | *`). It
+/// also keeps anything that could change the URL's meaning out of the path.
+pub fn validate_out_trade_no(out_trade_no: &str) -> Result<(), Error> {
+    let ok = (6..=32).contains(&out_trade_no.len())
+        && out_trade_no
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'|' | b'*'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidOutTradeNo(out_trade_no.to_owned()))
+    }
+}
+
+/// WeChat Pay APIv3 client for query and close. Cheap to share: `Send + Sync`,
+/// one connection pool for all threads (wrap it in an `Arc`).
+pub struct Client {
+    agent: ureq::Agent,
+    base_url: String,
+    backup_base_url: Option<String>,
+    mchid: String,
+    merchant_serial_no: String,
+    merchant_key: MerchantKey,
+    /// Sent as `Wechatpay-Serial` on requests in public key mode.
+    public_key_id: Option<String>,
+    keys: KeyStore,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("base_url", &self.base_url)
+            .field("backup_base_url", &self.backup_base_url)
+            .field("mchid", &self.mchid)
+            .field("merchant_serial_no", &self.merchant_serial_no)
+            .field("merchant_key", &self.merchant_key)
+            .field("public_key_id", &self.public_key_id)
+            .field("keys", &self.keys)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A response whose signature has been verified.
+struct Verified {
+    status: u16,
+    body: Vec<u8>,
+    retry_after: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ApiErrorBody {
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default)]
+    detail: Option<serde_json::Value>,
+}
+
+#[derive(Clone, Copy)]
+enum Method {
+    Get,
+    Post,
+}
+
+impl Method {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Get => "GET",
+            Self::Post => "POST",
+        }
+    }
+}
+
+impl Client {
+    /// Validates `config`, loads the keys and sets up the HTTP agent.
+    pub fn new(config: Config) -> Result<Self, ConfigError> {
+        let invalid = |setting, reason: &str| ConfigError::Invalid {
+            setting,
+            reason: reason.to_owned(),
+        };
+        if config.mchid.is_empty() || !config.mchid.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(invalid(
+                "WECHATPAY_MCHID",
+                "expected the merchant id, digits only",
+            ));
+        }
+        if config.merchant_serial_no.is_empty()
+            || !config
+                .merchant_serial_no
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric())
+        {
+            return Err(invalid(
+                "WECHATPAY_MERCHANT_SERIAL_NO",
+                "expected the merchant certificate serial number (hex)",
+            ));
+        }
+        let base_url = check_base_url(&config.base_url)
+            .map_err(|reason| invalid("WECHATPAY_BASE_URL", &reason))?;
+        let backup_base_url = match &config.backup_base_url {
+            Some(url) => {
+                Some(check_base_url(url).map_err(|reason| invalid("backup base URL", &reason))?)
+            }
+            None => None,
+        };
+        if config.connect_timeout.is_zero() || config.timeout.is_zero() {
+            return Err(invalid("timeout", "timeouts must be greater than zero"));
+        }
+
+        let merchant_key = MerchantKey::load(&config.merchant_key_file)?;
+
+        let mut keys = KeyStore::new();
+        let mut public_key_id = None;
+        if let Some(pk) = &config.wechatpay_public_key {
+            if !pk.id.starts_with("PUB_KEY_ID_")
+                || !pk
+                    .id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            {
+                return Err(invalid(
+                    "WECHATPAY_PUBLIC_KEY_ID",
+                    "expected PUB_KEY_ID_ followed by digits",
+                ));
+            }
+            keys.insert(pk.id.clone(), KeyStore::load_public_key(&pk.file)?);
+            public_key_id = Some(pk.id.clone());
+        }
+        for cert in &config.platform_certificates {
+            if cert.serial.is_empty() || !cert.serial.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(invalid(
+                    "platform certificate serial",
+                    "expected hex digits",
+                ));
+            }
+            let key = KeyStore::load_platform_certificate(&cert.file, &cert.serial)?;
+            // Responses name the serial in upper case hex.
+            keys.insert(cert.serial.to_ascii_uppercase(), key.clone());
+            keys.insert(cert.serial.clone(), key);
+        }
+        if keys.is_empty() {
+            return Err(ConfigError::NoVerificationKey);
+        }
+        if base_url.starts_with("http://") {
+            log::warn!("WeChat Pay base URL {base_url} is plain http: fine for a local simulator, never for production");
+        }
+
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_connect(Some(config.connect_timeout))
+            .timeout_global(Some(config.timeout))
+            // Status codes are answers to verify and classify, not errors.
+            .http_status_as_error(false)
+            // A signed request must not wander to another host.
+            .max_redirects(0)
+            .user_agent(USER_AGENT)
+            // The signature covers the body as sent: no transparent decoding.
+            .accept_encoding(ureq::config::AutoHeaderValue::None)
+            .build()
+            .into();
+
+        Ok(Self {
+            agent,
+            base_url,
+            backup_base_url,
+            mchid: config.mchid,
+            merchant_serial_no: config.merchant_serial_no,
+            merchant_key,
+            public_key_id,
+            keys,
+        })
+    }
+
+    /// `GET /v3/pay/transactions/out-trade-no/{out_trade_no}?mchid=...`
+    ///
+    /// `Ok(NotFound)` only for a verified 404 `ORDER_NOT_EXIST`; an unknown
+    /// `trade_state` is [`Error::UnknownTradeState`].
+    pub fn query_by_out_trade_no(&self, out_trade_no: &str) -> Result<QueryOutcome, Error> {
+        validate_out_trade_no(out_trade_no)?;
+        let path = format!(
+            "/v3/pay/transactions/out-trade-no/{}?mchid={}",
+            encode_path_segment(out_trade_no),
+            self.mchid
+        );
+        let resp = self.execute(Method::Get, &path, b"")?;
+        match resp.status {
+            200 => {
+                let raw: RawTransaction =
+                    serde_json::from_slice(&resp.body).map_err(|e| Error::UnexpectedResponse {
+                        status: 200,
+                        reason: format!("query answer is not a transaction: {e}"),
+                    })?;
+                if let Some(other) = raw.out_trade_no.as_deref().filter(|o| *o != out_trade_no) {
+                    return Err(Error::UnexpectedResponse {
+                        status: 200,
+                        reason: format!("asked about {out_trade_no}, got an answer about {other}"),
+                    });
+                }
+                if let Some(other) = raw.mchid.as_deref().filter(|m| *m != self.mchid) {
+                    return Err(Error::UnexpectedResponse {
+                        status: 200,
+                        reason: format!("answer is for merchant {other}, not {}", self.mchid),
+                    });
+                }
+                raw.into_transaction()
+                    .map(QueryOutcome::Found)
+                    .map_err(|state| Error::UnknownTradeState {
+                        out_trade_no: out_trade_no.to_owned(),
+                        state,
+                    })
+            }
+            404 => match error_for(&resp) {
+                Error::Rejected { code, .. } if code == "ORDER_NOT_EXIST" => {
+                    Ok(QueryOutcome::NotFound)
+                }
+                other => Err(other),
+            },
+            _ => Err(error_for(&resp)),
+        }
+    }
+
+    /// `POST /v3/pay/transactions/out-trade-no/{out_trade_no}/close`
+    ///
+    /// `Closed` (204) is not proof that nothing was paid: query again.
+    pub fn close(&self, out_trade_no: &str) -> Result<CloseOutcome, Error> {
+        validate_out_trade_no(out_trade_no)?;
+        let path = format!(
+            "/v3/pay/transactions/out-trade-no/{}/close",
+            encode_path_segment(out_trade_no)
+        );
+        let body = serde_json::json!({ "mchid": self.mchid }).to_string();
+        let resp = self.execute(Method::Post, &path, body.as_bytes())?;
+        match resp.status {
+            204 => Ok(CloseOutcome::Closed),
+            202 => Ok(CloseOutcome::UserPaying),
+            200..=299 => Err(Error::UnexpectedResponse {
+                status: resp.status,
+                reason: "close answered neither 204 nor 202".to_owned(),
+            }),
+            _ => Err(error_for(&resp)),
+        }
+    }
+
+    /// Sends once to the main URL and, if that could not even connect, once
+    /// to the backup domain.
+    fn execute(&self, method: Method, path: &str, body: &[u8]) -> Result<Verified, Error> {
+        match self.send(&self.base_url, method, path, body) {
+            Err(Error::Connect { url, source }) if self.backup_base_url.is_some() => {
+                let backup = self.backup_base_url.as_deref().unwrap_or_default();
+                log::warn!("cannot connect to {url} ({source}); trying backup {backup}");
+                self.send(backup, method, path, body)
+            }
+            other => other,
+        }
+    }
+
+    fn send(&self, base: &str, method: Method, path: &str, body: &[u8]) -> Result<Verified, Error> {
+        let url = format!("{base}{path}");
+        let timestamp = unix_now();
+        let nonce = signing::new_nonce();
+        let message = signing::request_message(method.as_str(), path, timestamp, &nonce, body);
+        let signature = self.merchant_key.sign(&message).map_err(Error::Signing)?;
+        let authorization = signing::authorization_header(
+            &self.mchid,
+            &self.merchant_serial_no,
+            timestamp,
+            &nonce,
+            &signature,
+        );
+
+        let started = Instant::now();
+        let result = match method {
+            Method::Get => {
+                let mut req = self
+                    .agent
+                    .get(&url)
+                    .header("Authorization", &authorization)
+                    .header("Accept", "application/json");
+                if let Some(id) = &self.public_key_id {
+                    req = req.header(verify::HEADER_SERIAL, id);
+                }
+                req.call()
+            }
+            Method::Post => {
+                let mut req = self
+                    .agent
+                    .post(&url)
+                    .header("Authorization", &authorization)
+                    .header("Accept", "application/json")
+                    .header("Content-Type", "application/json");
+                if let Some(id) = &self.public_key_id {
+                    req = req.header(verify::HEADER_SERIAL, id);
+                }
+                req.send(body)
+            }
+        };
+        let mut resp = result.map_err(|e| map_ureq_error(e, &url))?;
+        let status = resp.status().as_u16();
+        let resp_body = resp
+            .body_mut()
+            .with_config()
+            .limit(MAX_BODY)
+            .read_to_vec()
+            .map_err(|e| map_ureq_error(e, &url))?;
+        let headers = resp.headers();
+        log::debug!(
+            "{} {url} -> {status} in {:?} (Request-ID {})",
+            method.as_str(),
+            started.elapsed(),
+            header(headers, "Request-ID").unwrap_or("-"),
+        );
+
+        self.keys
+            .verify(|name| header(headers, name), &resp_body, unix_now())
+            .map_err(|reason| Error::Unverified { status, reason })?;
+
+        Ok(Verified {
+            status,
+            retry_after: header(headers, "Retry-After").and_then(parse_retry_after),
+            body: resp_body,
+        })
+    }
+}
+
+fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `|` is not allowed raw in a URI path; the signature covers the encoded
+/// form, which is what goes on the wire.
+fn encode_path_segment(s: &str) -> String {
+    s.replace('|', "%7C")
+}
+
+fn check_base_url(url: &str) -> Result<String, String> {
+    let url = url.trim_end_matches('/');
+    let uri: Uri = url.parse().map_err(|_| format!("{url:?} is not a URL"))?;
+    let scheme_ok = matches!(uri.scheme_str(), Some("https" | "http"));
+    let bare = uri
+        .path_and_query()
+        .is_none_or(|pq| pq.as_str().is_empty() || pq.as_str() == "/");
+    if !scheme_ok || uri.host().is_none() || !bare {
+        return Err(format!(
+            "{url:?}: expected scheme and host only, e.g. https://api.mch.weixin.qq.com"
+        ));
+    }
+    Ok(url.to_owned())
+}
+
+fn parse_retry_after(v: &str) -> Option<Duration> {
+    v.trim()
+        .parse::<u64>()
+        .ok()
+        .map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER))
+}
+
+fn map_ureq_error(e: ureq::Error, url: &str) -> Error {
+    let url = url.to_owned();
+    match &e {
+        ureq::Error::Timeout(ureq::Timeout::Connect | ureq::Timeout::Resolve)
+        | ureq::Error::HostNotFound
+        | ureq::Error::ConnectionFailed => Error::Connect { url, source: e },
+        ureq::Error::Io(io)
+            if matches!(
+                io.kind(),
+                io::ErrorKind::ConnectionRefused
+                    | io::ErrorKind::HostUnreachable
+                    | io::ErrorKind::NetworkUnreachable
+                    | io::ErrorKind::NetworkDown
+                    | io::ErrorKind::AddrNotAvailable
+            ) =>
+        {
+            Error::Connect { url, source: e }
+        }
+        ureq::Error::Timeout(_) => Error::Timeout { url, source: e },
+        _ => Error::Transport { url, source: e },
+    }
+}
+
+/// The error for a verified non-success answer.
+fn error_for(resp: &Verified) -> Error {
+    let parsed: Option<ApiErrorBody> = serde_json::from_slice(&resp.body).ok();
+    let (code, message, detail) = match parsed {
+        Some(b) => (
+            b.code.unwrap_or_default(),
+            b.message.unwrap_or_default(),
+            b.detail,
+        ),
+        None => (
+            String::new(),
+            String::from_utf8_lossy(&resp.body)
+                .chars()
+                .take(200)
+                .collect(),
+            None,
+        ),
+    };
+    match resp.status {
+        429 => Error::RateLimited {
+            code,
+            message,
+            retry_after: resp.retry_after.unwrap_or(DEFAULT_RATE_LIMIT_BACKOFF),
+        },
+        500..=599 => Error::Server {
+            status: resp.status,
+            code,
+            message,
+        },
+        400..=499 => Error::Rejected {
+            status: resp.status,
+            code,
+            message,
+            detail,
+        },
+        status => Error::UnexpectedResponse {
+            status,
+            reason: format!("unexpected HTTP status ({code} {message})"),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_trade_no_rule() {
+        for ok in [
+            "123456",
+            "ORD_2024-01|x*",
+            "a234567890123456789012345678901b",
+        ] {
+            validate_out_trade_no(ok).unwrap();
+        }
+        for bad in [
+            "12345",
+            "a2345678901234567890123456789012x",
+            "abc/../x",
+            "abc?d=1",
+            "订单号123456",
+            "abc def",
+        ] {
+            assert!(
+                matches!(validate_out_trade_no(bad), Err(Error::InvalidOutTradeNo(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn base_url_must_be_scheme_and_host() {
+        assert_eq!(
+            check_base_url("https://api.mch.weixin.qq.com/").unwrap(),
+            "https://api.mch.weixin.qq.com"
+        );
+        assert_eq!(
+            check_base_url("http://127.0.0.1:8099").unwrap(),
+            "http://127.0.0.1:8099"
+        );
+        assert!(check_base_url("https://example.com/prefix").is_err());
+        assert!(check_base_url("ftp://example.com").is_err());
+        assert!(check_base_url("api.mch.weixin.qq.com").is_err());
+    }
+
+    #[test]
+    fn retry_after_seconds_and_cap() {
+        assert_eq!(parse_retry_after("3"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_retry_after("100000"), Some(MAX_RETRY_AFTER));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+    }
+
+    #[test]
+    fn error_classification() {
+        let v = |status, body: &str| Verified {
+            status,
+            body: body.as_bytes().to_vec(),
+            retry_after: None,
+        };
+        let e = error_for(&v(
+            429,
+            r#"{"code":"FREQUENCY_LIMITED","message":"slow down"}"#,
+        ));
+        assert!(e.is_transient());
+        assert_eq!(e.retry_after(), Some(DEFAULT_RATE_LIMIT_BACKOFF));
+        assert_eq!(e.provider_code(), Some("FREQUENCY_LIMITED"));
+        let e = error_for(&v(
+            503,
+            r#"{"code":"SERVICE_UNAVAILABLE","message":"busy"}"#,
+        ));
+        assert!(e.is_transient());
+        let e = error_for(&v(
+            401,
+            r#"{"code":"SIGN_ERROR","message":"bad sig","detail":{"field":"x"}}"#,
+        ));
+        assert!(e.is_permanent());
+        assert_eq!(
+            (e.provider_code(), e.provider_message()),
+            (Some("SIGN_ERROR"), Some("bad sig"))
+        );
+        assert!(matches!(
+            e,
+            Error::Rejected {
+                status: 401,
+                detail: Some(_),
+                ..
+            }
+        ));
+        let e = error_for(&v(403, "not json"));
+        assert!(e.is_permanent());
+        assert_eq!(e.provider_message(), Some("not json"));
+        let e = error_for(&v(302, ""));
+        assert!(matches!(e, Error::UnexpectedResponse { status: 302, .. }));
+    }
+}

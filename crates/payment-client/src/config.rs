@@ -1,0 +1,147 @@
+//! The client's typed configuration and the errors of loading it.
+//!
+//! Only paths and identifiers live here, never key material: the keys are
+//! read by [`crate::Client::new`] and held in wrappers whose `Debug` is
+//! redacted. The binaries fill this struct from flags and the environment
+//! (`WECHATPAY_BASE_URL`, `WECHATPAY_MCHID`, `WECHATPAY_MERCHANT_SERIAL_NO`,
+//! `WECHATPAY_MERCHANT_KEY_FILE`, `WECHATPAY_PUBLIC_KEY_ID`,
+//! `WECHATPAY_PUBLIC_KEY_FILE`); this crate never reads the environment.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The production API.
+pub const DEFAULT_BASE_URL: &str = "https://api.mch.weixin.qq.com";
+/// WeChat Pay's backup domain, worth trying only when the main one cannot be
+/// reached at all.
+pub const BACKUP_BASE_URL: &str = "https://api2.mch.weixin.qq.com";
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// WeChat Pay public key mode: responses signed by this key carry
+/// `Wechatpay-Serial: <id>`, and requests send the id in `Wechatpay-Serial`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicKeyConfig {
+    /// `PUB_KEY_ID_...`
+    pub id: String,
+    /// PEM public key downloaded from the merchant platform.
+    pub file: PathBuf,
+}
+
+/// A WeChat Pay platform certificate (the older mode) and its serial.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlatformCertificateConfig {
+    /// Serial in hex, as in `Wechatpay-Serial`; checked against the file.
+    pub serial: String,
+    pub file: PathBuf,
+}
+
+/// Everything the client needs. Build with [`Config::new`] and adjust the
+/// public fields; [`crate::Client::new`] validates it and loads the keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Merchant id (`mchid`), digits.
+    pub mchid: String,
+    /// Serial number of the merchant API certificate (`serial_no` in
+    /// `Authorization`).
+    pub merchant_serial_no: String,
+    /// Merchant RSA private key, PEM (PKCS#8 or PKCS#1).
+    pub merchant_key_file: PathBuf,
+    /// Public key mode (recommended by WeChat Pay for new merchants).
+    pub wechatpay_public_key: Option<PublicKeyConfig>,
+    /// Platform certificates; may be combined with public key mode during a
+    /// migration, responses are verified by whichever key their serial names.
+    pub platform_certificates: Vec<PlatformCertificateConfig>,
+    /// Scheme and host, no trailing slash, e.g. `https://api.mch.weixin.qq.com`.
+    pub base_url: String,
+    /// Tried once after a connection-level failure (nothing was sent), never
+    /// after a timeout or an HTTP error.
+    pub backup_base_url: Option<String>,
+    pub connect_timeout: Duration,
+    /// Whole request: connect, send, wait, read.
+    pub timeout: Duration,
+}
+
+impl Config {
+    /// The production API (with its backup domain) and default timeouts; add
+    /// a WeChat Pay public key or a platform certificate before use.
+    #[must_use]
+    pub fn new(
+        mchid: impl Into<String>,
+        merchant_serial_no: impl Into<String>,
+        merchant_key_file: impl Into<PathBuf>,
+    ) -> Self {
+        Self {
+            mchid: mchid.into(),
+            merchant_serial_no: merchant_serial_no.into(),
+            merchant_key_file: merchant_key_file.into(),
+            wechatpay_public_key: None,
+            platform_certificates: Vec::new(),
+            base_url: DEFAULT_BASE_URL.to_owned(),
+            backup_base_url: Some(BACKUP_BASE_URL.to_owned()),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+
+    #[must_use]
+    pub fn with_public_key(mut self, id: impl Into<String>, file: impl Into<PathBuf>) -> Self {
+        self.wechatpay_public_key = Some(PublicKeyConfig {
+            id: id.into(),
+            file: file.into(),
+        });
+        self
+    }
+
+    #[must_use]
+    pub fn with_platform_certificate(
+        mut self,
+        serial: impl Into<String>,
+        file: impl Into<PathBuf>,
+    ) -> Self {
+        self.platform_certificates.push(PlatformCertificateConfig {
+            serial: serial.into(),
+            file: file.into(),
+        });
+        self
+    }
+
+    /// Points the client elsewhere (a simulator, a proxy). Clears the backup
+    /// domain: a fallback from a local URL to the real API would be wrong.
+    #[must_use]
+    pub fn with_base_url(mut self, base_url: impl Into<String>) -> Self {
+        self.base_url = base_url.into();
+        self.backup_base_url = None;
+        self
+    }
+
+    #[must_use]
+    pub fn with_timeouts(mut self, connect: Duration, overall: Duration) -> Self {
+        self.connect_timeout = connect;
+        self.timeout = overall;
+        self
+    }
+}
+
+/// Why the client could not be built. Messages name the setting or file at
+/// fault and never contain key material.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("WeChat Pay setting {setting} is invalid: {reason}")]
+    Invalid {
+        /// The environment variable the binaries read it from.
+        setting: &'static str,
+        reason: String,
+    },
+    #[error("no WeChat Pay key to verify responses with: set WECHATPAY_PUBLIC_KEY_ID and WECHATPAY_PUBLIC_KEY_FILE (or a platform certificate)")]
+    NoVerificationKey,
+    #[error("cannot load {what} from {}: {reason}", path.display())]
+    KeyFile {
+        what: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("cannot set up the HTTP client: {0}")]
+    Http(#[source] ureq::Error),
+}

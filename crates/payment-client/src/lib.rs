@@ -1,0 +1,36 @@
+//! WeChat Pay APIv3 client for the two calls the order-timeout worker needs:
+//! query a payment order by `out_trade_no` and close it.
+//!
+//! What it guarantees, so that callers can act on its answers:
+//!
+//! * every request is signed (SHA256withRSA, PKCS#1 v1.5) over the exact bytes
+//!   sent, with a fresh nonce and the current time ([`signing`]);
+//! * every response, 204s and error bodies included, is verified against a
+//!   WeChat Pay key chosen by `Wechatpay-Serial` before anything in it is
+//!   believed ([`verify`]); an unverifiable response is a transient
+//!   [`Error::Unverified`], never an outcome;
+//! * errors are typed and classified ([`Error::is_transient`]): retry later
+//!   versus give up and tell a human;
+//! * an unknown `trade_state` is an error ([`Error::UnknownTradeState`]), never
+//!   "unpaid".
+//!
+//! It never talks to the database and never reads the environment: the
+//! binaries fill a [`Config`] from flags and environment variables and call
+//! [`Client::new`], which loads the keys and fails with a message naming the
+//! offending file. Nothing here knows about the simulator; it is reached only
+//! by configuring its URL and keys.
+
+mod client;
+mod config;
+mod error;
+mod model;
+pub mod signing;
+pub mod verify;
+
+pub use client::{validate_out_trade_no, Client, USER_AGENT};
+pub use config::{
+    Config, ConfigError, PlatformCertificateConfig, PublicKeyConfig, BACKUP_BASE_URL,
+    DEFAULT_BASE_URL, DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT,
+};
+pub use error::Error;
+pub use model::{Amount, CloseOutcome, Payer, QueryOutcome, TradeState, Transaction};

@@ -1,0 +1,294 @@
+//! What the two calls return: the transaction as WeChat Pay reports it, and
+//! the outcomes of query and close.
+//!
+//! Parsing is lenient on purpose (every field but `trade_state` is optional,
+//! unknown fields are ignored) because WeChat Pay adds fields and omits those
+//! that do not apply to a state. `trade_state` is strict: a state we do not
+//! know must stop the caller, not be mistaken for "unpaid".
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// `trade_state` of a payment order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TradeState {
+    /// Paid.
+    Success,
+    /// Paid, then (partly) refunded.
+    Refund,
+    /// Not paid yet.
+    #[serde(rename = "NOTPAY")]
+    NotPay,
+    /// Closed: can no longer be paid.
+    Closed,
+    /// Revoked (payment-code payments).
+    Revoked,
+    /// The user is paying (e.g. entering a password): outcome unknown.
+    #[serde(rename = "USERPAYING")]
+    UserPaying,
+    /// The payment failed (e.g. bank refused); still payable until closed.
+    #[serde(rename = "PAYERROR")]
+    PayError,
+}
+
+impl TradeState {
+    pub const ALL: [TradeState; 7] = [
+        Self::Success,
+        Self::Refund,
+        Self::NotPay,
+        Self::Closed,
+        Self::Revoked,
+        Self::UserPaying,
+        Self::PayError,
+    ];
+
+    /// The wire name, e.g. `NOTPAY`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "SUCCESS",
+            Self::Refund => "REFUND",
+            Self::NotPay => "NOTPAY",
+            Self::Closed => "CLOSED",
+            Self::Revoked => "REVOKED",
+            Self::UserPaying => "USERPAYING",
+            Self::PayError => "PAYERROR",
+        }
+    }
+}
+
+impl fmt::Display for TradeState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for TradeState {
+    type Err = String;
+
+    /// Exact wire names only; anything else is returned as the error.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|t| t.as_str() == s)
+            .ok_or_else(|| s.to_owned())
+    }
+}
+
+/// `amount` of a transaction, in integer fen.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Amount {
+    pub total: Option<i64>,
+    pub payer_total: Option<i64>,
+    pub currency: Option<String>,
+    pub payer_currency: Option<String>,
+}
+
+/// `payer` of a transaction.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Payer {
+    pub openid: Option<String>,
+}
+
+/// A transaction as returned by the query API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Transaction {
+    pub trade_state: TradeState,
+    pub trade_state_desc: Option<String>,
+    pub out_trade_no: Option<String>,
+    pub transaction_id: Option<String>,
+    pub mchid: Option<String>,
+    pub appid: Option<String>,
+    pub trade_type: Option<String>,
+    pub bank_type: Option<String>,
+    pub attach: Option<String>,
+    /// RFC 3339, e.g. `2018-06-08T10:34:56+08:00`; kept as sent.
+    pub success_time: Option<String>,
+    pub payer: Option<Payer>,
+    pub amount: Option<Amount>,
+}
+
+/// The same, with `trade_state` still a string: the first step of parsing.
+#[derive(Debug, Deserialize)]
+pub(crate) struct RawTransaction {
+    pub trade_state: String,
+    #[serde(default)]
+    pub trade_state_desc: Option<String>,
+    #[serde(default)]
+    pub out_trade_no: Option<String>,
+    #[serde(default)]
+    pub transaction_id: Option<String>,
+    #[serde(default)]
+    pub mchid: Option<String>,
+    #[serde(default)]
+    pub appid: Option<String>,
+    #[serde(default)]
+    pub trade_type: Option<String>,
+    #[serde(default)]
+    pub bank_type: Option<String>,
+    #[serde(default)]
+    pub attach: Option<String>,
+    #[serde(default)]
+    pub success_time: Option<String>,
+    #[serde(default)]
+    pub payer: Option<Payer>,
+    #[serde(default)]
+    pub amount: Option<Amount>,
+}
+
+impl RawTransaction {
+    /// Err carries the unknown `trade_state`.
+    pub(crate) fn into_transaction(self) -> Result<Transaction, String> {
+        Ok(Transaction {
+            trade_state: self.trade_state.parse()?,
+            trade_state_desc: self.trade_state_desc,
+            out_trade_no: self.out_trade_no,
+            transaction_id: self.transaction_id,
+            mchid: self.mchid,
+            appid: self.appid,
+            trade_type: self.trade_type,
+            bank_type: self.bank_type,
+            attach: self.attach,
+            success_time: self.success_time,
+            payer: self.payer,
+            amount: self.amount,
+        })
+    }
+}
+
+/// Result of a query by `out_trade_no`.
+// Returned once per network round trip: boxing would save nothing that
+// matters and make every match clumsier.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum QueryOutcome {
+    Found(Transaction),
+    /// 404 `ORDER_NOT_EXIST`: WeChat Pay never saw a prepay order with this
+    /// number, so there is nothing to pay and nothing to close there.
+    NotFound,
+}
+
+/// Result of closing a payment order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CloseOutcome {
+    /// 204. Not proof that nothing was paid: query again before acting.
+    Closed,
+    /// 202 `USER_PAYING`: the user is paying right now; query again later.
+    UserPaying,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<Transaction, String> {
+        serde_json::from_str::<RawTransaction>(json)
+            .map_err(|e| e.to_string())?
+            .into_transaction()
+    }
+
+    #[test]
+    fn every_trade_state_parses_and_round_trips() {
+        for state in TradeState::ALL {
+            let t = parse(&format!(r#"{{"trade_state":"{state}"}}"#)).unwrap();
+            assert_eq!(t.trade_state, state);
+            assert_eq!(state.as_str().parse::<TradeState>(), Ok(state));
+            assert_eq!(
+                serde_json::to_string(&state).unwrap(),
+                format!("\"{state}\"")
+            );
+        }
+        assert_eq!(
+            parse(r#"{"trade_state":"NOTPAY"}"#).unwrap().trade_state,
+            TradeState::NotPay
+        );
+        assert_eq!(
+            parse(r#"{"trade_state":"USERPAYING"}"#)
+                .unwrap()
+                .trade_state,
+            TradeState::UserPaying
+        );
+        assert_eq!(
+            parse(r#"{"trade_state":"PAYERROR"}"#).unwrap().trade_state,
+            TradeState::PayError
+        );
+    }
+
+    #[test]
+    fn unknown_or_miscased_trade_state_is_an_error_not_unpaid() {
+        assert_eq!(
+            parse(r#"{"trade_state":"REFUNDING"}"#),
+            Err("REFUNDING".to_owned())
+        );
+        assert_eq!(
+            parse(r#"{"trade_state":"notpay"}"#),
+            Err("notpay".to_owned())
+        );
+        assert_eq!(parse(r#"{"trade_state":""}"#), Err(String::new()));
+    }
+
+    #[test]
+    fn trade_state_is_required() {
+        let err = parse(r#"{"out_trade_no":"1217752501201407033233368018"}"#).unwrap_err();
+        assert!(err.contains("trade_state"), "{err}");
+    }
+
+    #[test]
+    fn real_looking_success_payload() {
+        // Shape of the official documentation's example response.
+        let json = r#"{
+            "amount": {"currency": "CNY", "payer_currency": "CNY", "payer_total": 1, "total": 1},
+            "appid": "wxdace645e0bc2cXXX",
+            "attach": "",
+            "bank_type": "OTHERS",
+            "mchid": "1900006XXX",
+            "out_trade_no": "44_2126281063_5504",
+            "payer": {"openid": "o4GgauJP_mgWEWictzA15WT15XXX"},
+            "promotion_detail": [],
+            "success_time": "2021-03-22T10:29:05+08:00",
+            "trade_state": "SUCCESS",
+            "trade_state_desc": "支付成功",
+            "trade_type": "JSAPI",
+            "transaction_id": "4200000891202103228088184743"
+        }"#;
+        let t = parse(json).unwrap();
+        assert_eq!(t.trade_state, TradeState::Success);
+        assert_eq!(
+            t.transaction_id.as_deref(),
+            Some("4200000891202103228088184743")
+        );
+        assert_eq!(t.success_time.as_deref(), Some("2021-03-22T10:29:05+08:00"));
+        assert_eq!(t.out_trade_no.as_deref(), Some("44_2126281063_5504"));
+        assert_eq!(t.trade_state_desc.as_deref(), Some("支付成功"));
+        let amount = t.amount.unwrap();
+        assert_eq!((amount.total, amount.payer_total), (Some(1), Some(1)));
+        assert_eq!(
+            t.payer.unwrap().openid.as_deref(),
+            Some("o4GgauJP_mgWEWictzA15WT15XXX")
+        );
+    }
+
+    #[test]
+    fn real_looking_notpay_payload_without_payment_fields() {
+        let json = r#"{"amount":{"payer_currency":"CNY","total":100},"appid":"wx1","mchid":"1230000109",
+            "out_trade_no":"ORD20240101000001","promotion_detail":[],"scene_info":{"device_id":""},
+            "trade_state":"NOTPAY","trade_state_desc":"订单未支付"}"#;
+        let t = parse(json).unwrap();
+        assert_eq!(t.trade_state, TradeState::NotPay);
+        assert_eq!(t.transaction_id, None);
+        assert_eq!(t.success_time, None);
+        assert_eq!(t.amount.unwrap().total, Some(100));
+    }
+
+    #[test]
+    fn nulls_count_as_absent() {
+        let t = parse(r#"{"trade_state":"CLOSED","transaction_id":null,"amount":null}"#).unwrap();
+        assert_eq!(t.trade_state, TradeState::Closed);
+        assert_eq!(t.amount, None);
+    }
+}

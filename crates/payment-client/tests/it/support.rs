@@ -1,0 +1,98 @@
+//! Shared set-up: keys, a simulator, a client pointed at it.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use payment_client::{Client, Config};
+use wechatpay_sim::{AdminClient, ClientFiles, SimConfig, SimKeys, Simulator};
+
+pub const MCHID: &str = wechatpay_sim::DEFAULT_MCHID;
+pub const MERCHANT_SERIAL: &str = wechatpay_sim::DEFAULT_MERCHANT_SERIAL_NO;
+pub const PUBLIC_KEY_ID: &str = wechatpay_sim::DEFAULT_PUBLIC_KEY_ID;
+
+pub fn init_log() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        let _ = env_logger_like();
+    }
+}
+
+// The client crate does not depend on env_logger; a minimal logger suffices.
+fn env_logger_like() -> Result<(), log::SetLoggerError> {
+    struct Stderr;
+    impl log::Log for Stderr {
+        fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+            true
+        }
+        fn log(&self, r: &log::Record<'_>) {
+            eprintln!("{} {}: {}", r.level(), r.target(), r.args());
+        }
+        fn flush(&self) {}
+    }
+    log::set_logger(&Stderr).map(|()| log::set_max_level(log::LevelFilter::Debug))
+}
+
+/// A scratch directory unique to this test binary run.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("payment-client-it-{}", std::process::id()))
+        .join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+pub struct Keys {
+    pub sim: SimKeys,
+    pub files: ClientFiles,
+}
+
+/// The simulated merchant and WeChat Pay keys, generated once.
+pub fn keys() -> &'static Keys {
+    static KEYS: OnceLock<Keys> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        let sim = SimKeys::generate().unwrap();
+        let files = sim.write_client_files(&scratch("keys")).unwrap();
+        Keys { sim, files }
+    })
+}
+
+/// Another, unrelated pair of keys (a wrong merchant key, a wrong WeChat Pay key).
+pub fn other_keys() -> &'static Keys {
+    static KEYS: OnceLock<Keys> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        let sim = SimKeys::generate().unwrap();
+        let files = sim.write_client_files(&scratch("other-keys")).unwrap();
+        Keys { sim, files }
+    })
+}
+
+pub fn start_sim(config: SimConfig) -> Simulator {
+    init_log();
+    Simulator::start("127.0.0.1:0", &keys().sim, config).unwrap()
+}
+
+/// Client config for `sim` in public key mode, with short timeouts.
+pub fn config_for(sim: &Simulator) -> Config {
+    let files = &keys().files;
+    Config::new(MCHID, MERCHANT_SERIAL, &files.merchant_key_file)
+        .with_public_key(PUBLIC_KEY_ID, &files.wechatpay_public_key_file)
+        .with_base_url(sim.base_url())
+        .with_timeouts(Duration::from_millis(300), Duration::from_secs(2))
+}
+
+/// A simulator, its admin client and a client talking to it.
+pub struct Env {
+    pub sim: Simulator,
+    pub admin: AdminClient,
+    pub client: Client,
+}
+
+pub fn env() -> Env {
+    let sim = start_sim(SimConfig::default());
+    let client = Client::new(config_for(&sim)).unwrap();
+    Env {
+        admin: sim.admin(),
+        client,
+        sim,
+    }
+}
