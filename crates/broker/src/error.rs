@@ -1,0 +1,71 @@
+//! What can go wrong talking to RabbitMQ, typed so callers can decide:
+//! a lost connection is worth a retry, a topology mismatch needs an operator.
+
+use crate::connection::AmqpUrl;
+
+/// Errors of this crate. Messages never contain the AMQP password.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BrokerError {
+    /// The connection could not be opened or was lost (network, broker
+    /// restarting, socket closed).
+    #[error("{context}: {message}")]
+    Connection { context: String, message: String },
+    /// The broker closed the channel or connection with an AMQP reply code
+    /// (404 `NOT_FOUND`, 406 `PRECONDITION_FAILED`, 320 `CONNECTION_FORCED`, ...).
+    #[error("{context}: the broker answered {code}: {message}")]
+    Server {
+        context: String,
+        code: u16,
+        message: String,
+    },
+    /// The broker holds a queue with other arguments than wanted.
+    #[error(
+        "queue {queue} exists with {argument} = {there}, but {wanted} is wanted. \
+         A queue's arguments cannot be changed in place. {how_to_migrate}"
+    )]
+    TopologyMismatch {
+        queue: String,
+        argument: String,
+        there: String,
+        wanted: String,
+        how_to_migrate: String,
+    },
+    /// Part of the topology does not exist.
+    #[error("{what} does not exist on the broker; declare the topology first (`order-producer declare` or scripts/setup-topology.sh)")]
+    TopologyMissing { what: String },
+    /// Publisher confirms did not all arrive in time.
+    #[error("the broker did not confirm {unconfirmed} message(s) within {waited_ms} ms")]
+    ConfirmTimeout { unconfirmed: usize, waited_ms: u128 },
+}
+
+impl BrokerError {
+    /// Converts an amiquip error, scrubbing the URL's password from it.
+    pub(crate) fn from_amiquip(url: &AmqpUrl, context: &str, e: amiquip::Error) -> Self {
+        match e {
+            amiquip::Error::ServerClosedChannel { code, message, .. }
+            | amiquip::Error::ServerClosedConnection { code, message } => Self::Server {
+                context: context.to_owned(),
+                code,
+                message: url.scrub(&message),
+            },
+            other => Self::Connection {
+                context: context.to_owned(),
+                message: url.scrub(&other.to_string()),
+            },
+        }
+    }
+
+    /// True when trying again later may succeed (connection problems,
+    /// missing confirms, the broker forcing connections closed).
+    #[must_use]
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Connection { .. } | Self::ConfirmTimeout { .. } => true,
+            // 320 CONNECTION_FORCED (broker shutting down), 541 INTERNAL_ERROR,
+            // 506 RESOURCE_ERROR.
+            Self::Server { code, .. } => matches!(code, 320 | 506 | 541),
+            _ => false,
+        }
+    }
+}

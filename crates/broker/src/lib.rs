@@ -1,0 +1,24 @@
+//! The RabbitMQ side shared by `order-producer` and `order-timeout-worker`:
+//! the topology (names, arguments, declaring and checking it), the delay
+//! message codec, connections whose URL never prints its password, and a
+//! publisher with confirms.
+//!
+//! It uses amiquip (synchronous AMQP 0-9-1). Known traps handled here:
+//! amiquip errors print the full URL, password included, so they never
+//! leave this crate unscrubbed; a failed declare closes the channel, so
+//! every declare runs on a channel of its own.
+
+pub mod connection;
+pub mod error;
+pub mod message;
+pub mod publisher;
+pub mod topology;
+
+#[cfg(feature = "test-support")]
+pub mod testing;
+
+pub use connection::{connect, AmqpUrl};
+pub use error::BrokerError;
+pub use message::{DecodeError, TimeoutMessage};
+pub use publisher::{ConfirmedPublisher, Outcome, Outgoing};
+pub use topology::{DelayQueue, QueueType, Topology};

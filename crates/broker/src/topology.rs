@@ -1,0 +1,641 @@
+//! The RabbitMQ topology of the design, declared and checked.
+//!
+//! | object | kind | arguments |
+//! | --- | --- | --- |
+//! | `exchange.ordertimeout` | fanout, durable | the dead-letter exchange |
+//! | `queue.ordertimeout` | durable, bound to the exchange | the worker consumes here |
+//! | `queue.ordertimeout.parked` | durable | messages given up on, for humans |
+//! | delay queues (`queue.ordercreate`, or `queue.ordercreate.<window>` per window) | durable, no consumers | `x-message-ttl`, `x-dead-letter-exchange` |
+//! | retry queues (`queue.ordertimeout.retry.<delay>`) | as delay queues | the worker's back-off ladder |
+//!
+//! Expiry happens at the head of a queue only, so every delay has a queue of
+//! its own with one queue-wide TTL (never per-message `expiration`). The
+//! exchange is declared before any queue that dead-letters into it: a message
+//! expiring into a missing exchange is dropped silently. In quorum mode every
+//! queue is a quorum queue and the dead-lettering ones use
+//! `x-dead-letter-strategy=at-least-once` with `x-overflow=reject-publish`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use amiquip::{
+    AmqpValue, Channel, Connection, ExchangeDeclareOptions, ExchangeType, FieldTable,
+    QueueDeclareOptions,
+};
+
+use crate::connection::AmqpUrl;
+use crate::error::BrokerError;
+
+/// The dead-letter exchange every delay and retry queue expires into.
+pub const EXCHANGE: &str = "exchange.ordertimeout";
+/// The queue the worker consumes: expired delay messages land here.
+pub const TIMEOUT_QUEUE: &str = "queue.ordertimeout";
+/// Where the worker parks messages it gives up on (poison, permanent errors,
+/// retries exhausted).
+pub const PARKED_QUEUE: &str = "queue.ordertimeout.parked";
+/// The delay queue when there is one payment window.
+pub const DELAY_QUEUE: &str = "queue.ordercreate";
+/// Delay queues per payment window are named `queue.ordercreate.<window>`.
+pub const DELAY_QUEUE_PREFIX: &str = "queue.ordercreate.";
+/// Retry queues are named `queue.ordertimeout.retry.<delay>`.
+pub const RETRY_QUEUE_PREFIX: &str = "queue.ordertimeout.retry.";
+/// The default payment window: 30 minutes.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(30 * 60);
+/// The worker's default back-off ladder.
+pub const DEFAULT_RETRY_DELAYS: [Duration; 4] = [
+    Duration::from_secs(5),
+    Duration::from_secs(30),
+    Duration::from_secs(120),
+    Duration::from_secs(600),
+];
+
+/// Classic queues dead-letter at most once; quorum queues (on a cluster)
+/// can do it at least once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QueueType {
+    #[default]
+    Classic,
+    Quorum,
+}
+
+impl QueueType {
+    /// `classic` or `quorum`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "classic" => Ok(Self::Classic),
+            "quorum" => Ok(Self::Quorum),
+            other => Err(format!(
+                "unknown queue type {other:?}; use classic or quorum"
+            )),
+        }
+    }
+
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Classic => "classic",
+            Self::Quorum => "quorum",
+        }
+    }
+}
+
+/// A queue whose messages expire, after `ttl`, into [`EXCHANGE`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DelayQueue {
+    pub name: String,
+    pub ttl: Duration,
+}
+
+/// `15m`, `30s`, `1500ms`, `2h`: the largest unit that divides evenly.
+#[must_use]
+pub fn duration_label(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 {
+        "0ms".to_owned()
+    } else if ms % 3_600_000 == 0 {
+        format!("{}h", ms / 3_600_000)
+    } else if ms % 60_000 == 0 {
+        format!("{}m", ms / 60_000)
+    } else if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+/// The whole topology: which delay queues, which retry ladder, which queue type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    pub queue_type: QueueType,
+    /// At least one, sorted by TTL.
+    delay_queues: Vec<DelayQueue>,
+    /// Sorted by TTL; may be empty.
+    retry_queues: Vec<DelayQueue>,
+}
+
+/// Largest TTL RabbitMQ's 32-bit `x-message-ttl` argument can hold (~24.8 days).
+const MAX_TTL_MS: u128 = i32::MAX as u128;
+
+impl Topology {
+    /// One delay queue, `queue.ordercreate`, with `ttl`; default retry ladder.
+    pub fn single(ttl: Duration, queue_type: QueueType) -> Result<Self, String> {
+        Self::build(
+            vec![DelayQueue {
+                name: DELAY_QUEUE.to_owned(),
+                ttl,
+            }],
+            queue_type,
+        )
+    }
+
+    /// One delay queue per payment window, `queue.ordercreate.<window>`;
+    /// default retry ladder.
+    pub fn windows(windows: &[Duration], queue_type: QueueType) -> Result<Self, String> {
+        if windows.is_empty() {
+            return Err("at least one payment window is needed".to_owned());
+        }
+        let queues = windows
+            .iter()
+            .map(|w| DelayQueue {
+                name: format!("{DELAY_QUEUE_PREFIX}{}", duration_label(*w)),
+                ttl: *w,
+            })
+            .collect();
+        Self::build(queues, queue_type)
+    }
+
+    fn build(mut delay_queues: Vec<DelayQueue>, queue_type: QueueType) -> Result<Self, String> {
+        delay_queues.sort_by_key(|q| q.ttl);
+        delay_queues.dedup();
+        let mut topo = Self {
+            queue_type,
+            delay_queues,
+            retry_queues: Vec::new(),
+        };
+        topo = topo.with_retry_delays(&DEFAULT_RETRY_DELAYS)?;
+        topo.validate()?;
+        Ok(topo)
+    }
+
+    /// Replaces the retry ladder (`queue.ordertimeout.retry.<delay>` each).
+    pub fn with_retry_delays(mut self, delays: &[Duration]) -> Result<Self, String> {
+        let mut queues: Vec<DelayQueue> = delays
+            .iter()
+            .map(|d| DelayQueue {
+                name: format!("{RETRY_QUEUE_PREFIX}{}", duration_label(*d)),
+                ttl: *d,
+            })
+            .collect();
+        queues.sort_by_key(|q| q.ttl);
+        queues.dedup();
+        self.retry_queues = queues;
+        self.validate()?;
+        Ok(self)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        for q in self.delay_queues.iter().chain(&self.retry_queues) {
+            let ms = q.ttl.as_millis();
+            if ms == 0 || ms > MAX_TTL_MS {
+                return Err(format!(
+                    "{}: a delay must be from 1 ms to {MAX_TTL_MS} ms (about 24.8 days), got {ms} ms",
+                    q.name
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    #[must_use]
+    pub fn delay_queues(&self) -> &[DelayQueue] {
+        &self.delay_queues
+    }
+
+    #[must_use]
+    pub fn retry_queues(&self) -> &[DelayQueue] {
+        &self.retry_queues
+    }
+
+    /// The delay queue for an order with this payment window: the longest
+    /// TTL not exceeding it (the message comes out at or before the deadline
+    /// and the worker waits out any remainder), else the shortest.
+    #[must_use]
+    pub fn route(&self, window: Duration) -> &DelayQueue {
+        longest_within(&self.delay_queues, window)
+    }
+
+    /// The retry queue for a wish to look again after `delay`, chosen like
+    /// [`Topology::route`]. `None` when there is no retry ladder.
+    #[must_use]
+    pub fn retry_route(&self, delay: Duration) -> Option<&DelayQueue> {
+        (!self.retry_queues.is_empty()).then(|| longest_within(&self.retry_queues, delay))
+    }
+
+    /// Every queue name of the topology, in declaration order.
+    #[must_use]
+    pub fn queue_names(&self) -> Vec<String> {
+        self.queue_specs().into_iter().map(|q| q.name).collect()
+    }
+
+    fn queue_specs(&self) -> Vec<QueueSpec> {
+        let quorum = self.queue_type == QueueType::Quorum;
+        let plain = || {
+            let mut args = FieldTable::new();
+            if quorum {
+                args.insert(
+                    "x-queue-type".into(),
+                    AmqpValue::LongString("quorum".into()),
+                );
+            }
+            args
+        };
+        let delaying = |ttl: Duration| {
+            let mut args = plain();
+            args.insert(
+                "x-message-ttl".into(),
+                AmqpValue::LongInt(ttl.as_millis() as i32),
+            );
+            args.insert(
+                "x-dead-letter-exchange".into(),
+                AmqpValue::LongString(EXCHANGE.into()),
+            );
+            if quorum {
+                args.insert(
+                    "x-dead-letter-strategy".into(),
+                    AmqpValue::LongString("at-least-once".into()),
+                );
+                args.insert(
+                    "x-overflow".into(),
+                    AmqpValue::LongString("reject-publish".into()),
+                );
+            }
+            args
+        };
+        let mut specs = vec![
+            QueueSpec {
+                name: TIMEOUT_QUEUE.into(),
+                arguments: plain(),
+                bind: true,
+                role: Role::Timeout,
+            },
+            QueueSpec {
+                name: PARKED_QUEUE.into(),
+                arguments: plain(),
+                bind: false,
+                role: Role::Parked,
+            },
+        ];
+        for q in &self.delay_queues {
+            specs.push(QueueSpec {
+                name: q.name.clone(),
+                arguments: delaying(q.ttl),
+                bind: false,
+                role: Role::Delay,
+            });
+        }
+        for q in &self.retry_queues {
+            specs.push(QueueSpec {
+                name: q.name.clone(),
+                arguments: delaying(q.ttl),
+                bind: false,
+                role: Role::Retry,
+            });
+        }
+        specs
+    }
+
+    /// Declares the exchange, then every queue, then the binding. Declaring
+    /// again with the same topology changes nothing. A queue that exists with
+    /// other arguments gives [`BrokerError::TopologyMismatch`] naming the
+    /// queue, the argument, both values and how to migrate.
+    pub fn declare(
+        &self,
+        conn: &mut Connection,
+        url: &AmqpUrl,
+    ) -> Result<Vec<String>, BrokerError> {
+        let channel = open_channel(conn, url)?;
+        // The exchange first: a message expiring into a missing exchange is
+        // dropped silently.
+        channel
+            .exchange_declare(
+                ExchangeType::Fanout,
+                EXCHANGE,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+            )
+            .map_err(|e| {
+                BrokerError::from_amiquip(url, &format!("failed to declare exchange {EXCHANGE}"), e)
+            })?;
+        let mut declared = vec![EXCHANGE.to_owned()];
+        for spec in self.queue_specs() {
+            let result = channel.queue_declare(
+                spec.name.clone(),
+                QueueDeclareOptions {
+                    durable: true,
+                    arguments: spec.arguments.clone(),
+                    ..QueueDeclareOptions::default()
+                },
+            );
+            if let Err(e) = result {
+                let err = BrokerError::from_amiquip(
+                    url,
+                    &format!("failed to declare queue {}", spec.name),
+                    e,
+                );
+                return Err(mismatch(err, &spec, self.queue_type));
+            }
+            if spec.bind {
+                channel
+                    .queue_bind(spec.name.clone(), EXCHANGE, "", FieldTable::new())
+                    .map_err(|e| {
+                        BrokerError::from_amiquip(
+                            url,
+                            &format!("failed to bind {} to {EXCHANGE}", spec.name),
+                            e,
+                        )
+                    })?;
+            }
+            declared.push(spec.name);
+        }
+        let _ = channel.close();
+        Ok(declared)
+    }
+
+    /// Checks, passively, that the exchange and every queue exist (what the
+    /// worker does at start). Each check runs on a channel of its own, since
+    /// a failed passive declare closes its channel.
+    pub fn check(&self, conn: &mut Connection, url: &AmqpUrl) -> Result<(), BrokerError> {
+        let channel = open_channel(conn, url)?;
+        if let Err(e) = channel.exchange_declare_passive(EXCHANGE) {
+            return Err(missing_or(url, format!("exchange {EXCHANGE}"), e));
+        }
+        let _ = channel.close();
+        for name in self.queue_names() {
+            let channel = open_channel(conn, url)?;
+            if let Err(e) = channel.queue_declare_passive(name.clone()) {
+                return Err(missing_or(url, format!("queue {name}"), e));
+            }
+            let _ = channel.close();
+        }
+        Ok(())
+    }
+
+    /// How many messages wait in every queue of the topology.
+    pub fn depths(
+        &self,
+        conn: &mut Connection,
+        url: &AmqpUrl,
+    ) -> Result<Vec<QueueDepth>, BrokerError> {
+        let mut out = Vec::new();
+        for name in self.queue_names() {
+            let channel = open_channel(conn, url)?;
+            match channel.queue_declare_passive(name.clone()) {
+                Ok(q) => {
+                    out.push(QueueDepth {
+                        name,
+                        state: Some((
+                            q.declared_message_count().unwrap_or(0),
+                            q.declared_consumer_count().unwrap_or(0),
+                        )),
+                    });
+                    let _ = channel.close();
+                }
+                Err(amiquip::Error::ServerClosedChannel { code: 404, .. }) => {
+                    out.push(QueueDepth { name, state: None });
+                }
+                Err(e) => {
+                    return Err(BrokerError::from_amiquip(
+                        url,
+                        &format!("failed to read queue {name}"),
+                        e,
+                    ))
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// One queue's depth.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueDepth {
+    pub name: String,
+    /// `(messages ready, consumers)`, or `None` when the queue does not exist.
+    pub state: Option<(u32, u32)>,
+}
+
+fn longest_within(queues: &[DelayQueue], d: Duration) -> &DelayQueue {
+    queues
+        .iter()
+        .rev()
+        .find(|q| q.ttl <= d)
+        .unwrap_or(&queues[0])
+}
+
+fn open_channel(conn: &mut Connection, url: &AmqpUrl) -> Result<Channel, BrokerError> {
+    conn.open_channel(None)
+        .map_err(|e| BrokerError::from_amiquip(url, "failed to open a channel", e))
+}
+
+fn missing_or(url: &AmqpUrl, what: String, e: amiquip::Error) -> BrokerError {
+    match e {
+        amiquip::Error::ServerClosedChannel { code: 404, .. } => {
+            BrokerError::TopologyMissing { what }
+        }
+        other => BrokerError::from_amiquip(url, &format!("failed to check {what}"), other),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Timeout,
+    Parked,
+    Delay,
+    Retry,
+}
+
+#[derive(Debug, Clone)]
+struct QueueSpec {
+    name: String,
+    arguments: FieldTable,
+    bind: bool,
+    role: Role,
+}
+
+/// Turns a 406 `PRECONDITION_FAILED` into a [`BrokerError::TopologyMismatch`].
+///
+/// RabbitMQ 3.10 says, e.g.: `PRECONDITION_FAILED - inequivalent arg
+/// 'x-message-ttl' for queue 'queue.ordercreate' in vhost '/': received the
+/// value '60000' of type 'signedint' but current is the value '1800000' of
+/// type 'signedint'` (or `... but current is none`).
+fn mismatch(err: BrokerError, spec: &QueueSpec, queue_type: QueueType) -> BrokerError {
+    let BrokerError::Server {
+        code: 406,
+        ref message,
+        ..
+    } = err
+    else {
+        return err;
+    };
+    let Some(argument) = between(message, "inequivalent arg '", "'") else {
+        return err;
+    };
+    let there = message
+        .split_once("but current is ")
+        .map_or_else(|| "(unknown)".to_owned(), |(_, rest)| describe_value(rest));
+    let wanted = spec
+        .arguments
+        .get(argument)
+        .map_or_else(|| "none".to_owned(), value_text);
+    let how_to_migrate = match (spec.role, argument) {
+        (Role::Delay, "x-message-ttl") => format!(
+            "To change a payment window without losing messages: declare the new window as a \
+             queue of its own (`order-producer declare --window ...`), move create-order and the \
+             relay to it, wait until {0} is empty (`order-producer status`), then delete it \
+             (`rabbitmqctl delete_queue {0}`). Or, if {0} is empty and nothing publishes now, \
+             delete it and declare again.",
+            spec.name
+        ),
+        (_, "x-queue-type") => format!(
+            "To move {0} to {1} queues: stop the producers and workers, wait until it is empty, \
+             delete it (`rabbitmqctl delete_queue {0}`) and declare again with --queue-type {1}; \
+             or declare the new topology on a fresh vhost and move the services there.",
+            spec.name,
+            queue_type.as_str()
+        ),
+        _ => format!(
+            "Wait until {0} is empty (or move its messages elsewhere), delete it \
+             (`rabbitmqctl delete_queue {0}`) and declare again.",
+            spec.name
+        ),
+    };
+    BrokerError::TopologyMismatch {
+        queue: spec.name.clone(),
+        argument: argument.to_owned(),
+        there,
+        wanted,
+        how_to_migrate,
+    }
+}
+
+fn between<'a>(s: &'a str, start: &str, end: &str) -> Option<&'a str> {
+    let from = s.find(start)? + start.len();
+    let len = s[from..].find(end)?;
+    Some(&s[from..from + len])
+}
+
+/// `the value '1800000' of type 'signedint'` -> `1800000`; `none` -> `none`.
+fn describe_value(s: &str) -> String {
+    between(s, "'", "'").map_or_else(|| s.trim().to_owned(), ToOwned::to_owned)
+}
+
+fn value_text(v: &AmqpValue) -> String {
+    match v {
+        AmqpValue::LongString(s) => s.clone(),
+        AmqpValue::LongInt(i) => i.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// The arguments the topology declares for each queue, as text (for
+/// operators and tests).
+#[must_use]
+pub fn declared_arguments(topology: &Topology) -> BTreeMap<String, BTreeMap<String, String>> {
+    topology
+        .queue_specs()
+        .into_iter()
+        .map(|s| {
+            let args = s
+                .arguments
+                .iter()
+                .map(|(k, v)| (k.clone(), value_text(v)))
+                .collect();
+            (s.name, args)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_use_the_largest_even_unit() {
+        assert_eq!(duration_label(Duration::from_secs(900)), "15m");
+        assert_eq!(duration_label(Duration::from_secs(7200)), "2h");
+        assert_eq!(duration_label(Duration::from_secs(10)), "10s");
+        assert_eq!(duration_label(Duration::from_millis(1500)), "1500ms");
+    }
+
+    #[test]
+    fn routes_pick_the_longest_ttl_within_the_window() {
+        let t = Topology::windows(
+            &[Duration::from_secs(900), Duration::from_secs(1800)],
+            QueueType::Classic,
+        )
+        .unwrap();
+        assert_eq!(
+            t.route(Duration::from_secs(1800)).name,
+            "queue.ordercreate.30m"
+        );
+        assert_eq!(
+            t.route(Duration::from_secs(1200)).name,
+            "queue.ordercreate.15m"
+        );
+        // Shorter than every window: the shortest queue (the worker waits out the rest).
+        assert_eq!(
+            t.route(Duration::from_secs(60)).name,
+            "queue.ordercreate.15m"
+        );
+        assert_eq!(
+            t.retry_route(Duration::from_secs(40)).unwrap().name,
+            "queue.ordertimeout.retry.30s"
+        );
+        let single = Topology::single(DEFAULT_TTL, QueueType::Classic).unwrap();
+        assert_eq!(
+            single.route(Duration::from_secs(1)).name,
+            "queue.ordercreate"
+        );
+    }
+
+    #[test]
+    fn quorum_mode_asks_for_at_least_once_dead_lettering() {
+        let t = Topology::single(Duration::from_secs(60), QueueType::Quorum).unwrap();
+        let args = declared_arguments(&t);
+        let delay = &args["queue.ordercreate"];
+        assert_eq!(delay["x-queue-type"], "quorum");
+        assert_eq!(delay["x-dead-letter-strategy"], "at-least-once");
+        assert_eq!(delay["x-overflow"], "reject-publish");
+        assert_eq!(delay["x-message-ttl"], "60000");
+        assert_eq!(delay["x-dead-letter-exchange"], "exchange.ordertimeout");
+        assert_eq!(args["queue.ordertimeout"]["x-queue-type"], "quorum");
+        let classic =
+            declared_arguments(&Topology::single(DEFAULT_TTL, QueueType::Classic).unwrap());
+        assert!(classic["queue.ordertimeout"].is_empty());
+        assert!(!classic["queue.ordercreate"].contains_key("x-queue-type"));
+    }
+
+    #[test]
+    fn absurd_delays_are_refused() {
+        assert!(Topology::single(Duration::ZERO, QueueType::Classic).is_err());
+        assert!(Topology::single(Duration::from_secs(30 * 24 * 3600), QueueType::Classic).is_err());
+        assert!(Topology::windows(&[], QueueType::Classic).is_err());
+    }
+
+    #[test]
+    fn a_406_becomes_a_mismatch_naming_both_values() {
+        let t = Topology::single(Duration::from_secs(60), QueueType::Classic).unwrap();
+        let spec = t
+            .queue_specs()
+            .into_iter()
+            .find(|s| s.name == DELAY_QUEUE)
+            .unwrap();
+        let err = BrokerError::Server {
+            context: "x".into(),
+            code: 406,
+            message: "PRECONDITION_FAILED - inequivalent arg 'x-message-ttl' for queue \
+                      'queue.ordercreate' in vhost '/': received the value '60000' of type \
+                      'signedint' but current is the value '1800000' of type 'signedint'"
+                .into(),
+        };
+        match mismatch(err, &spec, QueueType::Classic) {
+            BrokerError::TopologyMismatch {
+                queue,
+                argument,
+                there,
+                wanted,
+                how_to_migrate,
+            } => {
+                assert_eq!(
+                    (queue.as_str(), argument.as_str()),
+                    ("queue.ordercreate", "x-message-ttl")
+                );
+                assert_eq!((there.as_str(), wanted.as_str()), ("1800000", "60000"));
+                assert!(how_to_migrate.contains("--window"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,4 @@
+//! The broker crate against the real RabbitMQ, one vhost per test.
+
+mod publish;
+mod topology;

@@ -1,0 +1,155 @@
+use std::time::{Duration, Instant};
+
+use amiquip::{AmqpValue, ConsumerMessage, ConsumerOptions};
+use broker::testing::TestVhost;
+use broker::topology::{EXCHANGE, TIMEOUT_QUEUE};
+use broker::{connect, ConfirmedPublisher, Outcome, Outgoing, QueueType, TimeoutMessage, Topology};
+use chrono::Utc;
+use domain::OrderNo;
+
+fn message(no: &str) -> TimeoutMessage {
+    let now = Utc::now();
+    TimeoutMessage {
+        order_no: OrderNo::parse(no).unwrap(),
+        created_at: now,
+        deadline: now + chrono::Duration::milliseconds(300),
+    }
+}
+
+#[test]
+fn a_300ms_delay_message_comes_out_of_the_timeout_queue_dead_lettered() {
+    let vhost = TestVhost::new();
+    let mut conn = connect(vhost.url()).unwrap();
+    let topo = Topology::single(Duration::from_millis(300), QueueType::Classic).unwrap();
+    topo.declare(&mut conn, vhost.url()).unwrap();
+
+    let mut publisher =
+        ConfirmedPublisher::open(&mut conn, vhost.url(), Duration::from_secs(5)).unwrap();
+    let msg = message("order300ms");
+    let sent_at = Instant::now();
+    let outcomes = publisher
+        .publish_all(&[Outgoing {
+            queue: &topo.route(Duration::from_millis(300)).name,
+            message: &msg,
+        }])
+        .unwrap();
+    assert_eq!(outcomes, [Outcome::Confirmed]);
+
+    let channel = conn.open_channel(None).unwrap();
+    let consumer = channel
+        .basic_consume(TIMEOUT_QUEUE, ConsumerOptions::default())
+        .unwrap();
+    let delivery = match consumer
+        .receiver()
+        .recv_timeout(Duration::from_secs(10))
+        .unwrap()
+    {
+        ConsumerMessage::Delivery(d) => d,
+        other => panic!("expected a delivery, got {other:?}"),
+    };
+    let elapsed = sent_at.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(250),
+        "expired too early: {elapsed:?}"
+    );
+    assert_eq!(TimeoutMessage::decode(&delivery.body).unwrap(), msg);
+    assert_eq!(
+        delivery.properties.message_id().as_deref(),
+        Some("order300ms")
+    );
+    assert_eq!(
+        delivery.properties.content_type().as_deref(),
+        Some("application/json")
+    );
+    assert_eq!(*delivery.properties.delivery_mode(), Some(2));
+    assert!(delivery.properties.timestamp().is_some());
+    let headers = delivery.properties.headers().as_ref().expect("headers");
+    let Some(AmqpValue::FieldArray(deaths)) = headers.get("x-death") else {
+        panic!("no x-death header: {headers:?}");
+    };
+    let Some(AmqpValue::FieldTable(death)) = deaths.first() else {
+        panic!("bad x-death: {deaths:?}")
+    };
+    assert_eq!(
+        death.get("reason"),
+        Some(&AmqpValue::LongString("expired".into()))
+    );
+    assert_eq!(
+        death.get("queue"),
+        Some(&AmqpValue::LongString("queue.ordercreate".into()))
+    );
+    assert_eq!(delivery.exchange, EXCHANGE);
+    consumer.ack(delivery).unwrap();
+    consumer.cancel().unwrap();
+}
+
+#[test]
+fn an_unroutable_message_is_reported_returned_not_confirmed() {
+    let vhost = TestVhost::new();
+    let mut conn = connect(vhost.url()).unwrap();
+    let topo = Topology::single(Duration::from_secs(60), QueueType::Classic).unwrap();
+    topo.declare(&mut conn, vhost.url()).unwrap();
+    let mut publisher =
+        ConfirmedPublisher::open(&mut conn, vhost.url(), Duration::from_secs(5)).unwrap();
+    let (a, b, c) = (
+        message("orderAAA"),
+        message("orderBBB"),
+        message("orderCCC"),
+    );
+    let outcomes = publisher
+        .publish_all(&[
+            Outgoing {
+                queue: "queue.ordercreate",
+                message: &a,
+            },
+            Outgoing {
+                queue: "queue.does-not-exist",
+                message: &b,
+            },
+            Outgoing {
+                queue: "queue.ordercreate",
+                message: &c,
+            },
+        ])
+        .unwrap();
+    assert_eq!(outcomes[0], Outcome::Confirmed);
+    assert!(
+        matches!(&outcomes[1], Outcome::Returned(why) if why.contains("NO_ROUTE")),
+        "{outcomes:?}"
+    );
+    assert_eq!(outcomes[2], Outcome::Confirmed);
+    // A second batch on the same channel keeps its own tags straight.
+    let again = publisher
+        .publish_all(&[Outgoing {
+            queue: "queue.ordercreate",
+            message: &b,
+        }])
+        .unwrap();
+    assert_eq!(again, [Outcome::Confirmed]);
+    let depths = topo.depths(&mut conn, vhost.url()).unwrap();
+    let delay = depths
+        .iter()
+        .find(|d| d.name == "queue.ordercreate")
+        .unwrap();
+    assert_eq!(delay.state, Some((3, 0)));
+}
+
+#[test]
+fn a_lost_connection_is_a_transient_error() {
+    let vhost = TestVhost::new();
+    let mut conn = connect(vhost.url()).unwrap();
+    let topo = Topology::single(Duration::from_secs(60), QueueType::Classic).unwrap();
+    topo.declare(&mut conn, vhost.url()).unwrap();
+    let mut publisher =
+        ConfirmedPublisher::open(&mut conn, vhost.url(), Duration::from_secs(2)).unwrap();
+    vhost.close_all_connections();
+    std::thread::sleep(Duration::from_millis(300));
+    let m = message("orderLOST");
+    let err = publisher
+        .publish_all(&[Outgoing {
+            queue: "queue.ordercreate",
+            message: &m,
+        }])
+        .unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+}
