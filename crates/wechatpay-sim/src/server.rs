@@ -325,23 +325,30 @@ fn percent_decode(s: &str) -> String {
 }
 
 fn api(shared: &Shared, req: &Incoming) -> Reply {
+    shared.state().stats.api_requests += 1;
+    // Requests refused for their headers or signature neither consume nor
+    // suffer the injected faults: a test's "fail twice" stays two failures
+    // of well-formed requests.
+    let mchid = match check_request(shared, req) {
+        Ok(mchid) => mchid,
+        Err(reply) => return sign(shared, reply, &Faults::default()),
+    };
     let call = route(&req.method, &req.url);
     let faults = take_faults(shared, call.as_ref());
     if faults.latency_ms > 0 {
         thread::sleep(Duration::from_millis(faults.latency_ms));
     }
-    let reply = api_answer(shared, req, call.as_ref(), &faults);
+    let reply = api_answer(shared, req, call.as_ref(), &faults, &mchid);
     sign(shared, reply, &faults)
 }
 
 /// The faults that apply to this call (the order's own win over the global
 /// ones), counting down `times`.
 fn take_faults(shared: &Shared, call: Option<&Call>) -> Faults {
-    let mut state = shared.state();
-    state.stats.api_requests += 1;
     let Some(call) = call else {
         return Faults::default();
     };
+    let mut state = shared.state();
     let applies = |f: &Faults| f.only.is_none_or(|only| only == call.endpoint);
     let take = |slot: &mut Option<Faults>| -> Option<Faults> {
         let f = slot.as_mut().filter(|f| applies(f))?;
@@ -363,7 +370,9 @@ fn take_faults(shared: &Shared, call: Option<&Call>) -> Faults {
         .unwrap_or_default()
 }
 
-fn api_answer(shared: &Shared, req: &Incoming, call: Option<&Call>, faults: &Faults) -> Reply {
+/// Headers, signature and `Wechatpay-Serial`; the signer's mchid or the
+/// refusal.
+fn check_request(shared: &Shared, req: &Incoming) -> Result<String, Reply> {
     let accept_ok = req
         .header("Accept")
         .is_some_and(|a| a.contains("application/json") || a.contains("*/*"));
@@ -373,33 +382,43 @@ fn api_answer(shared: &Shared, req: &Incoming, call: Option<&Call>, faults: &Fau
     if !accept_ok || !ua_ok {
         shared.state().stats.invalid_requests += 1;
         let missing = if accept_ok { "User-Agent" } else { "Accept" };
-        return Reply::error(
+        return Err(Reply::error(
             400,
             "INVALID_REQUEST",
             &format!("HTTP header {missing} is missing or invalid"),
-        );
+        ));
     }
     let mchid = match check_signature(shared, req) {
         Ok(mchid) => mchid,
         Err(why) => {
             shared.state().stats.bad_signatures += 1;
             log::warn!("refusing {} {}: {why}", req.method, req.url);
-            return Reply::error(
+            return Err(Reply::error(
                 401,
                 "SIGN_ERROR",
                 &format!("signature verification failed: {why}"),
-            );
+            ));
         }
     };
     if let Some(serial) = req.header("Wechatpay-Serial") {
         if serial != shared.config.signing_serial {
-            return Reply::error(
+            return Err(Reply::error(
                 400,
                 "PARAM_ERROR",
                 "Wechatpay-Serial names an unknown WeChat Pay public key",
-            );
+            ));
         }
     }
+    Ok(mchid)
+}
+
+fn api_answer(
+    shared: &Shared,
+    req: &Incoming,
+    call: Option<&Call>,
+    faults: &Faults,
+    mchid: &str,
+) -> Reply {
     let Some(call) = call else {
         return Reply::error(404, "NOT_FOUND", "no such API in the simulator");
     };
@@ -426,8 +445,8 @@ fn api_answer(shared: &Shared, req: &Incoming, call: Option<&Call>, faults: &Fau
         return reply;
     }
     match call.endpoint {
-        Endpoint::Query => query(shared, call, &mchid),
-        Endpoint::Close => close(shared, req, call, &mchid, faults),
+        Endpoint::Query => query(shared, call, mchid),
+        Endpoint::Close => close(shared, req, call, mchid, faults),
     }
 }
 

@@ -182,3 +182,35 @@ fn faults_spoil_the_signature_as_asked() {
     assert_eq!((a.status, a.header("Retry-After")), (429, Some("3")));
     assert!(a.body.contains("FREQUENCY_LIMITED") && verifies(&a));
 }
+
+#[test]
+fn refused_requests_do_not_use_up_counted_faults() {
+    let sim = start();
+    sim.admin().set_state("PROTO00001", "NOTPAY").unwrap();
+    sim.admin()
+        .set_global_faults(&Faults {
+            status: Some(500),
+            times: Some(1),
+            ..Faults::default()
+        })
+        .unwrap();
+    let bad = authorization(&keys().merchant, "GET", "/v3/elsewhere", now(), "");
+    assert_eq!(
+        send(sim.addr(), "GET", QUERY, &signed_headers(&bad), "").status,
+        401
+    );
+    let good = || authorization(&keys().merchant, "GET", QUERY, now(), "");
+    assert_eq!(
+        send(sim.addr(), "GET", QUERY, &signed_headers(&good()), "").status,
+        500
+    );
+    assert_eq!(
+        send(sim.addr(), "GET", QUERY, &signed_headers(&good()), "").status,
+        200
+    );
+    let stats = sim.admin().stats().unwrap();
+    assert_eq!(
+        (stats.api_requests, stats.faults_injected, stats.queries),
+        (3, 1, 1)
+    );
+}
