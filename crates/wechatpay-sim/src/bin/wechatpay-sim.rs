@@ -63,12 +63,12 @@ fn run(args: &Args) -> anyhow::Result<()> {
             args.key_dir.display()
         ))
     })?;
-    let files = keys.write_client_files(&args.key_dir).with_context(|| {
-        format!(
-            "cannot write client key files to {}",
-            args.key_dir.display()
-        )
-    })?;
+    // Absolute paths in the env lines: the worker may run elsewhere.
+    let key_dir = std::fs::canonicalize(&args.key_dir)
+        .with_context(|| format!("cannot resolve {}", args.key_dir.display()))?;
+    let files = keys
+        .write_client_files(&key_dir)
+        .with_context(|| format!("cannot write client key files to {}", key_dir.display()))?;
     let config = SimConfig {
         mchid: Some(args.mchid.clone()),
         merchant_serial_no: Some(args.merchant_serial_no.clone()),

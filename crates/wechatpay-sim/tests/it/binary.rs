@@ -49,6 +49,8 @@ fn prints_the_client_environment_and_reuses_its_keys() {
         assert!(first.contains_key(k), "{k} missing from {first:?}");
     }
     assert!(first["WECHATPAY_PUBLIC_KEY_ID"].starts_with("PUB_KEY_ID_"));
+    assert!(std::path::Path::new(&first["WECHATPAY_MERCHANT_KEY_FILE"]).is_absolute());
+    assert!(std::path::Path::new(&first["WECHATPAY_MERCHANT_KEY_FILE"]).is_absolute());
     let key = std::fs::read(&first["WECHATPAY_MERCHANT_KEY_FILE"]).unwrap();
     assert!(String::from_utf8_lossy(&key).starts_with("-----BEGIN PRIVATE KEY-----"));
     #[cfg(unix)]
