@@ -20,23 +20,29 @@ pub enum BrokerError {
         message: String,
     },
     /// The broker holds a queue with other arguments than wanted.
-    #[error(
-        "queue {queue} exists with {argument} = {there}, but {wanted} is wanted. \
-         A queue's arguments cannot be changed in place. {how_to_migrate}"
-    )]
-    TopologyMismatch {
-        queue: String,
-        argument: String,
-        there: String,
-        wanted: String,
-        how_to_migrate: String,
-    },
+    #[error("{0}")]
+    TopologyMismatch(Box<Mismatch>),
     /// Part of the topology does not exist.
     #[error("{what} does not exist on the broker; declare the topology first (`order-producer declare` or scripts/setup-topology.sh)")]
     TopologyMissing { what: String },
     /// Publisher confirms did not all arrive in time.
     #[error("the broker did not confirm {unconfirmed} message(s) within {waited_ms} ms")]
     ConfirmTimeout { unconfirmed: usize, waited_ms: u128 },
+}
+
+/// A queue on the broker whose arguments differ from the wanted ones.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "queue {queue} exists with {argument} = {there}, but {wanted} is wanted. \
+     A queue's arguments cannot be changed in place. {how_to_migrate}"
+)]
+pub struct Mismatch {
+    pub queue: String,
+    pub argument: String,
+    /// The value the broker holds (`none` when it has none).
+    pub there: String,
+    pub wanted: String,
+    pub how_to_migrate: String,
 }
 
 impl BrokerError {

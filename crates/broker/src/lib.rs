@@ -8,6 +8,7 @@
 //! leave this crate unscrubbed; a failed declare closes the channel, so
 //! every declare runs on a channel of its own.
 
+pub mod cli;
 pub mod connection;
 pub mod error;
 pub mod message;
@@ -17,8 +18,9 @@ pub mod topology;
 #[cfg(feature = "test-support")]
 pub mod testing;
 
+pub use cli::{parse_duration, BrokerArgs};
 pub use connection::{connect, AmqpUrl};
-pub use error::BrokerError;
+pub use error::{BrokerError, Mismatch};
 pub use message::{DecodeError, TimeoutMessage};
 pub use publisher::{ConfirmedPublisher, Outcome, Outgoing};
 pub use topology::{DelayQueue, QueueType, Topology};

@@ -24,7 +24,7 @@ use amiquip::{
 };
 
 use crate::connection::AmqpUrl;
-use crate::error::BrokerError;
+use crate::error::{BrokerError, Mismatch};
 
 /// The dead-letter exchange every delay and retry queue expires into.
 pub const EXCHANGE: &str = "exchange.ordertimeout";
@@ -491,13 +491,13 @@ fn mismatch(err: BrokerError, spec: &QueueSpec, queue_type: QueueType) -> Broker
             spec.name
         ),
     };
-    BrokerError::TopologyMismatch {
+    BrokerError::TopologyMismatch(Box::new(Mismatch {
         queue: spec.name.clone(),
         argument: argument.to_owned(),
         there,
         wanted,
         how_to_migrate,
-    }
+    }))
 }
 
 fn between<'a>(s: &'a str, start: &str, end: &str) -> Option<&'a str> {
@@ -621,13 +621,14 @@ mod tests {
                 .into(),
         };
         match mismatch(err, &spec, QueueType::Classic) {
-            BrokerError::TopologyMismatch {
-                queue,
-                argument,
-                there,
-                wanted,
-                how_to_migrate,
-            } => {
+            BrokerError::TopologyMismatch(m) => {
+                let Mismatch {
+                    queue,
+                    argument,
+                    there,
+                    wanted,
+                    how_to_migrate,
+                } = *m;
                 assert_eq!(
                     (queue.as_str(), argument.as_str()),
                     ("queue.ordercreate", "x-message-ttl")

@@ -30,8 +30,8 @@ pub use models::{Order, OrderEvent, OrderItem, Payment, Sku};
 pub use order_no::{OrderNo, OrderNoError};
 pub use orders::{
     close_unpaid, count_by_status, create_order, find_order, mark_paid, order_events, order_items,
-    payments_of, pending_past_deadline, CloseOutcome, MarkPaidOutcome, NewOrder, OrderLine,
-    OverdueOrder, PaymentRecord,
+    paid_after_close_count, payments_of, pending_past_deadline, CloseOutcome, MarkPaidOutcome,
+    NewOrder, OrderLine, OverdueOrder, PaymentRecord,
 };
 pub use outbox::{relay_batch, unpublished_count, OutboxMessage, PublishReport, RelayBatch};
 pub use stock::{get_sku, list_skus, set_stock, stock_balances, StockBalance, StockChange};

@@ -550,3 +550,12 @@ pub fn count_by_status(conn: &mut PgConnection) -> Result<Vec<(OrderStatus, i64)
         .map(|s| (s, counts.get(s.as_str()).copied().unwrap_or(0)))
         .collect())
 }
+
+/// Number of payments recorded after their order had been closed: each one
+/// needs a refund. Read-only.
+pub fn paid_after_close_count(conn: &mut PgConnection) -> Result<i64, StoreError> {
+    Ok(payments::table
+        .filter(payments::paid_after_close.eq(true))
+        .count()
+        .get_result(conn)?)
+}

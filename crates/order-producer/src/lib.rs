@@ -1,15 +1,20 @@
 //! The producer side of order-timeout, as a library the binary and tests
-//! call: schema migration, stock loading and order creation on top of the
-//! `domain` crate.
-//!
-//! Not built yet (later work): declaring the RabbitMQ topology, relaying
-//! the outbox to the broker, re-publishing delay messages and `status`.
+//! call: schema migration, stock loading and order creation (on the
+//! `domain` crate), declaring the RabbitMQ topology, relaying the outbox to
+//! the broker, re-publishing delay messages and a status report (on the
+//! `broker` crate).
+
+pub mod relay;
+pub mod status;
 
 use std::io::Write;
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use broker::{BrokerArgs, BrokerError};
 use clap::{Args, Parser, Subcommand};
 use domain::{DatabaseUrl, Fen, OrderLine, PgConnection, Quantity, SkuCode, StockLevel};
 
@@ -24,12 +29,13 @@ pub struct UsageError(pub String);
 /// row) in one database transaction; when the payment window ends, the
 /// order-timeout worker settles the order against WeChat Pay.
 ///
-/// Exit codes: 0 success, 2 bad usage or configuration (including a schema
-/// that is not migrated), 1 anything else (database unreachable,
-/// insufficient stock, unknown SKU, ...).
+/// Typical order: `migrate`, `declare`, `stock set`, then `create-order` as
+/// orders come in and `relay` running beside them.
 ///
-/// Not built yet: `declare` (RabbitMQ topology), `relay` (publishing the
-/// outbox), `publish` and `status`.
+/// Exit codes: 0 success, 2 bad usage or configuration (a schema that is
+/// not migrated, a topology that differs from what the broker holds), 1
+/// anything else (database or broker unreachable, insufficient stock,
+/// unknown SKU, ...).
 #[derive(Debug, Parser)]
 #[command(name = "order-producer", version, about, long_about)]
 pub struct Cli {
@@ -42,6 +48,9 @@ pub struct Cli {
         global = true
     )]
     pub database_url: String,
+
+    #[command(flatten)]
+    pub broker: BrokerArgs,
 
     #[command(subcommand)]
     pub command: Command,
@@ -59,6 +68,49 @@ pub enum Command {
     /// message, in one transaction. Prints the new order number, alone, on
     /// stdout.
     CreateOrder(CreateOrderArgs),
+    /// Declare the RabbitMQ topology: the dead-letter exchange first, the
+    /// consumer queue and its binding, the delay queue(s), the parking queue
+    /// and the worker's retry queues. Declaring twice changes nothing; a
+    /// queue the broker holds with other arguments exits 2 naming the
+    /// difference and how to migrate.
+    Declare,
+    /// Publish the outbox to the delay queues with publisher confirms, and
+    /// mark rows published only once the broker confirmed them. Runs until
+    /// SIGTERM/SIGINT (finishing the batch in hand), reconnecting with
+    /// back-off when the broker or database goes away. Several relays may
+    /// run at once.
+    Relay(RelayArgs),
+    /// Re-emit the delay message of pending orders now (an operator's repair
+    /// tool). Orders that are not pending are refused with a message.
+    Publish(PublishArgs),
+    /// Queue depths, orders by status, outbox backlog, payments to refund
+    /// and stock balances, for a person to read.
+    Status,
+}
+
+#[derive(Debug, Args)]
+pub struct RelayArgs {
+    /// Publish what is in the outbox now, then exit (1 on any failure; the
+    /// rows stay for the next run).
+    #[arg(long)]
+    pub once: bool,
+    /// Outbox rows claimed and published per batch.
+    #[arg(long, env = "RELAY_BATCH_SIZE", default_value_t = 500, value_parser = clap::value_parser!(i64).range(1..=10_000))]
+    pub batch_size: i64,
+    /// How long to wait for new outbox rows when there are none.
+    #[arg(long, env = "RELAY_POLL_INTERVAL", default_value = "500ms", value_parser = broker::parse_duration)]
+    pub poll_interval: Duration,
+    /// How long to wait for the broker to confirm a batch before treating
+    /// the connection as lost.
+    #[arg(long, env = "RELAY_CONFIRM_TIMEOUT", default_value = "10s", value_parser = broker::parse_duration)]
+    pub confirm_timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// Order numbers to publish again.
+    #[arg(required = true, value_parser = parse_order_no)]
+    pub order_nos: Vec<domain::OrderNo>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -87,10 +139,16 @@ pub struct CreateOrderArgs {
     /// An item as CODE:QTY; repeat for several. The same SKU twice is merged.
     #[arg(long = "item", value_name = "CODE:QTY", required = true, value_parser = parse_item)]
     pub items: Vec<OrderLine>,
-    /// How long the buyer has to pay, e.g. 30m, 10s, 1500ms, 2h. Must match
-    /// the TTL of the delay queue the order's message goes to.
-    #[arg(long, env = "PAYMENT_WINDOW", default_value = "30m", value_parser = parse_window)]
-    pub payment_window: Duration,
+    /// How long the buyer has to pay, e.g. 30m, 10s, 1500ms, 2h. Default:
+    /// the delay queue's TTL (`DELAY_TTL_MS`), or the longest of the windows
+    /// (`PAYMENT_WINDOWS`). The relay routes the message to the delay queue
+    /// with the longest TTL within this window.
+    #[arg(long, env = "PAYMENT_WINDOW", value_parser = broker::parse_duration)]
+    pub payment_window: Option<Duration>,
+}
+
+fn parse_order_no(s: &str) -> Result<domain::OrderNo, String> {
+    domain::OrderNo::parse(s).map_err(|e| e.to_string())
 }
 
 fn parse_sku(s: &str) -> Result<SkuCode, String> {
@@ -115,33 +173,34 @@ pub fn parse_item(s: &str) -> Result<OrderLine, String> {
     Ok(OrderLine { sku, quantity })
 }
 
-/// `30m`, `10s`, `1500ms`, `2h` -> a duration of at least 1 ms.
-pub fn parse_window(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("{s:?} has no unit; use ms, s, m or h (e.g. 30m)"))?;
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n
-        .parse()
-        .map_err(|_| format!("{s:?} is not a number followed by ms, s, m or h"))?;
-    let ms = match unit {
-        "ms" => Some(n),
-        "s" => n.checked_mul(1000),
-        "m" => n.checked_mul(60_000),
-        "h" => n.checked_mul(3_600_000),
-        _ => return Err(format!("unknown unit {unit:?} in {s:?}; use ms, s, m or h")),
+/// The exit code for an error: 2 for bad usage or configuration (including
+/// a topology mismatch or a missing topology), 1 for anything else.
+#[must_use]
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    let usage = err.chain().any(|e| {
+        e.downcast_ref::<UsageError>().is_some()
+            || matches!(
+                e.downcast_ref::<BrokerError>(),
+                Some(BrokerError::TopologyMismatch(_) | BrokerError::TopologyMissing { .. })
+            )
+    });
+    if usage {
+        2
+    } else {
+        1
     }
-    .ok_or_else(|| format!("{s:?} is too long"))?;
-    if ms == 0 {
-        return Err("the payment window must be at least 1ms".to_owned());
-    }
-    Ok(Duration::from_millis(ms))
 }
 
-/// Runs one command; errors carry context for the user.
-pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
+/// Runs one command; errors carry context for the user. `stop` is raised
+/// by SIGTERM/SIGINT (the binary registers it); only `relay` watches it.
+pub fn run(cli: &Cli, stop: &Arc<AtomicBool>) -> anyhow::Result<ExitCode> {
     let url = DatabaseUrl::new(cli.database_url.clone());
+    let topology = cli.broker.topology().map_err(UsageError)?;
+    match &cli.command {
+        Command::Declare => return declare(cli, &topology),
+        Command::Relay(args) => return relay(cli, args, topology, stop),
+        _ => {}
+    }
     if matches!(cli.command, Command::Migrate)
         && domain::db::create_database_if_missing(&url).context(
             "could not create the database; is PostgreSQL running and DATABASE_URL right?",
@@ -183,7 +242,14 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         }
         Command::CreateOrder(args) => {
             require_schema(&mut conn)?;
-            let order = domain::create_order(&mut conn, &args.items, args.payment_window)
+            let window = args.payment_window.unwrap_or_else(|| {
+                topology
+                    .delay_queues()
+                    .last()
+                    .expect("a topology has at least one delay queue")
+                    .ttl
+            });
+            let order = domain::create_order(&mut conn, &args.items, window)
                 .context("order not created, stock untouched")?;
             log::info!(
                 "created order {} ({}), payment deadline {}",
@@ -193,7 +259,76 @@ pub fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             );
             writeln!(out, "{}", order.order_no)?;
         }
+        Command::Publish(args) => {
+            require_schema(&mut conn)?;
+            let report =
+                relay::publish_orders(&mut conn, &cli.broker.url(), &topology, &args.order_nos)?;
+            for line in &report.lines {
+                writeln!(out, "{line}")?;
+            }
+            if report.refused > 0 {
+                anyhow::bail!(
+                    "{} of {} order(s) not published (see above)",
+                    report.refused,
+                    args.order_nos.len()
+                );
+            }
+        }
+        Command::Status => {
+            require_schema(&mut conn)?;
+            let ok = status::print(&mut out, &mut conn, &cli.broker.url(), &topology)?;
+            if !ok {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Declare | Command::Relay(_) => unreachable!("handled above"),
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn declare(cli: &Cli, topology: &broker::Topology) -> anyhow::Result<ExitCode> {
+    let amqp = cli.broker.url();
+    let mut conn = broker::connect(&amqp).context("is RabbitMQ running and AMQP_URL right?")?;
+    let declared = topology
+        .declare(&mut conn, &amqp)
+        .context("the topology was not declared")?;
+    let _ = conn.close();
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "declared on {amqp} ({} queues):",
+        topology.queue_type.as_str()
+    )?;
+    for name in declared {
+        writeln!(out, "  {name}")?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn relay(
+    cli: &Cli,
+    args: &RelayArgs,
+    topology: broker::Topology,
+    stop: &Arc<AtomicBool>,
+) -> anyhow::Result<ExitCode> {
+    let settings = relay::Settings {
+        batch_size: args.batch_size,
+        poll_interval: args.poll_interval,
+        confirm_timeout: args.confirm_timeout,
+        max_backoff: Duration::from_secs(10),
+    };
+    let url = DatabaseUrl::new(cli.database_url.clone());
+    let mut relay = relay::Relay::new(url, cli.broker.url(), topology, settings);
+    let stats = if args.once {
+        relay.drain()?
+    } else {
+        relay.run(stop)
+    };
+    log::info!(
+        "relay stopped: {} published, {} failed (left for a later try)",
+        stats.published,
+        stats.failed
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -225,18 +360,6 @@ mod tests {
         assert!(zero.contains("SKU TEA"), "{zero}");
         assert!(parse_item("bad code:1").unwrap_err().contains("SKU code"));
         assert!(parse_item("TEA:-1").unwrap_err().contains("SKU TEA"));
-    }
-
-    #[test]
-    fn windows_parse_with_units() {
-        assert_eq!(parse_window("30m"), Ok(Duration::from_secs(1800)));
-        assert_eq!(parse_window("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_window("1500ms"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_window("2h"), Ok(Duration::from_secs(7200)));
-        assert!(parse_window("30").is_err());
-        assert!(parse_window("0s").is_err());
-        assert!(parse_window("5d").is_err());
-        assert!(parse_window("m").is_err());
     }
 
     #[test]

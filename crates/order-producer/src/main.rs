@@ -3,22 +3,28 @@
 //! configuration, 1 anything else).
 
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use clap::Parser;
-use order_producer::{run, Cli, UsageError};
+use order_producer::{exit_code, run, Cli};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    match run(&cli) {
+    // SIGTERM/SIGINT raise the flag; the relay finishes its batch and exits 0.
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        if let Err(e) = signal_hook::flag::register(signal, Arc::clone(&stop)) {
+            eprintln!("error: could not install the handler for signal {signal}: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    match run(&cli, &stop) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
-            if err.downcast_ref::<UsageError>().is_some() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::FAILURE
-            }
+            ExitCode::from(exit_code(&err))
         }
     }
 }

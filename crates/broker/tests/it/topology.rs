@@ -85,13 +85,14 @@ fn a_changed_ttl_is_a_clear_mismatch_not_a_crash() {
         .declare(&mut conn, vhost.url())
         .unwrap_err();
     match &err {
-        BrokerError::TopologyMismatch {
-            queue,
-            argument,
-            there,
-            wanted,
-            ..
-        } => {
+        BrokerError::TopologyMismatch(m) => {
+            let broker::Mismatch {
+                queue,
+                argument,
+                there,
+                wanted,
+                ..
+            } = &**m;
             assert_eq!(queue, "queue.ordercreate");
             assert_eq!(argument, "x-message-ttl");
             assert_eq!(there, "1800000");
@@ -124,8 +125,8 @@ fn classic_to_quorum_is_a_clear_mismatch() {
         .declare(&mut conn, vhost.url())
         .unwrap_err();
     assert!(
-        matches!(&err, BrokerError::TopologyMismatch { queue, argument, .. }
-            if queue == "queue.ordertimeout" && argument == "x-queue-type"),
+        matches!(&err, BrokerError::TopologyMismatch(m)
+            if m.queue == "queue.ordertimeout" && m.argument == "x-queue-type"),
         "{err:?}"
     );
     assert!(err.to_string().contains("--queue-type quorum"), "{err}");

@@ -26,7 +26,11 @@ fn an_unreachable_database_fails_fast_without_the_password() {
     let url = DatabaseUrl::new("postgres://app:pa55word@127.0.0.1:1/orders");
     let started = Instant::now();
     let err = build_pool(&url, 2, Duration::from_secs(5)).unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(4), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        started.elapsed()
+    );
     assert!(matches!(err, StoreError::Connect(_)));
     assert!(err.is_transient());
     let msg = err.to_string();

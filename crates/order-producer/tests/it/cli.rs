@@ -3,6 +3,8 @@ use std::process::{Command, Output};
 use domain::testing::TestDb;
 use domain::{get_sku, unpublished_count, OrderNo, SkuCode};
 
+use crate::{stderr, stdout};
+
 fn producer(db_url: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_order-producer"))
         .args(args)
@@ -10,14 +12,6 @@ fn producer(db_url: &str, args: &[&str]) -> Output {
         .env("RUST_LOG", "info")
         .output()
         .expect("run order-producer")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 fn stock(db: &TestDb, code: &str) -> u32 {

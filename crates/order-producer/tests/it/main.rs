@@ -1,4 +1,11 @@
 //! The `order-producer` binary as a user runs it, against the real
-//! PostgreSQL (one fresh database per test).
+//! PostgreSQL and RabbitMQ (a fresh database and vhost per test).
 
 mod cli;
+mod declare;
+mod relay;
+
+#[path = "../support/mod.rs"]
+mod support;
+
+pub(crate) use support::{stderr, stdout, Env};

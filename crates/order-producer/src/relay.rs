@@ -1,0 +1,371 @@
+//! The outbox relay: claims unpublished outbox rows, publishes them as
+//! persistent delay messages with confirms and the mandatory flag, and marks
+//! rows published only after the broker confirmed them (all through
+//! `domain::relay_batch`, which holds the claim in one transaction).
+//!
+//! A nack, a returned message or a lost connection leaves the rows for a
+//! later try; a crash between publish and commit publishes a row twice,
+//! which the design allows (the worker is idempotent).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use amiquip::Connection;
+use anyhow::Context;
+use broker::{
+    AmqpUrl, BrokerError, ConfirmedPublisher, Outcome, Outgoing, TimeoutMessage, Topology,
+};
+use domain::{
+    DatabaseUrl, OrderNo, OrderStatus, OutboxMessage, PgConnection, PublishReport, RelayBatch,
+};
+
+/// How the relay paces itself.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub batch_size: i64,
+    pub poll_interval: Duration,
+    pub confirm_timeout: Duration,
+    /// Back-off after a failure doubles from 200 ms up to this.
+    pub max_backoff: Duration,
+}
+
+/// Totals since the relay started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub published: u64,
+    pub failed: u64,
+    pub batches: u64,
+}
+
+/// Why one relay step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error("database: {0}")]
+    Database(#[from] domain::StoreError),
+    #[error("broker: {0}")]
+    Broker(#[from] BrokerError),
+}
+
+struct Amqp {
+    // Field order matters: the publisher's channel closes before the connection.
+    publisher: ConfirmedPublisher,
+    connection: Connection,
+}
+
+/// A relay with its (lazily opened) database and broker connections.
+pub struct Relay {
+    db_url: DatabaseUrl,
+    amqp_url: AmqpUrl,
+    topology: Topology,
+    settings: Settings,
+    db: Option<PgConnection>,
+    amqp: Option<Amqp>,
+    stats: Stats,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("db_url", &self.db_url)
+            .field("amqp_url", &self.amqp_url)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Relay {
+    #[must_use]
+    pub fn new(
+        db_url: DatabaseUrl,
+        amqp_url: AmqpUrl,
+        topology: Topology,
+        settings: Settings,
+    ) -> Self {
+        Self {
+            db_url,
+            amqp_url,
+            topology,
+            settings,
+            db: None,
+            amqp: None,
+            stats: Stats::default(),
+        }
+    }
+
+    #[must_use]
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Connects what is not connected. On (re)connecting to the broker the
+    /// topology is declared (idempotent), so the dead-letter exchange exists
+    /// before any message can expire into it and a mismatch is reported
+    /// before anything is published.
+    fn connect(&mut self) -> Result<(), StepError> {
+        if self.db.is_none() {
+            self.db = Some(domain::connect(&self.db_url)?);
+        }
+        if self.amqp.is_none() {
+            let mut connection = broker::connect(&self.amqp_url)?;
+            self.topology.declare(&mut connection, &self.amqp_url)?;
+            let publisher = ConfirmedPublisher::open(
+                &mut connection,
+                &self.amqp_url,
+                self.settings.confirm_timeout,
+            )?;
+            log::info!("relay connected to {}", self.amqp_url);
+            self.amqp = Some(Amqp {
+                publisher,
+                connection,
+            });
+        }
+        Ok(())
+    }
+
+    /// Claims, publishes and marks one batch. On a broker failure the broker
+    /// connection is dropped (reopened next time); on a database failure the
+    /// database connection is.
+    pub fn step(&mut self) -> Result<RelayBatch, StepError> {
+        self.connect()?;
+        let topology = &self.topology;
+        let amqp = self.amqp.as_mut().expect("connected above");
+        let db = self.db.as_mut().expect("connected above");
+        let result = domain::relay_batch(db, self.settings.batch_size, |batch| {
+            publish_batch(&mut amqp.publisher, topology, batch)
+        });
+        match result {
+            Ok(Ok(done)) => {
+                self.stats.batches += u64::from(done.claimed > 0);
+                self.stats.published += done.published as u64;
+                self.stats.failed += done.failed as u64;
+                if done.failed > 0 {
+                    log::warn!(
+                        "{} message(s) not accepted by the broker; left in the outbox",
+                        done.failed
+                    );
+                }
+                Ok(done)
+            }
+            Ok(Err(broker_error)) => {
+                self.drop_amqp();
+                Err(broker_error.into())
+            }
+            Err(db_error) => {
+                self.db = None;
+                Err(db_error.into())
+            }
+        }
+    }
+
+    fn drop_amqp(&mut self) {
+        if let Some(amqp) = self.amqp.take() {
+            let _ = amqp.publisher.close();
+            let _ = amqp.connection.close();
+        }
+    }
+
+    /// `--once`: publishes until the outbox is empty, failing on the first
+    /// error (the rows stay for the next run).
+    pub fn drain(&mut self) -> anyhow::Result<Stats> {
+        loop {
+            let done = self
+                .step()
+                .context("relay failed; unpublished rows stay in the outbox")?;
+            if done.claimed == 0 || (done.published == 0 && done.failed > 0) {
+                break;
+            }
+        }
+        self.drop_amqp();
+        if self.stats.failed > 0 {
+            anyhow::bail!(
+                "{} message(s) were not accepted by the broker and stay in the outbox",
+                self.stats.failed
+            );
+        }
+        Ok(self.stats)
+    }
+
+    /// Relays until `stop` is raised, then returns after the batch in hand.
+    /// Failures are logged and retried with back-off; a topology mismatch
+    /// is retried too (slowly), since an operator can fix it while we wait.
+    pub fn run(&mut self, stop: &Arc<AtomicBool>) -> Stats {
+        let mut backoff = Duration::from_millis(200);
+        let mut last_report = Instant::now();
+        let mut reported = self.stats;
+        while !stop.load(Ordering::Relaxed) {
+            match self.step() {
+                Ok(done) => {
+                    backoff = Duration::from_millis(200);
+                    if done.claimed == 0 {
+                        sleep_unless_stopped(self.settings.poll_interval, stop);
+                    }
+                }
+                Err(e) => {
+                    log::warn!("relay step failed, retrying in {backoff:?}: {e}");
+                    sleep_unless_stopped(backoff, stop);
+                    backoff = (backoff * 2).min(self.settings.max_backoff);
+                }
+            }
+            if last_report.elapsed() >= Duration::from_secs(10) {
+                let secs = last_report.elapsed().as_secs_f64();
+                let n = self.stats.published - reported.published;
+                if n > 0 {
+                    log::info!(
+                        "relayed {n} message(s) in the last {secs:.0} s ({:.0}/s)",
+                        n as f64 / secs
+                    );
+                }
+                last_report = Instant::now();
+                reported = self.stats;
+            }
+        }
+        self.drop_amqp();
+        self.stats
+    }
+}
+
+fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) {
+    let until = Instant::now() + d;
+    while !stop.load(Ordering::Relaxed) {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(50)));
+    }
+}
+
+fn to_message(m: &OutboxMessage) -> TimeoutMessage {
+    TimeoutMessage {
+        order_no: m.order_no.clone(),
+        created_at: m.created_at,
+        deadline: m.deadline,
+    }
+}
+
+/// The payment window of an order: what picks its delay queue.
+fn window(
+    created_at: chrono::DateTime<chrono::Utc>,
+    deadline: chrono::DateTime<chrono::Utc>,
+) -> Duration {
+    (deadline - created_at).to_std().unwrap_or(Duration::ZERO)
+}
+
+/// Publishes one claimed batch and reports, per outbox id, what the broker
+/// said.
+fn publish_batch(
+    publisher: &mut ConfirmedPublisher,
+    topology: &Topology,
+    batch: &[OutboxMessage],
+) -> Result<PublishReport, BrokerError> {
+    let messages: Vec<TimeoutMessage> = batch.iter().map(to_message).collect();
+    let outgoing: Vec<Outgoing<'_>> = batch
+        .iter()
+        .zip(&messages)
+        .map(|(row, message)| Outgoing {
+            queue: &topology.route(window(row.created_at, row.deadline)).name,
+            message,
+        })
+        .collect();
+    let outcomes = publisher.publish_all(&outgoing)?;
+    let mut report = PublishReport::default();
+    for (row, outcome) in batch.iter().zip(outcomes) {
+        match outcome {
+            Outcome::Confirmed => report.confirmed.push(row.outbox_id),
+            Outcome::Nacked => report
+                .failed
+                .push((row.outbox_id, "nacked by the broker".into())),
+            Outcome::Returned(why) => report.failed.push((row.outbox_id, why)),
+        }
+    }
+    Ok(report)
+}
+
+/// What `publish ORDER_NO...` did, one line per order.
+#[derive(Debug, Default)]
+pub struct PublishOutcome {
+    pub lines: Vec<String>,
+    pub refused: usize,
+}
+
+/// Re-emits the delay message of each pending order, with confirms;
+/// refuses orders that are not pending (or unknown).
+pub fn publish_orders(
+    db: &mut PgConnection,
+    amqp_url: &AmqpUrl,
+    topology: &Topology,
+    order_nos: &[OrderNo],
+) -> anyhow::Result<PublishOutcome> {
+    let mut out = PublishOutcome::default();
+    let mut pending = Vec::new();
+    for no in order_nos {
+        match domain::find_order(db, no)? {
+            None => {
+                out.lines
+                    .push(format!("{no}: no such order; not published"));
+                out.refused += 1;
+            }
+            Some(o) if o.status != OrderStatus::PendingPayment => {
+                out.lines.push(format!(
+                    "{no}: order is {}, not pending; not published",
+                    o.status
+                ));
+                out.refused += 1;
+            }
+            Some(o) => pending.push(o),
+        }
+    }
+    if pending.is_empty() {
+        return Ok(out);
+    }
+    let mut connection =
+        broker::connect(amqp_url).context("is RabbitMQ running and AMQP_URL right?")?;
+    topology
+        .declare(&mut connection, amqp_url)
+        .context("the topology does not match")?;
+    let mut publisher =
+        ConfirmedPublisher::open(&mut connection, amqp_url, Duration::from_secs(10))?;
+    let messages: Vec<TimeoutMessage> = pending
+        .iter()
+        .map(|o| TimeoutMessage {
+            order_no: o.order_no.clone(),
+            created_at: o.created_at,
+            deadline: o.deadline,
+        })
+        .collect();
+    let outgoing: Vec<Outgoing<'_>> = pending
+        .iter()
+        .zip(&messages)
+        .map(|(o, message)| Outgoing {
+            queue: &topology.route(window(o.created_at, o.deadline)).name,
+            message,
+        })
+        .collect();
+    let outcomes = publisher
+        .publish_all(&outgoing)
+        .context("publishing failed")?;
+    for (item, outcome) in outgoing.iter().zip(outcomes) {
+        match outcome {
+            Outcome::Confirmed => out.lines.push(format!(
+                "{}: published to {}",
+                item.message.order_no, item.queue
+            )),
+            Outcome::Nacked => {
+                out.lines.push(format!(
+                    "{}: nacked by the broker; not published",
+                    item.message.order_no
+                ));
+                out.refused += 1;
+            }
+            Outcome::Returned(why) => {
+                out.lines
+                    .push(format!("{}: {why}; not published", item.message.order_no));
+                out.refused += 1;
+            }
+        }
+    }
+    let _ = publisher.close();
+    let _ = connection.close();
+    Ok(out)
+}

@@ -1,0 +1,77 @@
+//! `order-producer status`: what an operator wants to see at a glance.
+
+use std::io::Write;
+
+use broker::{AmqpUrl, Topology};
+use domain::PgConnection;
+
+/// Prints the report; returns false when part of it could not be read
+/// (the rest is printed anyway).
+pub fn print(
+    out: &mut impl Write,
+    db: &mut PgConnection,
+    amqp_url: &AmqpUrl,
+    topology: &Topology,
+) -> anyhow::Result<bool> {
+    let mut ok = true;
+    writeln!(out, "queues on {amqp_url}:")?;
+    match broker::connect(amqp_url).and_then(|mut c| {
+        let depths = topology.depths(&mut c, amqp_url);
+        let _ = c.close();
+        depths
+    }) {
+        Ok(depths) => {
+            for d in depths {
+                if let Some((ready, consumers)) = d.state {
+                    writeln!(
+                        out,
+                        "  {:<34} {ready:>8} ready  {consumers:>3} consumer(s)",
+                        d.name
+                    )?;
+                } else {
+                    ok = false;
+                    writeln!(
+                        out,
+                        "  {:<34} MISSING (run `order-producer declare`)",
+                        d.name
+                    )?;
+                }
+            }
+        }
+        Err(e) => {
+            ok = false;
+            writeln!(out, "  unavailable: {e}")?;
+        }
+    }
+    let counts = domain::count_by_status(db)?;
+    let counts: Vec<String> = counts.iter().map(|(s, n)| format!("{s} {n}")).collect();
+    writeln!(out, "orders: {}", counts.join(", "))?;
+    writeln!(
+        out,
+        "outbox backlog: {} unpublished",
+        domain::unpublished_count(db)?
+    )?;
+    let refunds = domain::paid_after_close_count(db)?;
+    writeln!(out, "paid after close (refund needed): {refunds}")?;
+    writeln!(
+        out,
+        "stock (available + held by pending/paid orders = loaded):"
+    )?;
+    for b in domain::stock_balances(db)? {
+        writeln!(
+            out,
+            "  {:<20} {:>8} + {:>8} = {:>8}  {}",
+            b.code,
+            b.stock,
+            b.held,
+            b.loaded,
+            if b.is_conserved() {
+                "ok"
+            } else {
+                "NOT CONSERVED"
+            }
+        )?;
+        ok &= b.is_conserved();
+    }
+    Ok(ok)
+}
