@@ -324,11 +324,15 @@ fn relay(
     } else {
         relay.run(stop)
     };
-    log::info!(
-        "relay stopped: {} published, {} failed (left for a later try)",
-        stats.published,
-        stats.failed
-    );
+    if stats.failed == 0 {
+        log::info!("relay stopped: {} published", stats.published);
+    } else {
+        log::info!(
+            "relay stopped: {} published, {} not accepted by the broker (left in the outbox for a later try)",
+            stats.published,
+            stats.failed
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
