@@ -155,6 +155,56 @@ impl ConfirmedPublisher {
             .collect())
     }
 
+    /// Publishes one message with the given body and properties (persistent
+    /// and mandatory whatever they say) and waits for its confirm. For the
+    /// worker's retry and parking paths, which must copy bodies that may not
+    /// even parse. An error means nothing is known: do not ack the original.
+    pub fn publish_one(
+        &mut self,
+        queue: &str,
+        body: &[u8],
+        properties: AmqpProperties,
+    ) -> Result<Outcome, BrokerError> {
+        let tag = self.next_tag;
+        self.publish_raw(queue, body, properties.with_delivery_mode(2))?;
+        let deadline = Instant::now() + self.confirm_timeout;
+        let mut outcome = None;
+        while outcome.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let raw = match self.confirms.recv_timeout(left) {
+                Ok(c) => c,
+                Err(RecvTimeoutError::Timeout) => {
+                    return Err(BrokerError::ConfirmTimeout {
+                        unconfirmed: 1,
+                        waited_ms: self.confirm_timeout.as_millis(),
+                    })
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(BrokerError::Connection {
+                        context: format!("waiting for a confirm from {}", self.url),
+                        message: "the connection was lost".into(),
+                    })
+                }
+            };
+            for confirm in self.smoother.process(raw) {
+                match confirm {
+                    Confirm::Ack(p) if p.delivery_tag == tag => outcome = Some(Outcome::Confirmed),
+                    Confirm::Nack(p) if p.delivery_tag == tag => outcome = Some(Outcome::Nacked),
+                    _ => {}
+                }
+            }
+        }
+        // A return precedes the ack of the same message.
+        if let Ok(r) = self.returns.try_recv() {
+            while self.returns.try_recv().is_ok() {}
+            return Ok(Outcome::Returned(format!(
+                "returned by the broker: {} {} (routing key {})",
+                r.reply_code, r.reply_text, r.routing_key
+            )));
+        }
+        Ok(outcome.expect("loop ends with an outcome"))
+    }
+
     fn publish_raw(
         &mut self,
         queue: &str,

@@ -1,26 +1,29 @@
-//! `order-timeout-worker`: will consume dead-lettered order messages from
-//! `queue.ordertimeout`, ask WeChat Pay what happened to each order and settle
-//! it (close and give stock back, or compensate a late payment).
-//!
-//! Not built yet. The binary exists so the workspace has its final shape; it
-//! refuses to run rather than pretend to settle anything.
+//! `order-timeout-worker`: glue only. Parses the command line, installs the
+//! SIGTERM/SIGINT handlers, runs, and maps the outcome to an exit code in one
+//! place (0 success, 2 bad usage or configuration, 1 anything else).
 
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use clap::Parser;
-
-/// Settles e-commerce orders left unpaid past their payment deadline.
-///
-/// NOT BUILT YET: this binary is a placeholder. When built it will consume
-/// expired order messages from RabbitMQ (`queue.ordertimeout`), query WeChat
-/// Pay for each order and then close it locally (giving stock back), record a
-/// late payment, or retry later when the payment state is unknown.
-#[derive(Debug, Parser)]
-#[command(version, about, long_about)]
-struct Cli {}
+use order_timeout_worker::{exit_code, run, Cli};
 
 fn main() -> ExitCode {
-    let _cli = Cli::parse();
-    eprintln!("error: order-timeout-worker is not built yet; nothing was consumed or settled");
-    ExitCode::FAILURE
+    let cli = Cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        if let Err(e) = signal_hook::flag::register(signal, Arc::clone(&stop)) {
+            eprintln!("error: could not install the handler for signal {signal}: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    match run(&cli, &stop) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(exit_code(&err))
+        }
+    }
 }

@@ -1,0 +1,122 @@
+//! The worker's configuration: flags and environment variables (clap reads
+//! them in the binary; this module only turns them into typed settings and
+//! says which one is missing).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+/// WeChat Pay settings. The worker refuses to start without them.
+#[derive(Debug, Clone, Args)]
+pub struct PaymentArgs {
+    /// WeChat Pay API base URL (scheme and host). Default: the real API, with
+    /// its backup domain tried after a connection failure.
+    #[arg(long = "wechatpay-base-url", env = "WECHATPAY_BASE_URL")]
+    pub base_url: Option<String>,
+    /// Merchant id.
+    #[arg(long = "wechatpay-mchid", env = "WECHATPAY_MCHID")]
+    pub mchid: Option<String>,
+    /// Serial number of the merchant API certificate.
+    #[arg(
+        long = "wechatpay-merchant-serial-no",
+        env = "WECHATPAY_MERCHANT_SERIAL_NO"
+    )]
+    pub merchant_serial_no: Option<String>,
+    /// Merchant private key, PEM (PKCS#8 or PKCS#1). Never printed.
+    #[arg(
+        long = "wechatpay-merchant-key-file",
+        env = "WECHATPAY_MERCHANT_KEY_FILE"
+    )]
+    pub merchant_key_file: Option<PathBuf>,
+    /// WeChat Pay public key id (`PUB_KEY_ID_...`), public key mode.
+    #[arg(long = "wechatpay-public-key-id", env = "WECHATPAY_PUBLIC_KEY_ID")]
+    pub public_key_id: Option<String>,
+    /// WeChat Pay public key, PEM, public key mode.
+    #[arg(long = "wechatpay-public-key-file", env = "WECHATPAY_PUBLIC_KEY_FILE")]
+    pub public_key_file: Option<PathBuf>,
+    /// A platform certificate as SERIAL=FILE (older mode); repeatable.
+    #[arg(
+        long = "wechatpay-platform-cert",
+        env = "WECHATPAY_PLATFORM_CERTS",
+        value_delimiter = ',',
+        value_name = "SERIAL=FILE"
+    )]
+    pub platform_certs: Vec<String>,
+    /// Whole-request timeout of a WeChat Pay call.
+    #[arg(long = "wechatpay-timeout", env = "WECHATPAY_TIMEOUT", default_value = "10s", value_parser = broker::parse_duration)]
+    pub timeout: Duration,
+    /// Connect timeout of a WeChat Pay call.
+    #[arg(long = "wechatpay-connect-timeout", env = "WECHATPAY_CONNECT_TIMEOUT", default_value = "3s", value_parser = broker::parse_duration)]
+    pub connect_timeout: Duration,
+}
+
+/// A required setting is missing or malformed (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SettingError(pub String);
+
+fn required<T: Clone>(v: Option<&T>, var: &str, flag: &str) -> Result<T, SettingError> {
+    v.cloned().ok_or_else(|| {
+        SettingError(format!(
+            "missing payment setting {var} (or --{flag}); the worker cannot ask WeChat Pay without it"
+        ))
+    })
+}
+
+impl PaymentArgs {
+    /// The client configuration, or an error naming the first missing setting.
+    pub fn config(&self) -> Result<payment_client::Config, SettingError> {
+        let mchid = required(self.mchid.as_ref(), "WECHATPAY_MCHID", "wechatpay-mchid")?;
+        let serial = required(
+            self.merchant_serial_no.as_ref(),
+            "WECHATPAY_MERCHANT_SERIAL_NO",
+            "wechatpay-merchant-serial-no",
+        )?;
+        let key = required(
+            self.merchant_key_file.as_ref(),
+            "WECHATPAY_MERCHANT_KEY_FILE",
+            "wechatpay-merchant-key-file",
+        )?;
+        let mut config = payment_client::Config::new(mchid, serial, key)
+            .with_timeouts(self.connect_timeout, self.timeout);
+        match (&self.public_key_id, &self.public_key_file) {
+            (Some(id), Some(file)) => config = config.with_public_key(id.clone(), file.clone()),
+            (Some(_), None) => {
+                return Err(SettingError(
+                    "missing payment setting WECHATPAY_PUBLIC_KEY_FILE (or --wechatpay-public-key-file): \
+                     WECHATPAY_PUBLIC_KEY_ID is set without its key file"
+                        .into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(SettingError(
+                    "missing payment setting WECHATPAY_PUBLIC_KEY_ID (or --wechatpay-public-key-id): \
+                     WECHATPAY_PUBLIC_KEY_FILE is set without its id"
+                        .into(),
+                ))
+            }
+            (None, None) if self.platform_certs.is_empty() => {
+                return Err(SettingError(
+                    "missing payment setting WECHATPAY_PUBLIC_KEY_ID and WECHATPAY_PUBLIC_KEY_FILE \
+                     (or a platform certificate, --wechatpay-platform-cert SERIAL=FILE): \
+                     without a WeChat Pay key no answer can be verified"
+                        .into(),
+                ))
+            }
+            (None, None) => {}
+        }
+        for cert in &self.platform_certs {
+            let (serial, file) = cert.split_once('=').ok_or_else(|| {
+                SettingError(format!(
+                    "--wechatpay-platform-cert must be SERIAL=FILE, got {cert:?}"
+                ))
+            })?;
+            config = config.with_platform_certificate(serial, file);
+        }
+        if let Some(url) = &self.base_url {
+            config = config.with_base_url(url.clone());
+        }
+        Ok(config)
+    }
+}

@@ -1,0 +1,227 @@
+//! `order-timeout-worker` as a library: the settlement state machine
+//! ([`settle`]), the consumer with its retry and parking paths and the sweep
+//! ([`consumer`]), and the command line ([`Cli`], [`run`]). The binary only
+//! parses, installs signal handlers and maps errors to exit codes.
+
+pub mod config;
+pub mod consumer;
+pub mod settle;
+pub mod stats;
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use broker::{BrokerArgs, BrokerError};
+use clap::{Args, Parser, Subcommand};
+use domain::{DatabaseUrl, OrderNo};
+
+pub use consumer::{ConsumerSettings, Disposition, Worker};
+pub use settle::{Settlement, Settler, Trigger};
+
+/// A mistake in the command line or configuration: exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Settles e-commerce orders left unpaid past their payment deadline.
+///
+/// Consumes the expired delay messages of `queue.ordertimeout` and, for
+/// each order, asks WeChat Pay what happened: unpaid -> close the payment
+/// order there, read back CLOSED, then close the order here and give its
+/// stock back (one transaction); paid after all -> mark it paid and record
+/// the payment; unknown -> change nothing and retry later through the retry
+/// queues (bounded; then the message is parked in
+/// `queue.ordertimeout.parked` with the reason). A periodic sweep settles
+/// pending orders whose deadline passed long ago through the same path.
+///
+/// SIGTERM/SIGINT: stop taking messages, finish those in hand, close
+/// cleanly, exit 0.
+///
+/// Exit codes: 0 success, 2 bad usage or configuration (missing payment
+/// setting, unloadable key, schema not migrated, topology missing), 1
+/// anything else.
+#[derive(Debug, Parser)]
+#[command(name = "order-timeout-worker", version, about, long_about)]
+pub struct Cli {
+    /// PostgreSQL URL. A password in it is never printed.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/order_timeout",
+        hide_env_values = true,
+        global = true
+    )]
+    pub database_url: String,
+
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+
+    #[command(flatten)]
+    pub payment: config::PaymentArgs,
+
+    #[command(flatten)]
+    pub run: RunArgs,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Settle one order now, through the same code path as the consumer,
+    /// and print the outcome. On an order already closed here it asks WeChat
+    /// Pay again and records a late payment for refund. Exit 0 when the
+    /// order is settled, 1 when it could not be (the reason is printed).
+    Settle {
+        /// The order number.
+        #[arg(value_parser = parse_order_no)]
+        order_no: OrderNo,
+    },
+}
+
+/// How the consumer runs.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Consumer lanes: threads, each with its own channel, so slow payment
+    /// calls overlap.
+    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=512))]
+    pub concurrency: u16,
+    /// Unacked messages the broker may hand each lane.
+    #[arg(long, env = "WORKER_PREFETCH", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
+    pub prefetch: u16,
+    /// Settlement attempts of one message before it is parked.
+    #[arg(long, env = "WORKER_MAX_ATTEMPTS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub max_attempts: u32,
+    /// Database connections (default: the lanes, at most 16, plus 2 for the sweep).
+    #[arg(long, env = "WORKER_DB_POOL_SIZE")]
+    pub db_pool_size: Option<u32>,
+    /// How often the sweep looks for overdue pending orders.
+    #[arg(long, env = "SWEEP_INTERVAL", default_value = "60s", value_parser = broker::parse_duration)]
+    pub sweep_interval: Duration,
+    /// How long past its deadline an order must be before the sweep takes it.
+    #[arg(long, env = "SWEEP_GRACE", default_value = "5m", value_parser = broker::parse_duration)]
+    pub sweep_grace: Duration,
+    /// Orders per sweep batch.
+    #[arg(long, env = "SWEEP_BATCH", default_value_t = 500, value_parser = clap::value_parser!(i64).range(1..=100_000))]
+    pub sweep_batch: i64,
+    /// How often the summary line (settled per second by outcome, retries,
+    /// parked) is logged.
+    #[arg(long, env = "SUMMARY_INTERVAL", default_value = "60s", value_parser = broker::parse_duration)]
+    pub summary_interval: Duration,
+}
+
+fn parse_order_no(s: &str) -> Result<OrderNo, String> {
+    OrderNo::parse(s).map_err(|e| e.to_string())
+}
+
+/// The exit code for an error: 2 for bad usage or configuration, 1 else.
+#[must_use]
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    let usage = err.chain().any(|e| {
+        e.downcast_ref::<UsageError>().is_some()
+            || e.downcast_ref::<config::SettingError>().is_some()
+            || e.downcast_ref::<payment_client::ConfigError>().is_some()
+            || matches!(
+                e.downcast_ref::<BrokerError>(),
+                Some(BrokerError::TopologyMismatch(_) | BrokerError::TopologyMissing { .. })
+            )
+    });
+    if usage {
+        2
+    } else {
+        1
+    }
+}
+
+/// Start-up checks shared by both modes: payment settings and keys, the
+/// database and its schema. Returns the settler.
+pub fn prepare(cli: &Cli) -> anyhow::Result<Settler> {
+    let payment_config = cli.payment.config()?;
+    let client =
+        payment_client::Client::new(payment_config).context("WeChat Pay client not usable")?;
+    let url = DatabaseUrl::new(cli.database_url.clone());
+    let lanes = u32::from(cli.run.concurrency);
+    let pool_size = cli.run.db_pool_size.unwrap_or(lanes.min(16) + 2).max(2);
+    let pool = domain::build_pool(&url, pool_size, Duration::from_secs(10))
+        .context("is PostgreSQL running and DATABASE_URL right?")?;
+    let pending = {
+        let mut conn = pool.get().context("no database connection")?;
+        domain::pending_migrations(&mut conn).context("could not read the schema version")?
+    };
+    if !pending.is_empty() {
+        return Err(UsageError(format!(
+            "the database schema is not migrated ({} pending); run `order-producer migrate` first",
+            pending.len()
+        ))
+        .into());
+    }
+    Ok(Settler::new(pool, Arc::new(client)))
+}
+
+/// Runs the worker (or `settle`). `stop` is raised by SIGTERM/SIGINT.
+pub fn run(cli: &Cli, stop: &Arc<AtomicBool>) -> anyhow::Result<ExitCode> {
+    let topology = cli.broker.topology().map_err(UsageError)?;
+    let settler = prepare(cli)?;
+    if let Some(Command::Settle { order_no }) = &cli.command {
+        return settle_now(&settler, order_no);
+    }
+    // The topology must exist before we consume: a missing dead-letter
+    // exchange would drop expiring messages silently.
+    let amqp = cli.broker.url();
+    let mut conn = broker::connect(&amqp).context("is RabbitMQ running and AMQP_URL right?")?;
+    topology
+        .check(&mut conn, &amqp)
+        .context("the worker needs the topology")?;
+    let _ = conn.close();
+    let settings = ConsumerSettings {
+        concurrency: usize::from(cli.run.concurrency),
+        prefetch: cli.run.prefetch,
+        max_attempts: cli.run.max_attempts,
+        sweep_interval: cli.run.sweep_interval,
+        sweep_grace: cli.run.sweep_grace,
+        sweep_batch: cli.run.sweep_batch,
+        summary_interval: cli.run.summary_interval,
+    };
+    let worker = Worker::new(settler, topology, amqp, settings);
+    worker.run(stop);
+    log::info!("worker stopped cleanly");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn settle_now(settler: &Settler, order_no: &OrderNo) -> anyhow::Result<ExitCode> {
+    let started = std::time::Instant::now();
+    let s = settler.settle(order_no, Trigger::Operator, chrono::Utc::now());
+    consumer::log_settlement(order_no, &s, 1, started);
+    let mut out = std::io::stdout().lock();
+    let line = match &s {
+        Settlement::Closed { why } => format!("closed, stock given back: {why}"),
+        Settlement::Compensated { refunded: false } => {
+            "paid at WeChat Pay: marked paid, payment recorded".to_owned()
+        }
+        Settlement::Compensated { refunded: true } => {
+            "paid and refunded at WeChat Pay: marked paid, payment recorded; check the refund"
+                .to_owned()
+        }
+        Settlement::PaidAfterClose => "PAID AFTER CLOSE: payment recorded for refund".to_owned(),
+        Settlement::AlreadySettled(st) => format!("already {st}: nothing to do"),
+        Settlement::NotYetDue { remaining } => format!(
+            "not settled: its payment deadline is {}s away",
+            remaining.as_secs()
+        ),
+        Settlement::UnknownOrder => "not settled: no such order".to_owned(),
+        Settlement::RetryLater { reason, .. } => {
+            format!("not settled, payment state unknown: {reason}; try again later")
+        }
+        Settlement::GiveUp { reason } => format!("not settled: {reason}"),
+    };
+    writeln!(out, "{order_no}: {}: {line}", s.label())?;
+    Ok(if s.is_final() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,73 @@
+//! Counters for the periodic summary line.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Outcome counts since the last summary.
+#[derive(Debug, Default)]
+pub struct Stats {
+    inner: Mutex<Window>,
+}
+
+#[derive(Debug)]
+struct Window {
+    started: Instant,
+    outcomes: BTreeMap<&'static str, u64>,
+    retries: u64,
+    parked: u64,
+}
+
+impl Default for Window {
+    fn default() -> Self {
+        Self {
+            started: Instant::now(),
+            outcomes: BTreeMap::new(),
+            retries: 0,
+            parked: 0,
+        }
+    }
+}
+
+impl Stats {
+    pub fn outcome(&self, label: &'static str) {
+        *self.lock().outcomes.entry(label).or_default() += 1;
+    }
+
+    pub fn retry(&self) {
+        self.lock().retries += 1;
+    }
+
+    pub fn parked(&self) {
+        self.lock().parked += 1;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Window> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The summary of the window since the last call, and a new window.
+    /// `None` when nothing happened.
+    pub fn take_summary(&self) -> Option<String> {
+        let w = std::mem::take(&mut *self.lock());
+        let total: u64 = w.outcomes.values().sum();
+        if total == 0 && w.retries == 0 && w.parked == 0 {
+            return None;
+        }
+        let secs = w
+            .started
+            .elapsed()
+            .max(Duration::from_millis(1))
+            .as_secs_f64();
+        let by: Vec<String> = w.outcomes.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        Some(format!(
+            "last {secs:.0} s: {total} settlement attempts ({:.1}/s): {}; {} retries scheduled, {} parked",
+            total as f64 / secs,
+            by.join(", "),
+            w.retries,
+            w.parked
+        ))
+    }
+}

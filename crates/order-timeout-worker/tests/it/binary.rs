@@ -1,0 +1,228 @@
+//! The `order-timeout-worker` binary as an operator runs it.
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use domain::OrderStatus;
+
+use crate::Stack;
+
+fn worker(stack: &Stack, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_order-timeout-worker"));
+    c.args(args)
+        .env("DATABASE_URL", stack.db.url().expose())
+        .env("AMQP_URL", stack.vhost.url().expose())
+        .env("DELAY_TTL_MS", "300")
+        .env("RETRY_DELAYS", "100ms,200ms,400ms")
+        .env("WECHATPAY_BASE_URL", stack.sim.base_url())
+        .env("WECHATPAY_MCHID", wechatpay_sim::DEFAULT_MCHID)
+        .env(
+            "WECHATPAY_MERCHANT_SERIAL_NO",
+            wechatpay_sim::DEFAULT_MERCHANT_SERIAL_NO,
+        )
+        .env(
+            "WECHATPAY_MERCHANT_KEY_FILE",
+            &stack.files.merchant_key_file,
+        )
+        .env(
+            "WECHATPAY_PUBLIC_KEY_ID",
+            wechatpay_sim::DEFAULT_PUBLIC_KEY_ID,
+        )
+        .env(
+            "WECHATPAY_PUBLIC_KEY_FILE",
+            &stack.files.wechatpay_public_key_file,
+        )
+        .env("RUST_LOG", "info")
+        .env_remove("PAYMENT_WINDOWS")
+        .env_remove("QUEUE_TYPE");
+    c
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn missing_or_bad_payment_settings_exit_2_naming_them() {
+    let stack = Stack::new();
+    let out = worker(&stack, &[])
+        .env_remove("WECHATPAY_MCHID")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("missing payment setting WECHATPAY_MCHID"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = worker(&stack, &[])
+        .env_remove("WECHATPAY_PUBLIC_KEY_FILE")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("WECHATPAY_PUBLIC_KEY_FILE"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = worker(&stack, &[])
+        .env("WECHATPAY_MERCHANT_KEY_FILE", "/nonexistent/merchant.pem")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("/nonexistent/merchant.pem"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A key file that is not a key: named, its contents never printed.
+    let garbage = stack.files.merchant_key_file.with_file_name("garbage.pem");
+    std::fs::write(&garbage, "TOPSECRETCONTENT").unwrap();
+    let out = worker(&stack, &[])
+        .env("WECHATPAY_MERCHANT_KEY_FILE", &garbage)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("garbage.pem"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("TOPSECRETCONTENT"));
+}
+
+#[test]
+fn a_missing_topology_or_schema_exits_2() {
+    let stack = Stack::new();
+    let fresh = broker::testing::TestVhost::new();
+    let out = worker(&stack, &[])
+        .env("AMQP_URL", fresh.url().expose())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("exchange.ordertimeout does not exist"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("guest:guest"));
+
+    let empty = domain::testing::TestDb::empty();
+    let out = worker(&stack, &[])
+        .env("DATABASE_URL", empty.url().expose())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("order-producer migrate"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn settle_settles_one_order_now_and_prints_the_outcome() {
+    let stack = Stack::new();
+    let no = stack.order();
+    stack.sim_put(&no, "NOTPAY");
+    let early = worker(&stack, &["settle", no.as_str()]).output().unwrap();
+    let early_out = String::from_utf8_lossy(&early.stdout);
+    if early.status.success() {
+        // The 300 ms window may already have passed on a slow machine.
+        assert!(early_out.contains("closed"), "{early_out}");
+    } else {
+        assert!(early_out.contains("not_yet_due"), "{early_out}");
+        assert_eq!(stack.status(&no), OrderStatus::PendingPayment);
+        std::thread::sleep(crate::WINDOW);
+        let out = worker(&stack, &["settle", no.as_str()]).output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.starts_with(&format!("{no}: closed")), "{text}");
+    }
+    assert_eq!(stack.status(&no), OrderStatus::Closed);
+    let again = worker(&stack, &["settle", no.as_str()]).output().unwrap();
+    assert!(again.status.success());
+    assert!(String::from_utf8_lossy(&again.stdout).contains("already closed"));
+    let unknown = worker(&stack, &["settle", "nosuchorder1"])
+        .output()
+        .unwrap();
+    assert_eq!(unknown.status.code(), Some(1));
+    let bad = worker(&stack, &["settle", "bad/no"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    stack.assert_conserved();
+}
+
+#[test]
+fn sigterm_mid_batch_finishes_what_is_in_hand_exits_0_and_loses_nothing() {
+    let stack = Stack::new();
+    let nos: Vec<_> = (0..40).map(|_| stack.order()).collect();
+    for no in &nos {
+        stack.sim_put(no, "NOTPAY");
+    }
+    // Slow provider: the worker is busy when the signal comes.
+    stack
+        .sim
+        .admin()
+        .set_global_faults(&wechatpay_sim::Faults {
+            latency_ms: 100,
+            ..Default::default()
+        })
+        .unwrap();
+    let mut child = worker(&stack, &["--concurrency", "4"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    stack.relay();
+    let started = Instant::now();
+    while nos
+        .iter()
+        .all(|no| stack.status(no) == OrderStatus::PendingPayment)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "nothing settled"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let signalled = Instant::now();
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(10),
+            "no exit within 10 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(err.contains("worker stopped cleanly"), "{err}");
+    let done = nos
+        .iter()
+        .filter(|no| stack.status(no) != OrderStatus::PendingPayment)
+        .count();
+    assert!(
+        done < nos.len(),
+        "all settled before the signal: the test proved nothing"
+    );
+
+    // Nothing was lost: a second worker settles the rest from the queue.
+    stack.sim.admin().clear_global_faults().unwrap();
+    let again = stack.start(stack.settings());
+    for no in &nos {
+        assert_eq!(
+            stack.wait_settled(no, Duration::from_secs(20)),
+            OrderStatus::Closed
+        );
+    }
+    again.stop();
+    assert_eq!(stack.stock("TEA"), 1000);
+    stack.assert_conserved();
+}
