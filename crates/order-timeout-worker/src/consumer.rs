@@ -330,6 +330,12 @@ impl Worker {
     /// one worker sweeps at a time (an advisory lock); returns `None` when
     /// another holds it.
     pub fn sweep_once(&self) -> Result<Option<usize>, domain::StoreError> {
+        self.sweep_until(&AtomicBool::new(false))
+    }
+
+    /// [`Worker::sweep_once`], stopping between orders once `stop` is raised
+    /// (so SIGTERM is not held up by a long sweep).
+    pub fn sweep_until(&self, stop: &AtomicBool) -> Result<Option<usize>, domain::StoreError> {
         use diesel::RunQueryDsl;
         #[derive(diesel::QueryableByName)]
         struct Locked {
@@ -350,13 +356,17 @@ impl Worker {
         if !locked {
             return Ok(None);
         }
-        let result = self.sweep_batches(&mut conn);
+        let result = self.sweep_batches(&mut conn, stop);
         let _ = diesel::sql_query(format!("SELECT pg_advisory_unlock({SWEEP_LOCK})"))
             .execute(&mut conn);
         result.map(Some)
     }
 
-    fn sweep_batches(&self, conn: &mut domain::PgConnection) -> Result<usize, domain::StoreError> {
+    fn sweep_batches(
+        &self,
+        conn: &mut domain::PgConnection,
+        stop: &AtomicBool,
+    ) -> Result<usize, domain::StoreError> {
         let grace =
             chrono::Duration::from_std(self.settings.sweep_grace).unwrap_or(chrono::Duration::MAX);
         let mut settled = 0;
@@ -367,6 +377,9 @@ impl Worker {
                 domain::pending_past_deadline(conn, Utc::now() - grace, self.settings.sweep_batch)?;
             let mut progress = 0;
             for order in &due {
+                if stop.load(Ordering::Relaxed) {
+                    return Ok(settled + progress);
+                }
                 let started = Instant::now();
                 let s = self
                     .settler
@@ -396,7 +409,7 @@ impl Worker {
             if stop.load(Ordering::Relaxed) {
                 return;
             }
-            match self.sweep_once() {
+            match self.sweep_until(stop) {
                 Ok(Some(n)) if n > 0 => log::info!("sweep settled {n} overdue order(s)"),
                 Ok(_) => {}
                 Err(e) => log::warn!("sweep failed (will try again): {e}"),

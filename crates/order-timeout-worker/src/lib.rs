@@ -140,7 +140,10 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
 /// Start-up checks shared by both modes: payment settings and keys, the
 /// database and its schema. Returns the settler.
 pub fn prepare(cli: &Cli) -> anyhow::Result<Settler> {
-    let payment_config = cli.payment.config()?;
+    let payment_config = cli
+        .payment
+        .config()?
+        .with_max_idle_connections(usize::from(cli.run.concurrency) + 2);
     let client =
         payment_client::Client::new(payment_config).context("WeChat Pay client not usable")?;
     let url = DatabaseUrl::new(cli.database_url.clone());

@@ -22,6 +22,8 @@ const MAX_BODY: u64 = 1024 * 1024;
 /// A `Retry-After` longer than this is capped: the caller's own back-off
 /// schedule takes over beyond it.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+/// Read and write buffer of each pooled connection.
+const IO_BUFFER_SIZE: usize = 16 * 1024;
 
 /// Checks the `out_trade_no` rule (6 to 32 of `0-9 a-z A-Z _ - | *`). It
 /// also keeps anything that could change the URL's meaning out of the path.
@@ -181,6 +183,13 @@ impl Client {
             .user_agent(USER_AGENT)
             // The signature covers the body as sent: no transparent decoding.
             .accept_encoding(ureq::config::AutoHeaderValue::None)
+            // One idle connection per thread sharing the client.
+            .max_idle_connections(config.max_idle_connections)
+            .max_idle_connections_per_host(config.max_idle_connections)
+            // Answers are a few hundred bytes; ureq's 128 KiB default buffers
+            // per connection would cost megabytes with dozens of threads.
+            .input_buffer_size(IO_BUFFER_SIZE)
+            .output_buffer_size(IO_BUFFER_SIZE)
             .build()
             .into();
 

@@ -60,6 +60,10 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// Whole request: connect, send, wait, read.
     pub timeout: Duration,
+    /// Idle connections kept for reuse (per host and in all). Set it to the
+    /// number of threads sharing the client, or most calls pay a new TCP
+    /// (and TLS) handshake.
+    pub max_idle_connections: usize,
 }
 
 impl Config {
@@ -81,6 +85,7 @@ impl Config {
             backup_base_url: Some(BACKUP_BASE_URL.to_owned()),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             timeout: DEFAULT_TIMEOUT,
+            max_idle_connections: 10,
         }
     }
 
@@ -112,6 +117,12 @@ impl Config {
     pub fn with_base_url(mut self, base_url: impl Into<String>) -> Self {
         self.base_url = base_url.into();
         self.backup_base_url = None;
+        self
+    }
+
+    #[must_use]
+    pub fn with_max_idle_connections(mut self, n: usize) -> Self {
+        self.max_idle_connections = n.max(1);
         self
     }
 

@@ -1,0 +1,335 @@
+//! Worker benchmark (not a test; run by scripts/bench.sh). Prints figures.
+//!
+//! 1. Throughput: N orders expiring together (their messages put straight
+//!    into queue.ordertimeout, deadlines passed), mix 60% never created at
+//!    WeChat Pay, 30% NOTPAY, 10% paid; the release worker binary settles
+//!    them; orders/s from its start to the last settlement, and its peak RSS
+//!    (`VmHWM`). Run at simulator latency 0 and 50 ms per call.
+//! 2. Lag: orders created at a steady rate with a 1 s payment window, the
+//!    relay and the worker running; lag = settlement time - deadline,
+//!    p50/p95/p99.
+//!
+//! Each run uses a fresh database and vhost and the in-process simulator.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use broker::testing::TestVhost;
+use broker::{ConfirmedPublisher, Outgoing, QueueType, TimeoutMessage, Topology};
+use diesel::RunQueryDsl;
+use domain::testing::TestDb;
+use wechatpay_sim::{ClientFiles, Faults, SimKeys, Simulator};
+
+struct Env {
+    db: TestDb,
+    vhost: TestVhost,
+    sim: Simulator,
+    files: ClientFiles,
+    topology: Topology,
+    dir: std::path::PathBuf,
+}
+
+impl Env {
+    fn new(keys: &SimKeys, window: Duration) -> Self {
+        let db = TestDb::new();
+        let vhost = TestVhost::new();
+        let dir =
+            std::env::temp_dir().join(format!("ot-bench-{}-{}", std::process::id(), rand_suffix()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let files = keys.write_client_files(&dir).unwrap();
+        let sim =
+            Simulator::start("127.0.0.1:0", keys, wechatpay_sim::SimConfig::default()).unwrap();
+        let topology = Topology::single(window, QueueType::Classic).unwrap();
+        let mut conn = broker::connect(vhost.url()).unwrap();
+        topology.declare(&mut conn, vhost.url()).unwrap();
+        let _ = conn.close();
+        Self {
+            db,
+            vhost,
+            sim,
+            files,
+            topology,
+            dir,
+        }
+    }
+
+    fn worker(&self, concurrency: u16) -> Child {
+        let bin = std::env::var("BENCH_WORKER_BIN")
+            .unwrap_or_else(|_| "target/release/order-timeout-worker".into());
+        Command::new(bin)
+            .args(["--concurrency", &concurrency.to_string()])
+            .env("DATABASE_URL", self.db.url().expose())
+            .env("AMQP_URL", self.vhost.url().expose())
+            .env(
+                "DELAY_TTL_MS",
+                self.topology.delay_queues()[0].ttl.as_millis().to_string(),
+            )
+            .env("WECHATPAY_BASE_URL", self.sim.base_url())
+            .env("WECHATPAY_MCHID", wechatpay_sim::DEFAULT_MCHID)
+            .env(
+                "WECHATPAY_MERCHANT_SERIAL_NO",
+                wechatpay_sim::DEFAULT_MERCHANT_SERIAL_NO,
+            )
+            .env("WECHATPAY_MERCHANT_KEY_FILE", &self.files.merchant_key_file)
+            .env(
+                "WECHATPAY_PUBLIC_KEY_ID",
+                wechatpay_sim::DEFAULT_PUBLIC_KEY_ID,
+            )
+            .env(
+                "WECHATPAY_PUBLIC_KEY_FILE",
+                &self.files.wechatpay_public_key_file,
+            )
+            .env("SWEEP_INTERVAL", "1h")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the worker (build it with cargo build --release)")
+    }
+
+    fn pending(&self) -> i64 {
+        domain::count_by_status(&mut self.db.conn()).unwrap()[0].1
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        % 1_000_000_007
+}
+
+fn stop(mut child: Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}
+
+/// Peak resident set size of a process, in KiB.
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Throughput run: returns (orders/s, peak RSS MiB, closed, paid).
+fn throughput(keys: &SimKeys, n: usize, latency_ms: u64, concurrency: u16) -> (f64, f64, i64, i64) {
+    let env = Env::new(keys, Duration::from_secs(1800));
+    // Orders whose deadline passed a minute ago, one TEA each, stock reserved.
+    let mut conn = env.db.conn();
+    let tea = domain::SkuCode::parse("TEA").unwrap();
+    let _ = domain::set_stock(
+        &mut conn,
+        &tea,
+        domain::StockLevel::new(n as u32).unwrap(),
+        None,
+    )
+    .unwrap();
+    diesel::sql_query(format!(
+        "WITH o AS (
+           INSERT INTO orders (order_no, status, total_fen, deadline, created_at, updated_at)
+           SELECT 'bench' || lpad(g::text, 10, '0'), 'pending_payment', 100,
+                  now() - interval '1 minute', now() - interval '31 minutes', now()
+             FROM generate_series(1, {n}) g
+           RETURNING id)
+         INSERT INTO order_items (order_id, sku_id, quantity, unit_price_fen)
+         SELECT o.id, s.id, 1, 100 FROM o, skus s WHERE s.code = 'TEA'"
+    ))
+    .execute(&mut conn)
+    .unwrap();
+    diesel::sql_query("UPDATE skus SET stock = 0")
+        .execute(&mut conn)
+        .unwrap();
+    let admin = env.sim.admin();
+    let nos: Vec<String> = (1..=n).map(|g| format!("bench{g:010}")).collect();
+    for (i, no) in nos.iter().enumerate() {
+        match i % 10 {
+            0..=5 => {} // never created at WeChat Pay: ORDER_NOT_EXIST
+            6..=8 => {
+                let _ = admin.set_state(no, "NOTPAY").unwrap();
+            }
+            _ => {
+                let _ = admin.set_state(no, "NOTPAY").unwrap();
+                let _ = admin.pay(no).unwrap();
+            }
+        }
+    }
+    if latency_ms > 0 {
+        admin
+            .set_global_faults(&Faults {
+                latency_ms,
+                ..Default::default()
+            })
+            .unwrap();
+    }
+    // Every message at once in the consumer queue, as if all expired together.
+    let mut amqp = broker::connect(env.vhost.url()).unwrap();
+    let mut publisher =
+        ConfirmedPublisher::open(&mut amqp, env.vhost.url(), Duration::from_secs(30)).unwrap();
+    let now = chrono::Utc::now();
+    let messages: Vec<TimeoutMessage> = nos
+        .iter()
+        .map(|no| TimeoutMessage {
+            order_no: domain::OrderNo::parse(no).unwrap(),
+            created_at: now - chrono::Duration::minutes(31),
+            deadline: now - chrono::Duration::minutes(1),
+        })
+        .collect();
+    for chunk in messages.chunks(1000) {
+        let out: Vec<Outgoing<'_>> = chunk
+            .iter()
+            .map(|message| Outgoing {
+                queue: "queue.ordertimeout",
+                message,
+            })
+            .collect();
+        publisher.publish_all(&out).unwrap();
+    }
+    let _ = publisher.close();
+    let _ = amqp.close();
+
+    let started = Instant::now();
+    let worker = env.worker(concurrency);
+    let pid = worker.id();
+    let mut peak = 0;
+    while env.pending() > 0 {
+        peak = peak.max(peak_rss_kib(pid).unwrap_or(0));
+        assert!(
+            started.elapsed() < Duration::from_secs(900),
+            "worker too slow or stuck"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let secs = started.elapsed().as_secs_f64();
+    peak = peak.max(peak_rss_kib(pid).unwrap_or(0));
+    stop(worker);
+    let counts = domain::count_by_status(&mut env.db.conn()).unwrap();
+    for b in domain::stock_balances(&mut env.db.conn()).unwrap() {
+        // Loaded n, held by paid orders, the rest back in stock.
+        assert_eq!(b.stock + b.held, n as i64, "stock not conserved: {b:?}");
+    }
+    (
+        n as f64 / secs,
+        peak as f64 / 1024.0,
+        counts[2].1,
+        counts[1].1,
+    )
+}
+
+#[derive(diesel::QueryableByName)]
+struct Lag {
+    #[diesel(sql_type = diesel::sql_types::Double)]
+    ms: f64,
+}
+
+/// Lag run: `rate` orders/s for `secs` s, 1 s window; returns lag percentiles in ms.
+fn lag(keys: &SimKeys, rate: u32, secs: u32, concurrency: u16) -> (f64, f64, f64, usize) {
+    let window = Duration::from_secs(1);
+    let env = Env::new(keys, window);
+    let tea = domain::SkuCode::parse("TEA").unwrap();
+    let total = rate * secs;
+    let _ = domain::set_stock(
+        &mut env.db.conn(),
+        &tea,
+        domain::StockLevel::new(total).unwrap(),
+        None,
+    )
+    .unwrap();
+    let worker = env.worker(concurrency);
+    let stop_relay = Arc::new(AtomicBool::new(false));
+    let relay_flag = Arc::clone(&stop_relay);
+    let mut relay = order_producer::relay::Relay::new(
+        env.db.url().clone(),
+        env.vhost.url().clone(),
+        env.topology.clone(),
+        order_producer::relay::Settings {
+            batch_size: 500,
+            poll_interval: Duration::from_millis(20),
+            confirm_timeout: Duration::from_secs(10),
+            max_backoff: Duration::from_secs(1),
+        },
+    );
+    let relay_thread = std::thread::spawn(move || relay.run(&relay_flag));
+    std::thread::sleep(Duration::from_millis(500));
+    let line = [domain::OrderLine {
+        sku: tea,
+        quantity: domain::Quantity::new(1).unwrap(),
+    }];
+    let mut conn = env.db.conn();
+    let started = Instant::now();
+    for i in 0..total {
+        let due = started + Duration::from_secs_f64(f64::from(i) / f64::from(rate));
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let _ = domain::create_order(&mut conn, &line, window).unwrap();
+    }
+    let waited = Instant::now();
+    while env.pending() > 0 {
+        assert!(
+            waited.elapsed() < Duration::from_secs(120),
+            "orders left pending"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop_relay.store(true, Ordering::Relaxed);
+    let _ = relay_thread.join();
+    stop(worker);
+    let mut lags: Vec<f64> = diesel::sql_query(
+        "SELECT (EXTRACT(EPOCH FROM (COALESCE(closed_at, updated_at) - deadline)) * 1000)::double precision AS ms FROM orders",
+    )
+    .load::<Lag>(&mut conn)
+    .unwrap()
+    .into_iter()
+    .map(|l| l.ms)
+    .collect();
+    lags.sort_by(f64::total_cmp);
+    let pct = |p: f64| lags[((lags.len() as f64 * p) as usize).min(lags.len() - 1)];
+    (pct(0.50), pct(0.95), pct(0.99), lags.len())
+}
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map_or(default, |v| v.parse().expect("a number"))
+}
+
+fn main() {
+    let n = arg("--orders", 20_000);
+    let lag_secs = arg("--lag-seconds", 30) as u32;
+    let keys = SimKeys::generate().unwrap();
+    println!(
+        "worker benchmark on {} cores; mix 60% never created at WeChat Pay, 30% NOTPAY, 10% paid",
+        std::thread::available_parallelism().map_or(0, std::num::NonZero::get)
+    );
+    println!("| scenario | orders | orders/s | worker peak RSS | closed / paid |");
+    println!("| --- | --- | --- | --- | --- |");
+    for (latency, concurrency) in [(0, 16), (0, 64), (50, 64)] {
+        let (rate, rss, closed, paid) = throughput(&keys, n, latency, concurrency);
+        println!(
+            "| latency {latency} ms, --concurrency {concurrency} | {n} | {rate:.0} | {rss:.1} MiB | {closed} / {paid} |"
+        );
+    }
+    let (p50, p95, p99, count) = lag(&keys, 100, lag_secs, 16);
+    println!();
+    println!("lag, deadline -> settled, steady 100 orders/s for {lag_secs} s ({count} orders, 1 s window, relay + worker --concurrency 16):");
+    println!("| p50 | p95 | p99 |");
+    println!("| --- | --- | --- |");
+    println!("| {p50:.0} ms | {p95:.0} ms | {p99:.0} ms |");
+}
