@@ -4,6 +4,7 @@
 //! the broker, re-publishing delay messages and a status report (on the
 //! `broker` crate).
 
+pub mod parked;
 pub mod relay;
 pub mod status;
 
@@ -86,6 +87,21 @@ pub enum Command {
     /// Queue depths, orders by status, outbox backlog, payments to refund
     /// and stock balances, for a person to read.
     Status,
+    /// List the messages the worker parked (order, attempts, reason, when).
+    /// With --replay, send those that are valid timeout messages back to
+    /// `queue.ordertimeout` with a fresh attempt count (fix the cause first);
+    /// poison stays parked.
+    Parked(ParkedArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ParkedArgs {
+    /// Send valid parked messages back to the worker.
+    #[arg(long)]
+    pub replay: bool,
+    /// Look at most at this many messages.
+    #[arg(long, default_value_t = 1000)]
+    pub limit: u32,
 }
 
 #[derive(Debug, Args)]
@@ -199,6 +215,7 @@ pub fn run(cli: &Cli, stop: &Arc<AtomicBool>) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Declare => return declare(cli, &topology),
         Command::Relay(args) => return relay(cli, args, topology, stop),
+        Command::Parked(args) => return parked_cmd(cli, args),
         _ => {}
     }
     if matches!(cli.command, Command::Migrate)
@@ -281,7 +298,7 @@ pub fn run(cli: &Cli, stop: &Arc<AtomicBool>) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
-        Command::Declare | Command::Relay(_) => unreachable!("handled above"),
+        Command::Declare | Command::Relay(_) | Command::Parked(_) => unreachable!("handled above"),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -301,6 +318,23 @@ fn declare(cli: &Cli, topology: &broker::Topology) -> anyhow::Result<ExitCode> {
     )?;
     for name in declared {
         writeln!(out, "  {name}")?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parked_cmd(cli: &Cli, args: &ParkedArgs) -> anyhow::Result<ExitCode> {
+    let report = parked::parked(
+        &cli.broker.url(),
+        args.replay,
+        args.limit,
+        &mut std::io::stdout().lock(),
+    )?;
+    if args.replay {
+        log::info!(
+            "replayed {} of {} parked message(s)",
+            report.replayed,
+            report.listed
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

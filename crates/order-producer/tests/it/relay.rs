@@ -327,3 +327,95 @@ fn status_reports_queues_orders_backlog_refunds_and_stock() {
         "{out}"
     );
 }
+
+#[test]
+fn parked_lists_and_replays_what_the_worker_gave_up_on() {
+    use amiquip::{AmqpProperties, AmqpValue, FieldTable, Publish};
+    let env = Env::new();
+    env.ok(&["declare"]);
+    let orders = env.orders(1, WINDOW);
+    let now = chrono::Utc::now();
+    let body = format!(
+        r#"{{"order_no":"{}","created_at":"{}","deadline":"{}"}}"#,
+        orders[0],
+        now.to_rfc3339(),
+        now.to_rfc3339()
+    );
+    let mut headers = FieldTable::new();
+    headers.insert("x-ot-attempt".into(), AmqpValue::LongLongInt(8));
+    headers.insert(
+        "x-ot-reason".into(),
+        AmqpValue::LongString("gave up after 8 attempts; last: 503".into()),
+    );
+    headers.insert(
+        "x-ot-parked-at".into(),
+        AmqpValue::LongString(now.to_rfc3339()),
+    );
+    headers.insert("x-custom".into(), AmqpValue::LongString("kept".into()));
+    let mut conn = env.amqp();
+    let channel = conn.open_channel(None).unwrap();
+    let props = AmqpProperties::default().with_headers(headers.clone());
+    channel
+        .basic_publish(
+            "",
+            Publish::with_properties(body.as_bytes(), "queue.ordertimeout.parked", props),
+        )
+        .unwrap();
+    let mut poison_headers = FieldTable::new();
+    poison_headers.insert(
+        "x-ot-reason".into(),
+        AmqpValue::LongString("poison message: not json".into()),
+    );
+    channel
+        .basic_publish(
+            "",
+            Publish::with_properties(
+                b"garbage",
+                "queue.ordertimeout.parked",
+                AmqpProperties::default().with_headers(poison_headers),
+            ),
+        )
+        .unwrap();
+    let _ = conn.close();
+
+    let listing = env.ok(&["parked"]);
+    assert!(listing.contains("2 message(s) parked"), "{listing}");
+    assert!(
+        listing.contains(&format!("{}  attempts 8", orders[0])),
+        "{listing}"
+    );
+    assert!(
+        listing.contains("gave up after 8 attempts; last: 503"),
+        "{listing}"
+    );
+    assert!(listing.contains("(poison, 7 bytes)"), "{listing}");
+    assert_eq!(
+        env.depth("queue.ordertimeout.parked"),
+        2,
+        "listing takes nothing away"
+    );
+
+    let replay = env.ok(&["parked", "--replay"]);
+    assert!(
+        replay.contains(&format!("{}  replayed to queue.ordertimeout", orders[0])),
+        "{replay}"
+    );
+    assert_eq!(env.depth("queue.ordertimeout.parked"), 1, "poison stays");
+    let mut conn = env.amqp();
+    let channel = conn.open_channel(None).unwrap();
+    let got = channel
+        .basic_get("queue.ordertimeout", true)
+        .unwrap()
+        .expect("replayed message");
+    assert_eq!(got.delivery.body, body.as_bytes());
+    let h = got.delivery.properties.headers().clone().unwrap();
+    assert!(
+        !h.contains_key("x-ot-attempt") && !h.contains_key("x-ot-reason"),
+        "{h:?}"
+    );
+    assert_eq!(
+        h.get("x-custom"),
+        Some(&AmqpValue::LongString("kept".into()))
+    );
+    let _ = conn.close();
+}

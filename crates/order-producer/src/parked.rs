@@ -1,0 +1,126 @@
+//! `order-producer parked [--replay]`: what the worker gave up on, and a way
+//! to send it back once the cause is fixed.
+//!
+//! Messages are read with `basic.get` and left unacked; those not replayed
+//! return to the parking queue, in their order, when the channel closes.
+//! Replayed ones are published (confirmed) to `queue.ordertimeout` with the
+//! worker's attempt, reason and parked-at headers removed, and only then
+//! acked in the parking queue.
+
+use std::io::Write;
+use std::time::Duration;
+
+use amiquip::{AmqpValue, FieldTable};
+use anyhow::Context;
+use broker::topology::{PARKED_QUEUE, TIMEOUT_QUEUE};
+use broker::{AmqpUrl, ConfirmedPublisher, Outcome, TimeoutMessage};
+
+/// The worker's headers on a parked message (see `order-timeout-worker`).
+const WORKER_HEADERS: [&str; 3] = ["x-ot-attempt", "x-ot-reason", "x-ot-parked-at"];
+
+/// How many messages were looked at and replayed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ParkedReport {
+    pub listed: usize,
+    pub replayed: usize,
+    pub poison: usize,
+}
+
+fn header_text(headers: Option<&FieldTable>, key: &str) -> String {
+    match headers.and_then(|h| h.get(key)) {
+        Some(AmqpValue::LongString(s)) => s.clone(),
+        Some(AmqpValue::LongLongInt(n)) => n.to_string(),
+        Some(AmqpValue::LongInt(n)) => n.to_string(),
+        Some(other) => format!("{other:?}"),
+        None => "-".to_owned(),
+    }
+}
+
+/// Lists up to `limit` parked messages on `out`; with `replay`, sends the
+/// ones that are valid timeout messages back to the worker.
+pub fn parked(
+    amqp_url: &AmqpUrl,
+    replay: bool,
+    limit: u32,
+    out: &mut impl Write,
+) -> anyhow::Result<ParkedReport> {
+    let mut conn = broker::connect(amqp_url).context("is RabbitMQ running and AMQP_URL right?")?;
+    let channel = conn
+        .open_channel(None)
+        .context("could not open a channel")?;
+    let waiting = channel
+        .queue_declare_passive(PARKED_QUEUE)
+        .map_err(|_| anyhow::anyhow!("{PARKED_QUEUE} does not exist; declare the topology first (`order-producer declare`)"))?
+        .declared_message_count()
+        .unwrap_or(0);
+    let mut publisher = if replay {
+        Some(ConfirmedPublisher::open(
+            &mut conn,
+            amqp_url,
+            Duration::from_secs(10),
+        )?)
+    } else {
+        None
+    };
+    let mut report = ParkedReport::default();
+    writeln!(out, "{waiting} message(s) parked in {PARKED_QUEUE}")?;
+    for _ in 0..waiting.min(limit) {
+        let Some(get) = channel
+            .basic_get(PARKED_QUEUE, false)
+            .context("could not read the parking queue")?
+        else {
+            break;
+        };
+        let d = get.delivery;
+        report.listed += 1;
+        let headers = d.properties.headers().as_ref();
+        let reason = header_text(headers, "x-ot-reason");
+        let attempts = header_text(headers, "x-ot-attempt");
+        let when = header_text(headers, "x-ot-parked-at");
+        let Ok(message) = TimeoutMessage::decode(&d.body) else {
+            report.poison += 1;
+            writeln!(
+                out,
+                "  (poison, {} bytes)  parked {when}: {reason}  [stays]",
+                d.body.len()
+            )?;
+            continue;
+        };
+        let Some(publisher) = publisher.as_mut() else {
+            writeln!(
+                out,
+                "  {}  attempts {attempts}  parked {when}: {reason}",
+                message.order_no
+            )?;
+            continue;
+        };
+        let mut clean: FieldTable = headers.cloned().unwrap_or_default();
+        for key in WORKER_HEADERS {
+            clean.remove(key);
+        }
+        let properties = d.properties.clone().with_headers(clean);
+        match publisher.publish_one(TIMEOUT_QUEUE, &d.body, properties)? {
+            Outcome::Confirmed => {
+                d.ack(&channel).context("could not ack the parked copy")?;
+                report.replayed += 1;
+                writeln!(
+                    out,
+                    "  {}  replayed to {TIMEOUT_QUEUE} (was: {reason})",
+                    message.order_no
+                )?;
+            }
+            other => writeln!(
+                out,
+                "  {}  NOT replayed ({other:?}); stays parked",
+                message.order_no
+            )?,
+        }
+    }
+    if let Some(p) = publisher {
+        let _ = p.close();
+    }
+    // Unacked messages go back to the parking queue here.
+    let _ = channel.close();
+    let _ = conn.close();
+    Ok(report)
+}
