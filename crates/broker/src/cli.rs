@@ -97,10 +97,10 @@ mod tests {
 
     #[test]
     fn durations_parse_with_units() {
-        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_mins(30)));
         assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
         assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_hours(2)));
         for bad in ["30", "0s", "5d", "m", ""] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
         }

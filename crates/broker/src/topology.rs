@@ -40,13 +40,13 @@ pub const DELAY_QUEUE_PREFIX: &str = "queue.ordercreate.";
 /// Retry queues are named `queue.ordertimeout.retry.<delay>`.
 pub const RETRY_QUEUE_PREFIX: &str = "queue.ordertimeout.retry.";
 /// The default payment window: 30 minutes.
-pub const DEFAULT_TTL: Duration = Duration::from_secs(30 * 60);
+pub const DEFAULT_TTL: Duration = Duration::from_mins(30);
 /// The worker's default back-off ladder.
 pub const DEFAULT_RETRY_DELAYS: [Duration; 4] = [
     Duration::from_secs(5),
     Duration::from_secs(30),
-    Duration::from_secs(120),
-    Duration::from_secs(600),
+    Duration::from_mins(2),
+    Duration::from_mins(10),
 ];
 
 /// Classic queues dead-letter at most once; quorum queues (on a cluster)
@@ -92,11 +92,11 @@ pub fn duration_label(d: Duration) -> String {
     let ms = d.as_millis();
     if ms == 0 {
         "0ms".to_owned()
-    } else if ms % 3_600_000 == 0 {
+    } else if ms.is_multiple_of(3_600_000) {
         format!("{}h", ms / 3_600_000)
-    } else if ms % 60_000 == 0 {
+    } else if ms.is_multiple_of(60_000) {
         format!("{}m", ms / 60_000)
-    } else if ms % 1000 == 0 {
+    } else if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")
@@ -543,8 +543,8 @@ mod tests {
 
     #[test]
     fn labels_use_the_largest_even_unit() {
-        assert_eq!(duration_label(Duration::from_secs(900)), "15m");
-        assert_eq!(duration_label(Duration::from_secs(7200)), "2h");
+        assert_eq!(duration_label(Duration::from_mins(15)), "15m");
+        assert_eq!(duration_label(Duration::from_hours(2)), "2h");
         assert_eq!(duration_label(Duration::from_secs(10)), "10s");
         assert_eq!(duration_label(Duration::from_millis(1500)), "1500ms");
     }
@@ -552,21 +552,21 @@ mod tests {
     #[test]
     fn routes_pick_the_longest_ttl_within_the_window() {
         let t = Topology::windows(
-            &[Duration::from_secs(900), Duration::from_secs(1800)],
+            &[Duration::from_mins(15), Duration::from_mins(30)],
             QueueType::Classic,
         )
         .unwrap();
         assert_eq!(
-            t.route(Duration::from_secs(1800)).name,
+            t.route(Duration::from_mins(30)).name,
             "queue.ordercreate.30m"
         );
         assert_eq!(
-            t.route(Duration::from_secs(1200)).name,
+            t.route(Duration::from_mins(20)).name,
             "queue.ordercreate.15m"
         );
         // Shorter than every window: the shortest queue (the worker waits out the rest).
         assert_eq!(
-            t.route(Duration::from_secs(60)).name,
+            t.route(Duration::from_mins(1)).name,
             "queue.ordercreate.15m"
         );
         assert_eq!(
@@ -582,7 +582,7 @@ mod tests {
 
     #[test]
     fn quorum_mode_asks_for_at_least_once_dead_lettering() {
-        let t = Topology::single(Duration::from_secs(60), QueueType::Quorum).unwrap();
+        let t = Topology::single(Duration::from_mins(1), QueueType::Quorum).unwrap();
         let args = declared_arguments(&t);
         let delay = &args["queue.ordercreate"];
         assert_eq!(delay["x-queue-type"], "quorum");
@@ -600,13 +600,13 @@ mod tests {
     #[test]
     fn absurd_delays_are_refused() {
         assert!(Topology::single(Duration::ZERO, QueueType::Classic).is_err());
-        assert!(Topology::single(Duration::from_secs(30 * 24 * 3600), QueueType::Classic).is_err());
+        assert!(Topology::single(Duration::from_hours(720), QueueType::Classic).is_err());
         assert!(Topology::windows(&[], QueueType::Classic).is_err());
     }
 
     #[test]
     fn a_406_becomes_a_mismatch_naming_both_values() {
-        let t = Topology::single(Duration::from_secs(60), QueueType::Classic).unwrap();
+        let t = Topology::single(Duration::from_mins(1), QueueType::Classic).unwrap();
         let spec = t
             .queue_specs()
             .into_iter()

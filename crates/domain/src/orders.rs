@@ -24,7 +24,7 @@ use crate::schema::{order_events, order_items, orders, outbox, payments, skus};
 use crate::values::{Fen, OrderStatus, Quantity, SkuCode, TransactionId};
 
 const PENDING: &str = "pending_payment";
-const MAX_WINDOW: Duration = Duration::from_secs(366 * 24 * 3600);
+const MAX_WINDOW: Duration = Duration::from_hours(8784);
 
 /// One line of a new order.
 #[derive(Debug, Clone, PartialEq, Eq)]

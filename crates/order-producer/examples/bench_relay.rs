@@ -45,7 +45,7 @@ fn relay_run(n: usize, batch: i64) -> f64 {
     let db = TestDb::new();
     let vhost = TestVhost::new();
     seed(&db, n);
-    let topology = Topology::single(Duration::from_secs(1800), QueueType::Classic).unwrap();
+    let topology = Topology::single(Duration::from_mins(30), QueueType::Classic).unwrap();
     let settings = Settings {
         batch_size: batch,
         poll_interval: Duration::from_millis(100),
@@ -64,7 +64,7 @@ fn relay_run(n: usize, batch: i64) -> f64 {
 fn bare_run(n: usize, batch: usize) -> f64 {
     let vhost = TestVhost::new();
     let mut conn = broker::connect(vhost.url()).unwrap();
-    let topology = Topology::single(Duration::from_secs(1800), QueueType::Classic).unwrap();
+    let topology = Topology::single(Duration::from_mins(30), QueueType::Classic).unwrap();
     topology.declare(&mut conn, vhost.url()).unwrap();
     let mut publisher =
         ConfirmedPublisher::open(&mut conn, vhost.url(), Duration::from_secs(30)).unwrap();

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use broker::testing::rabbitmqctl;
 use support::Env;
 
-const WINDOW: Duration = Duration::from_secs(30 * 60);
+const WINDOW: Duration = Duration::from_mins(30);
 
 /// Starts the broker application again even if the test fails halfway.
 struct RestartGuard;
@@ -32,12 +32,13 @@ impl Drop for RestartGuard {
 fn a_broker_restart_during_relaying_loses_nothing() {
     let env = Env::new();
     env.ok(&["declare"]);
-    let mut relay = env
-        .command(&["relay", "--batch-size", "50", "--poll-interval", "50ms"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut relay = support::KillOnDrop(
+        env.command(&["relay", "--batch-size", "50", "--poll-interval", "50ms"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let mut orders = env.orders(500, WINDOW);
     std::thread::sleep(Duration::from_millis(200));
 

@@ -591,7 +591,7 @@ mod tests {
     use super::*;
 
     fn topology() -> Topology {
-        Topology::single(Duration::from_secs(60), QueueType::Classic).unwrap()
+        Topology::single(Duration::from_mins(1), QueueType::Classic).unwrap()
     }
 
     fn retry(reason: &str) -> Settlement {

@@ -21,7 +21,7 @@ pub const USER_AGENT: &str = concat!("order-timeout/", env!("CARGO_PKG_VERSION")
 const MAX_BODY: u64 = 1024 * 1024;
 /// A `Retry-After` longer than this is capped: the caller's own back-off
 /// schedule takes over beyond it.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+const MAX_RETRY_AFTER: Duration = Duration::from_mins(5);
 /// Read and write buffer of each pooled connection.
 const IO_BUFFER_SIZE: usize = 16 * 1024;
 

@@ -22,7 +22,7 @@ use openssl::x509::X509;
 use crate::config::ConfigError;
 
 /// Responses whose timestamp is this far from our clock, or farther, are refused.
-pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_mins(5);
 
 pub const HEADER_TIMESTAMP: &str = "Wechatpay-Timestamp";
 pub const HEADER_NONCE: &str = "Wechatpay-Nonce";

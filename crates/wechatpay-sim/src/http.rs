@@ -20,7 +20,7 @@ const MAX_BODY: usize = 64 * 1024;
 /// How often a waiting connection looks at the stop flag.
 const POLL: Duration = Duration::from_millis(100);
 /// Idle keep-alive connections are closed after this long.
-const IDLE_LIMIT: Duration = Duration::from_secs(60);
+const IDLE_LIMIT: Duration = Duration::from_mins(1);
 
 /// One parsed request.
 #[derive(Debug)]

@@ -87,7 +87,7 @@ fn a_300ms_delay_message_comes_out_of_the_timeout_queue_dead_lettered() {
 fn an_unroutable_message_is_reported_returned_not_confirmed() {
     let vhost = TestVhost::new();
     let mut conn = connect(vhost.url()).unwrap();
-    let topo = Topology::single(Duration::from_secs(60), QueueType::Classic).unwrap();
+    let topo = Topology::single(Duration::from_mins(1), QueueType::Classic).unwrap();
     topo.declare(&mut conn, vhost.url()).unwrap();
     let mut publisher =
         ConfirmedPublisher::open(&mut conn, vhost.url(), Duration::from_secs(5)).unwrap();
@@ -138,7 +138,7 @@ fn an_unroutable_message_is_reported_returned_not_confirmed() {
 fn a_lost_connection_is_a_transient_error() {
     let vhost = TestVhost::new();
     let mut conn = connect(vhost.url()).unwrap();
-    let topo = Topology::single(Duration::from_secs(60), QueueType::Classic).unwrap();
+    let topo = Topology::single(Duration::from_mins(1), QueueType::Classic).unwrap();
     topo.declare(&mut conn, vhost.url()).unwrap();
     let mut publisher =
         ConfirmedPublisher::open(&mut conn, vhost.url(), Duration::from_secs(2)).unwrap();

@@ -80,7 +80,7 @@ fn a_changed_ttl_is_a_clear_mismatch_not_a_crash() {
         .unwrap()
         .declare(&mut conn, vhost.url())
         .unwrap();
-    let err = Topology::single(Duration::from_secs(60), QueueType::Classic)
+    let err = Topology::single(Duration::from_mins(1), QueueType::Classic)
         .unwrap()
         .declare(&mut conn, vhost.url())
         .unwrap_err();
@@ -137,7 +137,7 @@ fn quorum_mode_declares_at_least_once_dead_lettering() {
     let vhost = TestVhost::new();
     let mut conn = connect(vhost.url()).unwrap();
     let topo = Topology::windows(
-        &[Duration::from_secs(900), Duration::from_secs(1800)],
+        &[Duration::from_mins(15), Duration::from_mins(30)],
         QueueType::Quorum,
     )
     .unwrap();

@@ -17,7 +17,7 @@ use domain::{
     SkuCode, StockLevel,
 };
 
-pub(crate) const WINDOW: Duration = Duration::from_secs(30 * 60);
+pub(crate) const WINDOW: Duration = Duration::from_mins(30);
 
 pub(crate) fn sku(code: &str) -> SkuCode {
     SkuCode::parse(code).unwrap()

@@ -8,4 +8,4 @@ mod relay;
 #[path = "../support/mod.rs"]
 mod support;
 
-pub(crate) use support::{stderr, stdout, Env};
+pub(crate) use support::{stderr, stdout, Env, KillOnDrop};

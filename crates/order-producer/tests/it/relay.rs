@@ -4,9 +4,9 @@ use std::time::{Duration, Instant};
 
 use broker::{ConfirmedPublisher, Outgoing, TimeoutMessage};
 
-use crate::{stderr, Env};
+use crate::{stderr, Env, KillOnDrop};
 
-const WINDOW: Duration = Duration::from_secs(30 * 60);
+const WINDOW: Duration = Duration::from_mins(30);
 
 fn sorted(mut v: Vec<String>) -> Vec<String> {
     v.sort();
@@ -17,14 +17,16 @@ fn unpublished(env: &Env) -> i64 {
     domain::unpublished_count(&mut env.db.conn()).unwrap()
 }
 
-fn spawn_relay(env: &Env, extra: &[&str]) -> Child {
+fn spawn_relay(env: &Env, extra: &[&str]) -> KillOnDrop {
     let mut args = vec!["relay"];
     args.extend_from_slice(extra);
-    env.command(&args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+    KillOnDrop(
+        env.command(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 fn wait_with_timeout(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
@@ -105,7 +107,7 @@ fn the_setup_script_then_create_order_and_relay_once_give_one_message_per_order(
 #[test]
 fn orders_go_to_the_delay_queue_of_their_window() {
     let env = Env::new();
-    let short = env.orders(3, Duration::from_secs(60));
+    let short = env.orders(3, Duration::from_mins(1));
     let long = env.orders(2, WINDOW);
     env.ok(&["relay", "--once", "--window", "1m", "--window", "30m"]);
     assert_eq!(sorted(env.drain_ids("queue.ordercreate.1m")), sorted(short));
@@ -191,11 +193,12 @@ fn two_relays_at_once_publish_each_row_once() {
     let env = Env::new();
     let orders = env.orders(2000, WINDOW);
     env.ok(&["declare"]);
-    let quiet = |args: &[&str]| env.command(args).stderr(Stdio::null()).spawn().unwrap();
+    let quiet =
+        |args: &[&str]| KillOnDrop(env.command(args).stderr(Stdio::null()).spawn().unwrap());
     let mut a = quiet(&["relay", "--once", "--batch-size", "100"]);
     let mut b = quiet(&["relay", "--once", "--batch-size", "100"]);
-    assert!(wait_with_timeout(&mut a, Duration::from_secs(60)).success());
-    assert!(wait_with_timeout(&mut b, Duration::from_secs(60)).success());
+    assert!(wait_with_timeout(&mut a, Duration::from_mins(1)).success());
+    assert!(wait_with_timeout(&mut b, Duration::from_mins(1)).success());
     assert_eq!(unpublished(&env), 0);
     let ids = env.drain_ids("queue.ordercreate");
     assert_eq!(ids.len(), 2000, "no duplicates in normal operation");
@@ -241,7 +244,7 @@ fn the_relay_survives_a_lost_connection() {
     let second = env.orders(5, WINDOW);
     while unpublished(&env) > 0 {
         assert!(
-            started.elapsed() < Duration::from_secs(60),
+            started.elapsed() < Duration::from_mins(1),
             "relay did not reconnect"
         );
         std::thread::sleep(Duration::from_millis(20));

@@ -38,6 +38,31 @@ fn worker(stack: &Stack, args: &[&str]) -> Command {
     c
 }
 
+/// A child process killed when dropped, so a failing test leaves no worker.
+struct KillOnDrop(std::process::Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
@@ -167,11 +192,13 @@ fn sigterm_mid_batch_finishes_what_is_in_hand_exits_0_and_loses_nothing() {
             ..Default::default()
         })
         .unwrap();
-    let mut child = worker(&stack, &["--concurrency", "4"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        worker(&stack, &["--concurrency", "4"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     stack.relay();
     let started = Instant::now();
     while nos

@@ -152,7 +152,10 @@ fn only_one_worker_sweeps_at_a_time() {
         None,
         "skipped while another sweeps"
     );
-    drop(holder);
+    // Unlock explicitly: a dropped connection's backend may linger a moment.
+    diesel::sql_query("SELECT pg_advisory_unlock(8031148985037448560)")
+        .execute(&mut holder)
+        .unwrap();
     assert_eq!(w1.sweep_once().unwrap(), Some(0));
 }
 

@@ -73,7 +73,7 @@ fn half_the_provider_calls_failing_with_500_still_settles_every_order_correctly(
     {
         assert_matches_wechat(&stack, &nos);
         assert!(
-            started.elapsed() < Duration::from_secs(60),
+            started.elapsed() < Duration::from_mins(1),
             "not every order settled"
         );
         std::thread::sleep(Duration::from_millis(50));

@@ -128,10 +128,10 @@ impl Stack {
             concurrency: 4,
             prefetch: 2,
             max_attempts: 4,
-            sweep_interval: Duration::from_secs(3600),
-            sweep_grace: Duration::from_secs(300),
+            sweep_interval: Duration::from_hours(1),
+            sweep_grace: Duration::from_mins(5),
             sweep_batch: 100,
-            summary_interval: Duration::from_secs(3600),
+            summary_interval: Duration::from_hours(1),
         }
     }
 
