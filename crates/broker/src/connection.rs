@@ -34,7 +34,7 @@ impl AmqpUrl {
     /// percent-decoded) replaced by `***`.
     #[must_use]
     pub fn scrub(&self, text: &str) -> String {
-        let Some(pw) = password_of(&self.0).filter(|p| !p.is_empty()) else {
+        let Some(pw) = domain::db::password_of(&self.0).filter(|p| !p.is_empty()) else {
             return text.to_owned();
         };
         let mut out = text.replace(pw, "***");
@@ -56,13 +56,6 @@ impl fmt::Display for AmqpUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.redacted())
     }
-}
-
-fn password_of(url: &str) -> Option<&str> {
-    let rest = url.split_once("://")?.1;
-    let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
-    let userinfo = authority.rsplit_once('@')?.0;
-    userinfo.split_once(':').map(|(_, pw)| pw)
 }
 
 fn percent_decode(s: &str) -> String {

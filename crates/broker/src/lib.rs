@@ -24,3 +24,16 @@ pub use error::{BrokerError, Mismatch};
 pub use message::{DecodeError, TimeoutMessage};
 pub use publisher::{ConfirmedPublisher, Outcome, Outgoing};
 pub use topology::{DelayQueue, QueueType, Topology};
+
+/// Sleeps for `d`, waking early (within 50 ms) once `stop` is raised: how
+/// the relay and worker loops wait without delaying SIGTERM.
+pub fn sleep_unless_stopped(d: std::time::Duration, stop: &std::sync::atomic::AtomicBool) {
+    let until = std::time::Instant::now() + d;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        std::thread::sleep(left.min(std::time::Duration::from_millis(50)));
+    }
+}

@@ -107,7 +107,10 @@ pub fn redact_password(url: &str) -> String {
     format!("{scheme}://{authority}{tail}")
 }
 
-fn password_of(url: &str) -> Option<&str> {
+/// The password in a URL's userinfo (`scheme://user:PASSWORD@host/...`),
+/// still percent-encoded, if there is one.
+#[must_use]
+pub fn password_of(url: &str) -> Option<&str> {
     let rest = url.split_once("://")?.1;
     let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
     let userinfo = authority.rsplit_once('@')?.0;

@@ -198,12 +198,12 @@ impl Relay {
                 Ok(done) => {
                     backoff = Duration::from_millis(200);
                     if done.claimed == 0 {
-                        sleep_unless_stopped(self.settings.poll_interval, stop);
+                        broker::sleep_unless_stopped(self.settings.poll_interval, stop);
                     }
                 }
                 Err(e) => {
                     log::warn!("relay step failed, retrying in {backoff:?}: {e}");
-                    sleep_unless_stopped(backoff, stop);
+                    broker::sleep_unless_stopped(backoff, stop);
                     backoff = (backoff * 2).min(self.settings.max_backoff);
                 }
             }
@@ -222,17 +222,6 @@ impl Relay {
         }
         self.drop_amqp();
         self.stats
-    }
-}
-
-fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) {
-    let until = Instant::now() + d;
-    while !stop.load(Ordering::Relaxed) {
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        std::thread::sleep(left.min(Duration::from_millis(50)));
     }
 }
 

@@ -119,7 +119,7 @@ impl Worker {
                             backoff = Duration::from_millis(200);
                         }
                         log::warn!("broker session ended: {e}; reconnecting in {backoff:?}");
-                        sleep_unless_stopped(backoff, stop);
+                        broker::sleep_unless_stopped(backoff, stop);
                         backoff = (backoff * 2).min(Duration::from_secs(10));
                     }
                 }
@@ -405,7 +405,7 @@ impl Worker {
 
     fn sweep_loop(&self, stop: &AtomicBool) {
         loop {
-            sleep_unless_stopped(self.settings.sweep_interval, stop);
+            broker::sleep_unless_stopped(self.settings.sweep_interval, stop);
             if stop.load(Ordering::Relaxed) {
                 return;
             }
@@ -419,7 +419,7 @@ impl Worker {
 
     fn summary_loop(&self, stop: &AtomicBool) {
         while !stop.load(Ordering::Relaxed) {
-            sleep_unless_stopped(self.settings.summary_interval, stop);
+            broker::sleep_unless_stopped(self.settings.summary_interval, stop);
             if stop.load(Ordering::Relaxed) {
                 return;
             }
@@ -570,17 +570,6 @@ fn with_headers(
         );
     }
     properties.clone().with_headers(headers)
-}
-
-pub(crate) fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) {
-    let until = Instant::now() + d;
-    while !stop.load(Ordering::Relaxed) {
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        std::thread::sleep(left.min(Duration::from_millis(50)));
-    }
 }
 
 #[cfg(test)]

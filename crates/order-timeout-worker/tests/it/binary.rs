@@ -3,6 +3,7 @@
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use domain::testing::KillOnDrop;
 use domain::OrderStatus;
 
 use crate::Stack;
@@ -36,31 +37,6 @@ fn worker(stack: &Stack, args: &[&str]) -> Command {
         .env_remove("PAYMENT_WINDOWS")
         .env_remove("QUEUE_TYPE");
     c
-}
-
-/// A child process killed when dropped, so a failing test leaves no worker.
-struct KillOnDrop(std::process::Child);
-
-impl std::ops::Deref for KillOnDrop {
-    type Target = std::process::Child;
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for KillOnDrop {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.0
-    }
-}
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
 }
 
 fn stderr(o: &Output) -> String {
