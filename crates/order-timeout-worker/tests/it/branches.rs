@@ -179,15 +179,21 @@ fn a_message_that_comes_early_is_delayed_until_the_deadline() {
     let stack = Stack::new();
     // A 1.5 s window, but the delay queue's TTL is 300 ms: the message
     // comes early and must wait out the rest.
+    let created = std::time::Instant::now();
     let no = stack.order_with_window(Duration::from_millis(1500));
     let worker = stack.start(stack.settings());
     stack.relay();
     std::thread::sleep(Duration::from_millis(900));
-    assert_eq!(
-        stack.status(&no),
-        OrderStatus::PendingPayment,
-        "settled before its deadline"
-    );
+    let status = stack.status(&no);
+    // Only meaningful while the deadline is surely ahead (a slow machine may
+    // have passed it by now); the closed_at check below holds regardless.
+    if created.elapsed() < Duration::from_millis(1400) {
+        assert_eq!(
+            status,
+            OrderStatus::PendingPayment,
+            "settled before its deadline"
+        );
+    }
     assert_eq!(stack.wait_settled(&no, LIMIT), OrderStatus::Closed);
     worker.stop();
     let order = domain::find_order(&mut stack.db.conn(), &no)
