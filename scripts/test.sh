@@ -6,8 +6,9 @@
 # TEST_DATABASE_URL (default postgres://postgres@127.0.0.1:5432/postgres) is
 # the server the tests create their databases on; TEST_AMQP_HOST (default
 # 127.0.0.1:5672, user guest) the broker they create their vhosts on, with
-# rabbitmqctl (run as root). One test stops and starts the RabbitMQ
-# application. TEST_LOG=1 shows logs.
+# rabbitmqctl (run as root). Two tests stop and start the RabbitMQ
+# application and the local PostgreSQL cluster (pg_ctlcluster), each in a
+# test binary of its own. TEST_LOG=1 shows logs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

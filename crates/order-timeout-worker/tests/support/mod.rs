@@ -1,0 +1,295 @@
+//! Shared by the worker's test binaries: a database, a vhost, the
+//! simulator in-process and helpers to run scenarios through them.
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use broker::testing::TestVhost;
+use broker::{QueueType, Topology};
+use domain::testing::TestDb;
+use domain::{OrderNo, OrderStatus};
+use order_timeout_worker::{ConsumerSettings, Settler, Worker};
+use wechatpay_sim::{ClientFiles, SimKeys, Simulator};
+
+pub(crate) const WINDOW: Duration = Duration::from_millis(300);
+
+fn keys() -> &'static SimKeys {
+    static KEYS: OnceLock<SimKeys> = OnceLock::new();
+    KEYS.get_or_init(|| SimKeys::generate().expect("generate simulator keys"))
+}
+
+/// A temporary directory, removed on drop.
+pub(crate) struct TempDir(pub PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "ot-worker-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Everything one scenario needs.
+pub(crate) struct Stack {
+    pub db: TestDb,
+    pub vhost: TestVhost,
+    pub sim: Simulator,
+    pub files: ClientFiles,
+    pub topology: Topology,
+    _dir: TempDir,
+}
+
+pub(crate) fn short_topology() -> Topology {
+    Topology::single(WINDOW, QueueType::Classic)
+        .unwrap()
+        .with_retry_delays(&[
+            Duration::from_millis(100),
+            Duration::from_millis(200),
+            Duration::from_millis(400),
+        ])
+        .unwrap()
+}
+
+impl Stack {
+    pub(crate) fn new() -> Self {
+        let db = TestDb::new();
+        let vhost = TestVhost::new();
+        let dir = TempDir::new();
+        let files = keys().write_client_files(&dir.0).unwrap();
+        let sim =
+            Simulator::start("127.0.0.1:0", keys(), wechatpay_sim::SimConfig::default()).unwrap();
+        let topology = short_topology();
+        let mut conn = broker::connect(vhost.url()).unwrap();
+        topology.declare(&mut conn, vhost.url()).unwrap();
+        let _ = conn.close();
+        let mut c = db.conn();
+        for (sku, n) in [("TEA", 1000), ("MUG", 1000)] {
+            let _ = domain::set_stock(
+                &mut c,
+                &domain::SkuCode::parse(sku).unwrap(),
+                domain::StockLevel::new(n).unwrap(),
+                Some(domain::Fen::new(100).unwrap()),
+            )
+            .unwrap();
+        }
+        Self {
+            db,
+            vhost,
+            sim,
+            files,
+            topology,
+            _dir: dir,
+        }
+    }
+
+    pub(crate) fn payment_config(&self) -> payment_client::Config {
+        payment_client::Config::new(
+            wechatpay_sim::DEFAULT_MCHID,
+            wechatpay_sim::DEFAULT_MERCHANT_SERIAL_NO,
+            &self.files.merchant_key_file,
+        )
+        .with_public_key(
+            wechatpay_sim::DEFAULT_PUBLIC_KEY_ID,
+            &self.files.wechatpay_public_key_file,
+        )
+        .with_base_url(self.sim.base_url())
+        .with_timeouts(Duration::from_millis(500), Duration::from_secs(2))
+    }
+
+    pub(crate) fn settler(&self) -> Settler {
+        let client = payment_client::Client::new(self.payment_config()).unwrap();
+        Settler::new(self.db.pool(10), Arc::new(client))
+    }
+
+    #[allow(clippy::unused_self)] // a method so that scenarios read stack.settings()
+    pub(crate) fn settings(&self) -> ConsumerSettings {
+        ConsumerSettings {
+            concurrency: 4,
+            prefetch: 2,
+            max_attempts: 4,
+            sweep_interval: Duration::from_hours(1),
+            sweep_grace: Duration::from_mins(5),
+            sweep_batch: 100,
+            summary_interval: Duration::from_hours(1),
+        }
+    }
+
+    /// Starts a worker in this process; stop it with [`Running::stop`].
+    pub(crate) fn start(&self, settings: ConsumerSettings) -> Running {
+        let worker = Worker::new(
+            self.settler(),
+            self.topology.clone(),
+            self.vhost.url().clone(),
+            settings,
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let handle = std::thread::spawn(move || worker.run(&flag));
+        Running {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    /// A new order of one TEA (and one MUG when `two_lines`), window 300 ms.
+    pub(crate) fn order(&self) -> OrderNo {
+        self.order_with_window(WINDOW)
+    }
+
+    pub(crate) fn order_with_window(&self, window: Duration) -> OrderNo {
+        let lines = [domain::OrderLine {
+            sku: domain::SkuCode::parse("TEA").unwrap(),
+            quantity: domain::Quantity::new(2).unwrap(),
+        }];
+        domain::create_order(&mut self.db.conn(), &lines, window)
+            .unwrap()
+            .order_no
+    }
+
+    /// Publishes every outbox row, as the relay does.
+    pub(crate) fn relay(&self) {
+        let mut relay = order_producer::relay::Relay::new(
+            self.db.url().clone(),
+            self.vhost.url().clone(),
+            self.topology.clone(),
+            order_producer::relay::Settings {
+                batch_size: 500,
+                poll_interval: Duration::from_millis(50),
+                confirm_timeout: Duration::from_secs(10),
+                max_backoff: Duration::from_secs(1),
+            },
+        );
+        relay.drain().unwrap();
+    }
+
+    pub(crate) fn status(&self, no: &OrderNo) -> OrderStatus {
+        domain::find_order(&mut self.db.conn(), no)
+            .unwrap()
+            .unwrap()
+            .status
+    }
+
+    /// Waits until the order is no longer pending; panics after `limit`.
+    pub(crate) fn wait_settled(&self, no: &OrderNo, limit: Duration) -> OrderStatus {
+        let started = Instant::now();
+        loop {
+            let st = self.status(no);
+            if st != OrderStatus::PendingPayment {
+                return st;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "order {no} still pending after {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Ready messages in a queue of this vhost.
+    pub(crate) fn depth(&self, queue: &str) -> u32 {
+        let mut conn = broker::connect(self.vhost.url()).unwrap();
+        let channel = conn.open_channel(None).unwrap();
+        let n = channel
+            .queue_declare_passive(queue)
+            .unwrap()
+            .declared_message_count()
+            .unwrap();
+        let _ = conn.close();
+        n
+    }
+
+    /// Waits until `queue` holds `n` messages.
+    pub(crate) fn wait_depth(&self, queue: &str, n: u32, limit: Duration) {
+        let started = Instant::now();
+        while self.depth(queue) != n {
+            assert!(
+                started.elapsed() < limit,
+                "{queue} holds {} messages, not {n}, after {limit:?}",
+                self.depth(queue)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Takes every message from `queue`: (message id or body, headers).
+    pub(crate) fn drain(&self, queue: &str) -> Vec<(Vec<u8>, amiquip::AmqpProperties)> {
+        let mut conn = broker::connect(self.vhost.url()).unwrap();
+        let channel = conn.open_channel(None).unwrap();
+        let mut out = Vec::new();
+        while let Some(get) = channel.basic_get(queue, true).unwrap() {
+            out.push((get.delivery.body, get.delivery.properties));
+        }
+        let _ = conn.close();
+        out
+    }
+
+    pub(crate) fn stock(&self, sku: &str) -> u32 {
+        domain::get_sku(&mut self.db.conn(), &domain::SkuCode::parse(sku).unwrap())
+            .unwrap()
+            .unwrap()
+            .stock
+    }
+
+    /// Invariant 3 after every scenario.
+    pub(crate) fn assert_conserved(&self) {
+        for b in domain::stock_balances(&mut self.db.conn()).unwrap() {
+            assert!(b.is_conserved(), "stock not conserved: {b:?}");
+        }
+    }
+
+    /// The simulator's view of an order's state.
+    pub(crate) fn sim_state(&self, no: &OrderNo) -> Option<String> {
+        self.sim
+            .admin()
+            .order(no.as_str())
+            .unwrap()
+            .map(|o| o.trade_state)
+    }
+
+    pub(crate) fn sim_put(&self, no: &OrderNo, state: &str) {
+        let _ = self
+            .sim
+            .admin()
+            .put_order(no.as_str(), &wechatpay_sim::Order::in_state(state))
+            .unwrap();
+    }
+}
+
+/// A worker running in a thread of this process.
+pub(crate) struct Running {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Running {
+    pub(crate) fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            h.join().unwrap();
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
