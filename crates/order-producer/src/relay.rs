@@ -241,6 +241,19 @@ fn window(
     (deadline - created_at).to_std().unwrap_or(Duration::ZERO)
 }
 
+/// Each message addressed to the delay queue of its order's payment window.
+fn routed<'a>(topology: &'a Topology, messages: &'a [TimeoutMessage]) -> Vec<Outgoing<'a>> {
+    messages
+        .iter()
+        .map(|message| Outgoing {
+            queue: &topology
+                .route(window(message.created_at, message.deadline))
+                .name,
+            message,
+        })
+        .collect()
+}
+
 /// Publishes one claimed batch and reports, per outbox id, what the broker
 /// said.
 fn publish_batch(
@@ -249,14 +262,7 @@ fn publish_batch(
     batch: &[OutboxMessage],
 ) -> Result<PublishReport, BrokerError> {
     let messages: Vec<TimeoutMessage> = batch.iter().map(to_message).collect();
-    let outgoing: Vec<Outgoing<'_>> = batch
-        .iter()
-        .zip(&messages)
-        .map(|(row, message)| Outgoing {
-            queue: &topology.route(window(row.created_at, row.deadline)).name,
-            message,
-        })
-        .collect();
+    let outgoing = routed(topology, &messages);
     let outcomes = publisher.publish_all(&outgoing)?;
     let mut report = PublishReport::default();
     for (row, outcome) in batch.iter().zip(outcomes) {
@@ -323,14 +329,7 @@ pub fn publish_orders(
             deadline: o.deadline,
         })
         .collect();
-    let outgoing: Vec<Outgoing<'_>> = pending
-        .iter()
-        .zip(&messages)
-        .map(|(o, message)| Outgoing {
-            queue: &topology.route(window(o.created_at, o.deadline)).name,
-            message,
-        })
-        .collect();
+    let outgoing = routed(topology, &messages);
     let outcomes = publisher
         .publish_all(&outgoing)
         .context("publishing failed")?;

@@ -444,7 +444,10 @@ pub fn dispose(
     topology: &Topology,
 ) -> Disposition {
     match settlement {
-        s if s.is_final() => Disposition::Ack,
+        Settlement::Closed { .. }
+        | Settlement::Compensated { .. }
+        | Settlement::PaidAfterClose
+        | Settlement::AlreadySettled(_) => Disposition::Ack,
         Settlement::UnknownOrder => Disposition::Park {
             reason: "unknown order: no such order in the database".into(),
             attempt,
@@ -477,7 +480,6 @@ pub fn dispose(
                 }
             }
         }
-        _ => Disposition::Ack,
     }
 }
 

@@ -296,10 +296,8 @@ impl Settler {
             Ok(QueryOutcome::Found(tx))
                 if matches!(tx.trade_state, TradeState::Success | TradeState::Refund) =>
             {
-                match self.compensate(order, &tx, tx.trade_state == TradeState::Refund) {
-                    Settlement::Compensated { .. } => Settlement::PaidAfterClose, // cannot happen: order is closed
-                    other => other,
-                }
+                // The order is closed here: this records a payment after close.
+                self.compensate(order, &tx, tx.trade_state == TradeState::Refund)
             }
             Ok(_) => Settlement::AlreadySettled(OrderStatus::Closed),
             Err(e) => Settlement::from_payment_error("query at WeChat Pay failed", &e),

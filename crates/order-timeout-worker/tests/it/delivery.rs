@@ -177,3 +177,35 @@ fn the_worker_reconnects_after_losing_the_broker() {
     worker.stop();
     stack.assert_conserved();
 }
+
+#[test]
+fn a_consumer_cancelled_by_the_broker_is_resumed_once_the_queue_is_back() {
+    let stack = Stack::new();
+    let worker = stack.start(stack.settings());
+    let first = stack.order();
+    stack.relay();
+    assert_eq!(stack.wait_settled(&first, LIMIT), OrderStatus::Closed);
+    // An operator deletes the consumer queue: the broker cancels every
+    // consumer on it; the worker must reconnect and wait for the topology.
+    let _ = broker::testing::rabbitmqctl(&[
+        "delete_queue",
+        "-p",
+        stack.vhost.name(),
+        "queue.ordertimeout",
+    ]);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut conn = broker::connect(stack.vhost.url()).unwrap();
+    stack
+        .topology
+        .declare(&mut conn, stack.vhost.url())
+        .unwrap();
+    let _ = conn.close();
+    let second = stack.order();
+    stack.relay();
+    assert_eq!(
+        stack.wait_settled(&second, Duration::from_secs(30)),
+        OrderStatus::Closed
+    );
+    worker.stop();
+    stack.assert_conserved();
+}
