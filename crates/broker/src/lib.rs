@@ -11,6 +11,7 @@
 pub mod cli;
 pub mod connection;
 pub mod error;
+pub mod headers;
 pub mod message;
 pub mod publisher;
 pub mod topology;

@@ -343,21 +343,49 @@ impl Topology {
         Ok(declared)
     }
 
-    /// Checks, passively, that the exchange and every queue exist (what the
-    /// worker does at start). Each check runs on a channel of its own, since
-    /// a failed passive declare closes its channel.
+    /// Checks that the exchange and every queue exist, and that every queue
+    /// has the arguments this topology wants (what the worker does at start
+    /// and on every reconnect): [`BrokerError::TopologyMissing`] names what is
+    /// missing, [`BrokerError::TopologyMismatch`] the queue, the argument and
+    /// both values. It creates nothing: existence is checked passively first;
+    /// the arguments are then compared by declaring the existing queue again
+    /// with ours, which RabbitMQ refuses (406) when they differ and otherwise
+    /// leaves as it is. Each step runs on a channel of its own, since a
+    /// failed declare closes its channel.
     pub fn check(&self, conn: &mut Connection, url: &AmqpUrl) -> Result<(), BrokerError> {
         let channel = open_channel(conn, url)?;
         if let Err(e) = channel.exchange_declare_passive(EXCHANGE) {
             return Err(missing_or(url, format!("exchange {EXCHANGE}"), e));
         }
         let _ = channel.close();
-        for name in self.queue_names() {
+        for spec in self.queue_specs() {
             let channel = open_channel(conn, url)?;
-            if let Err(e) = channel.queue_declare_passive(name.clone()) {
-                return Err(missing_or(url, format!("queue {name}"), e));
+            if let Err(e) = channel.queue_declare_passive(spec.name.clone()) {
+                return Err(missing_or(url, format!("queue {}", spec.name), e));
             }
             let _ = channel.close();
+            let channel = open_channel(conn, url)?;
+            let same = channel.queue_declare(
+                spec.name.clone(),
+                QueueDeclareOptions {
+                    durable: true,
+                    arguments: spec.arguments.clone(),
+                    ..QueueDeclareOptions::default()
+                },
+            );
+            match same {
+                Ok(_) => {
+                    let _ = channel.close();
+                }
+                Err(e) => {
+                    let err = BrokerError::from_amiquip(
+                        url,
+                        &format!("failed to check queue {}", spec.name),
+                        e,
+                    );
+                    return Err(mismatch(err, &spec, self.queue_type));
+                }
+            }
         }
         Ok(())
     }

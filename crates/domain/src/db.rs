@@ -23,6 +23,9 @@ const MIGRATION_LOCK_KEY: i64 = 0x6f72_6465_725f_746f; // "order_to"
 /// A pool of PostgreSQL connections.
 pub type PgPool = Pool<ConnectionManager<PgConnection>>;
 
+/// A connection checked out of a [`PgPool`]; it returns to the pool on drop.
+pub type PooledConnection = diesel::r2d2::PooledConnection<ConnectionManager<PgConnection>>;
+
 /// A PostgreSQL URL whose password never reaches logs, errors or `Debug`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct DatabaseUrl(String);

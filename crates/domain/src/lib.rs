@@ -13,6 +13,7 @@
 
 pub mod db;
 pub mod error;
+pub mod followup;
 pub mod models;
 pub mod order_no;
 pub mod orders;
@@ -23,16 +24,24 @@ pub mod stock;
 pub mod testing;
 pub mod values;
 
-pub use db::{build_pool, connect, pending_migrations, run_migrations, DatabaseUrl, PgPool};
+pub use db::{
+    build_pool, connect, pending_migrations, run_migrations, DatabaseUrl, PgPool, PooledConnection,
+};
 pub use diesel::PgConnection;
 pub use error::{ConstraintKind, StoreError};
+pub use followup::{
+    defer_check, finish_recheck, needs_human, needs_human_count, record_anomaly, AnomalyOutcome,
+    NeedsHuman,
+};
 pub use models::{Order, OrderEvent, OrderItem, Payment, Sku};
 pub use order_no::{OrderNo, OrderNoError};
 pub use orders::{
     close_unpaid, count_by_status, create_order, find_order, mark_paid, order_events, order_items,
-    paid_after_close_count, payments_of, pending_past_deadline, CloseOutcome, MarkPaidOutcome,
-    NewOrder, OrderLine, OverdueOrder, PaymentRecord,
+    paid_after_close_count, payments_of, pending_past_deadline, rechecks_due, CloseOutcome,
+    MarkPaidOutcome, NewOrder, OrderLine, OverdueOrder, PaymentRecord, SweepCursor,
 };
 pub use outbox::{relay_batch, unpublished_count, OutboxMessage, PublishReport, RelayBatch};
 pub use stock::{get_sku, list_skus, set_stock, stock_balances, StockBalance, StockChange};
-pub use values::{Fen, OrderStatus, Quantity, SkuCode, StockLevel, TransactionId, ValueError};
+pub use values::{
+    Anomaly, Fen, OrderStatus, Quantity, SkuCode, StockLevel, TransactionId, ValueError,
+};

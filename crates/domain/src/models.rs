@@ -8,7 +8,7 @@ use diesel::prelude::*;
 use crate::error::StoreError;
 use crate::order_no::OrderNo;
 use crate::schema::{order_events, order_items, orders, outbox, payments, skus};
-use crate::values::{Fen, OrderStatus, Quantity, SkuCode};
+use crate::values::{Anomaly, Fen, OrderStatus, Quantity, SkuCode};
 
 /// A SKU and the units of it available for sale.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +33,15 @@ pub struct Order {
     pub paid_at: Option<DateTime<Utc>>,
     pub closed_at: Option<DateTime<Utc>>,
     pub close_reason: Option<String>,
+    /// Set when a WeChat Pay answer did not match the order: a human must look.
+    pub anomaly: Option<Anomaly>,
+    /// A closed order's one pending recheck for a payment order created
+    /// after the close (set when it was closed on `ORDER_NOT_EXIST`).
+    pub recheck_at: Option<DateTime<Utc>>,
+    /// The sweep does not ask about this order before then.
+    pub next_check_at: Option<DateTime<Utc>>,
+    /// Sweep passes that could not settle the order.
+    pub check_failures: u32,
 }
 
 /// One line of an order.
@@ -100,6 +109,10 @@ pub(crate) struct OrderRow {
     paid_at: Option<DateTime<Utc>>,
     closed_at: Option<DateTime<Utc>>,
     close_reason: Option<String>,
+    anomaly: Option<String>,
+    recheck_at: Option<DateTime<Utc>>,
+    next_check_at: Option<DateTime<Utc>>,
+    check_failures: i32,
 }
 
 impl TryFrom<OrderRow> for Order {
@@ -116,6 +129,16 @@ impl TryFrom<OrderRow> for Order {
             paid_at: r.paid_at,
             closed_at: r.closed_at,
             close_reason: r.close_reason,
+            anomaly: r
+                .anomaly
+                .as_deref()
+                .map(Anomaly::parse)
+                .transpose()
+                .map_err(|e| corrupt("orders.anomaly", e))?,
+            recheck_at: r.recheck_at,
+            next_check_at: r.next_check_at,
+            check_failures: u32::try_from(r.check_failures)
+                .map_err(|e| corrupt("orders.check_failures", e))?,
         })
     }
 }

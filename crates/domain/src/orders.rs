@@ -198,7 +198,7 @@ fn reserve_stock(
     Ok((items, total))
 }
 
-fn record_event(
+pub(crate) fn record_event(
     conn: &mut PgConnection,
     order_id: i64,
     kind: &str,
@@ -278,10 +278,17 @@ pub enum CloseOutcome {
 /// back (invariant 1). A repeated or concurrent call changes nothing and
 /// returns `AlreadyClosed` (or `AlreadyPaid` if a payment won the race).
 /// The caller must know the order is unpaid at WeChat Pay (invariant 2).
+///
+/// `recheck_at`, when given, schedules the order's one recheck for a payment
+/// order created at WeChat Pay after this close (see
+/// [`crate::finish_recheck`]); it is set in the same transaction, so a
+/// closed order can never miss it. A recorded anomaly is cleared: the order
+/// has left `pending_payment` on a trustworthy answer.
 pub fn close_unpaid(
     conn: &mut PgConnection,
     order_no: &OrderNo,
     reason: &str,
+    recheck_at: Option<DateTime<Utc>>,
 ) -> Result<CloseOutcome, StoreError> {
     conn.transaction(|conn| {
         let now = Utc::now();
@@ -295,6 +302,9 @@ pub fn close_unpaid(
             orders::closed_at.eq(now),
             orders::updated_at.eq(now),
             orders::close_reason.eq(reason),
+            orders::recheck_at.eq(recheck_at),
+            orders::anomaly.eq(None::<String>),
+            orders::anomaly_at.eq(None::<DateTime<Utc>>),
         ))
         .returning(orders::id)
         .get_result(conn)
@@ -353,7 +363,7 @@ pub struct PaymentRecord {
 }
 
 /// What [`mark_paid`] found and did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[must_use]
 pub enum MarkPaidOutcome {
     /// This call moved the order from pending to paid and recorded the payment.
@@ -364,6 +374,9 @@ pub enum MarkPaidOutcome {
     /// all: the payment is recorded as `paid_after_close` for a refund.
     /// `newly_recorded` is false when this payment was already on record.
     PaidAfterClose { newly_recorded: bool },
+    /// This transaction id is already recorded for another order: nothing
+    /// changed (the answer cannot be about this order; a human must look).
+    TransactionOfAnotherOrder { other: OrderNo },
     /// No order has this number.
     NotFound,
 }
@@ -373,15 +386,59 @@ pub enum MarkPaidOutcome {
 ///
 /// Repeat: `AlreadyPaid`, nothing changes. On an order already closed: the
 /// payment is recorded with `paid_after_close` and a `paid_after_close` event
-/// (someone must refund it), stock is left alone; a repeat finds the payment
-/// and records nothing more (invariant 4). A transaction id already recorded
-/// for another order fails with a unique-constraint error and changes nothing.
+/// (someone must refund it), stock is left alone, its pending recheck is
+/// done; a repeat finds the payment and records nothing more (invariant 4).
+/// A transaction id already recorded for another order changes nothing and
+/// returns `TransactionOfAnotherOrder`, also when two such calls race.
+/// Moving a pending order to paid clears a recorded anomaly.
 pub fn mark_paid(
     conn: &mut PgConnection,
     order_no: &OrderNo,
     payment: &PaymentRecord,
 ) -> Result<MarkPaidOutcome, StoreError> {
+    match mark_paid_tx(conn, order_no, payment) {
+        // Two orders raced to record the same transaction id: the loser's
+        // insert hit the unique index and rolled back.
+        Err(StoreError::Constraint { ref constraint, .. })
+            if constraint == "payments_transaction_id_key" =>
+        {
+            match transaction_holder(conn, &payment.transaction_id)? {
+                Some(other) if &other != order_no => {
+                    Ok(MarkPaidOutcome::TransactionOfAnotherOrder { other })
+                }
+                _ => mark_paid_tx(conn, order_no, payment),
+            }
+        }
+        other => other,
+    }
+}
+
+/// The order a transaction id is recorded for, if any.
+fn transaction_holder(
+    conn: &mut PgConnection,
+    transaction_id: &TransactionId,
+) -> Result<Option<OrderNo>, StoreError> {
+    payments::table
+        .inner_join(orders::table)
+        .filter(payments::transaction_id.eq(transaction_id.as_str()))
+        .select(orders::order_no)
+        .first::<String>(conn)
+        .optional()?
+        .map(|no| OrderNo::parse(&no).map_err(|e| corrupt("orders.order_no", e)))
+        .transpose()
+}
+
+fn mark_paid_tx(
+    conn: &mut PgConnection,
+    order_no: &OrderNo,
+    payment: &PaymentRecord,
+) -> Result<MarkPaidOutcome, StoreError> {
     conn.transaction(|conn| {
+        if let Some(other) = transaction_holder(conn, &payment.transaction_id)? {
+            if &other != order_no {
+                return Ok(MarkPaidOutcome::TransactionOfAnotherOrder { other });
+            }
+        }
         let now = Utc::now();
         let paid: Option<i64> = diesel::update(
             orders::table
@@ -392,6 +449,8 @@ pub fn mark_paid(
             orders::status.eq(OrderStatus::Paid.as_str()),
             orders::paid_at.eq(payment.success_time),
             orders::updated_at.eq(now),
+            orders::anomaly.eq(None::<String>),
+            orders::anomaly_at.eq(None::<DateTime<Utc>>),
         ))
         .returning(orders::id)
         .get_result(conn)
@@ -420,6 +479,10 @@ pub fn mark_paid(
         match OrderStatus::parse(&status).map_err(|e| corrupt("orders.status", e))? {
             OrderStatus::Paid | OrderStatus::PendingPayment => Ok(MarkPaidOutcome::AlreadyPaid),
             OrderStatus::Closed => {
+                // Whatever the recheck was looking for has been found.
+                diesel::update(orders::table.find(order_id))
+                    .set(orders::recheck_at.eq(None::<DateTime<Utc>>))
+                    .execute(conn)?;
                 let known: bool = diesel::select(diesel::dsl::exists(
                     payments::table
                         .filter(payments::order_id.eq(order_id))
@@ -504,33 +567,122 @@ pub fn order_events(
         .collect())
 }
 
-/// A pending order and its deadline.
+/// An order the sweep may look at, with its place in the keyset order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OverdueOrder {
+    pub id: i64,
     pub order_no: OrderNo,
     pub deadline: DateTime<Utc>,
+    /// Earlier sweep passes that could not settle it.
+    pub check_failures: u32,
 }
 
-/// Pending orders whose deadline is before `before`, oldest deadline first,
-/// at most `limit`: what the sweep settles. Uses the partial index
-/// `orders_pending_deadline_idx`. Read-only.
+impl OverdueOrder {
+    /// Where the next page of [`pending_past_deadline`] starts.
+    #[must_use]
+    pub fn cursor(&self) -> SweepCursor {
+        SweepCursor {
+            deadline: self.deadline,
+            id: self.id,
+        }
+    }
+}
+
+/// A position in the sweep's keyset order `(deadline, id)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SweepCursor {
+    pub deadline: DateTime<Utc>,
+    pub id: i64,
+}
+
+/// One page of pending orders whose deadline is before `before`, in
+/// `(deadline, id)` order after `after`, at most `limit`: what the sweep
+/// settles. Leaves out orders with an anomaly (a human's) and orders whose
+/// `next_check_at` is after `now` (asked recently, see [`defer_check`]).
+/// Paging by keyset reaches every overdue order in one pass however many of
+/// the oldest stay unsettled. Uses `orders_pending_deadline_idx`. Read-only.
 pub fn pending_past_deadline(
     conn: &mut PgConnection,
     before: DateTime<Utc>,
+    now: DateTime<Utc>,
+    after: Option<SweepCursor>,
+    limit: i64,
+) -> Result<Vec<OverdueOrder>, StoreError> {
+    let mut query = orders::table
+        .filter(orders::status.eq(PENDING))
+        .filter(orders::anomaly.is_null())
+        .filter(orders::deadline.lt(before))
+        .filter(
+            orders::next_check_at
+                .is_null()
+                .or(orders::next_check_at.le(now)),
+        )
+        .into_boxed();
+    if let Some(c) = after {
+        query = query.filter(
+            orders::deadline
+                .gt(c.deadline)
+                .or(orders::deadline.eq(c.deadline).and(orders::id.gt(c.id))),
+        );
+    }
+    query
+        .order((orders::deadline.asc(), orders::id.asc()))
+        .limit(limit)
+        .select((
+            orders::id,
+            orders::order_no,
+            orders::deadline,
+            orders::check_failures,
+        ))
+        .load::<(i64, String, DateTime<Utc>, i32)>(conn)?
+        .into_iter()
+        .map(|(id, no, deadline, failures)| {
+            Ok(OverdueOrder {
+                id,
+                order_no: OrderNo::parse(&no).map_err(|e| corrupt("orders.order_no", e))?,
+                deadline,
+                check_failures: u32::try_from(failures)
+                    .map_err(|e| corrupt("orders.check_failures", e))?,
+            })
+        })
+        .collect()
+}
+
+/// Closed orders whose recheck was due before `before`, by id after
+/// `after_id`, at most `limit`, leaving out those deferred past `now`: the
+/// sweep's safety net for recheck messages that were lost. Read-only.
+pub fn rechecks_due(
+    conn: &mut PgConnection,
+    before: DateTime<Utc>,
+    now: DateTime<Utc>,
+    after_id: i64,
     limit: i64,
 ) -> Result<Vec<OverdueOrder>, StoreError> {
     orders::table
-        .filter(orders::status.eq(PENDING))
-        .filter(orders::deadline.lt(before))
-        .order(orders::deadline.asc())
+        .filter(orders::recheck_at.lt(before))
+        .filter(orders::id.gt(after_id))
+        .filter(
+            orders::next_check_at
+                .is_null()
+                .or(orders::next_check_at.le(now)),
+        )
+        .order(orders::id.asc())
         .limit(limit)
-        .select((orders::order_no, orders::deadline))
-        .load::<(String, DateTime<Utc>)>(conn)?
+        .select((
+            orders::id,
+            orders::order_no,
+            orders::deadline,
+            orders::check_failures,
+        ))
+        .load::<(i64, String, DateTime<Utc>, i32)>(conn)?
         .into_iter()
-        .map(|(no, deadline)| {
+        .map(|(id, no, deadline, failures)| {
             Ok(OverdueOrder {
+                id,
                 order_no: OrderNo::parse(&no).map_err(|e| corrupt("orders.order_no", e))?,
                 deadline,
+                check_failures: u32::try_from(failures)
+                    .map_err(|e| corrupt("orders.check_failures", e))?,
             })
         })
         .collect()

@@ -32,6 +32,11 @@ diesel::table! {
         paid_at -> Nullable<Timestamptz>,
         closed_at -> Nullable<Timestamptz>,
         close_reason -> Nullable<Text>,
+        anomaly -> Nullable<Text>,
+        anomaly_at -> Nullable<Timestamptz>,
+        recheck_at -> Nullable<Timestamptz>,
+        next_check_at -> Nullable<Timestamptz>,
+        check_failures -> Int4,
     }
 }
 

@@ -20,6 +20,8 @@ pub enum ValueError {
     TransactionId(String),
     #[error("unknown order status {0:?} (expected pending_payment, paid or closed)")]
     Status(String),
+    #[error("unknown anomaly {0:?}")]
+    Anomaly(String),
 }
 
 /// Money in integer fen (1 yuan = 100 fen), never negative. WeChat Pay
@@ -220,6 +222,59 @@ impl fmt::Display for OrderStatus {
     }
 }
 
+/// Why a WeChat Pay answer about an order could not be acted on, so that
+/// the order waits for a human (stored in `orders.anomaly`; the strings are
+/// the contract shown by `status` and in a parked message's `x-ot-reason`).
+/// An order with an anomaly is neither paid nor closed because of that
+/// answer: a pending one keeps its stock held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Anomaly {
+    /// The paid total differs from the order's total, or its currency is not CNY.
+    AmountMismatch,
+    /// A paid answer without `amount` or `amount.total`.
+    MissingAmount,
+    /// A paid answer whose `success_time` is missing or not RFC 3339.
+    BadSuccessTime,
+    /// A paid answer without a usable `transaction_id`.
+    MissingTransactionId,
+    /// The `transaction_id` is already recorded for another order.
+    DuplicateTransaction,
+}
+
+impl Anomaly {
+    pub const ALL: [Anomaly; 5] = [
+        Self::AmountMismatch,
+        Self::MissingAmount,
+        Self::BadSuccessTime,
+        Self::MissingTransactionId,
+        Self::DuplicateTransaction,
+    ];
+
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AmountMismatch => "amount_mismatch",
+            Self::MissingAmount => "missing_amount",
+            Self::BadSuccessTime => "bad_success_time",
+            Self::MissingTransactionId => "missing_transaction_id",
+            Self::DuplicateTransaction => "duplicate_transaction",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self, ValueError> {
+        Self::ALL
+            .into_iter()
+            .find(|a| a.as_str() == s)
+            .ok_or_else(|| ValueError::Anomaly(s.to_owned()))
+    }
+}
+
+impl fmt::Display for Anomaly {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A WeChat Pay `transaction_id`: 1 to 64 printable ASCII characters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TransactionId(String);
@@ -303,6 +358,14 @@ mod tests {
         assert!(TransactionId::parse("").is_err());
         assert!(TransactionId::parse("has space").is_err());
         assert!(TransactionId::parse(&"9".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn anomalies_round_trip_through_their_contract_strings() {
+        for a in Anomaly::ALL {
+            assert_eq!(Anomaly::parse(a.as_str()), Ok(a));
+        }
+        assert!(Anomaly::parse("AMOUNT_MISMATCH").is_err());
     }
 
     #[test]

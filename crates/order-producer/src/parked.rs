@@ -4,19 +4,16 @@
 //! Messages are read with `basic.get` and left unacked; those not replayed
 //! return to the parking queue, in their order, when the channel closes.
 //! Replayed ones are published (confirmed) to `queue.ordertimeout` with the
-//! worker's attempt, reason and parked-at headers removed, and only then
-//! acked in the parking queue.
+//! worker's per-attempt headers removed (`broker::headers::cleared`; a
+//! recheck stays a recheck), and only then acked in the parking queue.
 
 use std::io::Write;
 use std::time::Duration;
 
-use amiquip::{AmqpValue, FieldTable};
 use anyhow::Context;
+use broker::headers;
 use broker::topology::{PARKED_QUEUE, TIMEOUT_QUEUE};
 use broker::{AmqpUrl, ConfirmedPublisher, Outcome, TimeoutMessage};
-
-/// The worker's headers on a parked message (see `order-timeout-worker`).
-const WORKER_HEADERS: [&str; 3] = ["x-ot-attempt", "x-ot-reason", "x-ot-parked-at"];
 
 /// How many messages were looked at and replayed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -24,16 +21,6 @@ pub struct ParkedReport {
     pub listed: usize,
     pub replayed: usize,
     pub poison: usize,
-}
-
-fn header_text(headers: Option<&FieldTable>, key: &str) -> String {
-    match headers.and_then(|h| h.get(key)) {
-        Some(AmqpValue::LongString(s)) => s.clone(),
-        Some(AmqpValue::LongLongInt(n)) => n.to_string(),
-        Some(AmqpValue::LongInt(n)) => n.to_string(),
-        Some(other) => format!("{other:?}"),
-        None => "-".to_owned(),
-    }
 }
 
 /// Lists up to `limit` parked messages on `out`; with `replay`, sends the
@@ -73,10 +60,18 @@ pub fn parked(
         };
         let d = get.delivery;
         report.listed += 1;
-        let headers = d.properties.headers().as_ref();
-        let reason = header_text(headers, "x-ot-reason");
-        let attempts = header_text(headers, "x-ot-attempt");
-        let when = header_text(headers, "x-ot-parked-at");
+        let text = |key| headers::text_of(&d.properties, key).unwrap_or_else(|| "-".to_owned());
+        let reason = match headers::text_of(&d.properties, headers::DETAIL) {
+            Some(detail) => format!("{}: {detail}", text(headers::REASON)),
+            None => text(headers::REASON),
+        };
+        let attempts = text(headers::ATTEMPT);
+        let when = text(headers::PARKED_AT);
+        let recheck = if headers::is_recheck(&d.properties) {
+            " (recheck after close)"
+        } else {
+            ""
+        };
         let Ok(message) = TimeoutMessage::decode(&d.body) else {
             report.poison += 1;
             writeln!(
@@ -89,16 +84,12 @@ pub fn parked(
         let Some(publisher) = publisher.as_mut() else {
             writeln!(
                 out,
-                "  {}  attempts {attempts}  parked {when}: {reason}",
+                "  {}{recheck}  attempts {attempts}  parked {when}: {reason}",
                 message.order_no
             )?;
             continue;
         };
-        let mut clean: FieldTable = headers.cloned().unwrap_or_default();
-        for key in WORKER_HEADERS {
-            clean.remove(key);
-        }
-        let properties = d.properties.clone().with_headers(clean);
+        let properties = headers::cleared(&d.properties);
         match publisher.publish_one(TIMEOUT_QUEUE, &d.body, properties)? {
             Outcome::Confirmed => {
                 d.ack(&channel).context("could not ack the parked copy")?;

@@ -140,10 +140,15 @@ impl Relay {
                 self.stats.published += done.published as u64;
                 self.stats.failed += done.failed as u64;
                 if done.failed > 0 {
+                    // Returned (no such queue) or nacked: the topology may
+                    // have been damaged under us. Reconnecting declares it
+                    // again before the next batch.
                     log::warn!(
-                        "{} message(s) not accepted by the broker; left in the outbox",
+                        "{} message(s) not accepted by the broker; left in the outbox; \
+                         reconnecting to declare the topology again",
                         done.failed
                     );
+                    self.drop_amqp();
                 }
                 Ok(done)
             }
@@ -166,23 +171,32 @@ impl Relay {
     }
 
     /// `--once`: publishes until the outbox is empty, failing on the first
-    /// error (the rows stay for the next run).
+    /// error (the rows stay for the next run). A batch the broker refused
+    /// entirely is tried once more after declaring the topology again.
     pub fn drain(&mut self) -> anyhow::Result<Stats> {
+        let mut refused_in_a_row = 0;
         loop {
             let done = self
                 .step()
                 .context("relay failed; unpublished rows stay in the outbox")?;
-            if done.claimed == 0 || (done.published == 0 && done.failed > 0) {
+            if done.claimed == 0 {
                 break;
+            }
+            if done.published == 0 && done.failed > 0 {
+                refused_in_a_row += 1;
+                if refused_in_a_row >= 2 {
+                    self.drop_amqp();
+                    anyhow::bail!(
+                        "{} message(s) were not accepted by the broker, even after declaring \
+                         the topology again, and stay in the outbox",
+                        done.failed
+                    );
+                }
+            } else {
+                refused_in_a_row = 0;
             }
         }
         self.drop_amqp();
-        if self.stats.failed > 0 {
-            anyhow::bail!(
-                "{} message(s) were not accepted by the broker and stay in the outbox",
-                self.stats.failed
-            );
-        }
         Ok(self.stats)
     }
 
@@ -195,6 +209,12 @@ impl Relay {
         let mut reported = self.stats;
         while !stop.load(Ordering::Relaxed) {
             match self.step() {
+                Ok(done) if done.failed > 0 => {
+                    // Refused messages come first in the next batch: pause so
+                    // a broker that keeps refusing them is not hammered.
+                    broker::sleep_unless_stopped(backoff, stop);
+                    backoff = (backoff * 2).min(self.settings.max_backoff);
+                }
                 Ok(done) => {
                     backoff = Duration::from_millis(200);
                     if done.claimed == 0 {

@@ -5,6 +5,9 @@ use std::io::Write;
 use broker::{AmqpUrl, Topology};
 use domain::PgConnection;
 
+/// Orders needing a human listed one per line (the count is always shown).
+const NEEDS_HUMAN_SHOWN: i64 = 20;
+
 /// Prints the report; returns false when part of it could not be read
 /// (the rest is printed anyway).
 pub fn print(
@@ -53,6 +56,25 @@ pub fn print(
     )?;
     let refunds = domain::paid_after_close_count(db)?;
     writeln!(out, "paid after close (refund needed): {refunds}")?;
+    let needs_human = domain::needs_human_count(db)?;
+    writeln!(
+        out,
+        "needs a human (WeChat Pay's answer does not match the order): {needs_human}"
+    )?;
+    for n in domain::needs_human(db, NEEDS_HUMAN_SHOWN)? {
+        writeln!(
+            out,
+            "  {}  {}  {}  since {}: {}",
+            n.order_no,
+            n.status,
+            n.anomaly,
+            n.since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            n.detail
+        )?;
+    }
+    if needs_human > NEEDS_HUMAN_SHOWN {
+        writeln!(out, "  ... and {} more", needs_human - NEEDS_HUMAN_SHOWN)?;
+    }
     writeln!(
         out,
         "stock (available + held by pending/paid orders = loaded):"

@@ -49,6 +49,18 @@ pub struct PaymentArgs {
     /// Connect timeout of a WeChat Pay call.
     #[arg(long = "wechatpay-connect-timeout", env = "WECHATPAY_CONNECT_TIMEOUT", default_value = "3s", value_parser = broker::parse_duration)]
     pub connect_timeout: Duration,
+    /// An HTTP(S) proxy for WeChat Pay calls, e.g. `http://proxy.internal:3128`.
+    /// Proxy variables of the environment (`HTTPS_PROXY`, `ALL_PROXY`,
+    /// `HTTP_PROXY`) are never followed for WeChat Pay: only this setting
+    /// routes its calls through a proxy. A password in it is never printed.
+    #[arg(long = "wechatpay-proxy", env = "WECHATPAY_PROXY", hide_env_values = true, value_parser = parse_proxy)]
+    pub proxy: Option<payment_client::ProxyUrl>,
+}
+
+/// Wrapped at once, so that `Debug` of the parsed arguments hides a password.
+#[allow(clippy::unnecessary_wraps)] // clap's value_parser signature
+fn parse_proxy(s: &str) -> Result<payment_client::ProxyUrl, String> {
+    Ok(payment_client::ProxyUrl::new(s))
 }
 
 /// A required setting is missing or malformed (exit code 2).
@@ -116,6 +128,9 @@ impl PaymentArgs {
         }
         if let Some(url) = &self.base_url {
             config = config.with_base_url(url.clone());
+        }
+        if let Some(proxy) = &self.proxy {
+            config = config.with_proxy(proxy.clone());
         }
         Ok(config)
     }

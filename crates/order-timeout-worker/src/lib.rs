@@ -5,8 +5,10 @@
 
 pub mod config;
 pub mod consumer;
+pub mod dispose;
 pub mod settle;
 pub mod stats;
+pub mod sweep;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -19,8 +21,10 @@ use broker::{BrokerArgs, BrokerError};
 use clap::{Args, Parser, Subcommand};
 use domain::{DatabaseUrl, OrderNo};
 
-pub use consumer::{ConsumerSettings, Disposition, Worker};
+pub use consumer::{ConsumerSettings, Worker};
+pub use dispose::{dispose, Disposition};
 pub use settle::{Settlement, Settler, Trigger};
+pub use sweep::SweepReport;
 
 /// A mistake in the command line or configuration: exit code 2.
 #[derive(Debug, thiserror::Error)]
@@ -33,10 +37,14 @@ pub struct UsageError(pub String);
 /// each order, asks WeChat Pay what happened: unpaid -> close the payment
 /// order there, read back CLOSED, then close the order here and give its
 /// stock back (one transaction); paid after all -> mark it paid and record
-/// the payment; unknown -> change nothing and retry later through the retry
-/// queues (bounded; then the message is parked in
-/// `queue.ordertimeout.parked` with the reason). A periodic sweep settles
-/// pending orders whose deadline passed long ago through the same path.
+/// the payment, but only when the answer matches the order (amount, CNY,
+/// transaction id, success time; otherwise the order is flagged for a human
+/// and the message parked); unknown -> change nothing and retry later
+/// through the retry queues (bounded; then the message is parked in
+/// `queue.ordertimeout.parked` with the reason). An order closed because
+/// WeChat Pay had no payment order is rechecked once, --recheck-after later.
+/// A periodic sweep settles pending orders whose deadline passed long ago
+/// through the same path.
 ///
 /// SIGTERM/SIGINT: stop taking messages, finish those in hand, close
 /// cleanly, exit 0.
@@ -108,6 +116,12 @@ pub struct RunArgs {
     /// Orders per sweep batch.
     #[arg(long, env = "SWEEP_BATCH", default_value_t = 500, value_parser = clap::value_parser!(i64).range(1..=100_000))]
     pub sweep_batch: i64,
+    /// How long after closing an order because WeChat Pay had no payment
+    /// order (`ORDER_NOT_EXIST`) to look once more: a payment order created
+    /// later from a stale checkout page is closed there, or, if paid,
+    /// recorded as paid after close.
+    #[arg(long, env = "RECHECK_AFTER", default_value = "10m", value_parser = broker::parse_duration)]
+    pub recheck_after: Duration,
     /// How often the summary line (settled per second by outcome, retries,
     /// parked) is logged.
     #[arg(long, env = "SUMMARY_INTERVAL", default_value = "60s", value_parser = broker::parse_duration)]
@@ -162,7 +176,7 @@ pub fn prepare(cli: &Cli) -> anyhow::Result<Settler> {
         ))
         .into());
     }
-    Ok(Settler::new(pool, Arc::new(client)))
+    Ok(Settler::new(pool, Arc::new(client)).with_recheck_after(cli.run.recheck_after))
 }
 
 /// Runs the worker (or `settle`). `stop` is raised by SIGTERM/SIGINT.
@@ -201,7 +215,12 @@ fn settle_now(settler: &Settler, order_no: &OrderNo) -> anyhow::Result<ExitCode>
     consumer::log_settlement(order_no, &s, 1, started);
     let mut out = std::io::stdout().lock();
     let line = match &s {
-        Settlement::Closed { why } => format!("closed, stock given back: {why}"),
+        Settlement::Closed { why, recheck_after } => format!(
+            "closed, stock given back: {why}{}",
+            recheck_after
+                .map(|d| format!(" (a recheck is due in {d:?}; the sweep does it if no worker does)"))
+                .unwrap_or_default()
+        ),
         Settlement::Compensated { refunded: false } => {
             "paid at WeChat Pay: marked paid, payment recorded".to_owned()
         }
@@ -210,12 +229,16 @@ fn settle_now(settler: &Settler, order_no: &OrderNo) -> anyhow::Result<ExitCode>
                 .to_owned()
         }
         Settlement::PaidAfterClose => "PAID AFTER CLOSE: payment recorded for refund".to_owned(),
+        Settlement::Rechecked { found } => format!("closed here; rechecked at WeChat Pay: {found}"),
         Settlement::AlreadySettled(st) => format!("already {st}: nothing to do"),
         Settlement::NotYetDue { remaining } => format!(
             "not settled: its payment deadline is {}s away",
             remaining.as_secs()
         ),
         Settlement::UnknownOrder => "not settled: no such order".to_owned(),
+        Settlement::NeedsHuman { anomaly, detail } => format!(
+            "NOT SETTLED, NEEDS A HUMAN ({anomaly}): {detail}; nothing paid, nothing closed, stock held"
+        ),
         Settlement::RetryLater { reason, .. } => {
             format!("not settled, payment state unknown: {reason}; try again later")
         }

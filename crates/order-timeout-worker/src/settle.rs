@@ -2,31 +2,47 @@
 //! one order"). One call does one unit of work and returns a [`Settlement`];
 //! the consumer, the sweep and `settle ORDER_NO` decide what to do with it.
 //!
-//! The rule that makes it safe: stock goes back only through
-//! `domain::close_unpaid`, and that is called only after WeChat Pay said the
-//! payment order is closed (`CLOSED`/`REVOKED`, read back after our own
-//! close) or never existed (`ORDER_NOT_EXIST`). Every other answer, and every
-//! answer that cannot be verified, leaves the order pending.
+//! The rules that make it safe:
+//!
+//! * stock goes back only through `domain::close_unpaid`, called only after
+//!   WeChat Pay said the payment order is closed (`CLOSED`/`REVOKED`, read
+//!   back after our own close) or never existed (`ORDER_NOT_EXIST`); every
+//!   other answer, and every answer that cannot be verified, leaves the order
+//!   pending (ARCHITECTURE.md, invariant 7);
+//! * a paid answer is recorded only when it matches the order: transaction
+//!   id present and not recorded for another order, total equal to the
+//!   order's, currency CNY, a readable success time. Anything else is an
+//!   anomaly: recorded on the order for a human, nothing paid, nothing closed,
+//!   stock held (invariant 11);
+//! * a close on `ORDER_NOT_EXIST` schedules one recheck: a payment order
+//!   created later (a stale checkout page) is closed at WeChat Pay, or, if it
+//!   was paid, recorded as paid after close (invariant 12).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use domain::{
-    CloseOutcome, Fen, MarkPaidOutcome, Order, OrderNo, OrderStatus, PaymentRecord, PgPool,
-    StoreError, TransactionId,
+    Anomaly, AnomalyOutcome, CloseOutcome, Fen, MarkPaidOutcome, Order, OrderNo, OrderStatus,
+    PaymentRecord, PgPool, StoreError, TransactionId,
 };
 use payment_client::{QueryOutcome, TradeState, Transaction};
+
+/// How long after a close on `ORDER_NOT_EXIST` the recheck looks again.
+pub const DEFAULT_RECHECK_AFTER: Duration = Duration::from_mins(10);
 
 /// Who asked for the settlement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
     /// A dead-lettered delay message (or a retry of one).
     Message,
+    /// The recheck of an order closed on `ORDER_NOT_EXIST` (a message marked
+    /// `x-ot-recheck`, or the sweep finding the recheck overdue).
+    Recheck,
     /// The periodic sweep of long-overdue pending orders.
     Sweep,
     /// An operator (`order-timeout-worker settle ORDER_NO`). On an order
-    /// closed here it also asks WeChat Pay again, to catch a late payment.
+    /// closed here it also rechecks WeChat Pay, like [`Trigger::Recheck`].
     Operator,
 }
 
@@ -34,20 +50,31 @@ pub enum Trigger {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Settlement {
     /// Unpaid: closed here and its stock given back; `why` says what WeChat
-    /// Pay answered that made it safe.
-    Closed { why: &'static str },
+    /// Pay answered that made it safe. `recheck_after` is set when the close
+    /// rests on `ORDER_NOT_EXIST`: one recheck is due that much later.
+    Closed {
+        why: &'static str,
+        recheck_after: Option<Duration>,
+    },
     /// Paid at WeChat Pay after all: marked paid, payment recorded, stock
     /// stays sold. `refunded` when WeChat already shows a refund.
     Compensated { refunded: bool },
     /// Paid at WeChat Pay, but the order had been closed here: the payment
-    /// is recorded for a refund (invariant 4).
+    /// is recorded for a refund (invariant 2).
     PaidAfterClose,
+    /// The recheck of a closed order is done and found no payment; `found`
+    /// says what it saw (and whether it closed a payment order created after
+    /// our close).
+    Rechecked { found: &'static str },
     /// Nothing to do: already paid or closed.
     AlreadySettled(OrderStatus),
-    /// Its payment deadline is still ahead.
+    /// Its payment deadline (or its recheck) is still ahead.
     NotYetDue { remaining: Duration },
     /// No such order here.
     UnknownOrder,
+    /// WeChat Pay's answer does not match the order: recorded on the order
+    /// for a human; nothing paid, nothing closed, stock held.
+    NeedsHuman { anomaly: Anomaly, detail: String },
     /// The payment state is unknown or a step failed in a way that may pass:
     /// nothing was changed; look again later (not before `not_before`).
     RetryLater {
@@ -68,9 +95,11 @@ impl Settlement {
             Self::Closed { .. } => "closed",
             Self::Compensated { .. } => "compensated",
             Self::PaidAfterClose => "paid_after_close",
+            Self::Rechecked { .. } => "rechecked",
             Self::AlreadySettled(_) => "already_settled",
             Self::NotYetDue { .. } => "not_yet_due",
             Self::UnknownOrder => "unknown_order",
+            Self::NeedsHuman { .. } => "needs_human",
             Self::RetryLater { .. } => "retry_later",
             Self::GiveUp { .. } => "give_up",
         }
@@ -79,13 +108,18 @@ impl Settlement {
     /// True when the order has reached (or already had) its final state.
     #[must_use]
     pub fn is_final(&self) -> bool {
-        matches!(
-            self,
+        match self {
             Self::Closed { .. }
-                | Self::Compensated { .. }
-                | Self::PaidAfterClose
-                | Self::AlreadySettled(_)
-        )
+            | Self::Compensated { .. }
+            | Self::PaidAfterClose
+            | Self::Rechecked { .. }
+            | Self::AlreadySettled(_) => true,
+            Self::NotYetDue { .. }
+            | Self::UnknownOrder
+            | Self::NeedsHuman { .. }
+            | Self::RetryLater { .. }
+            | Self::GiveUp { .. } => false,
+        }
     }
 
     fn retry(reason: impl Into<String>) -> Self {
@@ -122,12 +156,24 @@ impl Settlement {
 pub struct Settler {
     pool: PgPool,
     payments: Arc<payment_client::Client>,
+    recheck_after: Duration,
 }
 
 impl Settler {
     #[must_use]
     pub fn new(pool: PgPool, payments: Arc<payment_client::Client>) -> Self {
-        Self { pool, payments }
+        Self {
+            pool,
+            payments,
+            recheck_after: DEFAULT_RECHECK_AFTER,
+        }
+    }
+
+    /// How long after a close on `ORDER_NOT_EXIST` its recheck is due.
+    #[must_use]
+    pub fn with_recheck_after(mut self, d: Duration) -> Self {
+        self.recheck_after = d;
+        self
     }
 
     #[must_use]
@@ -145,42 +191,53 @@ impl Settler {
             Ok(None) => return Settlement::UnknownOrder,
             Err(e) => return Settlement::from_store_error("could not read the order", &e),
         };
-        match order.status {
-            OrderStatus::Paid => return Settlement::AlreadySettled(OrderStatus::Paid),
-            OrderStatus::Closed if trigger == Trigger::Operator => {
-                return self.recheck_closed(&order)
+        match (order.status, trigger) {
+            (OrderStatus::Paid, _) => Settlement::AlreadySettled(OrderStatus::Paid),
+            (OrderStatus::Closed, Trigger::Operator) => self.recheck_closed(&order),
+            (OrderStatus::Closed, Trigger::Recheck) => match order.recheck_at {
+                // Done already (a duplicate recheck message): nothing to do.
+                None => Settlement::AlreadySettled(OrderStatus::Closed),
+                Some(at) if at > now => Settlement::NotYetDue {
+                    remaining: (at - now).to_std().unwrap_or(Duration::ZERO),
+                },
+                Some(_) => self.recheck_closed(&order),
+            },
+            (OrderStatus::Closed, Trigger::Message | Trigger::Sweep) => {
+                Settlement::AlreadySettled(OrderStatus::Closed)
             }
-            OrderStatus::Closed => return Settlement::AlreadySettled(OrderStatus::Closed),
-            OrderStatus::PendingPayment => {}
+            (OrderStatus::PendingPayment, _) => self.settle_pending(&order, now),
         }
+    }
+
+    fn settle_pending(&self, order: &Order, now: DateTime<Utc>) -> Settlement {
         if order.deadline > now {
             let remaining = (order.deadline - now).to_std().unwrap_or(Duration::ZERO);
             return Settlement::NotYetDue { remaining };
         }
-        let tx = match self.payments.query_by_out_trade_no(order_no.as_str()) {
+        let tx = match self.payments.query_by_out_trade_no(order.order_no.as_str()) {
             Ok(QueryOutcome::NotFound) => {
-                return self
-                    .close_locally(&order, "no payment order at WeChat Pay (ORDER_NOT_EXIST)")
+                return self.close_locally(
+                    order,
+                    "no payment order at WeChat Pay (ORDER_NOT_EXIST)",
+                    true,
+                )
             }
             Ok(QueryOutcome::Found(tx)) => tx,
-            Ok(other) => {
-                return Settlement::GiveUp {
-                    reason: format!("unexpected answer to the query: {other:?}"),
-                }
-            }
             Err(e) => return Settlement::from_payment_error("query at WeChat Pay failed", &e),
         };
         match tx.trade_state {
-            TradeState::Success => self.compensate(&order, &tx, false),
-            TradeState::Refund => self.compensate(&order, &tx, true),
-            TradeState::Closed => self.close_locally(&order, "closed at WeChat Pay (CLOSED)"),
-            TradeState::Revoked => self.close_locally(&order, "revoked at WeChat Pay (REVOKED)"),
+            TradeState::Success => self.compensate(order, &tx, false),
+            TradeState::Refund => self.compensate(order, &tx, true),
+            TradeState::Closed => self.close_locally(order, "closed at WeChat Pay (CLOSED)", false),
+            TradeState::Revoked => {
+                self.close_locally(order, "revoked at WeChat Pay (REVOKED)", false)
+            }
             TradeState::UserPaying => Settlement::RetryLater {
                 reason: "the buyer is paying right now (USERPAYING)".into(),
                 not_before: None,
                 user_paying: true,
             },
-            TradeState::NotPay | TradeState::PayError => self.close_remote_then_local(&order),
+            TradeState::NotPay | TradeState::PayError => self.close_remote_then_local(order),
         }
     }
 
@@ -192,60 +249,83 @@ impl Settler {
         domain::find_order(&mut conn, order_no)
     }
 
-    /// Unpaid at WeChat Pay: close there, then read back. Only `CLOSED`
-    /// read back lets the stock go: a 204 from close is no proof that
-    /// nothing was paid.
-    fn close_remote_then_local(&self, order: &Order) -> Settlement {
+    fn conn(&self) -> Result<domain::PooledConnection, StoreError> {
+        self.pool
+            .get()
+            .map_err(|e| StoreError::Connect(e.to_string()))
+    }
+
+    /// Closes the payment order at WeChat Pay and reads it back. `Ok(tx)` is
+    /// the transaction as read after a 204; anything else is the settlement
+    /// to return (the state is not known to be closed).
+    fn close_remote_and_read_back(&self, order: &Order) -> Result<Transaction, Settlement> {
         let no = order.order_no.as_str();
         match self.payments.close(no) {
             Ok(payment_client::CloseOutcome::Closed) => {}
             Ok(payment_client::CloseOutcome::UserPaying) => {
-                return Settlement::RetryLater {
+                return Err(Settlement::RetryLater {
                     reason: "close at WeChat Pay answered USER_PAYING".into(),
                     not_before: None,
                     user_paying: true,
-                }
-            }
-            Ok(other) => {
-                return Settlement::retry(format!("unexpected answer to close: {other:?}"))
+                })
             }
             // Whatever close says (even a permanent 4xx such as "already
             // paid"), the truth is in the next query: never close here on it.
             Err(e) => {
-                return Settlement::RetryLater {
+                return Err(Settlement::RetryLater {
                     reason: format!("close at WeChat Pay failed: {e}"),
                     not_before: e.retry_after(),
                     user_paying: false,
-                }
+                })
             }
         }
         match self.payments.query_by_out_trade_no(no) {
-            Ok(QueryOutcome::Found(tx)) => match tx.trade_state {
-                TradeState::Closed | TradeState::Revoked => {
-                    self.close_locally(order, "closed at WeChat Pay and read back CLOSED")
-                }
-                // Paid between our query and our close.
-                TradeState::Success => self.compensate(order, &tx, false),
-                TradeState::Refund => self.compensate(order, &tx, true),
-                state => Settlement::retry(format!(
-                    "close at WeChat Pay answered 204 but the order still reads {}",
-                    state.as_str()
-                )),
-            },
-            Ok(other) => Settlement::retry(format!("unexpected answer after close: {other:?}")),
-            Err(e) => Settlement::from_payment_error("query after close failed", &e),
+            Ok(QueryOutcome::Found(tx)) => Ok(tx),
+            Ok(QueryOutcome::NotFound) => Err(Settlement::retry(
+                "close at WeChat Pay answered 204 but the payment order now reads ORDER_NOT_EXIST",
+            )),
+            Err(e) => Err(Settlement::from_payment_error(
+                "query after close failed",
+                &e,
+            )),
         }
     }
 
-    fn close_locally(&self, order: &Order, why: &'static str) -> Settlement {
-        let mut conn = match self.pool.get() {
-            Ok(c) => c,
-            Err(e) => {
-                return Settlement::retry(format!("no database connection to close the order: {e}"))
-            }
+    /// Unpaid at WeChat Pay: close there, then read back. Only `CLOSED`
+    /// read back lets the stock go: a 204 from close is no proof that
+    /// nothing was paid.
+    fn close_remote_then_local(&self, order: &Order) -> Settlement {
+        let tx = match self.close_remote_and_read_back(order) {
+            Ok(tx) => tx,
+            Err(s) => return s,
         };
-        match domain::close_unpaid(&mut conn, &order.order_no, why) {
-            Ok(CloseOutcome::Closed { .. }) => Settlement::Closed { why },
+        match tx.trade_state {
+            TradeState::Closed | TradeState::Revoked => {
+                self.close_locally(order, "closed at WeChat Pay and read back CLOSED", false)
+            }
+            // Paid between our query and our close.
+            TradeState::Success => self.compensate(order, &tx, false),
+            TradeState::Refund => self.compensate(order, &tx, true),
+            state @ (TradeState::NotPay | TradeState::UserPaying | TradeState::PayError) => {
+                Settlement::retry(format!(
+                    "close at WeChat Pay answered 204 but the order still reads {}",
+                    state.as_str()
+                ))
+            }
+        }
+    }
+
+    fn close_locally(&self, order: &Order, why: &'static str, recheck: bool) -> Settlement {
+        let mut conn = match self.conn() {
+            Ok(c) => c,
+            Err(e) => return Settlement::from_store_error("no database connection to close", &e),
+        };
+        let recheck_after = recheck.then_some(self.recheck_after);
+        let recheck_at = recheck_after
+            .and_then(|d| chrono::Duration::from_std(d).ok())
+            .map(|d| Utc::now() + d);
+        match domain::close_unpaid(&mut conn, &order.order_no, why, recheck_at) {
+            Ok(CloseOutcome::Closed { .. }) => Settlement::Closed { why, recheck_after },
             Ok(CloseOutcome::AlreadyClosed) => Settlement::AlreadySettled(OrderStatus::Closed),
             Ok(CloseOutcome::AlreadyPaid) => Settlement::AlreadySettled(OrderStatus::Paid),
             Ok(CloseOutcome::NotFound) => Settlement::UnknownOrder,
@@ -256,7 +336,7 @@ impl Settler {
     fn compensate(&self, order: &Order, tx: &Transaction, refunded: bool) -> Settlement {
         let payment = match payment_record(order, tx) {
             Ok(p) => p,
-            Err(reason) => return Settlement::GiveUp { reason },
+            Err((anomaly, detail)) => return self.needs_human(order, anomaly, detail),
         };
         if refunded {
             log::warn!(
@@ -264,12 +344,13 @@ impl Settler {
                 order.order_no
             );
         }
-        let mut conn = match self.pool.get() {
+        let mut conn = match self.conn() {
             Ok(c) => c,
             Err(e) => {
-                return Settlement::retry(format!(
-                    "no database connection to record the payment: {e}"
-                ))
+                return Settlement::from_store_error(
+                    "no database connection to record the payment",
+                    &e,
+                )
             }
         };
         match domain::mark_paid(&mut conn, &order.order_no, &payment) {
@@ -284,52 +365,261 @@ impl Settler {
                 );
                 Settlement::PaidAfterClose
             }
+            Ok(MarkPaidOutcome::TransactionOfAnotherOrder { other }) => {
+                drop(conn);
+                self.needs_human(
+                    order,
+                    Anomaly::DuplicateTransaction,
+                    format!(
+                        "WeChat Pay reports transaction {} for this order, but it is already recorded for order {other}",
+                        payment.transaction_id
+                    ),
+                )
+            }
             Ok(MarkPaidOutcome::NotFound) => Settlement::UnknownOrder,
             Err(e) => Settlement::from_store_error("recording the payment failed", &e),
         }
     }
 
-    /// Operator mode on an order closed here: a late payment at WeChat Pay
-    /// is recorded for refund; otherwise nothing changes.
-    fn recheck_closed(&self, order: &Order) -> Settlement {
-        match self.payments.query_by_out_trade_no(order.order_no.as_str()) {
-            Ok(QueryOutcome::Found(tx))
-                if matches!(tx.trade_state, TradeState::Success | TradeState::Refund) =>
-            {
-                // The order is closed here: this records a payment after close.
-                self.compensate(order, &tx, tx.trade_state == TradeState::Refund)
+    /// Records the anomaly on the order (once) and leaves everything else.
+    fn needs_human(&self, order: &Order, anomaly: Anomaly, detail: String) -> Settlement {
+        let recorded = self
+            .conn()
+            .and_then(|mut c| domain::record_anomaly(&mut c, &order.order_no, anomaly, &detail));
+        match recorded {
+            Ok(AnomalyOutcome::Recorded | AnomalyOutcome::AlreadyRecorded) => {
+                log::error!(
+                    "order {}: NEEDS A HUMAN ({anomaly}): {detail}; nothing paid, nothing closed, stock held",
+                    order.order_no
+                );
+                Settlement::NeedsHuman { anomaly, detail }
             }
-            Ok(_) => Settlement::AlreadySettled(OrderStatus::Closed),
-            Err(e) => Settlement::from_payment_error("query at WeChat Pay failed", &e),
+            Ok(AnomalyOutcome::NotFound) => Settlement::UnknownOrder,
+            Err(e) => Settlement::from_store_error(
+                &format!("recording the anomaly ({anomaly}: {detail}) failed"),
+                &e,
+            ),
+        }
+    }
+
+    /// A closed order's recheck (and the operator's look at a closed order):
+    /// a payment order created at WeChat Pay after our close is closed there
+    /// so it can never be paid; a payment found is recorded as paid after
+    /// close; nothing there ends the recheck.
+    fn recheck_closed(&self, order: &Order) -> Settlement {
+        let tx = match self.payments.query_by_out_trade_no(order.order_no.as_str()) {
+            Ok(QueryOutcome::NotFound) => {
+                return self.finish_recheck(order, "still no payment order at WeChat Pay")
+            }
+            Ok(QueryOutcome::Found(tx)) => tx,
+            Err(e) => return Settlement::from_payment_error("query at WeChat Pay failed", &e),
+        };
+        match tx.trade_state {
+            // The order is closed here: this records a payment after close.
+            TradeState::Success => self.compensate(order, &tx, false),
+            TradeState::Refund => self.compensate(order, &tx, true),
+            TradeState::Closed | TradeState::Revoked => {
+                self.finish_recheck(order, "the payment order at WeChat Pay is closed")
+            }
+            TradeState::NotPay | TradeState::UserPaying | TradeState::PayError => {
+                log::warn!(
+                    "order {}: a payment order ({}) exists at WeChat Pay for an order closed here; closing it there",
+                    order.order_no,
+                    tx.trade_state
+                );
+                let after = match self.close_remote_and_read_back(order) {
+                    Ok(after) => after,
+                    Err(s) => return s,
+                };
+                match after.trade_state {
+                    TradeState::Closed | TradeState::Revoked => self.finish_recheck(
+                        order,
+                        "closed the payment order created at WeChat Pay after the close here",
+                    ),
+                    TradeState::Success => self.compensate(order, &after, false),
+                    TradeState::Refund => self.compensate(order, &after, true),
+                    state
+                    @ (TradeState::NotPay | TradeState::UserPaying | TradeState::PayError) => {
+                        Settlement::retry(format!(
+                            "close at WeChat Pay answered 204 but the payment order still reads {}",
+                            state.as_str()
+                        ))
+                    }
+                }
+            }
+        }
+    }
+
+    fn finish_recheck(&self, order: &Order, found: &'static str) -> Settlement {
+        match self
+            .conn()
+            .and_then(|mut c| domain::finish_recheck(&mut c, &order.order_no, found))
+        {
+            Ok(_) => Settlement::Rechecked { found },
+            Err(e) => Settlement::from_store_error("recording the recheck failed", &e),
         }
     }
 }
 
-/// The payment WeChat Pay reports, as the store records it.
-fn payment_record(order: &Order, tx: &Transaction) -> Result<PaymentRecord, String> {
-    let id = tx.transaction_id.as_deref().ok_or_else(|| {
-        format!(
-            "WeChat Pay reports order {} {} without a transaction_id",
-            order.order_no,
-            tx.trade_state.as_str()
-        )
-    })?;
-    let transaction_id = TransactionId::parse(id)
-        .map_err(|e| format!("WeChat Pay transaction_id of order {}: {e}", order.order_no))?;
-    let amount = tx
-        .amount
-        .as_ref()
-        .and_then(|a| a.total.or(a.payer_total))
-        .map_or(Ok(order.total), Fen::new)
-        .map_err(|e| format!("WeChat Pay amount of order {}: {e}", order.order_no))?;
-    let success_time = tx
-        .success_time
+/// The payment WeChat Pay reports, as the store records it, or the anomaly
+/// that forbids recording it: every field that moves money must be there
+/// and match the order (invariant 11).
+pub fn payment_record(order: &Order, tx: &Transaction) -> Result<PaymentRecord, (Anomaly, String)> {
+    let state = tx.trade_state;
+    let transaction_id = tx
+        .transaction_id
         .as_deref()
-        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-        .map_or_else(Utc::now, |t| t.with_timezone(&Utc));
+        .ok_or_else(|| {
+            (
+                Anomaly::MissingTransactionId,
+                format!("WeChat Pay reports the order {state} without a transaction_id"),
+            )
+        })
+        .and_then(|id| {
+            TransactionId::parse(id).map_err(|e| {
+                (
+                    Anomaly::MissingTransactionId,
+                    format!(
+                        "WeChat Pay reports the order {state} with an unusable transaction_id: {e}"
+                    ),
+                )
+            })
+        })?;
+    let (total, currency) = match tx.amount.as_ref() {
+        Some(a) => match a.total {
+            Some(total) => (total, a.currency.as_deref()),
+            None => {
+                return Err((
+                    Anomaly::MissingAmount,
+                    format!("WeChat Pay reports transaction {transaction_id} ({state}) without amount.total; the order's total is {} fen", order.total.get()),
+                ))
+            }
+        },
+        None => {
+            return Err((
+                Anomaly::MissingAmount,
+                format!("WeChat Pay reports transaction {transaction_id} ({state}) without an amount; the order's total is {} fen", order.total.get()),
+            ))
+        }
+    };
+    if total != order.total.get() || currency != Some("CNY") {
+        return Err((
+            Anomaly::AmountMismatch,
+            format!(
+                "WeChat Pay reports transaction {transaction_id} ({state}) for {total} fen in {}, the order's total is {} fen in CNY",
+                currency.unwrap_or("(no currency)"),
+                order.total.get()
+            ),
+        ));
+    }
+    let amount = Fen::new(total).map_err(|e| (Anomaly::AmountMismatch, e.to_string()))?;
+    let success_time = match tx.success_time.as_deref() {
+        Some(t) => DateTime::parse_from_rfc3339(t)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|e| {
+                (
+                    Anomaly::BadSuccessTime,
+                    format!("WeChat Pay reports transaction {transaction_id} ({state}) with success_time {t:?}, which is not RFC 3339: {e}"),
+                )
+            })?,
+        None => {
+            return Err((
+                Anomaly::BadSuccessTime,
+                format!("WeChat Pay reports transaction {transaction_id} ({state}) without a success_time"),
+            ))
+        }
+    };
     Ok(PaymentRecord {
         transaction_id,
         amount,
         success_time,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use payment_client::Amount;
+
+    use super::*;
+
+    fn order(total: i64) -> Order {
+        let now = Utc::now();
+        Order {
+            id: 1,
+            order_no: OrderNo::parse("ORDER123456").unwrap(),
+            status: OrderStatus::PendingPayment,
+            total: Fen::new(total).unwrap(),
+            deadline: now,
+            created_at: now,
+            updated_at: now,
+            paid_at: None,
+            closed_at: None,
+            close_reason: None,
+            anomaly: None,
+            recheck_at: None,
+            next_check_at: None,
+            check_failures: 0,
+        }
+    }
+
+    fn paid(total: Option<i64>, currency: Option<&str>) -> Transaction {
+        Transaction {
+            trade_state: TradeState::Success,
+            trade_state_desc: None,
+            out_trade_no: Some("ORDER123456".into()),
+            transaction_id: Some("4200000000000000000000000001".into()),
+            mchid: Some("1900000001".into()),
+            appid: None,
+            trade_type: None,
+            bank_type: None,
+            attach: None,
+            success_time: Some("2026-11-26T18:30:00+08:00".into()),
+            payer: None,
+            amount: Some(Amount {
+                total,
+                payer_total: total,
+                currency: currency.map(str::to_owned),
+                payer_currency: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_matching_payment_is_recorded_with_its_own_time() {
+        let p = payment_record(&order(200), &paid(Some(200), Some("CNY"))).unwrap();
+        assert_eq!(p.amount.get(), 200);
+        assert_eq!(p.success_time.to_rfc3339(), "2026-11-26T10:30:00+00:00");
+    }
+
+    #[test]
+    fn every_field_that_moves_money_must_match() {
+        let o = order(200);
+        let kind = |tx: &Transaction| payment_record(&o, tx).unwrap_err();
+
+        let (a, detail) = kind(&paid(Some(100), Some("CNY")));
+        assert_eq!(a, Anomaly::AmountMismatch);
+        assert!(
+            detail.contains("100 fen") && detail.contains("200 fen"),
+            "{detail}"
+        );
+        assert_eq!(
+            kind(&paid(Some(200), Some("USD"))).0,
+            Anomaly::AmountMismatch
+        );
+        assert_eq!(kind(&paid(Some(200), None)).0, Anomaly::AmountMismatch);
+        assert_eq!(kind(&paid(None, Some("CNY"))).0, Anomaly::MissingAmount);
+        let mut no_amount = paid(Some(200), Some("CNY"));
+        no_amount.amount = None;
+        assert_eq!(kind(&no_amount).0, Anomaly::MissingAmount);
+        let mut bad_time = paid(Some(200), Some("CNY"));
+        bad_time.success_time = Some("yesterday".into());
+        assert_eq!(kind(&bad_time).0, Anomaly::BadSuccessTime);
+        bad_time.success_time = None;
+        assert_eq!(kind(&bad_time).0, Anomaly::BadSuccessTime);
+        let mut no_id = paid(Some(200), Some("CNY"));
+        no_id.transaction_id = None;
+        assert_eq!(kind(&no_id).0, Anomaly::MissingTransactionId);
+        no_id.transaction_id = Some("has space".into());
+        assert_eq!(kind(&no_id).0, Anomaly::MissingTransactionId);
+    }
 }

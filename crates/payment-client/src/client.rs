@@ -12,7 +12,7 @@ use crate::config::{Config, ConfigError};
 use crate::error::{Error, DEFAULT_RATE_LIMIT_BACKOFF};
 use crate::model::{CloseOutcome, QueryOutcome, RawTransaction};
 use crate::signing::{self, MerchantKey};
-use crate::verify::{self, KeyStore};
+use crate::verify::{self, KeyStore, ReplayGuard};
 
 /// `User-Agent` of every request: WeChat Pay refuses requests without one.
 pub const USER_AGENT: &str = concat!("order-timeout/", env!("CARGO_PKG_VERSION"));
@@ -51,6 +51,7 @@ pub struct Client {
     /// Sent as `Wechatpay-Serial` on requests in public key mode.
     public_key_id: Option<String>,
     keys: KeyStore,
+    replays: ReplayGuard,
 }
 
 impl fmt::Debug for Client {
@@ -172,26 +173,7 @@ impl Client {
         if base_url.starts_with("http://") {
             log::warn!("WeChat Pay base URL {base_url} is plain http: fine for a local simulator, never for production");
         }
-
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_connect(Some(config.connect_timeout))
-            .timeout_global(Some(config.timeout))
-            // Status codes are answers to verify and classify, not errors.
-            .http_status_as_error(false)
-            // A signed request must not wander to another host.
-            .max_redirects(0)
-            .user_agent(USER_AGENT)
-            // The signature covers the body as sent: no transparent decoding.
-            .accept_encoding(ureq::config::AutoHeaderValue::None)
-            // One idle connection per thread sharing the client.
-            .max_idle_connections(config.max_idle_connections)
-            .max_idle_connections_per_host(config.max_idle_connections)
-            // Answers are a few hundred bytes; ureq's 128 KiB default buffers
-            // per connection would cost megabytes with dozens of threads.
-            .input_buffer_size(IO_BUFFER_SIZE)
-            .output_buffer_size(IO_BUFFER_SIZE)
-            .build()
-            .into();
+        let agent = build_agent(&config)?;
 
         Ok(Self {
             agent,
@@ -202,6 +184,7 @@ impl Client {
             merchant_key,
             public_key_id,
             keys,
+            replays: ReplayGuard::new(ReplayGuard::DEFAULT_CAPACITY),
         })
     }
 
@@ -224,16 +207,26 @@ impl Client {
                         status: 200,
                         reason: format!("query answer is not a transaction: {e}"),
                     })?;
-                if let Some(other) = raw.out_trade_no.as_deref().filter(|o| *o != out_trade_no) {
+                // The answer must name the order and the merchant asked
+                // about: absent counts as different. Nothing may ever be
+                // settled on an answer about another order.
+                if raw.out_trade_no.as_deref() != Some(out_trade_no) {
                     return Err(Error::UnexpectedResponse {
                         status: 200,
-                        reason: format!("asked about {out_trade_no}, got an answer about {other}"),
+                        reason: format!(
+                            "asked about {out_trade_no}, got an answer about {}",
+                            raw.out_trade_no.as_deref().unwrap_or("(no out_trade_no)")
+                        ),
                     });
                 }
-                if let Some(other) = raw.mchid.as_deref().filter(|m| *m != self.mchid) {
+                if raw.mchid.as_deref() != Some(self.mchid.as_str()) {
                     return Err(Error::UnexpectedResponse {
                         status: 200,
-                        reason: format!("answer is for merchant {other}, not {}", self.mchid),
+                        reason: format!(
+                            "answer is for merchant {}, not {}",
+                            raw.mchid.as_deref().unwrap_or("(no mchid)"),
+                            self.mchid
+                        ),
                     });
                 }
                 raw.into_transaction()
@@ -344,8 +337,17 @@ impl Client {
             header(headers, "Request-ID").unwrap_or("-"),
         );
 
+        let now = unix_now();
         self.keys
-            .verify(|name| header(headers, name), &resp_body, unix_now())
+            .verify(|name| header(headers, name), &resp_body, now)
+            .and_then(|()| {
+                // Verified above: both headers are present and valid.
+                let ts = header(headers, verify::HEADER_TIMESTAMP)
+                    .and_then(|t| t.parse().ok())
+                    .unwrap_or_default();
+                let nonce = header(headers, verify::HEADER_NONCE).unwrap_or_default();
+                self.replays.check(ts, nonce, now)
+            })
             .map_err(|reason| Error::Unverified { status, reason })?;
 
         Ok(Verified {
@@ -354,6 +356,44 @@ impl Client {
             body: resp_body,
         })
     }
+}
+
+/// The one HTTP agent of a client: no redirects, no decompression, small
+/// buffers, idle connections for the threads, and a proxy only when asked.
+fn build_agent(config: &Config) -> Result<ureq::Agent, ConfigError> {
+    // Only an explicit setting routes WeChat Pay calls through a proxy:
+    // ureq would otherwise follow ALL_PROXY/HTTPS_PROXY/HTTP_PROXY from
+    // the environment, sending signed requests wherever they point.
+    let proxy = match &config.proxy {
+        Some(url) => Some(
+            ureq::Proxy::new(url.expose()).map_err(|_| ConfigError::Invalid {
+                setting: "WECHATPAY_PROXY",
+                reason: "expected a proxy URL such as http://proxy.internal:3128".to_owned(),
+            })?,
+        ),
+        None => None,
+    };
+
+    Ok(ureq::Agent::config_builder()
+        .proxy(proxy)
+        .timeout_connect(Some(config.connect_timeout))
+        .timeout_global(Some(config.timeout))
+        // Status codes are answers to verify and classify, not errors.
+        .http_status_as_error(false)
+        // A signed request must not wander to another host.
+        .max_redirects(0)
+        .user_agent(USER_AGENT)
+        // The signature covers the body as sent: no transparent decoding.
+        .accept_encoding(ureq::config::AutoHeaderValue::None)
+        // One idle connection per thread sharing the client.
+        .max_idle_connections(config.max_idle_connections)
+        .max_idle_connections_per_host(config.max_idle_connections)
+        // Answers are a few hundred bytes; ureq's 128 KiB default buffers
+        // per connection would cost megabytes with dozens of threads.
+        .input_buffer_size(IO_BUFFER_SIZE)
+        .output_buffer_size(IO_BUFFER_SIZE)
+        .build()
+        .into())
 }
 
 fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
@@ -379,12 +419,28 @@ fn check_base_url(url: &str) -> Result<String, String> {
     let bare = uri
         .path_and_query()
         .is_none_or(|pq| pq.as_str().is_empty() || pq.as_str() == "/");
-    if !scheme_ok || uri.host().is_none() || !bare {
+    let Some(host) = uri.host().filter(|_| scheme_ok && bare) else {
         return Err(format!(
             "{url:?}: expected scheme and host only, e.g. https://api.mch.weixin.qq.com"
         ));
+    };
+    // Signed requests and the answers we act on must not cross a network in
+    // clear: plain http only to this machine (a local simulator).
+    if uri.scheme_str() == Some("http") && !is_loopback(host) {
+        return Err(format!(
+            "{url:?}: plain http is allowed only to this machine (127.0.0.0/8, ::1, localhost); use https"
+        ));
     }
     Ok(url.to_owned())
+}
+
+/// `localhost`, an address in 127.0.0.0/8, or `::1` (bracketed in a URI).
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn parse_retry_after(v: &str) -> Option<Duration> {
@@ -497,6 +553,25 @@ mod tests {
             check_base_url("http://127.0.0.1:8099").unwrap(),
             "http://127.0.0.1:8099"
         );
+        for loopback in [
+            "http://127.0.0.2:1",
+            "http://localhost:8099",
+            "http://LOCALHOST",
+            "http://[::1]:8099",
+        ] {
+            assert!(check_base_url(loopback).is_ok(), "{loopback}");
+        }
+        for remote in [
+            "http://api.mch.weixin.qq.com",
+            "http://10.0.0.1:8099",
+            "http://[::2]:80",
+            "http://localhost.example.com",
+            "http://128.0.0.1",
+        ] {
+            let err = check_base_url(remote).unwrap_err();
+            assert!(err.contains("plain http"), "{remote}: {err}");
+        }
+        assert!(check_base_url("https://10.0.0.1:8443").is_ok());
         assert!(check_base_url("https://example.com/prefix").is_err());
         assert!(check_base_url("ftp://example.com").is_err());
         assert!(check_base_url("api.mch.weixin.qq.com").is_err());

@@ -7,6 +7,7 @@
 //! `WECHATPAY_MERCHANT_KEY_FILE`, `WECHATPAY_PUBLIC_KEY_ID`,
 //! `WECHATPAY_PUBLIC_KEY_FILE`); this crate never reads the environment.
 
+use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -64,6 +65,48 @@ pub struct Config {
     /// number of threads sharing the client, or most calls pay a new TCP
     /// (and TLS) handshake.
     pub max_idle_connections: usize,
+    /// An HTTP(S) proxy for WeChat Pay calls (`WECHATPAY_PROXY`). Proxy
+    /// variables of the environment (`HTTPS_PROXY`, `ALL_PROXY`, ...) are
+    /// never followed: only this setting routes calls through a proxy.
+    pub proxy: Option<ProxyUrl>,
+}
+
+/// A proxy URL, which may carry a password: `Debug` and `Display` hide it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ProxyUrl(String);
+
+impl ProxyUrl {
+    #[must_use]
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+
+    /// The URL with its password, for the HTTP client only.
+    #[must_use]
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ProxyUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `scheme://user:password@host` -> `scheme://user:***@host`
+        let (scheme, rest) = self.0.split_once("://").unwrap_or(("", &self.0));
+        let sep = if scheme.is_empty() { "" } else { "://" };
+        match rest.split_once('@') {
+            Some((userinfo, host)) => {
+                let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+                write!(f, "{scheme}{sep}{user}:***@{host}")
+            }
+            None => f.write_str(&self.0),
+        }
+    }
+}
+
+impl fmt::Debug for ProxyUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ProxyUrl({self})")
+    }
 }
 
 impl Config {
@@ -86,7 +129,15 @@ impl Config {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             timeout: DEFAULT_TIMEOUT,
             max_idle_connections: 10,
+            proxy: None,
         }
+    }
+
+    /// Routes every call through this proxy.
+    #[must_use]
+    pub fn with_proxy(mut self, url: ProxyUrl) -> Self {
+        self.proxy = Some(url);
+        self
     }
 
     #[must_use]
@@ -111,7 +162,7 @@ impl Config {
         self
     }
 
-    /// Points the client elsewhere (a simulator, a proxy). Clears the backup
+    /// Points the client elsewhere (a simulator). Clears the backup
     /// domain: a fallback from a local URL to the real API would be wrong.
     #[must_use]
     pub fn with_base_url(mut self, base_url: impl Into<String>) -> Self {
@@ -155,4 +206,22 @@ pub enum ConfigError {
     },
     #[error("cannot set up the HTTP client: {0}")]
     Http(#[source] ureq::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_proxy_password_never_prints() {
+        let p = ProxyUrl::new("http://ops:s3cret@proxy.internal:3128");
+        assert_eq!(p.to_string(), "http://ops:***@proxy.internal:3128");
+        assert!(!format!("{p:?}").contains("s3cret"));
+        let c = Config::new("1", "AB", "/k.pem").with_proxy(p);
+        assert!(!format!("{c:?}").contains("s3cret"));
+        assert_eq!(
+            ProxyUrl::new("http://proxy:3128").to_string(),
+            "http://proxy:3128"
+        );
+    }
 }

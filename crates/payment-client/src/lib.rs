@@ -29,7 +29,7 @@ pub mod verify;
 
 pub use client::{validate_out_trade_no, Client, USER_AGENT};
 pub use config::{
-    Config, ConfigError, PlatformCertificateConfig, PublicKeyConfig, BACKUP_BASE_URL,
+    Config, ConfigError, PlatformCertificateConfig, ProxyUrl, PublicKeyConfig, BACKUP_BASE_URL,
     DEFAULT_BASE_URL, DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT,
 };
 pub use error::Error;

@@ -164,7 +164,6 @@ impl RawTransaction {
 // matters and make every match clumsier.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum QueryOutcome {
     Found(Transaction),
     /// 404 `ORDER_NOT_EXIST`: WeChat Pay never saw a prepay order with this
@@ -174,7 +173,6 @@ pub enum QueryOutcome {
 
 /// Result of closing a payment order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum CloseOutcome {
     /// 204. Not proof that nothing was paid: query again before acting.
     Closed,

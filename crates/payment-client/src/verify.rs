@@ -6,11 +6,15 @@
 //! base64 `Wechatpay-Signature` must verify (SHA256withRSA, PKCS#1 v1.5) under
 //! the key named by `Wechatpay-Serial`: a WeChat Pay public key id
 //! (`PUB_KEY_ID_...`) or a platform certificate serial. A timestamp 5 minutes
-//! or more away from our clock is refused (replayed or badly delayed).
+//! or more away from our clock is refused (replayed or badly delayed), and
+//! [`ReplayGuard`] refuses a signed answer seen before within that window.
 
-use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
+use std::hash::BuildHasher;
 use std::path::Path;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use openssl::hash::MessageDigest;
@@ -43,6 +47,73 @@ pub enum VerifyError {
     StaleTimestamp { skew_secs: u64 },
     #[error("signature does not match")]
     BadSignature,
+    #[error("replayed: this signed answer (timestamp and nonce) was received before")]
+    Replayed,
+}
+
+/// Remembers the signed answers (timestamp and nonce) verified in the last
+/// [`MAX_CLOCK_SKEW`], so that a copy of one of them is refused: older
+/// copies fail the timestamp check anyway. Bounded: it keeps at most
+/// `capacity` entries (16 bytes each plus the set's overhead), evicting the
+/// oldest first, so under a load above `capacity` answers per 5 minutes it
+/// covers a shorter window; the timestamp check still bounds the rest.
+pub struct ReplayGuard {
+    /// A keyed hash, so answers cannot be crafted to collide.
+    hasher: RandomState,
+    capacity: usize,
+    seen: Mutex<Seen>,
+}
+
+#[derive(Default)]
+struct Seen {
+    set: HashSet<u64>,
+    /// (timestamp, hash), oldest first.
+    order: VecDeque<(u64, u64)>,
+}
+
+impl fmt::Debug for ReplayGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReplayGuard")
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReplayGuard {
+    /// Default capacity: 65,536 answers (about 2 MiB).
+    pub const DEFAULT_CAPACITY: usize = 1 << 16;
+
+    #[must_use]
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            hasher: RandomState::new(),
+            capacity: capacity.max(1),
+            seen: Mutex::new(Seen::default()),
+        }
+    }
+
+    /// Records the answer identified by `timestamp` and `nonce`, received at
+    /// `now_unix`; `Err(Replayed)` if it was recorded before.
+    pub fn check(&self, timestamp: u64, nonce: &str, now_unix: u64) -> Result<(), VerifyError> {
+        let key = self.hasher.hash_one((timestamp, nonce));
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let horizon = now_unix.saturating_sub(MAX_CLOCK_SKEW.as_secs());
+        while let Some(&(ts, old)) = seen.order.front() {
+            if ts >= horizon && seen.order.len() < self.capacity {
+                break;
+            }
+            seen.order.pop_front();
+            seen.set.remove(&old);
+        }
+        if !seen.set.insert(key) {
+            return Err(VerifyError::Replayed);
+        }
+        seen.order.push_back((timestamp.max(now_unix), key));
+        Ok(())
+    }
 }
 
 /// The message a response signature covers.
@@ -311,6 +382,28 @@ mod tests {
             check(&h, b"", NOW),
             Err(VerifyError::InvalidHeader(HEADER_TIMESTAMP))
         );
+    }
+
+    #[test]
+    fn a_replayed_answer_is_refused_within_the_window() {
+        let guard = ReplayGuard::new(100);
+        guard.check(NOW, "n1", NOW).unwrap();
+        guard.check(NOW, "n2", NOW).unwrap();
+        assert_eq!(guard.check(NOW, "n1", NOW + 10), Err(VerifyError::Replayed));
+        // Same nonce, other timestamp: another answer.
+        guard.check(NOW + 1, "n1", NOW + 10).unwrap();
+        // Past the window the entry is forgotten (the skew check refuses it).
+        guard.check(NOW, "n2", NOW + 301 + 300).unwrap();
+    }
+
+    #[test]
+    fn the_replay_guard_stays_within_its_capacity() {
+        let guard = ReplayGuard::new(3);
+        for i in 0..10 {
+            guard.check(NOW, &format!("n{i}"), NOW).unwrap();
+        }
+        let seen = guard.seen.lock().unwrap();
+        assert!(seen.set.len() <= 3 && seen.order.len() <= 3);
     }
 
     #[test]

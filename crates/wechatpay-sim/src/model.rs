@@ -14,8 +14,12 @@ pub struct Order {
     pub amount_total: i64,
     pub payer_total: Option<i64>,
     pub transaction_id: Option<String>,
-    /// RFC 3339.
+    /// RFC 3339 (any string: tests send garbage on purpose).
     pub success_time: Option<String>,
+    /// `amount.currency` of answers (`CNY` unless a test says otherwise).
+    pub currency: String,
+    /// Answer without any `amount` object.
+    pub omit_amount: bool,
     /// Faults for requests about this order; they win over the global ones.
     pub faults: Option<Faults>,
     /// Read-only counters, filled in by the simulator.
@@ -31,6 +35,8 @@ impl Default for Order {
             payer_total: None,
             transaction_id: None,
             success_time: None,
+            currency: "CNY".to_owned(),
+            omit_amount: false,
             faults: None,
             queries: 0,
             closes: 0,
@@ -82,6 +88,19 @@ pub struct Faults {
     pub unsigned: bool,
     /// Close answers 204 but leaves the order as it was.
     pub close_noop: bool,
+    /// The query answer names this `out_trade_no` instead of the one asked
+    /// about (an answer about another order).
+    pub answer_out_trade_no: Option<String>,
+    /// The query answer names this `mchid` instead of the signer's.
+    pub answer_mchid: Option<String>,
+    /// The query answer has no `out_trade_no` field.
+    pub omit_out_trade_no: bool,
+    /// The query answer has no `mchid` field.
+    pub omit_mchid: bool,
+    /// Instead of answering, send again, byte for byte and with its
+    /// original signature headers, the last signed answer given about this
+    /// `out_trade_no` (a replayed answer).
+    pub replay_answer_of: Option<String>,
     /// Only for this endpoint (both when absent).
     pub only: Option<Endpoint>,
     /// Only for the next N matching requests, then the faults clear

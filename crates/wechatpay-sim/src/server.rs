@@ -67,11 +67,13 @@ pub enum SimError {
     Thread(#[source] std::io::Error),
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct State {
     orders: HashMap<String, Order>,
     global_faults: Option<Faults>,
     stats: Stats,
+    /// The last signed API answer about each `out_trade_no`, for replays.
+    last_answers: HashMap<String, Reply>,
 }
 
 struct Shared {
@@ -209,6 +211,7 @@ impl Drop for Simulator {
 }
 
 /// One answer before it is put on the wire.
+#[derive(Clone)]
 struct Reply {
     status: u16,
     body: Vec<u8>,
@@ -338,8 +341,28 @@ fn api(shared: &Shared, req: &Incoming) -> Reply {
     if faults.latency_ms > 0 {
         thread::sleep(Duration::from_millis(faults.latency_ms));
     }
-    let reply = api_answer(shared, req, call.as_ref(), &faults, &mchid);
-    sign(shared, reply, &faults)
+    if let Some(of) = &faults.replay_answer_of {
+        let earlier = shared.state().last_answers.get(of).cloned();
+        return earlier.unwrap_or_else(|| {
+            sign(
+                shared,
+                Reply::error(500, "SIM_FAULT", "nothing to replay for that out_trade_no"),
+                &Faults::default(),
+            )
+        });
+    }
+    let reply = sign(
+        shared,
+        api_answer(shared, req, call.as_ref(), &faults, &mchid),
+        &faults,
+    );
+    if let Some(call) = &call {
+        shared
+            .state()
+            .last_answers
+            .insert(call.out_trade_no.clone(), reply.clone());
+    }
+    reply
 }
 
 /// The faults that apply to this call (the order's own win over the global
@@ -445,7 +468,7 @@ fn api_answer(
         return reply;
     }
     match call.endpoint {
-        Endpoint::Query => query(shared, call, mchid),
+        Endpoint::Query => query(shared, call, mchid, faults),
         Endpoint::Close => close(shared, req, call, mchid, faults),
     }
 }
@@ -520,7 +543,7 @@ fn check_signature(shared: &Shared, req: &Incoming) -> Result<String, String> {
     }
 }
 
-fn query(shared: &Shared, call: &Call, mchid: &str) -> Reply {
+fn query(shared: &Shared, call: &Call, mchid: &str, faults: &Faults) -> Reply {
     if call.query_mchid.as_deref() != Some(mchid) {
         return Reply::error(
             400,
@@ -535,7 +558,23 @@ fn query(shared: &Shared, call: &Call, mchid: &str) -> Reply {
         return Reply::error(404, "ORDER_NOT_EXIST", "order does not exist");
     };
     order.queries += 1;
-    Reply::json(200, &transaction_json(mchid, &call.out_trade_no, order))
+    let mut answer = transaction_json(
+        faults.answer_mchid.as_deref().unwrap_or(mchid),
+        faults
+            .answer_out_trade_no
+            .as_deref()
+            .unwrap_or(&call.out_trade_no),
+        order,
+    );
+    if let Some(fields) = answer.as_object_mut() {
+        if faults.omit_out_trade_no {
+            fields.remove("out_trade_no");
+        }
+        if faults.omit_mchid {
+            fields.remove("mchid");
+        }
+    }
+    Reply::json(200, &answer)
 }
 
 fn lookup<'s>(state: &'s mut State, no: &str, auto_create: bool) -> Option<&'s mut Order> {
@@ -558,8 +597,11 @@ fn transaction_json(mchid: &str, out_trade_no: &str, order: &Order) -> serde_jso
         "PAYERROR" => "支付失败",
         _ => "",
     };
-    let mut amount =
-        json!({ "total": order.amount_total, "currency": "CNY", "payer_currency": "CNY" });
+    let mut amount = json!({
+        "total": order.amount_total,
+        "currency": order.currency,
+        "payer_currency": order.currency,
+    });
     let mut v = json!({
         "appid": "wxd678efh567hg6787",
         "mchid": mchid,
@@ -581,7 +623,9 @@ fn transaction_json(mchid: &str, out_trade_no: &str, order: &Order) -> serde_jso
         v["payer"] = json!({ "openid": "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o" });
         amount["payer_total"] = json!(order.payer_total.unwrap_or(order.amount_total));
     }
-    v["amount"] = amount;
+    if !order.omit_amount {
+        v["amount"] = amount;
+    }
     v
 }
 

@@ -42,7 +42,9 @@ fn eight_threads_closing_one_order_give_its_stock_back_exactly_once() {
     load(&mut conn, "MUG", 10, 100);
     let o = order(&mut conn, &[("TEA", 3), ("MUG", 1)]);
     let no = o.order_no.clone();
-    let outcomes = race(&db, 8, move |_, c| close_unpaid(c, &no, "race").unwrap());
+    let outcomes = race(&db, 8, move |_, c| {
+        close_unpaid(c, &no, "race", None).unwrap()
+    });
     let closed = outcomes
         .iter()
         .filter(|o| matches!(o, CloseOutcome::Closed { .. }))
@@ -124,7 +126,7 @@ fn close_racing_mark_paid_has_exactly_one_winner_per_order() {
             .enumerate()
             .map(|(k, no)| {
                 if i == 0 {
-                    Ok(close_unpaid(c, no, "race").unwrap())
+                    Ok(close_unpaid(c, no, "race", None).unwrap())
                 } else {
                     Err(mark_paid(c, no, &payment(&format!("tx-{k}"), 200)).unwrap())
                 }

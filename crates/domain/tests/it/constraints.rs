@@ -118,16 +118,16 @@ fn conservation_holds_through_a_mixed_history() {
     for (i, no) in orders.iter().enumerate() {
         match i % 4 {
             0 => {
-                let _ = close_unpaid(&mut conn, no, "unpaid").unwrap();
+                let _ = close_unpaid(&mut conn, no, "unpaid", None).unwrap();
             }
             1 => {
                 let _ = mark_paid(&mut conn, no, &payment(&format!("tx-{i}"), 100)).unwrap();
             }
             2 => {
                 // Closed, then a late payment, then a duplicate close.
-                let _ = close_unpaid(&mut conn, no, "unpaid").unwrap();
+                let _ = close_unpaid(&mut conn, no, "unpaid", None).unwrap();
                 let _ = mark_paid(&mut conn, no, &payment(&format!("tx-{i}"), 100)).unwrap();
-                let _ = close_unpaid(&mut conn, no, "again").unwrap();
+                let _ = close_unpaid(&mut conn, no, "again", None).unwrap();
             }
             _ => {} // still pending
         }

@@ -151,19 +151,64 @@ fn pending_past_deadline_lists_only_overdue_pending_orders_oldest_first() {
     let b = create_order(&mut conn, &[line("TEA", 1)], Duration::from_secs(30)).unwrap();
     let closed = create_order(&mut conn, &[line("TEA", 1)], short).unwrap();
     let _later = create_order(&mut conn, &[line("TEA", 1)], Duration::from_hours(1)).unwrap();
-    let _ = domain::close_unpaid(&mut conn, &closed.order_no, "test").unwrap();
+    let _ = domain::close_unpaid(&mut conn, &closed.order_no, "test", None).unwrap();
 
-    let in_two_minutes = chrono::Utc::now() + chrono::Duration::minutes(2);
-    let overdue: Vec<_> = pending_past_deadline(&mut conn, in_two_minutes, 10)
+    let now = chrono::Utc::now();
+    let in_two_minutes = now + chrono::Duration::minutes(2);
+    let overdue: Vec<_> = pending_past_deadline(&mut conn, in_two_minutes, now, None, 10)
         .unwrap()
         .into_iter()
         .map(|o| o.order_no)
         .collect();
-    assert_eq!(overdue, [b.order_no.clone(), a.order_no]);
-    let limited = pending_past_deadline(&mut conn, in_two_minutes, 1).unwrap();
+    assert_eq!(overdue, [b.order_no.clone(), a.order_no.clone()]);
+    let limited = pending_past_deadline(&mut conn, in_two_minutes, now, None, 1).unwrap();
     assert_eq!(limited.len(), 1);
     assert_eq!(limited[0].order_no, b.order_no);
-    assert!(pending_past_deadline(&mut conn, chrono::Utc::now(), 10)
+    // The next page starts after the cursor of the last one seen.
+    let next = pending_past_deadline(&mut conn, in_two_minutes, now, Some(limited[0].cursor()), 1)
+        .unwrap();
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].order_no, a.order_no);
+    assert!(
+        pending_past_deadline(&mut conn, in_two_minutes, now, Some(next[0].cursor()), 1)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        pending_past_deadline(&mut conn, chrono::Utc::now(), now, None, 10)
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn the_sweep_pages_leave_out_deferred_orders_and_anomalies() {
+    let db = TestDb::new();
+    let mut conn = db.conn();
+    load(&mut conn, "TEA", 10, 100);
+    let nos: Vec<_> = (0..4)
+        .map(|_| {
+            create_order(&mut conn, &[line("TEA", 1)], Duration::from_secs(1))
+                .unwrap()
+                .order_no
+        })
+        .collect();
+    let now = chrono::Utc::now();
+    let later = now + chrono::Duration::minutes(10);
+    // Deferred: not before `later`.
+    assert!(domain::defer_check(&mut conn, &nos[0], later).unwrap());
+    // A human's.
+    let _ =
+        domain::record_anomaly(&mut conn, &nos[1], domain::Anomaly::AmountMismatch, "x").unwrap();
+    let listed: Vec<_> = pending_past_deadline(&mut conn, later, now, None, 10)
         .unwrap()
-        .is_empty());
+        .into_iter()
+        .map(|o| o.order_no)
+        .collect();
+    assert_eq!(listed, nos[2..]);
+    // Once the deferral has passed, it is back, with its failure counted.
+    let again = pending_past_deadline(&mut conn, later, later, None, 10).unwrap();
+    assert_eq!(again[0].order_no, nos[0]);
+    assert_eq!(again[0].check_failures, 1);
+    assert_eq!(again.len(), 3, "the anomaly stays out");
 }

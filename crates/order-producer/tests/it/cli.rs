@@ -25,10 +25,11 @@ fn stock(db: &TestDb, code: &str) -> u32 {
 fn migrate_creates_the_schema_and_a_second_run_changes_nothing() {
     let db = TestDb::empty();
     let url = db.url().expose().to_owned();
+    let all = domain::pending_migrations(&mut db.conn()).unwrap().len();
     let first = producer(&url, &["migrate"]);
     assert!(first.status.success(), "{}", stderr(&first));
     assert!(
-        stderr(&first).contains("applied 1 migration"),
+        stderr(&first).contains(&format!("applied {all} migration")),
         "{}",
         stderr(&first)
     );

@@ -310,6 +310,7 @@ fn status_reports_queues_orders_backlog_refunds_and_stock() {
         &mut env.db.conn(),
         &domain::OrderNo::parse(&orders[0]).unwrap(),
         "t",
+        None,
     )
     .unwrap();
     env.ok(&["relay", "--once"]);

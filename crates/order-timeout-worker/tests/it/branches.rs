@@ -110,7 +110,8 @@ fn refund_is_compensated_as_paid() {
             &wechatpay_sim::Order {
                 trade_state: "REFUND".into(),
                 transaction_id: Some("4200000000000000000000000001".into()),
-                amount_total: 200,
+                success_time: Some("2026-11-26T16:00:00+08:00".into()),
+                amount_total: crate::support::ORDER_TOTAL_FEN,
                 ..Default::default()
             },
         )
@@ -218,7 +219,7 @@ fn a_late_payment_after_close_is_recorded_for_refund_by_settle() {
                 trade_state: "SUCCESS".into(),
                 transaction_id: Some("4200000000000000000000000077".into()),
                 success_time: Some("2026-11-26T16:00:00+08:00".into()),
-                amount_total: 200,
+                amount_total: crate::support::ORDER_TOTAL_FEN,
                 ..Default::default()
             },
         )
@@ -233,7 +234,7 @@ fn a_late_payment_after_close_is_recorded_for_refund_by_settle() {
     let payments = domain::payments_of(&mut stack.db.conn(), &no).unwrap();
     assert_eq!(payments.len(), 1);
     assert!(payments[0].paid_after_close);
-    assert_eq!(payments[0].amount.get(), 200);
+    assert_eq!(payments[0].amount.get(), crate::support::ORDER_TOTAL_FEN);
     assert_eq!(stack.status(&no), OrderStatus::Closed);
     assert_eq!(stack.stock("TEA"), 1000, "stock stays given back");
     // Again: nothing more recorded.

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use amiquip::{AmqpProperties, AmqpValue, Publish};
+use amiquip::{AmqpProperties, Publish};
 use domain::OrderStatus;
 
 use crate::Stack;
@@ -56,12 +56,19 @@ fn poison_messages_are_parked_with_the_reason_and_the_rest_flows() {
             .iter()
             .find(|(parked_body, _)| parked_body == body)
             .expect("the body is kept as it was");
-        let headers = props.headers().as_ref().unwrap();
-        let Some(AmqpValue::LongString(reason)) = headers.get("x-ot-reason") else {
-            panic!("no reason: {headers:?}");
+        let (reason, detail) = crate::support::reason_of(props);
+        let want = if *why == "unknown order" {
+            "unknown_order"
+        } else {
+            "poison"
         };
-        assert!(reason.contains(why), "{reason:?} should say {why:?}");
-        assert!(headers.contains_key("x-ot-parked-at"));
+        assert_eq!(reason, want, "{detail}");
+        assert!(detail.contains(why), "{detail:?} should say {why:?}");
+        assert!(props
+            .headers()
+            .as_ref()
+            .unwrap()
+            .contains_key("x-ot-parked-at"));
     }
     assert_eq!(stack.depth("queue.ordertimeout"), 0);
     stack.assert_conserved();

@@ -16,6 +16,8 @@ use order_timeout_worker::{ConsumerSettings, Settler, Worker};
 use wechatpay_sim::{ClientFiles, SimKeys, Simulator};
 
 pub(crate) const WINDOW: Duration = Duration::from_millis(300);
+/// The total of [`Stack::order`]'s orders, in fen.
+pub(crate) const ORDER_TOTAL_FEN: i64 = 100;
 
 fn keys() -> &'static SimKeys {
     static KEYS: OnceLock<SimKeys> = OnceLock::new();
@@ -78,12 +80,14 @@ impl Stack {
         topology.declare(&mut conn, vhost.url()).unwrap();
         let _ = conn.close();
         let mut c = db.conn();
+        // 50 fen each: an order of 2 TEA costs 100 fen, the simulator's
+        // default amount, so a simulated payment matches the order.
         for (sku, n) in [("TEA", 1000), ("MUG", 1000)] {
             let _ = domain::set_stock(
                 &mut c,
                 &domain::SkuCode::parse(sku).unwrap(),
                 domain::StockLevel::new(n).unwrap(),
-                Some(domain::Fen::new(100).unwrap()),
+                Some(domain::Fen::new(ORDER_TOTAL_FEN / 2).unwrap()),
             )
             .unwrap();
         }
@@ -268,6 +272,12 @@ impl Stack {
             .put_order(no.as_str(), &wechatpay_sim::Order::in_state(state))
             .unwrap();
     }
+}
+
+/// The `x-ot-reason` code and `x-ot-detail` text of a parked or retried copy.
+pub(crate) fn reason_of(props: &amiquip::AmqpProperties) -> (String, String) {
+    let text = |key| broker::headers::text_of(props, key).unwrap_or_default();
+    (text(broker::headers::REASON), text(broker::headers::DETAIL))
 }
 
 /// A worker running in a thread of this process.

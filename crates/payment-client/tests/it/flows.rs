@@ -10,7 +10,7 @@ use crate::support::env;
 fn found(outcome: QueryOutcome) -> payment_client::Transaction {
     match outcome {
         QueryOutcome::Found(t) => t,
-        other => panic!("expected a transaction, got {other:?}"),
+        other @ QueryOutcome::NotFound => panic!("expected a transaction, got {other:?}"),
     }
 }
 

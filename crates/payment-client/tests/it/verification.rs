@@ -174,7 +174,7 @@ fn platform_certificate_mode() {
     let client = Client::new(config).unwrap();
     match client.query_by_out_trade_no("CERTMODE01").unwrap() {
         QueryOutcome::Found(t) => assert_eq!(t.trade_state, TradeState::Revoked),
-        other => panic!("{other:?}"),
+        other @ QueryOutcome::NotFound => panic!("{other:?}"),
     }
     // The same client does not trust the public key id it was not given.
     sim.admin()

@@ -1,0 +1,184 @@
+//! What follows an order's first answer from WeChat Pay when that answer
+//! does not settle it for good: anomalies left for a human, the one recheck
+//! after a close on `ORDER_NOT_EXIST`, and the sweep's back-off per order.
+//!
+//! None of these moves an order between statuses or touches stock: they
+//! only record what was seen and when to look again.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+
+use crate::error::StoreError;
+use crate::models::corrupt;
+use crate::order_no::OrderNo;
+use crate::orders::record_event;
+use crate::schema::{order_events, orders};
+use crate::values::{Anomaly, OrderStatus};
+
+/// What [`record_anomaly`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum AnomalyOutcome {
+    /// The anomaly is now on the order, with an `anomaly` event.
+    Recorded,
+    /// The order already carried this anomaly; nothing changed.
+    AlreadyRecorded,
+    /// No order has this number.
+    NotFound,
+}
+
+/// Marks the order as needing a human because of `anomaly`, with an
+/// `anomaly` event whose detail is `detail` (say what was expected and what
+/// WeChat Pay said). Status and stock are left alone: a pending order keeps
+/// its stock held, and the sweep no longer takes it.
+///
+/// Repeat with the same anomaly: `AlreadyRecorded`, nothing changes (a
+/// redelivered message adds no second event). Another anomaly replaces it
+/// and is recorded as a new event.
+pub fn record_anomaly(
+    conn: &mut PgConnection,
+    order_no: &OrderNo,
+    anomaly: Anomaly,
+    detail: &str,
+) -> Result<AnomalyOutcome, StoreError> {
+    conn.transaction(|conn| {
+        let now = Utc::now();
+        let updated: Option<i64> = diesel::update(
+            orders::table
+                .filter(orders::order_no.eq(order_no.as_str()))
+                .filter(
+                    orders::anomaly
+                        .is_null()
+                        .or(orders::anomaly.ne(anomaly.as_str())),
+                ),
+        )
+        .set((
+            orders::anomaly.eq(anomaly.as_str()),
+            orders::anomaly_at.eq(now),
+            orders::updated_at.eq(now),
+        ))
+        .returning(orders::id)
+        .get_result(conn)
+        .optional()?;
+        let Some(order_id) = updated else {
+            let exists: bool = diesel::select(diesel::dsl::exists(
+                orders::table.filter(orders::order_no.eq(order_no.as_str())),
+            ))
+            .get_result(conn)?;
+            return Ok(if exists {
+                AnomalyOutcome::AlreadyRecorded
+            } else {
+                AnomalyOutcome::NotFound
+            });
+        };
+        record_event(conn, order_id, "anomaly", &format!("{anomaly}: {detail}"))?;
+        Ok(AnomalyOutcome::Recorded)
+    })
+}
+
+/// An order that waits for a human.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NeedsHuman {
+    pub order_no: OrderNo,
+    pub status: OrderStatus,
+    pub anomaly: Anomaly,
+    pub since: DateTime<Utc>,
+    /// The detail of the latest `anomaly` event.
+    pub detail: String,
+}
+
+/// How many orders carry an anomaly. Read-only.
+pub fn needs_human_count(conn: &mut PgConnection) -> Result<i64, StoreError> {
+    Ok(orders::table
+        .filter(orders::anomaly.is_not_null())
+        .count()
+        .get_result(conn)?)
+}
+
+/// The orders that carry an anomaly, oldest first, at most `limit`.
+/// Read-only.
+pub fn needs_human(conn: &mut PgConnection, limit: i64) -> Result<Vec<NeedsHuman>, StoreError> {
+    type Row = (i64, String, String, Option<String>, Option<DateTime<Utc>>);
+    let rows: Vec<Row> = orders::table
+        .filter(orders::anomaly.is_not_null())
+        .order((orders::anomaly_at.asc(), orders::id.asc()))
+        .limit(limit)
+        .select((
+            orders::id,
+            orders::order_no,
+            orders::status,
+            orders::anomaly,
+            orders::anomaly_at,
+        ))
+        .load(conn)?;
+    rows.into_iter()
+        .map(|(id, no, status, anomaly, since)| {
+            let detail: Option<String> = order_events::table
+                .filter(order_events::order_id.eq(id))
+                .filter(order_events::kind.eq("anomaly"))
+                .order(order_events::id.desc())
+                .select(order_events::detail)
+                .first(conn)
+                .optional()?;
+            Ok(NeedsHuman {
+                order_no: OrderNo::parse(&no).map_err(|e| corrupt("orders.order_no", e))?,
+                status: OrderStatus::parse(&status).map_err(|e| corrupt("orders.status", e))?,
+                anomaly: Anomaly::parse(anomaly.as_deref().unwrap_or_default())
+                    .map_err(|e| corrupt("orders.anomaly", e))?,
+                since: since.ok_or_else(|| corrupt("orders.anomaly_at", "null"))?,
+                detail: detail.unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
+/// Ends a closed order's pending recheck, with a `recheck` event saying
+/// what was found. Returns false (and changes nothing) when no recheck was
+/// pending: a duplicate recheck message is then a no-op.
+pub fn finish_recheck(
+    conn: &mut PgConnection,
+    order_no: &OrderNo,
+    found: &str,
+) -> Result<bool, StoreError> {
+    conn.transaction(|conn| {
+        let now = Utc::now();
+        let done: Option<i64> = diesel::update(
+            orders::table
+                .filter(orders::order_no.eq(order_no.as_str()))
+                .filter(orders::recheck_at.is_not_null()),
+        )
+        .set((
+            orders::recheck_at.eq(None::<DateTime<Utc>>),
+            orders::next_check_at.eq(None::<DateTime<Utc>>),
+            orders::check_failures.eq(0),
+            orders::updated_at.eq(now),
+        ))
+        .returning(orders::id)
+        .get_result(conn)
+        .optional()?;
+        match done {
+            Some(order_id) => {
+                record_event(conn, order_id, "recheck", found)?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    })
+}
+
+/// Notes that the sweep could not settle the order now: counts the failure
+/// and keeps the sweep away from it until `next_check_at`. Returns false
+/// when there is no such order.
+pub fn defer_check(
+    conn: &mut PgConnection,
+    order_no: &OrderNo,
+    next_check_at: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let n = diesel::update(orders::table.filter(orders::order_no.eq(order_no.as_str())))
+        .set((
+            orders::next_check_at.eq(next_check_at),
+            orders::check_failures.eq(orders::check_failures + 1),
+        ))
+        .execute(conn)?;
+    Ok(n == 1)
+}

@@ -1,0 +1,176 @@
+//! The sweep: the safety net for lost messages and a stuck outbox. Every
+//! `--sweep-interval` one worker (an advisory lock) pages through the
+//! pending orders whose deadline passed more than `--sweep-grace` ago, and
+//! through the closed orders whose recheck is that overdue, and settles each
+//! through the same [`Settler::settle`] as messages.
+//!
+//! A pass always makes progress: it pages by keyset `(deadline, id)` to the
+//! end, however many of the oldest stay unsettled, and an order it cannot
+//! settle gets a `next_check_at` one step further up the retry ladder, so it
+//! is asked about at most once per step. Orders with an anomaly are left to
+//! a human (ARCHITECTURE.md, invariant 13).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use diesel::RunQueryDsl;
+use domain::{OverdueOrder, PgConnection, StoreError};
+
+use crate::consumer::{log_settlement, Worker};
+use crate::dispose::ladder;
+use crate::settle::{Settlement, Trigger};
+
+/// What one sweep pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Orders looked at (pending ones and rechecks).
+    pub looked_at: usize,
+    /// Of those, settled for good (or found settled).
+    pub settled: usize,
+    /// Of those, given a later `next_check_at`.
+    pub deferred: usize,
+}
+
+impl Worker {
+    /// One sweep pass. Only one worker sweeps at a time (an advisory lock);
+    /// returns `None` when another holds it.
+    pub fn sweep_once(&self) -> Result<Option<SweepReport>, StoreError> {
+        self.sweep_until(&AtomicBool::new(false))
+    }
+
+    /// [`Worker::sweep_once`], stopping between orders once `stop` is raised
+    /// (so SIGTERM is not held up by a long sweep).
+    pub fn sweep_until(&self, stop: &AtomicBool) -> Result<Option<SweepReport>, StoreError> {
+        #[derive(diesel::QueryableByName)]
+        struct Locked {
+            #[diesel(sql_type = diesel::sql_types::Bool)]
+            locked: bool,
+        }
+        const SWEEP_LOCK: i64 = 0x6f74_5f73_7765_6570; // "ot_sweep"
+        let mut conn = self
+            .settler
+            .pool()
+            .get()
+            .map_err(|e| StoreError::Connect(e.to_string()))?;
+        let locked = diesel::sql_query(format!(
+            "SELECT pg_try_advisory_lock({SWEEP_LOCK}) AS locked"
+        ))
+        .get_result::<Locked>(&mut conn)?
+        .locked;
+        if !locked {
+            return Ok(None);
+        }
+        let result = self.sweep_pass(&mut conn, stop);
+        let _ = diesel::sql_query(format!("SELECT pg_advisory_unlock({SWEEP_LOCK})"))
+            .execute(&mut conn);
+        result.map(Some)
+    }
+
+    fn sweep_pass(
+        &self,
+        conn: &mut PgConnection,
+        stop: &AtomicBool,
+    ) -> Result<SweepReport, StoreError> {
+        let grace =
+            chrono::Duration::from_std(self.settings.sweep_grace).unwrap_or(chrono::Duration::MAX);
+        let before = Utc::now() - grace;
+        let batch = self.settings.sweep_batch;
+        let mut report = SweepReport::default();
+        let mut cursor = None;
+        loop {
+            let page = domain::pending_past_deadline(conn, before, Utc::now(), cursor, batch)?;
+            for order in &page {
+                if stop.load(Ordering::Relaxed) {
+                    return Ok(report);
+                }
+                self.sweep_one(conn, order, Trigger::Sweep, &mut report)?;
+            }
+            match page.last() {
+                Some(last) if page.len() as i64 >= batch => cursor = Some(last.cursor()),
+                _ => break,
+            }
+        }
+        let mut after_id = 0;
+        loop {
+            let page = domain::rechecks_due(conn, before, Utc::now(), after_id, batch)?;
+            for order in &page {
+                if stop.load(Ordering::Relaxed) {
+                    return Ok(report);
+                }
+                self.sweep_one(conn, order, Trigger::Recheck, &mut report)?;
+            }
+            match page.last() {
+                Some(last) if page.len() as i64 >= batch => after_id = last.id,
+                _ => break,
+            }
+        }
+        Ok(report)
+    }
+
+    fn sweep_one(
+        &self,
+        conn: &mut PgConnection,
+        order: &OverdueOrder,
+        trigger: Trigger,
+        report: &mut SweepReport,
+    ) -> Result<(), StoreError> {
+        let started = Instant::now();
+        let s = self.settler.settle(&order.order_no, trigger, Utc::now());
+        self.stats.outcome(s.label());
+        log_settlement(&order.order_no, &s, order.check_failures + 1, started);
+        report.looked_at += 1;
+        let not_before = match &s {
+            Settlement::Closed { .. }
+            | Settlement::Compensated { .. }
+            | Settlement::PaidAfterClose
+            | Settlement::Rechecked { .. }
+            | Settlement::AlreadySettled(_) => {
+                report.settled += 1;
+                return Ok(());
+            }
+            // Needs a human: recorded on the order, the sweep leaves it now.
+            // Not due, unknown: cannot happen for what the sweep selects.
+            Settlement::NeedsHuman { .. }
+            | Settlement::NotYetDue { .. }
+            | Settlement::UnknownOrder => return Ok(()),
+            Settlement::RetryLater { not_before, .. } => *not_before,
+            Settlement::GiveUp { reason } => {
+                log::error!(
+                    "sweep cannot settle order {}: {reason}; a human must look (asked again at most every {:?})",
+                    order.order_no,
+                    ladder(&self.topology).last().copied().unwrap_or_default()
+                );
+                // A permanent error: straight to the top of the ladder.
+                Some(ladder(&self.topology).last().copied().unwrap_or_default())
+            }
+        };
+        let steps = ladder(&self.topology);
+        let step = steps[(order.check_failures as usize).min(steps.len() - 1)]
+            .max(not_before.unwrap_or(Duration::ZERO));
+        let next = Utc::now() + chrono::Duration::from_std(step).unwrap_or(chrono::Duration::MAX);
+        if domain::defer_check(conn, &order.order_no, next)? {
+            report.deferred += 1;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn sweep_loop(&self, stop: &AtomicBool) {
+        loop {
+            broker::sleep_unless_stopped(self.settings.sweep_interval, stop);
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            match self.sweep_until(stop) {
+                Ok(Some(r)) if r.looked_at > 0 => log::info!(
+                    "sweep looked at {} overdue order(s): {} settled, {} deferred",
+                    r.looked_at,
+                    r.settled,
+                    r.deferred
+                ),
+                Ok(_) => {}
+                Err(e) => log::warn!("sweep failed (will try again): {e}"),
+            }
+        }
+    }
+}
