@@ -77,10 +77,14 @@ enum SessionEnd {
 #[derive(Debug)]
 enum LaneError {
     Lost(BrokerError),
-    /// The broker did not take a successor copy (returned or nacked).
+    /// The broker did not take a successor copy (returned or nacked); the
+    /// delivery is handed back, still unacked, to be given back to the queue
+    /// once the other lanes know to stop.
     Refused {
         queue: String,
         outcome: Outcome,
+        // Boxed: the error path is rare and a Delivery is large.
+        delivery: Box<Delivery>,
     },
 }
 
@@ -263,9 +267,30 @@ impl Worker {
         while !stop.load(Ordering::Relaxed) && !broken.load(Ordering::Relaxed) {
             match consumer.receiver().recv_timeout(Duration::from_millis(200)) {
                 Ok(ConsumerMessage::Delivery(delivery)) => {
+                    if broken.load(Ordering::Relaxed) {
+                        // Another lane found the topology damaged: hand this
+                        // one back untouched rather than ask WeChat Pay.
+                        let _ = consumer.nack(delivery, true);
+                        break;
+                    }
                     match self.handle(&consumer, &mut publisher, delivery) {
                         Ok(()) => {}
-                        Err(LaneError::Refused { queue, outcome }) => {
+                        Err(LaneError::Refused {
+                            queue,
+                            outcome,
+                            delivery,
+                        }) => {
+                            // Stop the other lanes first, so that none takes
+                            // the message back up and asks WeChat Pay again.
+                            broken.store(true, Ordering::Relaxed);
+                            if let Err(e) = consumer.nack(*delivery, true) {
+                                channel_alive = false;
+                                result = Err(SessionEnd::Lost(BrokerError::Connection {
+                                    context: "giving a message back".into(),
+                                    message: self.amqp_url.scrub(&e.to_string()),
+                                }));
+                                break;
+                            }
                             result = Err(SessionEnd::Topology(format!(
                                 "the broker did not take a copy for {queue} ({outcome:?}); \
                                  the message went back to {TIMEOUT_QUEUE}"
@@ -326,7 +351,7 @@ impl Worker {
     /// Looks at one delivery, acts, and acks only once the effect is
     /// committed or its successor confirmed. `Lost`: the broker is gone, the
     /// delivery was not acked and will come back. `Refused`: the successor
-    /// was not taken; the delivery was given back to the queue.
+    /// was not taken; the delivery comes back with the error, unacked.
     fn handle(
         &self,
         consumer: &Consumer,
@@ -368,12 +393,12 @@ impl Worker {
             successor.properties.clone(),
         )?;
         if outcome != Outcome::Confirmed {
-            // The successor was not taken: keep the original (requeued)
-            // and stop consuming until the topology is whole again.
-            consumer.nack(delivery, true).map_err(scrub)?;
+            // The successor was not taken: keep the original (the lane gives
+            // it back) and stop consuming until the topology is whole again.
             return Err(LaneError::Refused {
                 queue: successor.queue,
                 outcome,
+                delivery: Box::new(delivery),
             });
         }
         match successor.kind {

@@ -326,6 +326,27 @@ fn status_reports_queues_orders_backlog_refunds_and_stock() {
     );
     assert!(out.contains("outbox backlog: 0 unpublished"), "{out}");
     assert!(out.contains("paid after close (refund needed): 0"), "{out}");
+    assert!(out.contains("needs a human"), "{out}");
+    // An answer that does not match an order: counted and listed with why.
+    let odd = domain::OrderNo::parse(&orders[1]).unwrap();
+    let _ = domain::record_anomaly(
+        &mut env.db.conn(),
+        &odd,
+        domain::Anomaly::AmountMismatch,
+        "WeChat Pay reports 1 fen, the order's total is 0 fen",
+    )
+    .unwrap();
+    let out = env.ok(&["status"]);
+    assert!(
+        out.contains("needs a human (WeChat Pay's answer does not match the order): 1"),
+        "{out}"
+    );
+    assert!(
+        out.lines().any(|l| l.contains(odd.as_str())
+            && l.contains("amount_mismatch")
+            && l.contains("reports 1 fen")),
+        "{out}"
+    );
     assert!(
         out.lines().any(|l| l.contains("TEA") && l.ends_with("ok")),
         "{out}"
@@ -422,4 +443,50 @@ fn parked_lists_and_replays_what_the_worker_gave_up_on() {
         Some(&AmqpValue::LongString("kept".into()))
     );
     let _ = conn.close();
+}
+
+#[test]
+fn a_relay_whose_delay_queue_is_deleted_declares_it_again_and_loses_nothing() {
+    let env = Env::new();
+    let mut relay = spawn_relay(&env, &["--poll-interval", "50ms"]);
+    let first = env.orders(3, WINDOW);
+    let started = Instant::now();
+    while unpublished(&env) > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "nothing published"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // An operator deletes the delay queue under the running relay: the next
+    // messages come back unroutable, and the relay must declare again.
+    let _ = broker::testing::rabbitmqctl(&[
+        "delete_queue",
+        "-p",
+        env.vhost.name(),
+        "queue.ordercreate",
+    ]);
+    let second = env.orders(3, WINDOW);
+    while unpublished(&env) > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the relay did not declare the queue again"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    signal(&relay, "-TERM");
+    let status = wait_with_timeout(&mut relay, Duration::from_secs(5));
+    let err = {
+        use std::io::Read;
+        let mut s = String::new();
+        let _ = relay.0.stderr.take().unwrap().read_to_string(&mut s);
+        s
+    };
+    assert!(status.success(), "{err}");
+    assert!(err.contains("declare the topology again"), "{err}");
+    let ids: HashSet<String> = env.drain_ids("queue.ordercreate").into_iter().collect();
+    assert!(second.iter().all(|o| ids.contains(o)), "{ids:?}");
+    // The first ones were in the deleted queue: gone with it (an operator's
+    // act), which is what the sweep is for. None of the second is lost.
+    assert!(first.iter().all(|o| !ids.contains(o)));
 }

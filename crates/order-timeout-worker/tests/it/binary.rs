@@ -8,7 +8,7 @@ use domain::OrderStatus;
 
 use crate::Stack;
 
-fn worker(stack: &Stack, args: &[&str]) -> Command {
+pub(crate) fn worker(stack: &Stack, args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_order-timeout-worker"));
     c.args(args)
         .env("DATABASE_URL", stack.db.url().expose())
@@ -39,7 +39,7 @@ fn worker(stack: &Stack, args: &[&str]) -> Command {
     c
 }
 
-fn stderr(o: &Output) -> String {
+pub(crate) fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 

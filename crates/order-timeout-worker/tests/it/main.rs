@@ -5,8 +5,13 @@
 mod binary;
 mod branches;
 mod delivery;
+mod edges;
 mod faults;
+mod money;
 mod poison;
+mod rechecks;
+mod sweep;
+mod topology;
 
 #[path = "../support/mod.rs"]
 mod support;

@@ -47,6 +47,7 @@ fn poison_messages_are_parked_with_the_reason_and_the_rest_flows() {
         poison.len() as u32,
         Duration::from_secs(15),
     );
+    stack.wait_depth("queue.ordertimeout", 0, Duration::from_secs(15));
     worker.stop();
     let parked = stack.drain("queue.ordertimeout.parked");
     assert_eq!(parked.len(), poison.len());
@@ -70,6 +71,5 @@ fn poison_messages_are_parked_with_the_reason_and_the_rest_flows() {
             .unwrap()
             .contains_key("x-ot-parked-at"));
     }
-    assert_eq!(stack.depth("queue.ordertimeout"), 0);
     stack.assert_conserved();
 }

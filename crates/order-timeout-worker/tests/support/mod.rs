@@ -53,6 +53,10 @@ pub(crate) struct Stack {
     pub sim: Simulator,
     pub files: ClientFiles,
     pub topology: Topology,
+    /// What the settlers of this stack use; long by default, so that the
+    /// recheck after an `ORDER_NOT_EXIST` close stays out of scenarios that
+    /// do not look for it.
+    pub recheck_after: Duration,
     _dir: TempDir,
 }
 
@@ -97,6 +101,7 @@ impl Stack {
             sim,
             files,
             topology,
+            recheck_after: Duration::from_hours(1),
             _dir: dir,
         }
     }
@@ -117,7 +122,7 @@ impl Stack {
 
     pub(crate) fn settler(&self) -> Settler {
         let client = payment_client::Client::new(self.payment_config()).unwrap();
-        Settler::new(self.db.pool(10), Arc::new(client))
+        Settler::new(self.db.pool(10), Arc::new(client)).with_recheck_after(self.recheck_after)
     }
 
     #[allow(clippy::unused_self)] // a method so that scenarios read stack.settings()
@@ -181,6 +186,33 @@ impl Stack {
         relay.drain().unwrap();
     }
 
+    /// Puts the order's timeout message straight into `queue.ordertimeout`,
+    /// as if it had just been dead-lettered, without declaring anything (the
+    /// relay would declare the topology again).
+    pub(crate) fn dead_letter(&self, no: &OrderNo) {
+        let order = domain::find_order(&mut self.db.conn(), no)
+            .unwrap()
+            .unwrap();
+        let message = broker::TimeoutMessage {
+            order_no: no.clone(),
+            created_at: order.created_at,
+            deadline: order.deadline,
+        };
+        let mut conn = broker::connect(self.vhost.url()).unwrap();
+        let mut publisher =
+            broker::ConfirmedPublisher::open(&mut conn, self.vhost.url(), Duration::from_secs(10))
+                .unwrap();
+        let outcome = publisher
+            .publish_one(
+                broker::topology::TIMEOUT_QUEUE,
+                &message.body(),
+                message.properties(chrono::Utc::now()),
+            )
+            .unwrap();
+        assert_eq!(outcome, broker::Outcome::Confirmed);
+        let _ = conn.close();
+    }
+
     pub(crate) fn status(&self, no: &OrderNo) -> OrderStatus {
         domain::find_order(&mut self.db.conn(), no)
             .unwrap()
@@ -215,6 +247,27 @@ impl Stack {
             .unwrap();
         let _ = conn.close();
         n
+    }
+
+    /// Waits until a worker consumes `queue.ordertimeout` (its start-up
+    /// checks are behind it).
+    pub(crate) fn wait_consuming(&self, limit: Duration) {
+        let started = Instant::now();
+        loop {
+            let mut conn = broker::connect(self.vhost.url()).unwrap();
+            let channel = conn.open_channel(None).unwrap();
+            let consumers = channel
+                .queue_declare_passive("queue.ordertimeout")
+                .unwrap()
+                .declared_consumer_count()
+                .unwrap();
+            let _ = conn.close();
+            if consumers > 0 {
+                return;
+            }
+            assert!(started.elapsed() < limit, "no consumer after {limit:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Waits until `queue` holds `n` messages.
@@ -301,5 +354,77 @@ impl Drop for Running {
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
+    }
+}
+
+/// A minimal HTTP CONNECT proxy on 127.0.0.1 that tunnels to wherever it is
+/// asked and remembers each request line it saw (and whether it carried
+/// `Proxy-Authorization`), to tell whether WeChat Pay calls went through it.
+pub(crate) struct RecordingProxy {
+    pub addr: std::net::SocketAddr,
+    pub seen: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl RecordingProxy {
+    pub(crate) fn start() -> Self {
+        use std::io::{BufRead, BufReader, Write};
+        use std::net::{TcpListener, TcpStream};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = Arc::clone(&seen);
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let log = Arc::clone(&log);
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(client.try_clone().unwrap());
+                    let mut first = String::new();
+                    if reader.read_line(&mut first).is_err() {
+                        return;
+                    }
+                    let mut authorized = false;
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                            break;
+                        }
+                        authorized |= line
+                            .to_ascii_lowercase()
+                            .starts_with("proxy-authorization:");
+                    }
+                    let entry = format!(
+                        "{}{}",
+                        first.trim_end(),
+                        if authorized { " (authorized)" } else { "" }
+                    );
+                    log.lock().unwrap().push(entry);
+                    let Some(target) = first
+                        .strip_prefix("CONNECT ")
+                        .and_then(|r| r.split_whitespace().next())
+                    else {
+                        return;
+                    };
+                    let Ok(upstream) = TcpStream::connect(target) else {
+                        return;
+                    };
+                    let mut client = client;
+                    let _ = client.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n");
+                    let (mut up_read, mut up_write) = (upstream.try_clone().unwrap(), upstream);
+                    let mut client_write = client.try_clone().unwrap();
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut up_read, &mut client_write);
+                    });
+                    // What the reader buffered belongs to the tunnel too.
+                    let _ = up_write.write_all(reader.buffer());
+                    let mut rest = reader.into_inner();
+                    let _ = std::io::copy(&mut rest, &mut up_write);
+                });
+            }
+        });
+        Self { addr, seen }
+    }
+
+    pub(crate) fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
     }
 }

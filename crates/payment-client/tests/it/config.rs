@@ -135,3 +135,39 @@ fn client_is_send_and_sync() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<Client>();
 }
+
+#[test]
+fn plain_http_only_to_this_machine_and_a_proxy_url_must_parse() {
+    let sim = start_sim(SimConfig::default());
+    for remote in ["http://api.mch.weixin.qq.com", "http://192.168.1.10:8099"] {
+        let err = Client::new(config_for(&sim).with_base_url(remote)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::Invalid {
+                    setting: "WECHATPAY_BASE_URL",
+                    ..
+                }
+            ),
+            "{remote}: {err:?}"
+        );
+        assert!(err.to_string().contains("plain http"), "{err}");
+    }
+    for local in ["http://localhost:1", "http://127.0.0.9:1", "http://[::1]:1"] {
+        Client::new(config_for(&sim).with_base_url(local)).unwrap();
+    }
+    let err = Client::new(
+        config_for(&sim).with_proxy(payment_client::ProxyUrl::new("ht tp://bad proxy")),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ConfigError::Invalid {
+                setting: "WECHATPAY_PROXY",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}

@@ -188,3 +188,62 @@ fn platform_certificate_mode() {
         Err(Error::Unverified { .. })
     ));
 }
+
+#[test]
+fn an_answer_must_name_the_order_and_the_merchant_asked_about() {
+    let e = env();
+    e.admin.set_state("IDENT00001", "SUCCESS").unwrap();
+    let cases = [
+        Faults {
+            answer_out_trade_no: Some("IDENT00002".into()),
+            ..Faults::default()
+        },
+        Faults {
+            omit_out_trade_no: true,
+            ..Faults::default()
+        },
+        Faults {
+            answer_mchid: Some("1900009999".into()),
+            ..Faults::default()
+        },
+        Faults {
+            omit_mchid: true,
+            ..Faults::default()
+        },
+    ];
+    for f in &cases {
+        e.admin.set_order_faults("IDENT00001", f).unwrap();
+        let err = e.client.query_by_out_trade_no("IDENT00001").unwrap_err();
+        assert!(
+            matches!(err, Error::UnexpectedResponse { status: 200, .. }),
+            "{f:?}: {err:?}"
+        );
+        assert!(err.is_permanent());
+    }
+    e.admin.clear_order_faults("IDENT00001").unwrap();
+    assert!(matches!(
+        e.client.query_by_out_trade_no("IDENT00001").unwrap(),
+        QueryOutcome::Found(_)
+    ));
+}
+
+#[test]
+fn a_replayed_answer_is_not_believed_twice() {
+    let e = env();
+    e.admin.set_state("REPLAY0001", "NOTPAY").unwrap();
+    let first = e.client.query_by_out_trade_no("REPLAY0001").unwrap();
+    e.admin
+        .set_order_faults(
+            "REPLAY0001",
+            &Faults {
+                replay_answer_of: Some("REPLAY0001".into()),
+                times: Some(1),
+                ..Faults::default()
+            },
+        )
+        .unwrap();
+    let err = e.client.query_by_out_trade_no("REPLAY0001").unwrap_err();
+    assert_eq!(unverified(&err), &VerifyError::Replayed);
+    // The next, fresh answer is fine again.
+    assert_eq!(e.client.query_by_out_trade_no("REPLAY0001").unwrap(), first);
+}
