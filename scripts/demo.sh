@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The demo, end to end: real PostgreSQL and RabbitMQ, the WeChat Pay
-# simulator, a 10-second payment window. Creates seven orders whose buyers
-# behave differently, runs the relay and the worker, and prints what became
-# of each order and of the stock, with the conservation check. Stops
+# simulator, a 10-second payment window. Creates nine orders whose buyers
+# behave differently (among them one whose payment does not match the order
+# and one who pays from a stale checkout page after the order was closed),
+# runs the relay and the worker, and prints what became of each order and of
+# the stock, with the conservation check. Stops
 # everything it started, also on Ctrl-C. Exit 0 when every order ended as
 # its payment state demands and stock is conserved.
 #
@@ -23,6 +25,7 @@ export DATABASE_URL="postgres://postgres@$PGHOST:$PGPORT/$DEMO_DB"
 export AMQP_URL="amqp://guest:guest@$AMQP_HOST:$AMQP_PORT/$DEMO_VHOST"
 export DELAY_TTL_MS=10000             # the payment window: 10 s
 export RETRY_DELAYS=1s,2s,4s          # quick retries for the demo
+export RECHECK_AFTER=5s               # the recheck after an ORDER_NOT_EXIST close
 export RUST_LOG="${RUST_LOG:-info}"
 unset PAYMENT_WINDOWS QUEUE_TYPE
 WINDOW_S=10
@@ -128,11 +131,15 @@ new_order D "paid at once" paid MUG:2
 new_order E "paid 2 s before the deadline, notification lost" paid CAKE:1
 new_order F "still entering the password at the deadline" paid TEA:3
 new_order G "payment failed (PAYERROR)" closed MUG:1
+new_order H "paid 1 fen instead of the total (a tampered payment)" needs-human TEA:1
+new_order I "no payment order at the deadline, pays 2 s later from a stale page" closed TEA:1
 sim_state "$B" NOTPAY "$(total_of "$B")"
 for o in "$C" "$D"; do sim_state "$o" NOTPAY "$(total_of "$o")"; sim_pay "$o"; done
 sim_state "$E" NOTPAY "$(total_of "$E")"
 sim_state "$F" USERPAYING "$(total_of "$F")"
 sim_state "$G" PAYERROR "$(total_of "$G")"
+sim_state "$H" NOTPAY 1
+sim_pay "$H"
 for no in "${ORDERS[@]}"; do printf '  %s  %-14s %s\n' "$no" "${ITEMS[$no]}" "${LABEL[$no]}"; done
 # The buyers who act later.
 later() { # seconds order
@@ -142,6 +149,13 @@ later() { # seconds order
 later $((WINDOW_S - 2)) "$E" &
 PIDS+=($!)
 later $((WINDOW_S + 3)) "$F" &
+PIDS+=($!)
+stale_page() { # seconds order: a payment order created after our close, paid
+    sleep "$1"
+    sim_state "$2" NOTPAY "$(total_of "$2")"
+    sim_pay "$2"
+}
+stale_page $((WINDOW_S + 2)) "$I" &
 PIDS+=($!)
 
 say "relay (outbox -> delay queue) and worker"
@@ -155,7 +169,8 @@ tail -n +1 -f --pid="$WORKER" "$WORK/worker.log" 2>/dev/null |
     grep --line-buffered -E "order [0-9A-Z]+:" | sed -u 's/^\[[^]]*\] */  /' &
 TAIL=$!
 deadline=$((SECONDS + 60))
-while [ "$(demo_psql "SELECT count(*) FROM orders WHERE status = 'pending_payment'")" != 0 ]; do
+# Until every order is settled (or waits for a human) and every recheck done.
+while [ "$(demo_psql "SELECT count(*) FROM orders WHERE (status = 'pending_payment' AND anomaly IS NULL) OR recheck_at IS NOT NULL")" != 0 ]; do
     if [ $SECONDS -ge $deadline ]; then echo "demo: orders still pending after 60 s" >&2; break; fi
     sleep 0.5
 done
@@ -165,23 +180,31 @@ wait "$TAIL" 2>/dev/null || true
 
 say "result"
 ok=0
-printf '%-28s %-11s %-9s %-9s %s\n' ORDER "AT WECHAT" EXPECTED OUTCOME "WHAT HAPPENED"
+printf '%-28s %-10s %-12s %-12s %s\n' ORDER "AT WECHAT" EXPECTED OUTCOME "WHAT HAPPENED"
 for no in "${ORDERS[@]}"; do
-    IFS='|' read -r status reason payments <<<"$(demo_psql "SELECT o.status, coalesce(o.close_reason, ''), (SELECT count(*) FROM payments p WHERE p.order_id = o.id) FROM orders o WHERE order_no = '$no'")"
+    IFS='|' read -r status reason payments late anomaly recheck <<<"$(demo_psql "SELECT o.status, coalesce(o.close_reason, ''),
+        (SELECT count(*) FROM payments p WHERE p.order_id = o.id),
+        (SELECT count(*) FROM payments p WHERE p.order_id = o.id AND p.paid_after_close),
+        coalesce(o.anomaly, ''),
+        coalesce((SELECT e.detail FROM order_events e WHERE e.order_id = o.id AND e.kind = 'recheck'), '')
+        FROM orders o WHERE order_no = '$no'")"
     wechat="$( (curl -sf "$SIM/sim/orders/$no" || true) | sed -n 's/.*"trade_state":"\([A-Z]*\)".*/\1/p')"
     [ -n "$wechat" ] || wechat="(none)"
     what="${LABEL[$no]}"
     case "$status" in
         closed) what="$what -> closed: $reason" ;;
         paid) what="$what -> paid, $payments payment recorded" ;;
+        pending_payment) [ -z "$anomaly" ] || { status=needs-human; what="$what -> $anomaly: not paid, not closed, stock held"; } ;;
     esac
+    [ -z "$recheck" ] || what="$what; recheck: $recheck"
+    [ "$late" = 0 ] || what="$what; PAID AFTER CLOSE: $late payment to refund"
     mark="ok"
     if [ "$status" != "${EXPECT[$no]}" ]; then mark="MISMATCH"; ok=1; fi
-    printf '%-28s %-11s %-9s %-9s %s [%s]\n' "$no" "$wechat" "${EXPECT[$no]}" "$status" "$what" "$mark"
+    printf '%-28s %-10s %-12s %-12s %s [%s]\n' "$no" "$wechat" "${EXPECT[$no]}" "$status" "$what" "$mark"
 done
 
 echo
-printf '%-6s %8s %8s %12s %8s  %s\n' SKU BEFORE AFTER "HELD (PAID)" LOADED CONSERVED
+printf '%-6s %8s %8s %12s %8s  %s\n' SKU BEFORE AFTER HELD LOADED CONSERVED
 while IFS='|' read -r code stock held loaded; do
     before="$(grep "^$code|" <<<"$BEFORE" | cut -d'|' -f2)"
     if [ $((stock + held)) -eq "$loaded" ]; then c="yes: $stock + $held = $loaded"; else c="NO"; ok=1; fi
@@ -194,7 +217,7 @@ done <<<"$(demo_psql "SELECT s.code, s.stock,
 
 parked="$(producer status 2>/dev/null | awk '/queue.ordertimeout.parked/ {print $2}')"
 echo
-echo "parked messages: ${parked:-?}; payments to refund: $(demo_psql "SELECT count(*) FROM payments WHERE paid_after_close")"
+echo "parked messages: ${parked:-?}; payments to refund: $(demo_psql "SELECT count(*) FROM payments WHERE paid_after_close"); orders that need a human: $(demo_psql "SELECT count(*) FROM orders WHERE anomaly IS NOT NULL")"
 echo "(the demo database $DEMO_DB and vhost $DEMO_VHOST stay for a look: DATABASE_URL=$DATABASE_URL order-producer status)"
 if [ $ok -eq 0 ]; then
     echo "demo: every order settled as its payment state demands; stock conserved"

@@ -515,7 +515,7 @@ pub fn log_settlement(order_no: &OrderNo, s: &Settlement, attempt: u32, started:
     match s {
         Settlement::Closed { why, recheck_after } => {
             let recheck = recheck_after
-                .map(|d| format!("; recheck in {d:?}"))
+                .map(|d| format!("; recheck in {} s", d.as_secs()))
                 .unwrap_or_default();
             log::info!("order {order_no}: closed, stock given back ({why}{recheck}); {tail}");
         }
@@ -533,7 +533,10 @@ pub fn log_settlement(order_no: &OrderNo, s: &Settlement, attempt: u32, started:
             log::info!("order {order_no}: already {st}, nothing to do; {tail}");
         }
         Settlement::NotYetDue { remaining } => {
-            log::info!("order {order_no}: not due for {remaining:?}; {tail}");
+            log::info!(
+                "order {order_no}: not due for {} ms, waiting; {tail}",
+                remaining.as_millis()
+            );
         }
         Settlement::UnknownOrder => log::warn!("order {order_no}: unknown order; {tail}"),
         Settlement::NeedsHuman { anomaly, detail } => {

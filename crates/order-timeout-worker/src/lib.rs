@@ -218,7 +218,12 @@ fn settle_now(settler: &Settler, order_no: &OrderNo) -> anyhow::Result<ExitCode>
         Settlement::Closed { why, recheck_after } => format!(
             "closed, stock given back: {why}{}",
             recheck_after
-                .map(|d| format!(" (a recheck is due in {d:?}; the sweep does it if no worker does)"))
+                .map(|d| {
+                    format!(
+                        " (a recheck is due in {} s; the sweep does it if no worker does)",
+                        d.as_secs()
+                    )
+                })
                 .unwrap_or_default()
         ),
         Settlement::Compensated { refunded: false } => {

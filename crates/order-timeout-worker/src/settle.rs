@@ -16,7 +16,7 @@
 //!   stock held (invariant 11);
 //! * a close on `ORDER_NOT_EXIST` schedules one recheck: a payment order
 //!   created later (a stale checkout page) is closed at WeChat Pay, or, if it
-//!   was paid, recorded as paid after close (invariant 12).
+//!   was paid, recorded as paid after close (invariant 13).
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -8,7 +8,7 @@
 //! end, however many of the oldest stay unsettled, and an order it cannot
 //! settle gets a `next_check_at` one step further up the retry ladder, so it
 //! is asked about at most once per step. Orders with an anomaly are left to
-//! a human (ARCHITECTURE.md, invariant 13).
+//! a human (ARCHITECTURE.md, invariant 14).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
