@@ -82,7 +82,11 @@ scripts/dev-env.sh
 
 say "release build"
 cargo build --release --quiet -p order-producer -p order-timeout-worker -p wechatpay-sim
-BIN="$ROOT/target/release"
+# Where cargo put them: CARGO_TARGET_DIR (relative to the repository, like
+# cargo's) or ./target.
+TARGET_DIR="${CARGO_TARGET_DIR:-target}"
+case "$TARGET_DIR" in /*) ;; *) TARGET_DIR="$ROOT/$TARGET_DIR" ;; esac
+BIN="$TARGET_DIR/release"
 producer() { "$BIN/order-producer" "$@"; }
 
 say "fresh demo database and vhost"

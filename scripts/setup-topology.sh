@@ -21,7 +21,9 @@ if [ -z "$bin" ]; then
         bin="$(command -v order-producer)"
     else
         root="$(cd "$(dirname "$0")/.." && pwd)"
-        bin="$root/target/release/order-producer"
+        target_dir="${CARGO_TARGET_DIR:-target}"
+        case "$target_dir" in /*) ;; *) target_dir="$root/$target_dir" ;; esac
+        bin="$target_dir/release/order-producer"
         if [ ! -x "$bin" ]; then
             echo "setup-topology: building order-producer (release)" >&2
             cargo build --release --quiet --manifest-path "$root/Cargo.toml" -p order-producer

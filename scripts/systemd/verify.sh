@@ -44,7 +44,9 @@ find_bin() { # NAME ENVVAR
     local v="${!2:-}"
     if [ -n "$v" ]; then echo "$v"; return; fi
     if command -v "$1" >/dev/null; then command -v "$1"; return; fi
-    echo "$repo/target/release/$1"
+    local target_dir="${CARGO_TARGET_DIR:-target}"
+    case "$target_dir" in /*) ;; *) target_dir="$repo/$target_dir" ;; esac
+    echo "$target_dir/release/$1"
 }
 worker="$(find_bin order-timeout-worker ORDER_TIMEOUT_WORKER)"
 producer="$(find_bin order-producer ORDER_PRODUCER)"

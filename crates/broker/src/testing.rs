@@ -90,6 +90,42 @@ impl TestVhost {
     }
 }
 
+impl TestVhost {
+    /// A user of its own with a password nobody else uses, allowed on this
+    /// vhost (deleted on drop), and the URL that logs in as it: for tests
+    /// that look for a password in logs and errors.
+    #[must_use]
+    pub fn secret_user(&self) -> TestUser {
+        let name = format!("{}_user", self.name);
+        let password = format!("mq-s3cret-{}", rand::random::<u64>());
+        let _ = rabbitmqctl(&["add_user", &name, &password]);
+        let _ = rabbitmqctl(&["set_permissions", "-p", &self.name, &name, ".*", ".*", ".*"]);
+        let host = std::env::var("TEST_AMQP_HOST").unwrap_or_else(|_| "127.0.0.1:5672".into());
+        let url = AmqpUrl::new(format!("amqp://{name}:{password}@{host}/{}", self.name));
+        TestUser {
+            name,
+            password,
+            url,
+        }
+    }
+}
+
+/// A RabbitMQ user made by [`TestVhost::secret_user`], deleted on drop.
+#[derive(Debug)]
+pub struct TestUser {
+    pub name: String,
+    pub password: String,
+    pub url: AmqpUrl,
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["delete_user", &self.name])
+            .output();
+    }
+}
+
 impl Default for TestVhost {
     fn default() -> Self {
         Self::new()

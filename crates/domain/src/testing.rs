@@ -21,6 +21,15 @@ use diesel::{Connection, PgConnection, RunQueryDsl};
 use crate::db::{build_pool, run_migrations, DatabaseUrl, PgPool};
 
 const TEMPLATE_LOCK_KEY: i64 = 0x6f74_5f74_6d70_6c00; // "ot_tmpl"
+/// Held (shared) by every test process that uses a template, for its whole
+/// life; `scripts/drop-test-templates.sh` drops the templates only when it
+/// can take it exclusively, so a suite never loses its template to another
+/// suite finishing beside it. The script spells the key in decimal:
+/// 8031148989165366273.
+pub const TEMPLATE_IN_USE_KEY: i64 = 0x6f74_5f74_6d70_6c01;
+
+/// The session that holds [`TEMPLATE_IN_USE_KEY`] for this process.
+static TEMPLATE_IN_USE: OnceLock<std::sync::Mutex<PgConnection>> = OnceLock::new();
 
 /// The server's admin URL for tests.
 #[must_use]
@@ -97,6 +106,13 @@ pub fn template() -> &'static str {
         diesel::sql_query(format!("SELECT pg_advisory_unlock({TEMPLATE_LOCK_KEY})"))
             .execute(&mut admin)
             .expect("advisory unlock");
+        // Keep the session (and its shared lock) open until the process ends.
+        diesel::sql_query(format!(
+            "SELECT pg_advisory_lock_shared({TEMPLATE_IN_USE_KEY})"
+        ))
+        .execute(&mut admin)
+        .expect("shared advisory lock");
+        let _ = TEMPLATE_IN_USE.set(std::sync::Mutex::new(admin));
         name
     })
 }

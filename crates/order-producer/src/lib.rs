@@ -15,14 +15,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use broker::{BrokerArgs, BrokerError};
 use clap::{Args, Parser, Subcommand};
-use domain::{DatabaseUrl, Fen, OrderLine, PgConnection, Quantity, SkuCode, StockLevel};
-
-/// A mistake in the command line or configuration: exit code 2.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
+use domain::{Fen, OrderLine, PgConnection, Quantity, SkuCode, StockLevel};
+use service::{parse_duration, BrokerArgs, DatabaseArgs, UsageError};
 
 /// Creates orders and loads stock for order-timeout.
 ///
@@ -40,15 +35,8 @@ pub struct UsageError(pub String);
 #[derive(Debug, Parser)]
 #[command(name = "order-producer", version, about, long_about)]
 pub struct Cli {
-    /// PostgreSQL URL. A password in it is never printed.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/order_timeout",
-        hide_env_values = true,
-        global = true
-    )]
-    pub database_url: String,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
 
     #[command(flatten)]
     pub broker: BrokerArgs,
@@ -114,12 +102,12 @@ pub struct RelayArgs {
     #[arg(long, env = "RELAY_BATCH_SIZE", default_value_t = 500, value_parser = clap::value_parser!(i64).range(1..=10_000))]
     pub batch_size: i64,
     /// How long to wait for new outbox rows when there are none.
-    #[arg(long, env = "RELAY_POLL_INTERVAL", default_value = "500ms", value_parser = broker::parse_duration)]
+    #[arg(long, env = "RELAY_POLL_INTERVAL", default_value = "500ms", value_parser = parse_duration)]
     pub poll_interval: Duration,
     /// How long to wait for the broker to confirm a batch before treating
-    /// the connection as lost.
-    #[arg(long, env = "RELAY_CONFIRM_TIMEOUT", default_value = "10s", value_parser = broker::parse_duration)]
-    pub confirm_timeout: Duration,
+    /// the connection as lost (default 10s, `broker::DEFAULT_CONFIRM_TIMEOUT`).
+    #[arg(long, env = "RELAY_CONFIRM_TIMEOUT", value_parser = parse_duration)]
+    pub confirm_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Args)]
@@ -159,7 +147,7 @@ pub struct CreateOrderArgs {
     /// the delay queue's TTL (`DELAY_TTL_MS`), or the longest of the windows
     /// (`PAYMENT_WINDOWS`). The relay routes the message to the delay queue
     /// with the longest TTL within this window.
-    #[arg(long, env = "PAYMENT_WINDOW", value_parser = broker::parse_duration)]
+    #[arg(long, env = "PAYMENT_WINDOW", value_parser = parse_duration)]
     pub payment_window: Option<Duration>,
 }
 
@@ -189,28 +177,10 @@ pub fn parse_item(s: &str) -> Result<OrderLine, String> {
     Ok(OrderLine { sku, quantity })
 }
 
-/// The exit code for an error: 2 for bad usage or configuration (including
-/// a topology mismatch or a missing topology), 1 for anything else.
-#[must_use]
-pub fn exit_code(err: &anyhow::Error) -> u8 {
-    let usage = err.chain().any(|e| {
-        e.downcast_ref::<UsageError>().is_some()
-            || matches!(
-                e.downcast_ref::<BrokerError>(),
-                Some(BrokerError::TopologyMismatch(_) | BrokerError::TopologyMissing { .. })
-            )
-    });
-    if usage {
-        2
-    } else {
-        1
-    }
-}
-
 /// Runs one command; errors carry context for the user. `stop` is raised
 /// by SIGTERM/SIGINT (the binary registers it); only `relay` watches it.
 pub fn run(cli: &Cli, stop: &Arc<AtomicBool>) -> anyhow::Result<ExitCode> {
-    let url = DatabaseUrl::new(cli.database_url.clone());
+    let url = cli.database.url();
     let topology = cli.broker.topology().map_err(UsageError)?;
     match &cli.command {
         Command::Declare => return declare(cli, &topology),
@@ -348,10 +318,12 @@ fn relay(
     let settings = relay::Settings {
         batch_size: args.batch_size,
         poll_interval: args.poll_interval,
-        confirm_timeout: args.confirm_timeout,
-        max_backoff: Duration::from_secs(10),
+        confirm_timeout: args
+            .confirm_timeout
+            .unwrap_or(broker::DEFAULT_CONFIRM_TIMEOUT),
+        max_backoff: Duration::from_secs(5),
     };
-    let url = DatabaseUrl::new(cli.database_url.clone());
+    let url = cli.database.url();
     let mut relay = relay::Relay::new(url, cli.broker.url(), topology, settings);
     let stats = if args.once {
         relay.drain()?

@@ -1,30 +1,8 @@
-//! `order-producer`: glue only. Parses the command line, runs it, and maps
-//! the outcome to an exit code in one place (0 success, 2 bad usage or
-//! configuration, 1 anything else).
+//! `order-producer`: glue only. `service::main` parses the command line,
+//! sets up logging and the SIGTERM/SIGINT flag (the relay finishes its batch
+//! and exits 0), runs, and maps the outcome to an exit code (0 success, 2
+//! bad usage or configuration, 1 anything else).
 
-use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
-
-use clap::Parser;
-use order_producer::{exit_code, run, Cli};
-
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    // SIGTERM/SIGINT raise the flag; the relay finishes its batch and exits 0.
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        if let Err(e) = signal_hook::flag::register(signal, Arc::clone(&stop)) {
-            eprintln!("error: could not install the handler for signal {signal}: {e}");
-            return ExitCode::FAILURE;
-        }
-    }
-    match run(&cli, &stop) {
-        Ok(code) => code,
-        Err(err) => {
-            eprintln!("error: {err:#}");
-            ExitCode::from(exit_code(&err))
-        }
-    }
+fn main() -> std::process::ExitCode {
+    service::main(order_producer::run)
 }

@@ -8,7 +8,6 @@
 //! recheck stays a recheck), and only then acked in the parking queue.
 
 use std::io::Write;
-use std::time::Duration;
 
 use anyhow::Context;
 use broker::headers;
@@ -37,14 +36,17 @@ pub fn parked(
         .context("could not open a channel")?;
     let waiting = channel
         .queue_declare_passive(PARKED_QUEUE)
-        .map_err(|_| anyhow::anyhow!("{PARKED_QUEUE} does not exist; declare the topology first (`order-producer declare`)"))?
+        // A missing queue is a configuration problem (exit 2), not an outage.
+        .map_err(|_| broker::BrokerError::TopologyMissing {
+            what: format!("queue {PARKED_QUEUE}"),
+        })?
         .declared_message_count()
         .unwrap_or(0);
     let mut publisher = if replay {
         Some(ConfirmedPublisher::open(
             &mut conn,
             amqp_url,
-            Duration::from_secs(10),
+            broker::DEFAULT_CONFIRM_TIMEOUT,
         )?)
     } else {
         None

@@ -19,6 +19,7 @@ use broker::{
 use domain::{
     DatabaseUrl, OrderNo, OrderStatus, OutboxMessage, PgConnection, PublishReport, RelayBatch,
 };
+use service::{sleep_unless_stopped, Backoff};
 
 /// How the relay paces itself.
 #[derive(Debug, Clone)]
@@ -26,7 +27,8 @@ pub struct Settings {
     pub batch_size: i64,
     pub poll_interval: Duration,
     pub confirm_timeout: Duration,
-    /// Back-off after a failure doubles from 200 ms up to this.
+    /// Back-off after a failure doubles from 200 ms up to this (nominal;
+    /// jitter stretches each pause by up to as much again).
     pub max_backoff: Duration,
 }
 
@@ -41,9 +43,11 @@ pub struct Stats {
 /// Why one relay step failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StepError {
-    #[error("database: {0}")]
+    // Transparent: the inner error says what failed; wrapping it as a
+    // source as well would print the 406 explanation twice in `{:#}`.
+    #[error(transparent)]
     Database(#[from] domain::StoreError),
-    #[error("broker: {0}")]
+    #[error(transparent)]
     Broker(#[from] BrokerError),
 }
 
@@ -204,7 +208,9 @@ impl Relay {
     /// Failures are logged and retried with back-off; a topology mismatch
     /// is retried too (slowly), since an operator can fix it while we wait.
     pub fn run(&mut self, stop: &Arc<AtomicBool>) -> Stats {
-        let mut backoff = Duration::from_millis(200);
+        // Jittered, so that relays cut off by one broker restart do not all
+        // come back on the same schedule.
+        let mut backoff = Backoff::new(Duration::from_millis(200), self.settings.max_backoff);
         let mut last_report = Instant::now();
         let mut reported = self.stats;
         while !stop.load(Ordering::Relaxed) {
@@ -212,19 +218,18 @@ impl Relay {
                 Ok(done) if done.failed > 0 => {
                     // Refused messages come first in the next batch: pause so
                     // a broker that keeps refusing them is not hammered.
-                    broker::sleep_unless_stopped(backoff, stop);
-                    backoff = (backoff * 2).min(self.settings.max_backoff);
+                    sleep_unless_stopped(backoff.next_delay(), stop);
                 }
                 Ok(done) => {
-                    backoff = Duration::from_millis(200);
+                    backoff.reset();
                     if done.claimed == 0 {
-                        broker::sleep_unless_stopped(self.settings.poll_interval, stop);
+                        sleep_unless_stopped(self.settings.poll_interval, stop);
                     }
                 }
                 Err(e) => {
-                    log::warn!("relay step failed, retrying in {backoff:?}: {e}");
-                    broker::sleep_unless_stopped(backoff, stop);
-                    backoff = (backoff * 2).min(self.settings.max_backoff);
+                    let pause = backoff.next_delay();
+                    log::warn!("relay step failed, retrying in {pause:?}: {e}");
+                    sleep_unless_stopped(pause, stop);
                 }
             }
             if last_report.elapsed() >= Duration::from_secs(10) {
@@ -340,7 +345,7 @@ pub fn publish_orders(
         .declare(&mut connection, amqp_url)
         .context("the topology does not match")?;
     let mut publisher =
-        ConfirmedPublisher::open(&mut connection, amqp_url, Duration::from_secs(10))?;
+        ConfirmedPublisher::open(&mut connection, amqp_url, broker::DEFAULT_CONFIRM_TIMEOUT)?;
     let messages: Vec<TimeoutMessage> = pending
         .iter()
         .map(|o| TimeoutMessage {

@@ -44,10 +44,10 @@ pub struct PaymentArgs {
     )]
     pub platform_certs: Vec<String>,
     /// Whole-request timeout of a WeChat Pay call.
-    #[arg(long = "wechatpay-timeout", env = "WECHATPAY_TIMEOUT", default_value = "10s", value_parser = broker::parse_duration)]
+    #[arg(long = "wechatpay-timeout", env = "WECHATPAY_TIMEOUT", default_value = "10s", value_parser = service::parse_duration)]
     pub timeout: Duration,
     /// Connect timeout of a WeChat Pay call.
-    #[arg(long = "wechatpay-connect-timeout", env = "WECHATPAY_CONNECT_TIMEOUT", default_value = "3s", value_parser = broker::parse_duration)]
+    #[arg(long = "wechatpay-connect-timeout", env = "WECHATPAY_CONNECT_TIMEOUT", default_value = "3s", value_parser = service::parse_duration)]
     pub connect_timeout: Duration,
     /// An HTTP(S) proxy for WeChat Pay calls, e.g. `http://proxy.internal:3128`.
     /// Proxy variables of the environment (`HTTPS_PROXY`, `ALL_PROXY`,

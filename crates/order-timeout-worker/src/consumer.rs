@@ -26,15 +26,17 @@ use broker::{AmqpUrl, BrokerError, ConfirmedPublisher, Outcome, TimeoutMessage, 
 use chrono::Utc;
 use crossbeam_channel::RecvTimeoutError;
 use domain::OrderNo;
+use service::{sleep_unless_stopped, Backoff};
 
 use crate::dispose::{dispose, reason, Disposition};
 use crate::settle::{Settlement, Settler, Trigger};
 use crate::stats::Stats;
 
-/// The longest pause between two checks of a damaged topology.
-const MAX_TOPOLOGY_BACKOFF: Duration = Duration::from_secs(30);
-/// The longest pause between two reconnects to a broker that is away.
-const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(10);
+/// The longest nominal pause between two checks of a damaged topology
+/// (jitter stretches a pause up to twice its nominal length).
+const MAX_TOPOLOGY_BACKOFF: Duration = Duration::from_secs(15);
+/// The longest nominal pause between two reconnects to a broker that is away.
+const MAX_RECONNECT_BACKOFF: Duration = Duration::from_secs(5);
 
 /// How the consumer behaves.
 #[derive(Debug, Clone)]
@@ -142,37 +144,43 @@ impl Worker {
         std::thread::scope(|scope| {
             scope.spawn(|| self.sweep_loop(stop));
             scope.spawn(|| self.summary_loop(stop));
-            let mut backoff = Duration::from_millis(200);
+            // Jittered, so that workers cut off by one broker restart do not
+            // all come back on the same schedule.
+            let mut reconnect = Backoff::new(Duration::from_millis(200), MAX_RECONNECT_BACKOFF);
+            let mut recheck = Backoff::new(Duration::from_millis(200), MAX_TOPOLOGY_BACKOFF);
             while !stop.load(Ordering::Relaxed) {
                 let started = Instant::now();
-                match self.session(stop) {
-                    Ok(()) => backoff = Duration::from_millis(200),
-                    Err(end) => {
-                        // A session that ran a while was healthy: start the
-                        // back-off afresh. One that failed at once (or was
-                        // refused a successor at once) keeps growing it.
-                        if started.elapsed() > Duration::from_secs(30) {
-                            backoff = Duration::from_millis(200);
-                        }
-                        let max = match &end {
-                            SessionEnd::Lost(e) => {
-                                log::warn!(
-                                    "broker session ended: {e}; reconnecting in {backoff:?}"
-                                );
-                                MAX_RECONNECT_BACKOFF
-                            }
-                            SessionEnd::Topology(why) => {
-                                log::error!(
-                                    "TOPOLOGY DAMAGED: {why}; not consuming {TIMEOUT_QUEUE} until it is whole \
-                                     again (run `order-producer declare`); checking again in {backoff:?}"
-                                );
-                                MAX_TOPOLOGY_BACKOFF
-                            }
-                        };
-                        broker::sleep_unless_stopped(backoff, stop);
-                        backoff = (backoff * 2).min(max);
+                let end = match self.session(stop) {
+                    Ok(()) => {
+                        reconnect.reset();
+                        recheck.reset();
+                        continue;
                     }
+                    Err(end) => end,
+                };
+                // A session that ran a while was healthy: start the back-off
+                // afresh. One that failed at once (or was refused a successor
+                // at once) keeps growing it.
+                if started.elapsed() > Duration::from_secs(30) {
+                    reconnect.reset();
+                    recheck.reset();
                 }
+                let pause = match &end {
+                    SessionEnd::Lost(e) => {
+                        let pause = reconnect.next_delay();
+                        log::warn!("broker session ended: {e}; reconnecting in {pause:?}");
+                        pause
+                    }
+                    SessionEnd::Topology(why) => {
+                        let pause = recheck.next_delay();
+                        log::error!(
+                            "TOPOLOGY DAMAGED: {why}; not consuming {TIMEOUT_QUEUE} until it is whole \
+                             again (run `order-producer declare`); checking again in {pause:?}"
+                        );
+                        pause
+                    }
+                };
+                sleep_unless_stopped(pause, stop);
             }
             if let Some(summary) = self.stats.take_summary() {
                 log::info!("{summary}");
@@ -202,9 +210,12 @@ impl Worker {
                     message: self.amqp_url.scrub(&e.to_string()),
                 })
             })?;
-            let publisher =
-                ConfirmedPublisher::open(&mut conn, &self.amqp_url, Duration::from_secs(10))
-                    .map_err(SessionEnd::Lost)?;
+            let publisher = ConfirmedPublisher::open(
+                &mut conn,
+                &self.amqp_url,
+                broker::DEFAULT_CONFIRM_TIMEOUT,
+            )
+            .map_err(SessionEnd::Lost)?;
             lanes.push((channel, publisher));
         }
         log::info!(
@@ -497,7 +508,7 @@ impl Worker {
 
     fn summary_loop(&self, stop: &AtomicBool) {
         while !stop.load(Ordering::Relaxed) {
-            broker::sleep_unless_stopped(self.settings.summary_interval, stop);
+            sleep_unless_stopped(self.settings.summary_interval, stop);
             if stop.load(Ordering::Relaxed) {
                 return;
             }

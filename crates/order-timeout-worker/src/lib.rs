@@ -17,19 +17,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use broker::{BrokerArgs, BrokerError};
 use clap::{Args, Parser, Subcommand};
-use domain::{DatabaseUrl, OrderNo};
+use domain::OrderNo;
+use service::{parse_duration, BrokerArgs, DatabaseArgs, UsageError};
 
 pub use consumer::{ConsumerSettings, Worker};
 pub use dispose::{dispose, Disposition};
 pub use settle::{Settlement, Settler, Trigger};
 pub use sweep::SweepReport;
-
-/// A mistake in the command line or configuration: exit code 2.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
 
 /// Settles e-commerce orders left unpaid past their payment deadline.
 ///
@@ -55,15 +50,8 @@ pub struct UsageError(pub String);
 #[derive(Debug, Parser)]
 #[command(name = "order-timeout-worker", version, about, long_about)]
 pub struct Cli {
-    /// PostgreSQL URL. A password in it is never printed.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/order_timeout",
-        hide_env_values = true,
-        global = true
-    )]
-    pub database_url: String,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
 
     #[command(flatten)]
     pub broker: BrokerArgs,
@@ -108,10 +96,10 @@ pub struct RunArgs {
     #[arg(long, env = "WORKER_DB_POOL_SIZE")]
     pub db_pool_size: Option<u32>,
     /// How often the sweep looks for overdue pending orders.
-    #[arg(long, env = "SWEEP_INTERVAL", default_value = "60s", value_parser = broker::parse_duration)]
+    #[arg(long, env = "SWEEP_INTERVAL", default_value = "60s", value_parser = parse_duration)]
     pub sweep_interval: Duration,
     /// How long past its deadline an order must be before the sweep takes it.
-    #[arg(long, env = "SWEEP_GRACE", default_value = "5m", value_parser = broker::parse_duration)]
+    #[arg(long, env = "SWEEP_GRACE", default_value = "5m", value_parser = parse_duration)]
     pub sweep_grace: Duration,
     /// Orders per sweep batch.
     #[arg(long, env = "SWEEP_BATCH", default_value_t = 500, value_parser = clap::value_parser!(i64).range(1..=100_000))]
@@ -120,11 +108,11 @@ pub struct RunArgs {
     /// order (`ORDER_NOT_EXIST`) to look once more: a payment order created
     /// later from a stale checkout page is closed there, or, if paid,
     /// recorded as paid after close.
-    #[arg(long, env = "RECHECK_AFTER", default_value = "10m", value_parser = broker::parse_duration)]
+    #[arg(long, env = "RECHECK_AFTER", default_value = "10m", value_parser = parse_duration)]
     pub recheck_after: Duration,
     /// How often the summary line (settled per second by outcome, retries,
     /// parked) is logged.
-    #[arg(long, env = "SUMMARY_INTERVAL", default_value = "60s", value_parser = broker::parse_duration)]
+    #[arg(long, env = "SUMMARY_INTERVAL", default_value = "60s", value_parser = parse_duration)]
     pub summary_interval: Duration,
 }
 
@@ -132,35 +120,17 @@ fn parse_order_no(s: &str) -> Result<OrderNo, String> {
     OrderNo::parse(s).map_err(|e| e.to_string())
 }
 
-/// The exit code for an error: 2 for bad usage or configuration, 1 else.
-#[must_use]
-pub fn exit_code(err: &anyhow::Error) -> u8 {
-    let usage = err.chain().any(|e| {
-        e.downcast_ref::<UsageError>().is_some()
-            || e.downcast_ref::<config::SettingError>().is_some()
-            || e.downcast_ref::<payment_client::ConfigError>().is_some()
-            || matches!(
-                e.downcast_ref::<BrokerError>(),
-                Some(BrokerError::TopologyMismatch(_) | BrokerError::TopologyMissing { .. })
-            )
-    });
-    if usage {
-        2
-    } else {
-        1
-    }
-}
-
 /// Start-up checks shared by both modes: payment settings and keys, the
 /// database and its schema. Returns the settler.
 pub fn prepare(cli: &Cli) -> anyhow::Result<Settler> {
     let payment_config = cli
         .payment
-        .config()?
+        .config()
+        .map_err(|e| UsageError(e.to_string()))?
         .with_max_idle_connections(usize::from(cli.run.concurrency) + 2);
-    let client =
-        payment_client::Client::new(payment_config).context("WeChat Pay client not usable")?;
-    let url = DatabaseUrl::new(cli.database_url.clone());
+    let client = payment_client::Client::new(payment_config)
+        .map_err(|e| UsageError(format!("WeChat Pay client not usable: {e}")))?;
+    let url = cli.database.url();
     let lanes = u32::from(cli.run.concurrency);
     let pool_size = cli.run.db_pool_size.unwrap_or(lanes.min(16) + 2).max(2);
     let pool = domain::build_pool(&url, pool_size, Duration::from_secs(10))

@@ -157,7 +157,7 @@ impl Worker {
 
     pub(crate) fn sweep_loop(&self, stop: &AtomicBool) {
         loop {
-            broker::sleep_unless_stopped(self.settings.sweep_interval, stop);
+            service::sleep_unless_stopped(self.settings.sweep_interval, stop);
             if stop.load(Ordering::Relaxed) {
                 return;
             }

@@ -21,10 +21,14 @@
 //! its URL and keys.
 
 mod admin;
+mod admin_api;
+mod api;
+mod auth;
 mod http;
 mod keys;
 mod model;
 mod server;
+mod signing;
 
 pub use admin::{AdminClient, AdminError};
 pub use keys::{ClientFiles, KeyError, SimKeys};

@@ -67,3 +67,10 @@ fn concurrent_migrations_queue_on_the_lock_and_apply_once() {
     let applied: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
     assert_eq!(applied, migration_count(), "each applied once in all");
 }
+
+#[test]
+fn the_template_drop_script_knows_the_in_use_lock() {
+    let script = include_str!("../../../../scripts/drop-test-templates.sh");
+    let key = domain::testing::TEMPLATE_IN_USE_KEY.to_string();
+    assert!(script.contains(&format!("in_use_key={key}")), "{key}");
+}

@@ -174,7 +174,7 @@ fn bad_usage_exits_2_saying_what_is_wrong() {
         (&["create-order", "--item", "TEA"], "CODE:QTY"),
         (
             &["create-order", "--item", "TEA:1", "--payment-window", "30"],
-            "no unit",
+            "time unit needed",
         ),
         (
             &["stock", "set", "--sku", "TEA", "--quantity", "-1"],
@@ -233,4 +233,51 @@ fn an_unreachable_database_exits_1_without_printing_the_password() {
     assert!(err.contains("could not connect to the database"), "{err}");
     assert!(err.contains("app:***@127.0.0.1:1"), "{err}");
     assert!(!err.contains("hunter2secret"), "{err}");
+}
+
+#[test]
+fn commands_at_trace_level_print_no_password() {
+    let env = crate::Env::new();
+    let user = env.vhost.secret_user();
+    let db_password = "db-s3cret-19be04";
+    let db_url =
+        env.db
+            .url()
+            .expose()
+            .replacen("postgres@", &format!("postgres:{db_password}@"), 1);
+    let orders = env.orders(2, std::time::Duration::from_mins(30));
+    let mut printed = String::new();
+    for args in [
+        &["declare"][..],
+        &["relay", "--once"],
+        &["status"],
+        &["parked"],
+        &["publish", &orders[0]],
+    ] {
+        let out = env
+            .command(args)
+            .env("RUST_LOG", "trace")
+            .env("AMQP_URL", user.url.expose())
+            .env("DATABASE_URL", &db_url)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        printed.push_str(&String::from_utf8_lossy(&out.stdout));
+        printed.push_str(&stderr(&out));
+    }
+    assert!(printed.contains("TRACE") || printed.contains("DEBUG"));
+    assert!(!printed.contains(&user.password), "AMQP password printed");
+    assert!(!printed.contains(db_password), "database password printed");
+}
+
+#[test]
+fn parked_without_a_topology_is_a_configuration_error() {
+    let env = crate::Env::new();
+    let out = env.run(&["parked"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("queue.ordertimeout.parked does not exist"),
+        "{}",
+        stderr(&out)
+    );
 }

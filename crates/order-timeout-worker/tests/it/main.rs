@@ -10,6 +10,7 @@ mod faults;
 mod money;
 mod poison;
 mod rechecks;
+mod secrets;
 mod sweep;
 mod topology;
 

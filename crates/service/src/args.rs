@@ -1,0 +1,145 @@
+//! The database and broker arguments every binary takes, so that all of them
+//! read the same flags and environment variables and cannot disagree. The
+//! URLs are held as `DatabaseUrl` / `AmqpUrl` from the moment they are
+//! parsed, so `Debug` of the parsed arguments never shows a password.
+
+use std::time::Duration;
+
+use broker::topology::{QueueType, Topology, DEFAULT_RETRY_DELAYS, DEFAULT_TTL};
+use broker::AmqpUrl;
+use clap::Args;
+use domain::DatabaseUrl;
+
+use crate::duration::parse_duration;
+
+/// Where the database is.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL URL. A password in it is never printed.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/order_timeout",
+        hide_env_values = true,
+        value_parser = parse_database_url,
+        global = true
+    )]
+    pub database_url: DatabaseUrl,
+}
+
+#[allow(clippy::unnecessary_wraps)] // clap's value_parser signature
+fn parse_database_url(s: &str) -> Result<DatabaseUrl, String> {
+    Ok(DatabaseUrl::new(s))
+}
+
+#[allow(clippy::unnecessary_wraps)] // clap's value_parser signature
+fn parse_amqp_url(s: &str) -> Result<AmqpUrl, String> {
+    Ok(AmqpUrl::new(s.to_owned()))
+}
+
+/// Where the broker is and what the topology looks like.
+#[derive(Debug, Clone, Args)]
+pub struct BrokerArgs {
+    /// RabbitMQ URL (`%2f` is the vhost `/`). A password in it is never printed.
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true,
+        value_parser = parse_amqp_url,
+        global = true
+    )]
+    pub amqp_url: AmqpUrl,
+
+    /// TTL of the single delay queue `queue.ordercreate` in milliseconds: the
+    /// payment window. Not used when --window is given.
+    #[arg(long, env = "DELAY_TTL_MS", default_value_t = DEFAULT_TTL.as_millis() as u64, global = true)]
+    pub ttl_ms: u64,
+
+    /// Payment windows, one delay queue each (`queue.ordercreate.<window>`),
+    /// e.g. `--window 15m --window 30m` or `PAYMENT_WINDOWS=15m,30m`. Replaces
+    /// the single `queue.ordercreate`.
+    #[arg(long = "window", env = "PAYMENT_WINDOWS", value_delimiter = ',', value_parser = parse_duration, global = true)]
+    pub windows: Vec<Duration>,
+
+    /// `classic` (one broker; dead-lettering at most once) or `quorum` (a
+    /// cluster; at-least-once dead-lettering).
+    #[arg(long, env = "QUEUE_TYPE", default_value = "classic", value_parser = QueueType::parse, global = true)]
+    pub queue_type: QueueType,
+
+    /// The worker's retry back-off ladder, one retry queue per delay
+    /// (`queue.ordertimeout.retry.<delay>`); when not given, 5s,30s,2m,10m
+    /// (`broker::topology::DEFAULT_RETRY_DELAYS`).
+    #[arg(long, env = "RETRY_DELAYS", value_delimiter = ',', value_parser = parse_duration, global = true)]
+    pub retry_delays: Vec<Duration>,
+}
+
+impl DatabaseArgs {
+    #[must_use]
+    pub fn url(&self) -> DatabaseUrl {
+        self.database_url.clone()
+    }
+}
+
+impl BrokerArgs {
+    #[must_use]
+    pub fn url(&self) -> AmqpUrl {
+        self.amqp_url.clone()
+    }
+
+    /// The topology these options describe; the error says what is wrong.
+    pub fn topology(&self) -> Result<Topology, String> {
+        let topo = if self.windows.is_empty() {
+            Topology::single(Duration::from_millis(self.ttl_ms), self.queue_type)?
+        } else {
+            Topology::windows(&self.windows, self.queue_type)?
+        };
+        let delays = if self.retry_delays.is_empty() {
+            DEFAULT_RETRY_DELAYS.to_vec()
+        } else {
+            self.retry_delays.clone()
+        };
+        topo.with_retry_delays(&delays)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(flatten)]
+        broker: BrokerArgs,
+    }
+
+    #[test]
+    fn the_shared_arguments_fit_one_command_and_hide_passwords() {
+        let cli = Cli::try_parse_from([
+            "x",
+            "--database-url",
+            "postgres://app:db-s3cret@h/db",
+            "--amqp-url",
+            "amqp://app:mq-s3cret@h:5672/%2f",
+            "--retry-delays",
+            "1s,2s",
+        ])
+        .unwrap();
+        let debug = format!("{cli:?}");
+        assert!(
+            !debug.contains("db-s3cret") && !debug.contains("mq-s3cret"),
+            "{debug}"
+        );
+        assert_eq!(cli.broker.topology().unwrap().retry_queues().len(), 2);
+        let defaults = Cli::try_parse_from(["x"]).unwrap();
+        assert_eq!(
+            defaults.broker.topology().unwrap().retry_queues().len(),
+            DEFAULT_RETRY_DELAYS.len()
+        );
+        assert_eq!(defaults.broker.ttl_ms, DEFAULT_TTL.as_millis() as u64);
+    }
+}

@@ -1,0 +1,73 @@
+//! Exit codes, decided in one place: 0 success, 2 bad usage or
+//! configuration, 1 anything else; and the `main` every binary runs.
+
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use broker::BrokerError;
+
+/// A mistake in the command line or configuration: exit code 2. The message
+/// names the setting and says what to do.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// The exit code for an error: 2 when bad usage or configuration caused it
+/// (a [`UsageError`] anywhere in its chain, or a topology the broker lacks or
+/// holds with other arguments), 1 for anything else.
+#[must_use]
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    let usage = err.chain().any(|e| {
+        e.downcast_ref::<UsageError>().is_some()
+            || matches!(
+                e.downcast_ref::<BrokerError>(),
+                Some(BrokerError::TopologyMismatch(_) | BrokerError::TopologyMissing { .. })
+            )
+    });
+    if usage {
+        2
+    } else {
+        1
+    }
+}
+
+/// The whole `main` of a binary: parses the command line (clap exits 2 on
+/// bad usage), sets up logging and the stop flag, runs `run`, and prints an
+/// error's chain (`error: ...: ...`) with its exit code.
+pub fn main<C: clap::Parser>(
+    run: impl FnOnce(&C, &Arc<AtomicBool>) -> anyhow::Result<ExitCode>,
+) -> ExitCode {
+    let cli = C::parse();
+    crate::logging::init();
+    let stop = match crate::shutdown::stop_flag() {
+        Ok(stop) => stop,
+        Err(e) => {
+            eprintln!("error: could not install the SIGTERM/SIGINT handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match run(&cli, &stop) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(exit_code(&err))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_anywhere_in_the_chain_is_2_else_1() {
+        let usage = anyhow::Error::new(UsageError("bad".into())).context("while starting");
+        assert_eq!(exit_code(&usage), 2);
+        let missing = anyhow::Error::new(BrokerError::TopologyMissing {
+            what: "queue x".into(),
+        });
+        assert_eq!(exit_code(&missing), 2);
+        assert_eq!(exit_code(&anyhow::anyhow!("database down")), 1);
+    }
+}

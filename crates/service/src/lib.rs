@@ -1,0 +1,21 @@
+//! What every order-timeout binary shares, written once: the logging set-up
+//! (which keeps secrets out of logs whatever `RUST_LOG` says), the stop flag
+//! raised by SIGTERM/SIGINT, the usage-error type and the one mapping of
+//! errors to exit codes (0 / 2 / 1), the database and broker arguments,
+//! duration parsing and reconnect back-off with jitter.
+//!
+//! A binary's `main` is one line: `service::main(crate::run)`. Everything
+//! it runs lives in libraries that tests call directly.
+
+pub mod args;
+pub mod backoff;
+pub mod duration;
+pub mod exit;
+pub mod logging;
+pub mod shutdown;
+
+pub use args::{BrokerArgs, DatabaseArgs};
+pub use backoff::Backoff;
+pub use duration::parse_duration;
+pub use exit::{exit_code, main, UsageError};
+pub use shutdown::sleep_unless_stopped;
