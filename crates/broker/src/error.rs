@@ -5,7 +5,6 @@ use crate::connection::AmqpUrl;
 
 /// Errors of this crate. Messages never contain the AMQP password.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum BrokerError {
     /// The connection could not be opened or was lost (network, broker
     /// restarting, socket closed).

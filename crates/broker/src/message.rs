@@ -22,7 +22,6 @@ pub struct TimeoutMessage {
 
 /// Why a body is not a timeout message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
 pub enum DecodeError {
     #[error("body of {0} bytes exceeds the {MAX_BODY_BYTES}-byte limit")]
     TooLarge(usize),

@@ -79,6 +79,14 @@ impl QueueType {
     }
 }
 
+impl std::str::FromStr for QueueType {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::parse(s)
+    }
+}
+
 /// A queue whose messages expire, after `ttl`, into [`EXCHANGE`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DelayQueue {

@@ -211,6 +211,58 @@ pub fn build_pool(
         .map_err(|e| StoreError::Connect(url.scrub(&format!("{}: {e}", url.redacted()))))
 }
 
+/// A connection from `pool`, or [`StoreError::Connect`] saying why none
+/// came (the pool's timeout, the database unreachable).
+pub fn checkout(pool: &PgPool) -> Result<PooledConnection, StoreError> {
+    pool.get().map_err(|e| StoreError::Connect(e.to_string()))
+}
+
+/// Key of the advisory lock that lets one worker sweep at a time.
+const SWEEP_LOCK_KEY: i64 = 0x6f74_5f73_7765_6570; // "ot_sweep"
+
+/// The sweep's lock, held on one connection while a pass runs: only one
+/// worker sweeps at a time. Dropping it releases the lock.
+pub struct SweepLock<'c> {
+    conn: &'c mut PgConnection,
+}
+
+impl std::fmt::Debug for SweepLock<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SweepLock").finish_non_exhaustive()
+    }
+}
+
+impl<'c> SweepLock<'c> {
+    /// Takes the lock on `conn` if nobody holds it (`None` when another
+    /// session does). A session-level advisory lock: it dies with the
+    /// connection, so a crashed worker never blocks the sweep for good.
+    pub fn try_acquire(conn: &'c mut PgConnection) -> Result<Option<Self>, StoreError> {
+        #[derive(diesel::QueryableByName)]
+        struct Locked {
+            #[diesel(sql_type = diesel::sql_types::Bool)]
+            locked: bool,
+        }
+        let locked = diesel::sql_query(format!(
+            "SELECT pg_try_advisory_lock({SWEEP_LOCK_KEY}) AS locked"
+        ))
+        .get_result::<Locked>(conn)?
+        .locked;
+        Ok(locked.then_some(Self { conn }))
+    }
+
+    /// The connection that holds the lock, for the pass's own queries.
+    pub fn conn(&mut self) -> &mut PgConnection {
+        self.conn
+    }
+}
+
+impl Drop for SweepLock<'_> {
+    fn drop(&mut self) {
+        let _ = diesel::sql_query(format!("SELECT pg_advisory_unlock({SWEEP_LOCK_KEY})"))
+            .execute(self.conn);
+    }
+}
+
 /// Applies every pending embedded migration and returns the versions applied
 /// (empty when the schema was already current). Concurrent callers queue on
 /// an advisory lock, so two `migrate` runs at once are safe.

@@ -8,7 +8,6 @@ use crate::values::SkuCode;
 
 /// Which kind of database constraint rejected a change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum ConstraintKind {
     Unique,
     Check,
@@ -18,7 +17,6 @@ pub enum ConstraintKind {
 
 /// Everything a repository operation can fail with.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum StoreError {
     #[error("an order needs at least one item")]
     EmptyOrder,

@@ -25,7 +25,8 @@ pub mod testing;
 pub mod values;
 
 pub use db::{
-    build_pool, connect, pending_migrations, run_migrations, DatabaseUrl, PgPool, PooledConnection,
+    build_pool, checkout, connect, pending_migrations, run_migrations, DatabaseUrl, PgPool,
+    PooledConnection, SweepLock,
 };
 pub use diesel::PgConnection;
 pub use error::{ConstraintKind, StoreError};

@@ -8,7 +8,7 @@ use diesel::prelude::*;
 use crate::error::StoreError;
 use crate::order_no::OrderNo;
 use crate::schema::{order_events, order_items, orders, outbox, payments, skus};
-use crate::values::{Anomaly, Fen, OrderStatus, Quantity, SkuCode};
+use crate::values::{Anomaly, Fen, OrderStatus, Quantity, SkuCode, TransactionId};
 
 /// A SKU and the units of it available for sale.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,7 +55,7 @@ pub struct OrderItem {
 /// A payment recorded for an order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Payment {
-    pub transaction_id: String,
+    pub transaction_id: TransactionId,
     pub amount: Fen,
     pub success_time: DateTime<Utc>,
     /// The order had been closed (stock given back) before this payment was
@@ -186,7 +186,8 @@ impl TryFrom<PaymentRow> for Payment {
     type Error = StoreError;
     fn try_from(r: PaymentRow) -> Result<Self, StoreError> {
         Ok(Payment {
-            transaction_id: r.transaction_id,
+            transaction_id: TransactionId::parse(&r.transaction_id)
+                .map_err(|e| corrupt("payments.transaction_id", e))?,
             amount: Fen::new(r.amount_fen).map_err(|e| corrupt("payments.amount_fen", e))?,
             success_time: r.success_time,
             paid_after_close: r.paid_after_close,

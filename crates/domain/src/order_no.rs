@@ -8,7 +8,6 @@ use rand::Rng;
 
 /// Why a string is not an order number.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
 pub enum OrderNoError {
     #[error("order number must be 6 to 32 characters long, got {0}")]
     Length(usize),

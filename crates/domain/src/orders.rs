@@ -6,7 +6,7 @@
 //! that must touch exactly one row: whoever changes the row first wins, every
 //! later or concurrent attempt sees zero rows and reports what the order has
 //! become. That is what makes the worker's retries and duplicates harmless
-//! (invariant 1 of the design).
+//! (ARCHITECTURE.md, invariant 1).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -277,7 +277,7 @@ pub enum CloseOutcome {
 /// Only the call that moves the order out of `pending_payment` gives stock
 /// back (invariant 1). A repeated or concurrent call changes nothing and
 /// returns `AlreadyClosed` (or `AlreadyPaid` if a payment won the race).
-/// The caller must know the order is unpaid at WeChat Pay (invariant 2).
+/// The caller must know the order is unpaid at WeChat Pay (invariant 7).
 ///
 /// `recheck_at`, when given, schedules the order's one recheck for a payment
 /// order created at WeChat Pay after this close (see
@@ -387,7 +387,7 @@ pub enum MarkPaidOutcome {
 /// Repeat: `AlreadyPaid`, nothing changes. On an order already closed: the
 /// payment is recorded with `paid_after_close` and a `paid_after_close` event
 /// (someone must refund it), stock is left alone, its pending recheck is
-/// done; a repeat finds the payment and records nothing more (invariant 4).
+/// done; a repeat finds the payment and records nothing more (invariant 2).
 /// A transaction id already recorded for another order changes nothing and
 /// returns `TransactionOfAnotherOrder`, also when two such calls race.
 /// Moving a pending order to paid clears a recorded anomaly.

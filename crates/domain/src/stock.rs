@@ -105,7 +105,7 @@ pub fn list_skus(conn: &mut PgConnection) -> Result<Vec<Sku>, StoreError> {
         .collect()
 }
 
-/// One SKU's stock balance: invariant 3 of the design says
+/// One SKU's stock balance: invariant 3 (ARCHITECTURE.md) says
 /// `stock + held == loaded`.
 #[derive(Debug, Clone, PartialEq, Eq, QueryableByName)]
 pub struct StockBalance {

@@ -256,3 +256,71 @@ impl Drop for KillOnDrop {
         }
     }
 }
+
+/// Drops the database `name` (connections and all), on the test server.
+/// For tests of what creates a missing database.
+pub fn drop_database(name: &str) {
+    diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut admin_conn())
+        .expect("drop database");
+}
+
+/// Benchmarks: `n` pending orders `bench0000000001`.. of one unit of SKU
+/// `sku` at 100 fen, inserted in one statement, their stock held (the SKU's
+/// stock is set to 0 after, as if the units had been reserved). With
+/// `overdue`, their deadline passed a minute ago; otherwise it is 30 minutes
+/// ahead and each order has an outbox row (for the relay benchmark).
+pub fn bulk_orders(conn: &mut PgConnection, sku: &str, n: usize, overdue: bool) {
+    let (deadline, created) = if overdue {
+        (
+            "now() - interval '1 minute'",
+            "now() - interval '31 minutes'",
+        )
+    } else {
+        ("now() + interval '30 minutes'", "now()")
+    };
+    let then = if overdue {
+        format!(
+            "INSERT INTO order_items (order_id, sku_id, quantity, unit_price_fen)
+             SELECT o.id, s.id, 1, 100 FROM o, skus s WHERE s.code = '{sku}'"
+        )
+    } else {
+        "INSERT INTO outbox (order_id) SELECT id FROM o ORDER BY id".to_owned()
+    };
+    diesel::sql_query(format!(
+        "WITH o AS (
+           INSERT INTO orders (order_no, status, total_fen, deadline, created_at, updated_at)
+           SELECT 'bench' || lpad(g::text, 10, '0'), 'pending_payment', 100, {deadline}, {created}, now()
+             FROM generate_series(1, {n}) g
+           RETURNING id)
+         {then}"
+    ))
+    .execute(conn)
+    .expect("bulk insert orders");
+    if overdue {
+        diesel::sql_query(format!("UPDATE skus SET stock = 0 WHERE code = '{sku}'"))
+            .execute(conn)
+            .expect("hold the stock");
+    }
+}
+
+/// Benchmarks: for every order, milliseconds from its deadline to its
+/// settlement (closed, else last update), sorted.
+#[must_use]
+pub fn settlement_lags_ms(conn: &mut PgConnection) -> Vec<f64> {
+    #[derive(diesel::QueryableByName)]
+    struct Lag {
+        #[diesel(sql_type = diesel::sql_types::Double)]
+        ms: f64,
+    }
+    let mut lags: Vec<f64> = diesel::sql_query(
+        "SELECT (EXTRACT(EPOCH FROM (COALESCE(closed_at, updated_at) - deadline)) * 1000)::double precision AS ms FROM orders",
+    )
+    .load::<Lag>(conn)
+    .expect("read lags")
+    .into_iter()
+    .map(|l| l.ms)
+    .collect();
+    lags.sort_by(f64::total_cmp);
+    lags
+}

@@ -6,7 +6,6 @@ use std::fmt;
 
 /// Why a value was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
 pub enum ValueError {
     #[error("SKU code must be 1 to 64 characters of A-Z a-z 0-9 . _ -, got {0:?}")]
     SkuCode(String),
@@ -300,9 +299,46 @@ impl fmt::Display for TransactionId {
     }
 }
 
+/// `"..".parse::<T>()` is the same as `T::parse("..")` for every value type.
+macro_rules! from_str_by_parse {
+    ($($t:ty),* $(,)?) => {$(
+        impl std::str::FromStr for $t {
+            type Err = ValueError;
+            fn from_str(s: &str) -> Result<Self, ValueError> {
+                Self::parse(s)
+            }
+        }
+    )*};
+}
+
+from_str_by_parse!(
+    Fen,
+    SkuCode,
+    Quantity,
+    StockLevel,
+    OrderStatus,
+    Anomaly,
+    TransactionId
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_value_type_parses_through_from_str() {
+        assert_eq!("1999".parse::<Fen>().map(Fen::get), Ok(1999));
+        assert_eq!("TEA".parse::<SkuCode>().unwrap().as_str(), "TEA");
+        assert_eq!("2".parse::<Quantity>().map(Quantity::get), Ok(2));
+        assert_eq!("0".parse::<StockLevel>().map(StockLevel::get), Ok(0));
+        assert_eq!("paid".parse::<OrderStatus>(), Ok(OrderStatus::Paid));
+        assert_eq!(
+            "amount_mismatch".parse::<Anomaly>(),
+            Ok(Anomaly::AmountMismatch)
+        );
+        assert!("4200".parse::<TransactionId>().is_ok());
+        assert!("x y".parse::<TransactionId>().is_err());
+    }
 
     #[test]
     fn fen_bounds_and_arithmetic() {

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use broker::testing::TestVhost;
 use broker::{ConfirmedPublisher, Outgoing, QueueType, TimeoutMessage, Topology};
-use diesel::RunQueryDsl;
 use domain::testing::TestDb;
 use order_producer::relay::{Relay, Settings};
 
@@ -27,18 +26,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn seed(db: &TestDb, n: usize) {
-    let mut conn = db.conn();
-    diesel::sql_query(format!(
-        "WITH o AS (
-           INSERT INTO orders (order_no, status, total_fen, deadline, created_at, updated_at)
-           SELECT 'bench' || lpad(g::text, 10, '0'), 'pending_payment', 100,
-                  now() + interval '30 minutes', now(), now()
-             FROM generate_series(1, {n}) g
-           RETURNING id)
-         INSERT INTO outbox (order_id) SELECT id FROM o ORDER BY id"
-    ))
-    .execute(&mut conn)
-    .expect("seed outbox");
+    domain::testing::bulk_orders(&mut db.conn(), "TEA", n, false);
 }
 
 fn relay_run(n: usize, batch: i64) -> f64 {

@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use broker::testing::TestVhost;
 use broker::{ConfirmedPublisher, Outgoing, QueueType, TimeoutMessage, Topology};
-use diesel::RunQueryDsl;
 use domain::testing::TestDb;
 use wechatpay_sim::{ClientFiles, Faults, SimKeys, Simulator};
 
@@ -139,21 +138,7 @@ fn throughput(keys: &SimKeys, n: usize, latency_ms: u64, concurrency: u16) -> (f
         None,
     )
     .unwrap();
-    diesel::sql_query(format!(
-        "WITH o AS (
-           INSERT INTO orders (order_no, status, total_fen, deadline, created_at, updated_at)
-           SELECT 'bench' || lpad(g::text, 10, '0'), 'pending_payment', 100,
-                  now() - interval '1 minute', now() - interval '31 minutes', now()
-             FROM generate_series(1, {n}) g
-           RETURNING id)
-         INSERT INTO order_items (order_id, sku_id, quantity, unit_price_fen)
-         SELECT o.id, s.id, 1, 100 FROM o, skus s WHERE s.code = 'TEA'"
-    ))
-    .execute(&mut conn)
-    .unwrap();
-    diesel::sql_query("UPDATE skus SET stock = 0")
-        .execute(&mut conn)
-        .unwrap();
+    domain::testing::bulk_orders(&mut conn, "TEA", n, true);
     let admin = env.sim.admin();
     let nos: Vec<String> = (1..=n).map(|g| format!("bench{g:010}")).collect();
     for (i, no) in nos.iter().enumerate() {
@@ -230,12 +215,6 @@ fn throughput(keys: &SimKeys, n: usize, latency_ms: u64, concurrency: u16) -> (f
     )
 }
 
-#[derive(diesel::QueryableByName)]
-struct Lag {
-    #[diesel(sql_type = diesel::sql_types::Double)]
-    ms: f64,
-}
-
 /// Lag run: `rate` orders/s for `secs` s, 1 s window; returns lag percentiles in ms.
 fn lag(keys: &SimKeys, rate: u32, secs: u32, concurrency: u16) -> (f64, f64, f64, usize) {
     let window = Duration::from_secs(1);
@@ -289,15 +268,7 @@ fn lag(keys: &SimKeys, rate: u32, secs: u32, concurrency: u16) -> (f64, f64, f64
     stop_relay.store(true, Ordering::Relaxed);
     let _ = relay_thread.join();
     stop(worker);
-    let mut lags: Vec<f64> = diesel::sql_query(
-        "SELECT (EXTRACT(EPOCH FROM (COALESCE(closed_at, updated_at) - deadline)) * 1000)::double precision AS ms FROM orders",
-    )
-    .load::<Lag>(&mut conn)
-    .unwrap()
-    .into_iter()
-    .map(|l| l.ms)
-    .collect();
-    lags.sort_by(f64::total_cmp);
+    let lags = domain::testing::settlement_lags_ms(&mut conn);
     let pct = |p: f64| lags[((lags.len() as f64 * p) as usize).min(lags.len() - 1)];
     (pct(0.50), pct(0.95), pct(0.99), lags.len())
 }

@@ -6,6 +6,7 @@
 pub mod config;
 pub mod consumer;
 pub mod dispose;
+pub mod lane;
 pub mod settle;
 pub mod stats;
 pub mod sweep;
@@ -136,7 +137,7 @@ pub fn prepare(cli: &Cli) -> anyhow::Result<Settler> {
     let pool = domain::build_pool(&url, pool_size, Duration::from_secs(10))
         .context("is PostgreSQL running and DATABASE_URL right?")?;
     let pending = {
-        let mut conn = pool.get().context("no database connection")?;
+        let mut conn = domain::checkout(&pool).context("no database connection")?;
         domain::pending_migrations(&mut conn).context("could not read the schema version")?
     };
     if !pending.is_empty() {
@@ -182,7 +183,7 @@ pub fn run(cli: &Cli, stop: &Arc<AtomicBool>) -> anyhow::Result<ExitCode> {
 fn settle_now(settler: &Settler, order_no: &OrderNo) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
     let s = settler.settle(order_no, Trigger::Operator, chrono::Utc::now());
-    consumer::log_settlement(order_no, &s, 1, started);
+    lane::log_settlement(order_no, &s, 1, started);
     let mut out = std::io::stdout().lock();
     let line = match &s {
         Settlement::Closed { why, recheck_after } => format!(

@@ -242,17 +242,12 @@ impl Settler {
     }
 
     fn load(&self, order_no: &OrderNo) -> Result<Option<Order>, StoreError> {
-        let mut conn = self
-            .pool
-            .get()
-            .map_err(|e| StoreError::Connect(e.to_string()))?;
+        let mut conn = self.conn()?;
         domain::find_order(&mut conn, order_no)
     }
 
     fn conn(&self) -> Result<domain::PooledConnection, StoreError> {
-        self.pool
-            .get()
-            .map_err(|e| StoreError::Connect(e.to_string()))
+        domain::checkout(&self.pool)
     }
 
     /// Closes the payment order at WeChat Pay and reads it back. `Ok(tx)` is

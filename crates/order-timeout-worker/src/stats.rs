@@ -4,10 +4,12 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Outcome counts since the last summary.
+/// Outcome counts: since the last summary (for the summary line) and since
+/// the start (for whoever watches the worker: tests, later metrics).
 #[derive(Debug, Default)]
 pub struct Stats {
     inner: Mutex<Window>,
+    totals: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 #[derive(Debug)]
@@ -32,6 +34,23 @@ impl Default for Window {
 impl Stats {
     pub fn outcome(&self, label: &'static str) {
         *self.lock().outcomes.entry(label).or_default() += 1;
+        *self
+            .totals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(label)
+            .or_default() += 1;
+    }
+
+    /// Settlement attempts with this outcome label since the start.
+    #[must_use]
+    pub fn total(&self, label: &str) -> u64 {
+        self.totals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(label)
+            .copied()
+            .unwrap_or(0)
     }
 
     pub fn retry(&self) {

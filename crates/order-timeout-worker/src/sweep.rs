@@ -14,11 +14,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use diesel::RunQueryDsl;
-use domain::{OverdueOrder, PgConnection, StoreError};
+use domain::{OverdueOrder, PgConnection, StoreError, SweepLock};
 
-use crate::consumer::{log_settlement, Worker};
+use crate::consumer::Worker;
 use crate::dispose::ladder;
+use crate::lane::log_settlement;
 use crate::settle::{Settlement, Trigger};
 
 /// What one sweep pass did.
@@ -42,29 +42,12 @@ impl Worker {
     /// [`Worker::sweep_once`], stopping between orders once `stop` is raised
     /// (so SIGTERM is not held up by a long sweep).
     pub fn sweep_until(&self, stop: &AtomicBool) -> Result<Option<SweepReport>, StoreError> {
-        #[derive(diesel::QueryableByName)]
-        struct Locked {
-            #[diesel(sql_type = diesel::sql_types::Bool)]
-            locked: bool,
-        }
-        const SWEEP_LOCK: i64 = 0x6f74_5f73_7765_6570; // "ot_sweep"
-        let mut conn = self
-            .settler
-            .pool()
-            .get()
-            .map_err(|e| StoreError::Connect(e.to_string()))?;
-        let locked = diesel::sql_query(format!(
-            "SELECT pg_try_advisory_lock({SWEEP_LOCK}) AS locked"
-        ))
-        .get_result::<Locked>(&mut conn)?
-        .locked;
-        if !locked {
+        let mut conn = domain::checkout(self.settler.pool())?;
+        let Some(mut lock) = SweepLock::try_acquire(&mut conn)? else {
             return Ok(None);
-        }
-        let result = self.sweep_pass(&mut conn, stop);
-        let _ = diesel::sql_query(format!("SELECT pg_advisory_unlock({SWEEP_LOCK})"))
-            .execute(&mut conn);
-        result.map(Some)
+        };
+        // The lock is released when `lock` drops, whatever the pass returns.
+        self.sweep_pass(lock.conn(), stop).map(Some)
     }
 
     fn sweep_pass(

@@ -1,4 +1,4 @@
-//! Invariant 6: nothing is lost when the broker or the database restarts
+//! Invariant 16 (ARCHITECTURE.md): nothing is lost when the broker or the database restarts
 //! under a running worker.
 //!
 //! A test binary of its own with one test: it stops and starts the RabbitMQ

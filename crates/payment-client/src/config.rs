@@ -188,7 +188,6 @@ impl Config {
 /// Why the client could not be built. Messages name the setting or file at
 /// fault and never contain key material.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum ConfigError {
     #[error("WeChat Pay setting {setting} is invalid: {reason}")]
     Invalid {

@@ -12,7 +12,6 @@ pub const DEFAULT_RATE_LIMIT_BACKOFF: Duration = Duration::from_secs(1);
 /// A failed call. Whatever the variant, the caller learned nothing about the
 /// payment: it must not treat the order as paid or unpaid.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum Error {
     /// Refused before sending: not a valid `out_trade_no`. Permanent.
     #[error("invalid out_trade_no {0:?}: expected 6 to 32 of 0-9 a-z A-Z _ - | *")]

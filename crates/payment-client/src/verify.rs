@@ -35,7 +35,6 @@ pub const HEADER_SERIAL: &str = "Wechatpay-Serial";
 
 /// Why a response was not trusted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
 pub enum VerifyError {
     #[error("header {0} is missing")]
     MissingHeader(&'static str),

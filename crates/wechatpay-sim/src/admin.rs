@@ -10,7 +10,6 @@ use crate::model::{Faults, Order, Stats};
 
 /// An admin call failed.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum AdminError {
     #[error("simulator admin API unreachable: {0}")]
     Http(#[from] ureq::Error),

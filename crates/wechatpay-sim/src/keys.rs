@@ -30,7 +30,6 @@ pub const WECHATPAY_PUBLIC_KEY_FILE: &str = "wechatpay_public_key.pem";
 
 /// Why keys could not be made, read or written. Names files, never contents.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum KeyError {
     #[error("cannot read {}: {source}", path.display())]
     Read {

@@ -54,7 +54,6 @@ impl Default for SimConfig {
 
 /// The simulator could not start.
 #[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
 pub enum SimError {
     #[error("cannot listen on {addr}: {source}")]
     Bind {

@@ -133,7 +133,7 @@ fn marking_paid_records_the_payment_once() {
     assert_eq!(stored.paid_at, Some(p.success_time.trunc_subsecs(6)));
     let pays = payments_of(&mut conn, &o.order_no).unwrap();
     assert_eq!(pays.len(), 1);
-    assert_eq!(pays[0].transaction_id, "4200000001202611260001");
+    assert_eq!(pays[0].transaction_id.as_str(), "4200000001202611260001");
     assert_eq!(pays[0].amount.get(), 300);
     assert!(!pays[0].paid_after_close);
     assert_eq!(event_kinds(&mut conn, &o.order_no), ["created", "paid"]);

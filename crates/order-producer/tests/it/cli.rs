@@ -49,13 +49,7 @@ fn migrate_creates_the_schema_and_a_second_run_changes_nothing() {
 fn migrate_creates_a_missing_database() {
     // The database TestDb::empty() names, dropped first so migrate must create it.
     let db = TestDb::empty();
-    {
-        use diesel::{Connection, RunQueryDsl};
-        let mut admin = diesel::PgConnection::establish(&domain::testing::admin_url()).unwrap();
-        diesel::sql_query(format!("DROP DATABASE {} WITH (FORCE)", db.name()))
-            .execute(&mut admin)
-            .unwrap();
-    }
+    domain::testing::drop_database(db.name());
     let out = producer(db.url().expose(), &["migrate"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(

@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use diesel::RunQueryDsl;
 use domain::OrderStatus;
 use order_timeout_worker::{Settlement, Trigger};
 
@@ -99,7 +98,9 @@ fn a_redelivery_after_commit_is_a_no_op() {
     assert_eq!(stack.stock("TEA"), 1000);
     let worker = stack.start(stack.settings());
     stack.relay();
-    std::thread::sleep(Duration::from_millis(600));
+    // The redelivery must really be handled (found settled), not merely be
+    // somewhere else than the consumer queue when we look.
+    worker.wait_outcomes("already_settled", 1, LIMIT);
     stack.wait_depth("queue.ordertimeout", 0, LIMIT);
     worker.stop();
     assert_eq!(stack.stock("TEA"), 1000, "nothing given back twice");
@@ -144,18 +145,17 @@ fn only_one_worker_sweeps_at_a_time() {
     );
     // Hold the sweep lock from another session.
     let mut holder = stack.db.conn();
-    diesel::sql_query("SELECT pg_advisory_lock(8031148985037448560)")
-        .execute(&mut holder)
-        .unwrap();
+    let held = domain::SweepLock::try_acquire(&mut holder)
+        .unwrap()
+        .expect("nobody else sweeps");
     assert_eq!(
         w1.sweep_once().unwrap(),
         None,
         "skipped while another sweeps"
     );
-    // Unlock explicitly: a dropped connection's backend may linger a moment.
-    diesel::sql_query("SELECT pg_advisory_unlock(8031148985037448560)")
-        .execute(&mut holder)
-        .unwrap();
+    // Dropping the lock unlocks at once (a dropped connection's backend
+    // may linger a moment).
+    drop(held);
     assert_eq!(w1.sweep_once().unwrap().map(|r| r.looked_at), Some(0));
 }
 
@@ -167,7 +167,6 @@ fn the_worker_reconnects_after_losing_the_broker() {
     stack.relay();
     assert_eq!(stack.wait_settled(&first, LIMIT), OrderStatus::Closed);
     stack.vhost.close_all_connections();
-    std::thread::sleep(Duration::from_millis(300));
     let second = stack.order();
     stack.relay();
     assert_eq!(

@@ -9,7 +9,7 @@ use wechatpay_sim::{Endpoint, Faults};
 
 use crate::Stack;
 
-/// Invariant 2, checked against the simulator: an order closed here is one
+/// Invariants 7 and 11 (ARCHITECTURE.md), checked against the simulator: an order closed here is one
 /// WeChat Pay shows closed (or never saw); one paid there is paid here.
 fn assert_matches_wechat(stack: &Stack, nos: &[domain::OrderNo]) {
     for no in nos {

@@ -107,7 +107,7 @@ fn a_payment_made_after_the_close_is_recorded_for_refund() {
     assert_eq!(payments.len(), 1);
     assert!(payments[0].paid_after_close);
     assert_eq!(
-        Some(payments[0].transaction_id.clone()),
+        Some(payments[0].transaction_id.to_string()),
         paid.transaction_id
     );
     let order = domain::find_order(&mut stack.db.conn(), &no)
@@ -150,9 +150,8 @@ fn still_nothing_at_wechat_pay_ends_the_recheck_and_a_duplicate_is_a_no_op() {
         broker::Outcome::Confirmed
     );
     let _ = conn.close();
-    stack.wait_depth("queue.ordertimeout", 0, LIMIT);
-    // Give the lane that took it time to finish before looking.
-    std::thread::sleep(Duration::from_millis(300));
+    // Handled, and found done: nothing asked, nothing recorded.
+    worker.wait_outcomes("already_settled", 1, LIMIT);
     worker.stop();
     assert_eq!(
         stack.sim.admin().stats().unwrap().queries,

@@ -148,9 +148,11 @@ impl Stack {
         );
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
+        let stats = worker.stats();
         let handle = std::thread::spawn(move || worker.run(&flag));
         Running {
             stop,
+            stats,
             handle: Some(handle),
         }
     }
@@ -336,10 +338,29 @@ pub(crate) fn reason_of(props: &amiquip::AmqpProperties) -> (String, String) {
 /// A worker running in a thread of this process.
 pub(crate) struct Running {
     stop: Arc<AtomicBool>,
+    stats: Arc<order_timeout_worker::stats::Stats>,
     handle: Option<JoinHandle<()>>,
 }
 
 impl Running {
+    /// Waits until the worker has had at least `n` settlement attempts with
+    /// outcome `label` (e.g. `already_settled`) since it started.
+    pub(crate) fn wait_outcomes(&self, label: &str, n: u64, limit: Duration) {
+        let started = Instant::now();
+        while self.stats.total(label) < n {
+            assert!(
+                started.elapsed() < limit,
+                "{} {label} outcome(s), not {n}, after {limit:?}",
+                self.stats.total(label)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub(crate) fn outcomes(&self, label: &str) -> u64 {
+        self.stats.total(label)
+    }
+
     pub(crate) fn stop(mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(h) = self.handle.take() {
