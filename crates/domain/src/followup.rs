@@ -98,7 +98,13 @@ pub fn needs_human_count(conn: &mut PgConnection) -> Result<i64, StoreError> {
 /// The orders that carry an anomaly, oldest first, at most `limit`.
 /// Read-only.
 pub fn needs_human(conn: &mut PgConnection, limit: i64) -> Result<Vec<NeedsHuman>, StoreError> {
-    type Row = (i64, String, String, Option<String>, Option<DateTime<Utc>>);
+    type Row = (
+        i64,
+        String,
+        OrderStatus,
+        Option<String>,
+        Option<DateTime<Utc>>,
+    );
     let rows: Vec<Row> = orders::table
         .filter(orders::anomaly.is_not_null())
         .order((orders::anomaly_at.asc(), orders::id.asc()))
@@ -122,7 +128,7 @@ pub fn needs_human(conn: &mut PgConnection, limit: i64) -> Result<Vec<NeedsHuman
                 .optional()?;
             Ok(NeedsHuman {
                 order_no: OrderNo::parse(&no).map_err(|e| corrupt("orders.order_no", e))?,
-                status: OrderStatus::parse(&status).map_err(|e| corrupt("orders.status", e))?,
+                status,
                 anomaly: Anomaly::parse(anomaly.as_deref().unwrap_or_default())
                     .map_err(|e| corrupt("orders.anomaly", e))?,
                 since: since.ok_or_else(|| corrupt("orders.anomaly_at", "null"))?,

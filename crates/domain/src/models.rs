@@ -101,7 +101,7 @@ impl TryFrom<SkuRow> for Sku {
 pub(crate) struct OrderRow {
     id: i64,
     order_no: String,
-    status: String,
+    status: OrderStatus,
     total_fen: i64,
     deadline: DateTime<Utc>,
     created_at: DateTime<Utc>,
@@ -121,7 +121,7 @@ impl TryFrom<OrderRow> for Order {
         Ok(Order {
             id: r.id,
             order_no: OrderNo::parse(&r.order_no).map_err(|e| corrupt("orders.order_no", e))?,
-            status: OrderStatus::parse(&r.status).map_err(|e| corrupt("orders.status", e))?,
+            status: r.status,
             total: Fen::new(r.total_fen).map_err(|e| corrupt("orders.total_fen", e))?,
             deadline: r.deadline,
             created_at: r.created_at,
@@ -147,7 +147,7 @@ impl TryFrom<OrderRow> for Order {
 #[diesel(table_name = orders)]
 pub(crate) struct NewOrderRow<'a> {
     pub order_no: &'a str,
-    pub status: &'a str,
+    pub status: OrderStatus,
     pub total_fen: i64,
     pub deadline: DateTime<Utc>,
     pub created_at: DateTime<Utc>,

@@ -23,7 +23,6 @@ use crate::order_no::OrderNo;
 use crate::schema::{order_events, order_items, orders, outbox, payments, skus};
 use crate::values::{Fen, OrderStatus, Quantity, SkuCode, TransactionId};
 
-const PENDING: &str = "pending_payment";
 const MAX_WINDOW: Duration = Duration::from_hours(8784);
 
 /// One line of a new order.
@@ -78,7 +77,7 @@ pub fn create_order(
         let order_id: i64 = diesel::insert_into(orders::table)
             .values(NewOrderRow {
                 order_no: order_no.as_str(),
-                status: PENDING,
+                status: OrderStatus::PendingPayment,
                 total_fen: total.get(),
                 deadline,
                 created_at,
@@ -295,10 +294,10 @@ pub fn close_unpaid(
         let closed: Option<i64> = diesel::update(
             orders::table
                 .filter(orders::order_no.eq(order_no.as_str()))
-                .filter(orders::status.eq(PENDING)),
+                .filter(orders::status.eq(OrderStatus::PendingPayment)),
         )
         .set((
-            orders::status.eq(OrderStatus::Closed.as_str()),
+            orders::status.eq(OrderStatus::Closed),
             orders::closed_at.eq(now),
             orders::updated_at.eq(now),
             orders::close_reason.eq(reason),
@@ -348,10 +347,9 @@ fn current_status(
     orders::table
         .filter(orders::order_no.eq(order_no.as_str()))
         .select(orders::status)
-        .first::<String>(conn)
-        .optional()?
-        .map(|s| OrderStatus::parse(&s).map_err(|e| corrupt("orders.status", e)))
-        .transpose()
+        .first::<OrderStatus>(conn)
+        .optional()
+        .map_err(StoreError::from)
 }
 
 /// A payment as WeChat Pay reported it.
@@ -443,10 +441,10 @@ fn mark_paid_tx(
         let paid: Option<i64> = diesel::update(
             orders::table
                 .filter(orders::order_no.eq(order_no.as_str()))
-                .filter(orders::status.eq(PENDING)),
+                .filter(orders::status.eq(OrderStatus::PendingPayment)),
         )
         .set((
-            orders::status.eq(OrderStatus::Paid.as_str()),
+            orders::status.eq(OrderStatus::Paid),
             orders::paid_at.eq(payment.success_time),
             orders::updated_at.eq(now),
             orders::anomaly.eq(None::<String>),
@@ -471,12 +469,12 @@ fn mark_paid_tx(
             .filter(orders::order_no.eq(order_no.as_str()))
             .select((orders::id, orders::status))
             .for_update()
-            .first::<(i64, String)>(conn)
+            .first::<(i64, OrderStatus)>(conn)
             .optional()?
         else {
             return Ok(MarkPaidOutcome::NotFound);
         };
-        match OrderStatus::parse(&status).map_err(|e| corrupt("orders.status", e))? {
+        match status {
             OrderStatus::Paid | OrderStatus::PendingPayment => Ok(MarkPaidOutcome::AlreadyPaid),
             OrderStatus::Closed => {
                 // Whatever the recheck was looking for has been found.
@@ -609,7 +607,7 @@ pub fn pending_past_deadline(
     limit: i64,
 ) -> Result<Vec<OverdueOrder>, StoreError> {
     let mut query = orders::table
-        .filter(orders::status.eq(PENDING))
+        .filter(orders::status.eq(OrderStatus::PendingPayment))
         .filter(orders::anomaly.is_null())
         .filter(orders::deadline.lt(before))
         .filter(

@@ -184,8 +184,19 @@ impl fmt::Display for StockLevel {
 }
 
 /// Where an order is in its life. Stored as text; these three strings are the
-/// contract with scripts and operators.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// contract with scripts and operators. Mapped to the `orders.status` column
+/// by diesel (below), so rows carry the enum, never a free string.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    diesel::expression::AsExpression,
+    diesel::deserialize::FromSqlRow,
+)]
+#[diesel(sql_type = diesel::sql_types::Text)]
 pub enum OrderStatus {
     /// Created, stock reserved, waiting for payment.
     PendingPayment,
@@ -212,6 +223,28 @@ impl OrderStatus {
             .into_iter()
             .find(|st| st.as_str() == s)
             .ok_or_else(|| ValueError::Status(s.to_owned()))
+    }
+}
+
+impl diesel::serialize::ToSql<diesel::sql_types::Text, diesel::pg::Pg> for OrderStatus {
+    fn to_sql<'b>(
+        &'b self,
+        out: &mut diesel::serialize::Output<'b, '_, diesel::pg::Pg>,
+    ) -> diesel::serialize::Result {
+        <str as diesel::serialize::ToSql<diesel::sql_types::Text, diesel::pg::Pg>>::to_sql(
+            self.as_str(),
+            out,
+        )
+    }
+}
+
+impl diesel::deserialize::FromSql<diesel::sql_types::Text, diesel::pg::Pg> for OrderStatus {
+    fn from_sql(bytes: diesel::pg::PgValue<'_>) -> diesel::deserialize::Result<Self> {
+        let text = <String as diesel::deserialize::FromSql<
+            diesel::sql_types::Text,
+            diesel::pg::Pg,
+        >>::from_sql(bytes)?;
+        Ok(Self::parse(&text)?)
     }
 }
 
