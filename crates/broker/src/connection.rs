@@ -1,9 +1,9 @@
-//! Opening connections. The AMQP URL carries a password: [`AmqpUrl`] never
-//! shows it, and errors are scrubbed of it.
+//! Connections. The AMQP URL carries a password: [`AmqpUrl`] never shows it,
+//! and errors are scrubbed of it. [`Connection`] wraps amiquip's, so that no
+//! other crate of the workspace calls amiquip: it opens what they need
+//! (publishers, consumer lanes, the parking queue reader).
 
 use std::fmt;
-
-use amiquip::Connection;
 
 use crate::error::BrokerError;
 
@@ -76,15 +76,59 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// An open connection to the broker. Close it with [`Connection::close`];
+/// dropping it closes it too, less politely.
+pub struct Connection {
+    inner: amiquip::Connection,
+    url: AmqpUrl,
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    /// The URL it was opened with (its password hidden when printed).
+    #[must_use]
+    pub fn url(&self) -> &AmqpUrl {
+        &self.url
+    }
+
+    /// A new channel on this connection.
+    pub(crate) fn channel(&mut self, what: &str) -> Result<amiquip::Channel, BrokerError> {
+        let url = self.url.clone();
+        self.inner.open_channel(None).map_err(|e| {
+            BrokerError::from_amiquip(&url, &format!("failed to open a channel ({what})"), e)
+        })
+    }
+
+    /// Closes the connection cleanly.
+    pub fn close(self) -> Result<(), BrokerError> {
+        let url = self.url;
+        self.inner
+            .close()
+            .map_err(|e| BrokerError::from_amiquip(&url, "failed to close the connection", e))
+    }
+}
+
 /// Opens a connection (`amqp://` plain, `amqps://` TLS). Errors name the
 /// URL without its password.
 pub fn connect(url: &AmqpUrl) -> Result<Connection, BrokerError> {
     let result = if url.expose().starts_with("amqps://") {
-        Connection::open(url.expose())
+        amiquip::Connection::open(url.expose())
     } else {
-        Connection::insecure_open(url.expose())
+        amiquip::Connection::insecure_open(url.expose())
     };
-    result.map_err(|e| BrokerError::from_amiquip(url, &format!("could not connect to {url}"), e))
+    result
+        .map(|inner| Connection {
+            inner,
+            url: url.clone(),
+        })
+        .map_err(|e| BrokerError::from_amiquip(url, &format!("could not connect to {url}"), e))
 }
 
 #[cfg(test)]

@@ -11,16 +11,21 @@
 pub mod connection;
 pub mod error;
 pub mod headers;
+pub mod lane;
 pub mod message;
+pub mod parked;
 pub mod publisher;
 pub mod topology;
 
 #[cfg(feature = "test-support")]
 pub mod testing;
 
-pub use connection::{connect, AmqpUrl};
+pub use amiquip::{AmqpProperties, AmqpValue, Delivery, FieldTable};
+pub use connection::{connect, AmqpUrl, Connection};
 pub use error::{BrokerError, Mismatch};
+pub use lane::{Lane, LaneConsumer, LaneEvent};
 pub use message::{DecodeError, TimeoutMessage};
+pub use parked::{ParkedMessage, ParkedReader};
 pub use publisher::{ConfirmedPublisher, Outcome, Outgoing};
 pub use topology::{DelayQueue, QueueType, Topology};
 

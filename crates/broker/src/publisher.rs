@@ -4,11 +4,11 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use amiquip::{AmqpProperties, Channel, Confirm, ConfirmSmoother, Connection, Publish, Return};
+use amiquip::{AmqpProperties, Channel, Confirm, ConfirmSmoother, Publish, Return};
 use chrono::Utc;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
-use crate::connection::AmqpUrl;
+use crate::connection::{AmqpUrl, Connection};
 use crate::error::BrokerError;
 use crate::message::TimeoutMessage;
 
@@ -58,9 +58,7 @@ impl ConfirmedPublisher {
         confirm_timeout: Duration,
     ) -> Result<Self, BrokerError> {
         let err = |what: &str, e| BrokerError::from_amiquip(url, what, e);
-        let channel = conn
-            .open_channel(None)
-            .map_err(|e| err("failed to open a channel", e))?;
+        let channel = conn.channel("publisher")?;
         let returns = channel
             .listen_for_returns()
             .map_err(|e| err("failed to listen for returned messages", e))?;

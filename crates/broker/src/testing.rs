@@ -126,6 +126,63 @@ impl Drop for TestUser {
     }
 }
 
+impl TestVhost {
+    fn channel_do<T>(&self, f: impl FnOnce(&amiquip::Channel) -> T) -> T {
+        let mut conn = crate::connect(&self.url).expect("connect to the test vhost");
+        let channel = conn.channel("test").expect("open a channel");
+        let out = f(&channel);
+        let _ = channel.close();
+        let _ = conn.close();
+        out
+    }
+
+    /// Ready messages in `queue` (it must exist).
+    #[must_use]
+    pub fn depth(&self, queue: &str) -> u32 {
+        self.channel_do(|c| {
+            c.queue_declare_passive(queue)
+                .expect("queue exists")
+                .declared_message_count()
+                .unwrap_or(0)
+        })
+    }
+
+    /// Consumers of `queue` (it must exist).
+    #[must_use]
+    pub fn consumers(&self, queue: &str) -> u32 {
+        self.channel_do(|c| {
+            c.queue_declare_passive(queue)
+                .expect("queue exists")
+                .declared_consumer_count()
+                .unwrap_or(0)
+        })
+    }
+
+    /// Takes every message from `queue`: (body, properties), in order.
+    #[must_use]
+    pub fn drain(&self, queue: &str) -> Vec<(Vec<u8>, amiquip::AmqpProperties)> {
+        self.channel_do(|c| {
+            let mut out = Vec::new();
+            while let Some(get) = c.basic_get(queue, true).expect("basic.get") {
+                out.push((get.delivery.body, get.delivery.properties));
+            }
+            out
+        })
+    }
+
+    /// Publishes raw bytes to `queue` through the default exchange, without
+    /// confirm (as a misbehaving publisher would).
+    pub fn publish_raw(&self, queue: &str, body: &[u8], properties: amiquip::AmqpProperties) {
+        self.channel_do(|c| {
+            c.basic_publish(
+                "",
+                amiquip::Publish::with_properties(body, queue, properties),
+            )
+            .expect("publish");
+        });
+    }
+}
+
 impl Default for TestVhost {
     fn default() -> Self {
         Self::new()

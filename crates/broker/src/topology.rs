@@ -19,11 +19,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use amiquip::{
-    AmqpValue, Channel, Connection, ExchangeDeclareOptions, ExchangeType, FieldTable,
-    QueueDeclareOptions,
+    AmqpValue, Channel, ExchangeDeclareOptions, ExchangeType, FieldTable, QueueDeclareOptions,
 };
 
-use crate::connection::AmqpUrl;
+use crate::connection::{AmqpUrl, Connection};
 use crate::error::{BrokerError, Mismatch};
 
 /// The dead-letter exchange every delay and retry queue expires into.
@@ -450,9 +449,8 @@ fn longest_within(queues: &[DelayQueue], d: Duration) -> &DelayQueue {
         .unwrap_or(&queues[0])
 }
 
-fn open_channel(conn: &mut Connection, url: &AmqpUrl) -> Result<Channel, BrokerError> {
-    conn.open_channel(None)
-        .map_err(|e| BrokerError::from_amiquip(url, "failed to open a channel", e))
+fn open_channel(conn: &mut Connection, _url: &AmqpUrl) -> Result<Channel, BrokerError> {
+    conn.channel("topology")
 }
 
 fn missing_or(url: &AmqpUrl, what: String, e: amiquip::Error) -> BrokerError {

@@ -31,17 +31,9 @@ pub fn parked(
     out: &mut impl Write,
 ) -> anyhow::Result<ParkedReport> {
     let mut conn = broker::connect(amqp_url).context("is RabbitMQ running and AMQP_URL right?")?;
-    let channel = conn
-        .open_channel(None)
-        .context("could not open a channel")?;
-    let waiting = channel
-        .queue_declare_passive(PARKED_QUEUE)
-        // A missing queue is a configuration problem (exit 2), not an outage.
-        .map_err(|_| broker::BrokerError::TopologyMissing {
-            what: format!("queue {PARKED_QUEUE}"),
-        })?
-        .declared_message_count()
-        .unwrap_or(0);
+    // A missing queue is a configuration problem (exit 2), not an outage.
+    let reader = conn.parked()?;
+    let waiting = reader.waiting();
     let mut publisher = if replay {
         Some(ConfirmedPublisher::open(
             &mut conn,
@@ -54,13 +46,9 @@ pub fn parked(
     let mut report = ParkedReport::default();
     writeln!(out, "{waiting} message(s) parked in {PARKED_QUEUE}")?;
     for _ in 0..waiting.min(limit) {
-        let Some(get) = channel
-            .basic_get(PARKED_QUEUE, false)
-            .context("could not read the parking queue")?
-        else {
+        let Some(d) = reader.next()? else {
             break;
         };
-        let d = get.delivery;
         report.listed += 1;
         let text = |key| headers::text_of(&d.properties, key).unwrap_or_else(|| "-".to_owned());
         let reason = match headers::text_of(&d.properties, headers::DETAIL) {
@@ -94,12 +82,12 @@ pub fn parked(
         let properties = headers::cleared(&d.properties);
         match publisher.publish_one(TIMEOUT_QUEUE, &d.body, properties)? {
             Outcome::Confirmed => {
-                d.ack(&channel).context("could not ack the parked copy")?;
+                let order_no = message.order_no;
+                d.ack().context("could not ack the parked copy")?;
                 report.replayed += 1;
                 writeln!(
                     out,
-                    "  {}  replayed to {TIMEOUT_QUEUE} (was: {reason})",
-                    message.order_no
+                    "  {order_no}  replayed to {TIMEOUT_QUEUE} (was: {reason})"
                 )?;
             }
             other => writeln!(
@@ -113,7 +101,7 @@ pub fn parked(
         let _ = p.close();
     }
     // Unacked messages go back to the parking queue here.
-    let _ = channel.close();
+    reader.close();
     let _ = conn.close();
     Ok(report)
 }

@@ -11,10 +11,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use amiquip::Connection;
 use anyhow::Context;
 use broker::{
-    AmqpUrl, BrokerError, ConfirmedPublisher, Outcome, Outgoing, TimeoutMessage, Topology,
+    AmqpUrl, BrokerError, ConfirmedPublisher, Connection, Outcome, Outgoing, TimeoutMessage,
+    Topology,
 };
 use domain::{
     DatabaseUrl, OrderNo, OrderStatus, OutboxMessage, PgConnection, PublishReport, RelayBatch,

@@ -170,12 +170,9 @@ impl Worker {
         }
         let mut lanes = Vec::with_capacity(self.settings.concurrency);
         for _ in 0..self.settings.concurrency {
-            let channel = conn.open_channel(None).map_err(|e| {
-                SessionEnd::Lost(BrokerError::Connection {
-                    context: "failed to open a consumer channel".into(),
-                    message: self.amqp_url.scrub(&e.to_string()),
-                })
-            })?;
+            let channel = conn
+                .lane(self.settings.prefetch)
+                .map_err(SessionEnd::Lost)?;
             let publisher = ConfirmedPublisher::open(
                 &mut conn,
                 &self.amqp_url,

@@ -8,12 +8,13 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use amiquip::{AmqpProperties, Channel, Consumer, ConsumerMessage, ConsumerOptions, Delivery};
 use broker::headers::{self, Annotation};
 use broker::topology::{PARKED_QUEUE, TIMEOUT_QUEUE};
-use broker::{BrokerError, ConfirmedPublisher, Outcome, TimeoutMessage};
+use broker::{
+    AmqpProperties, BrokerError, ConfirmedPublisher, Delivery, Lane, LaneConsumer, LaneEvent,
+    Outcome, TimeoutMessage,
+};
 use chrono::Utc;
-use crossbeam_channel::RecvTimeoutError;
 use domain::OrderNo;
 
 use crate::consumer::{SessionEnd, Worker};
@@ -58,35 +59,24 @@ enum SuccessorKind {
 impl Worker {
     pub(crate) fn lane(
         &self,
-        channel: Channel,
+        lane: Lane,
         mut publisher: ConfirmedPublisher,
         stop: &AtomicBool,
         broken: &AtomicBool,
     ) -> Result<(), SessionEnd> {
-        let consumer = match channel
-            .qos(0, self.settings.prefetch, false)
-            .and_then(|()| channel.basic_consume(TIMEOUT_QUEUE, ConsumerOptions::default()))
-        {
-            Ok(c) => c,
-            Err(e) => {
-                return Err(SessionEnd::Lost(BrokerError::Connection {
-                    context: format!("could not consume {TIMEOUT_QUEUE}"),
-                    message: self.amqp_url.scrub(&e.to_string()),
-                }))
-            }
-        };
+        let consumer = lane.consume(TIMEOUT_QUEUE).map_err(SessionEnd::Lost)?;
         let mut result = Ok(());
         let mut channel_alive = true;
         while !stop.load(Ordering::Relaxed) && !broken.load(Ordering::Relaxed) {
-            match consumer.receiver().recv_timeout(Duration::from_millis(200)) {
-                Ok(ConsumerMessage::Delivery(delivery)) => {
+            match consumer.next(Duration::from_millis(200)) {
+                LaneEvent::Delivery(delivery) => {
                     if broken.load(Ordering::Relaxed) {
                         // Another lane found the topology damaged: hand this
                         // one back untouched rather than ask WeChat Pay.
-                        let _ = consumer.nack(delivery, true);
+                        let _ = consumer.nack(*delivery, true);
                         break;
                     }
-                    match self.handle(&consumer, &mut publisher, delivery) {
+                    match self.handle(&consumer, &mut publisher, *delivery) {
                         Ok(()) => {}
                         Err(LaneError::Refused {
                             queue,
@@ -98,10 +88,7 @@ impl Worker {
                             broken.store(true, Ordering::Relaxed);
                             if let Err(e) = consumer.nack(*delivery, true) {
                                 channel_alive = false;
-                                result = Err(SessionEnd::Lost(BrokerError::Connection {
-                                    context: "giving a message back".into(),
-                                    message: self.amqp_url.scrub(&e.to_string()),
-                                }));
+                                result = Err(SessionEnd::Lost(e));
                                 break;
                             }
                             result = Err(SessionEnd::Topology(format!(
@@ -120,17 +107,17 @@ impl Worker {
                         }
                     }
                 }
-                Ok(ConsumerMessage::ClientCancelled) => return Ok(()),
-                Ok(other) => {
+                LaneEvent::Cancelled => return Ok(()),
+                LaneEvent::Ended(how) => {
                     channel_alive = false;
                     result = Err(SessionEnd::Lost(BrokerError::Connection {
                         context: format!("consuming {TIMEOUT_QUEUE}"),
-                        message: format!("the consumer ended: {other:?}"),
+                        message: format!("the consumer ended: {how}"),
                     }));
                     break;
                 }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
+                LaneEvent::Idle => {}
+                LaneEvent::Lost => {
                     channel_alive = false;
                     result = Err(SessionEnd::Lost(BrokerError::Connection {
                         context: format!("consuming {TIMEOUT_QUEUE}"),
@@ -142,21 +129,10 @@ impl Worker {
         }
         if channel_alive {
             // Stop taking messages; give back what was prefetched but not
-            // started. Cancel and drain before dropping: dropping a live
-            // amiquip Consumer can take the whole connection down.
-            if consumer.cancel().is_ok() {
-                while let Ok(message) = consumer.receiver().recv_timeout(Duration::from_secs(5)) {
-                    match message {
-                        ConsumerMessage::Delivery(d) => {
-                            let _ = consumer.nack(d, true);
-                        }
-                        _ => break,
-                    }
-                }
-            }
-            drop(consumer);
+            // started (the broker crate cancels before dropping).
+            consumer.stop();
             let _ = publisher.close();
-            let _ = channel.close();
+            lane.close();
         }
         result
     }
@@ -167,7 +143,7 @@ impl Worker {
     /// was not taken; the delivery comes back with the error, unacked.
     fn handle(
         &self,
-        consumer: &Consumer,
+        consumer: &LaneConsumer<'_>,
         publisher: &mut ConfirmedPublisher,
         delivery: Delivery,
     ) -> Result<(), LaneError> {
@@ -191,14 +167,8 @@ impl Worker {
                 self.dispose(settlement, attempt)
             }
         };
-        let scrub = |e: amiquip::Error| {
-            LaneError::Lost(BrokerError::Connection {
-                context: "acknowledging a message".into(),
-                message: self.amqp_url.scrub(&e.to_string()),
-            })
-        };
         let Some(successor) = self.successor(&delivery.properties, &disposition) else {
-            return consumer.ack(delivery).map_err(scrub);
+            return Ok(consumer.ack(delivery)?);
         };
         let outcome = publisher.publish_one(
             &successor.queue,
@@ -232,7 +202,7 @@ impl Worker {
             SuccessorKind::Retry => self.stats.retry(),
             SuccessorKind::Recheck => {}
         }
-        consumer.ack(delivery).map_err(scrub)
+        Ok(consumer.ack(delivery)?)
     }
 
     /// The copy a disposition hands on, if any.

@@ -1,9 +1,11 @@
 use std::time::{Duration, Instant};
 
-use amiquip::{AmqpValue, ConsumerMessage, ConsumerOptions};
+use amiquip::AmqpValue;
 use broker::testing::TestVhost;
 use broker::topology::{EXCHANGE, TIMEOUT_QUEUE};
-use broker::{connect, ConfirmedPublisher, Outcome, Outgoing, QueueType, TimeoutMessage, Topology};
+use broker::{
+    connect, ConfirmedPublisher, LaneEvent, Outcome, Outgoing, QueueType, TimeoutMessage, Topology,
+};
 use chrono::Utc;
 use domain::OrderNo;
 
@@ -35,16 +37,10 @@ fn a_300ms_delay_message_comes_out_of_the_timeout_queue_dead_lettered() {
         .unwrap();
     assert_eq!(outcomes, [Outcome::Confirmed]);
 
-    let channel = conn.open_channel(None).unwrap();
-    let consumer = channel
-        .basic_consume(TIMEOUT_QUEUE, ConsumerOptions::default())
-        .unwrap();
-    let delivery = match consumer
-        .receiver()
-        .recv_timeout(Duration::from_secs(10))
-        .unwrap()
-    {
-        ConsumerMessage::Delivery(d) => d,
+    let lane = conn.lane(1).unwrap();
+    let consumer = lane.consume(TIMEOUT_QUEUE).unwrap();
+    let delivery = match consumer.next(Duration::from_secs(10)) {
+        LaneEvent::Delivery(d) => *d,
         other => panic!("expected a delivery, got {other:?}"),
     };
     let elapsed = sent_at.elapsed();
@@ -80,7 +76,8 @@ fn a_300ms_delay_message_comes_out_of_the_timeout_queue_dead_lettered() {
     );
     assert_eq!(delivery.exchange, EXCHANGE);
     consumer.ack(delivery).unwrap();
-    consumer.cancel().unwrap();
+    consumer.stop();
+    lane.close();
 }
 
 #[test]

@@ -120,7 +120,7 @@ fn a_crash_between_publish_and_mark_loses_nothing() {
     let orders = env.orders(10, WINDOW);
     env.ok(&["declare"]);
     // A relay that publishes (and gets confirms) but dies before marking.
-    let mut conn = env.amqp();
+    let mut conn = broker::connect(env.vhost.url()).unwrap();
     let mut publisher =
         ConfirmedPublisher::open(&mut conn, env.vhost.url(), Duration::from_secs(5)).unwrap();
     let result = domain::relay_batch(&mut env.db.conn(), 4, |batch| {
@@ -355,7 +355,7 @@ fn status_reports_queues_orders_backlog_refunds_and_stock() {
 
 #[test]
 fn parked_lists_and_replays_what_the_worker_gave_up_on() {
-    use amiquip::{AmqpProperties, AmqpValue, FieldTable, Publish};
+    use broker::{AmqpProperties, AmqpValue, FieldTable};
     let env = Env::new();
     env.ok(&["declare"]);
     let orders = env.orders(1, WINDOW);
@@ -377,31 +377,19 @@ fn parked_lists_and_replays_what_the_worker_gave_up_on() {
         AmqpValue::LongString(now.to_rfc3339()),
     );
     headers.insert("x-custom".into(), AmqpValue::LongString("kept".into()));
-    let mut conn = env.amqp();
-    let channel = conn.open_channel(None).unwrap();
     let props = AmqpProperties::default().with_headers(headers.clone());
-    channel
-        .basic_publish(
-            "",
-            Publish::with_properties(body.as_bytes(), "queue.ordertimeout.parked", props),
-        )
-        .unwrap();
+    env.vhost
+        .publish_raw("queue.ordertimeout.parked", body.as_bytes(), props);
     let mut poison_headers = FieldTable::new();
     poison_headers.insert(
         "x-ot-reason".into(),
         AmqpValue::LongString("poison message: not json".into()),
     );
-    channel
-        .basic_publish(
-            "",
-            Publish::with_properties(
-                b"garbage",
-                "queue.ordertimeout.parked",
-                AmqpProperties::default().with_headers(poison_headers),
-            ),
-        )
-        .unwrap();
-    let _ = conn.close();
+    env.vhost.publish_raw(
+        "queue.ordertimeout.parked",
+        b"garbage",
+        AmqpProperties::default().with_headers(poison_headers),
+    );
 
     let listing = env.ok(&["parked"]);
     assert!(listing.contains("2 message(s) parked"), "{listing}");
@@ -426,14 +414,10 @@ fn parked_lists_and_replays_what_the_worker_gave_up_on() {
         "{replay}"
     );
     assert_eq!(env.depth("queue.ordertimeout.parked"), 1, "poison stays");
-    let mut conn = env.amqp();
-    let channel = conn.open_channel(None).unwrap();
-    let got = channel
-        .basic_get("queue.ordertimeout", true)
-        .unwrap()
-        .expect("replayed message");
-    assert_eq!(got.delivery.body, body.as_bytes());
-    let h = got.delivery.properties.headers().clone().unwrap();
+    let got = env.vhost.drain("queue.ordertimeout");
+    assert_eq!(got.len(), 1, "one replayed message");
+    assert_eq!(got[0].0, body.as_bytes());
+    let h = got[0].1.headers().clone().unwrap();
     assert!(
         !h.contains_key("x-ot-attempt") && !h.contains_key("x-ot-reason"),
         "{h:?}"
@@ -442,7 +426,6 @@ fn parked_lists_and_replays_what_the_worker_gave_up_on() {
         h.get("x-custom"),
         Some(&AmqpValue::LongString("kept".into()))
     );
-    let _ = conn.close();
 }
 
 #[test]

@@ -5,7 +5,6 @@
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use amiquip::Connection;
 use broker::testing::TestVhost;
 use domain::testing::TestDb;
 
@@ -54,41 +53,19 @@ impl Env {
         stdout(&out)
     }
 
-    pub fn amqp(&self) -> Connection {
-        broker::connect(self.vhost.url()).unwrap()
-    }
-
     /// Takes every message from `queue` (no ack needed) and returns their
     /// message ids, in queue order.
     pub fn drain_ids(&self, queue: &str) -> Vec<String> {
-        let mut conn = self.amqp();
-        let channel = conn.open_channel(None).unwrap();
-        let mut ids = Vec::new();
-        while let Some(get) = channel.basic_get(queue, true).unwrap() {
-            ids.push(
-                get.delivery
-                    .properties
-                    .message_id()
-                    .clone()
-                    .expect("message_id"),
-            );
-        }
-        let _ = channel.close();
-        let _ = conn.close();
-        ids
+        self.vhost
+            .drain(queue)
+            .into_iter()
+            .map(|(_, props)| props.message_id().clone().expect("message_id"))
+            .collect()
     }
 
     /// Ready messages in `queue`.
     pub fn depth(&self, queue: &str) -> u32 {
-        let mut conn = self.amqp();
-        let channel = conn.open_channel(None).unwrap();
-        let n = channel
-            .queue_declare_passive(queue)
-            .unwrap()
-            .declared_message_count()
-            .unwrap();
-        let _ = conn.close();
-        n
+        self.vhost.depth(queue)
     }
 
     /// Creates `n` orders of one unit of SKU `TEA` directly in the store.

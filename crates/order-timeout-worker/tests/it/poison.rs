@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use amiquip::{AmqpProperties, Publish};
+use broker::AmqpProperties;
 use domain::OrderStatus;
 
 use crate::Stack;
@@ -25,17 +25,11 @@ fn poison_messages_are_parked_with_the_reason_and_the_rest_flows() {
         (vec![b'{'; 10_000], "exceeds the 4096-byte limit"),
     ];
     // Straight into the consumer queue, as if dead-lettered.
-    let mut conn = broker::connect(stack.vhost.url()).unwrap();
-    let channel = conn.open_channel(None).unwrap();
     for (body, _) in &poison {
-        channel
-            .basic_publish(
-                "",
-                Publish::with_properties(body, "queue.ordertimeout", AmqpProperties::default()),
-            )
-            .unwrap();
+        stack
+            .vhost
+            .publish_raw("queue.ordertimeout", body, AmqpProperties::default());
     }
-    let _ = conn.close();
     let worker = stack.start(stack.settings());
     stack.relay();
     assert_eq!(

@@ -240,15 +240,7 @@ impl Stack {
 
     /// Ready messages in a queue of this vhost.
     pub(crate) fn depth(&self, queue: &str) -> u32 {
-        let mut conn = broker::connect(self.vhost.url()).unwrap();
-        let channel = conn.open_channel(None).unwrap();
-        let n = channel
-            .queue_declare_passive(queue)
-            .unwrap()
-            .declared_message_count()
-            .unwrap();
-        let _ = conn.close();
-        n
+        self.vhost.depth(queue)
     }
 
     /// Waits until a worker consumes `queue.ordertimeout` (its start-up
@@ -256,15 +248,7 @@ impl Stack {
     pub(crate) fn wait_consuming(&self, limit: Duration) {
         let started = Instant::now();
         loop {
-            let mut conn = broker::connect(self.vhost.url()).unwrap();
-            let channel = conn.open_channel(None).unwrap();
-            let consumers = channel
-                .queue_declare_passive("queue.ordertimeout")
-                .unwrap()
-                .declared_consumer_count()
-                .unwrap();
-            let _ = conn.close();
-            if consumers > 0 {
+            if self.vhost.consumers("queue.ordertimeout") > 0 {
                 return;
             }
             assert!(started.elapsed() < limit, "no consumer after {limit:?}");
@@ -285,16 +269,9 @@ impl Stack {
         }
     }
 
-    /// Takes every message from `queue`: (message id or body, headers).
-    pub(crate) fn drain(&self, queue: &str) -> Vec<(Vec<u8>, amiquip::AmqpProperties)> {
-        let mut conn = broker::connect(self.vhost.url()).unwrap();
-        let channel = conn.open_channel(None).unwrap();
-        let mut out = Vec::new();
-        while let Some(get) = channel.basic_get(queue, true).unwrap() {
-            out.push((get.delivery.body, get.delivery.properties));
-        }
-        let _ = conn.close();
-        out
+    /// Takes every message from `queue`: (body, properties).
+    pub(crate) fn drain(&self, queue: &str) -> Vec<(Vec<u8>, broker::AmqpProperties)> {
+        self.vhost.drain(queue)
     }
 
     pub(crate) fn stock(&self, sku: &str) -> u32 {
@@ -330,7 +307,7 @@ impl Stack {
 }
 
 /// The `x-ot-reason` code and `x-ot-detail` text of a parked or retried copy.
-pub(crate) fn reason_of(props: &amiquip::AmqpProperties) -> (String, String) {
+pub(crate) fn reason_of(props: &broker::AmqpProperties) -> (String, String) {
     let text = |key| broker::headers::text_of(props, key).unwrap_or_default();
     (text(broker::headers::REASON), text(broker::headers::DETAIL))
 }
