@@ -586,6 +586,21 @@ impl OverdueOrder {
     }
 }
 
+type OverdueRow = (i64, String, DateTime<Utc>, i32);
+
+impl TryFrom<OverdueRow> for OverdueOrder {
+    type Error = StoreError;
+    fn try_from((id, no, deadline, failures): OverdueRow) -> Result<Self, StoreError> {
+        Ok(OverdueOrder {
+            id,
+            order_no: OrderNo::parse(&no).map_err(|e| corrupt("orders.order_no", e))?,
+            deadline,
+            check_failures: u32::try_from(failures)
+                .map_err(|e| corrupt("orders.check_failures", e))?,
+        })
+    }
+}
+
 /// A position in the sweep's keyset order `(deadline, id)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SweepCursor {
@@ -632,17 +647,9 @@ pub fn pending_past_deadline(
             orders::deadline,
             orders::check_failures,
         ))
-        .load::<(i64, String, DateTime<Utc>, i32)>(conn)?
+        .load::<OverdueRow>(conn)?
         .into_iter()
-        .map(|(id, no, deadline, failures)| {
-            Ok(OverdueOrder {
-                id,
-                order_no: OrderNo::parse(&no).map_err(|e| corrupt("orders.order_no", e))?,
-                deadline,
-                check_failures: u32::try_from(failures)
-                    .map_err(|e| corrupt("orders.check_failures", e))?,
-            })
-        })
+        .map(OverdueOrder::try_from)
         .collect()
 }
 
@@ -672,17 +679,9 @@ pub fn rechecks_due(
             orders::deadline,
             orders::check_failures,
         ))
-        .load::<(i64, String, DateTime<Utc>, i32)>(conn)?
+        .load::<OverdueRow>(conn)?
         .into_iter()
-        .map(|(id, no, deadline, failures)| {
-            Ok(OverdueOrder {
-                id,
-                order_no: OrderNo::parse(&no).map_err(|e| corrupt("orders.order_no", e))?,
-                deadline,
-                check_failures: u32::try_from(failures)
-                    .map_err(|e| corrupt("orders.check_failures", e))?,
-            })
-        })
+        .map(OverdueOrder::try_from)
         .collect()
 }
 

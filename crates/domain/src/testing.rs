@@ -324,3 +324,19 @@ pub fn settlement_lags_ms(conn: &mut PgConnection) -> Vec<f64> {
     lags.sort_by(f64::total_cmp);
     lags
 }
+
+/// Polls `probe` every 20 ms until it gives a value or `limit` has passed
+/// (then `None`): the one wait-on-a-condition loop of the tests, instead of
+/// fixed sleeps.
+pub fn wait_for<T>(limit: std::time::Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(v) = probe() {
+            return Some(v);
+        }
+        if started.elapsed() >= limit {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

@@ -43,12 +43,14 @@ pub struct PaymentArgs {
         value_name = "SERIAL=FILE"
     )]
     pub platform_certs: Vec<String>,
-    /// Whole-request timeout of a WeChat Pay call.
-    #[arg(long = "wechatpay-timeout", env = "WECHATPAY_TIMEOUT", default_value = "10s", value_parser = service::parse_duration)]
-    pub timeout: Duration,
-    /// Connect timeout of a WeChat Pay call.
-    #[arg(long = "wechatpay-connect-timeout", env = "WECHATPAY_CONNECT_TIMEOUT", default_value = "3s", value_parser = service::parse_duration)]
-    pub connect_timeout: Duration,
+    /// Whole-request timeout of a WeChat Pay call (default 10s,
+    /// `payment_client::DEFAULT_TIMEOUT`).
+    #[arg(long = "wechatpay-timeout", env = "WECHATPAY_TIMEOUT", value_parser = service::parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Connect timeout of a WeChat Pay call (default 3s,
+    /// `payment_client::DEFAULT_CONNECT_TIMEOUT`).
+    #[arg(long = "wechatpay-connect-timeout", env = "WECHATPAY_CONNECT_TIMEOUT", value_parser = service::parse_duration)]
+    pub connect_timeout: Option<Duration>,
     /// An HTTP(S) proxy for WeChat Pay calls, e.g. `http://proxy.internal:3128`.
     /// Proxy variables of the environment (`HTTPS_PROXY`, `ALL_PROXY`,
     /// `HTTP_PROXY`) are never followed for WeChat Pay: only this setting
@@ -90,8 +92,11 @@ impl PaymentArgs {
             "WECHATPAY_MERCHANT_KEY_FILE",
             "wechatpay-merchant-key-file",
         )?;
-        let mut config = payment_client::Config::new(mchid, serial, key)
-            .with_timeouts(self.connect_timeout, self.timeout);
+        let mut config = payment_client::Config::new(mchid, serial, key).with_timeouts(
+            self.connect_timeout
+                .unwrap_or(payment_client::DEFAULT_CONNECT_TIMEOUT),
+            self.timeout.unwrap_or(payment_client::DEFAULT_TIMEOUT),
+        );
         match (&self.public_key_id, &self.public_key_file) {
             (Some(id), Some(file)) => config = config.with_public_key(id.clone(), file.clone()),
             (Some(_), None) => {

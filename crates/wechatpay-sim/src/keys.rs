@@ -74,6 +74,14 @@ fn public_of(key: &PKey<Private>) -> Result<PKey<Public>, KeyError> {
 }
 
 impl SimKeys {
+    /// One set of keys per process, generated on first use: what tests share
+    /// (generating costs a fraction of a second each time).
+    #[must_use]
+    pub fn shared() -> &'static SimKeys {
+        static KEYS: std::sync::OnceLock<SimKeys> = std::sync::OnceLock::new();
+        KEYS.get_or_init(|| SimKeys::generate().expect("generate simulator keys"))
+    }
+
     /// Two fresh RSA-2048 key pairs (about 0.1 s each).
     pub fn generate() -> Result<Self, KeyError> {
         let merchant = PKey::from_rsa(Rsa::generate(2048)?)?;

@@ -2,7 +2,7 @@
 //! checkout page can create a payment order after we closed the order and
 //! gave its stock back.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use domain::{OrderNo, OrderStatus};
 use order_timeout_worker::{Settlement, Trigger};
@@ -21,20 +21,15 @@ fn events(stack: &Stack, no: &OrderNo) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Waits until the order has an event of `kind`.
+/// Waits until the order has an event of `kind`; returns its detail.
 fn wait_event(stack: &Stack, no: &OrderNo, kind: &str) -> String {
-    let started = Instant::now();
-    loop {
-        if let Some((_, detail)) = events(stack, no).into_iter().find(|(k, _)| k == kind) {
-            return detail;
-        }
-        assert!(
-            started.elapsed() < LIMIT,
-            "no {kind} event for {no}: {:?}",
-            events(stack, no)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    domain::testing::wait_for(LIMIT, || {
+        events(stack, no)
+            .into_iter()
+            .find(|(k, _)| k == kind)
+            .map(|(_, detail)| detail)
+    })
+    .unwrap_or_else(|| panic!("no {kind} event for {no}: {:?}", events(stack, no)))
 }
 
 /// Runs one order through a worker until WeChat Pay's "no payment order"

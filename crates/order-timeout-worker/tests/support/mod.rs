@@ -4,13 +4,13 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use broker::testing::TestVhost;
 use broker::{QueueType, Topology};
-use domain::testing::TestDb;
+use domain::testing::{wait_for, TestDb};
 use domain::{OrderNo, OrderStatus};
 use order_timeout_worker::{ConsumerSettings, Settler, Worker};
 use wechatpay_sim::{ClientFiles, SimKeys, Simulator};
@@ -20,8 +20,7 @@ pub(crate) const WINDOW: Duration = Duration::from_millis(300);
 pub(crate) const ORDER_TOTAL_FEN: i64 = 100;
 
 fn keys() -> &'static SimKeys {
-    static KEYS: OnceLock<SimKeys> = OnceLock::new();
-    KEYS.get_or_init(|| SimKeys::generate().expect("generate simulator keys"))
+    SimKeys::shared()
 }
 
 /// A temporary directory, removed on drop.
@@ -224,18 +223,10 @@ impl Stack {
 
     /// Waits until the order is no longer pending; panics after `limit`.
     pub(crate) fn wait_settled(&self, no: &OrderNo, limit: Duration) -> OrderStatus {
-        let started = Instant::now();
-        loop {
-            let st = self.status(no);
-            if st != OrderStatus::PendingPayment {
-                return st;
-            }
-            assert!(
-                started.elapsed() < limit,
-                "order {no} still pending after {limit:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for(limit, || {
+            Some(self.status(no)).filter(|st| *st != OrderStatus::PendingPayment)
+        })
+        .unwrap_or_else(|| panic!("order {no} still pending after {limit:?}"))
     }
 
     /// Ready messages in a queue of this vhost.
@@ -246,27 +237,21 @@ impl Stack {
     /// Waits until a worker consumes `queue.ordertimeout` (its start-up
     /// checks are behind it).
     pub(crate) fn wait_consuming(&self, limit: Duration) {
-        let started = Instant::now();
-        loop {
-            if self.vhost.consumers("queue.ordertimeout") > 0 {
-                return;
-            }
-            assert!(started.elapsed() < limit, "no consumer after {limit:?}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        assert!(
+            wait_for(limit, || (self.vhost.consumers("queue.ordertimeout") > 0)
+                .then_some(()))
+            .is_some(),
+            "no consumer after {limit:?}"
+        );
     }
 
     /// Waits until `queue` holds `n` messages.
     pub(crate) fn wait_depth(&self, queue: &str, n: u32, limit: Duration) {
-        let started = Instant::now();
-        while self.depth(queue) != n {
-            assert!(
-                started.elapsed() < limit,
-                "{queue} holds {} messages, not {n}, after {limit:?}",
-                self.depth(queue)
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        assert!(
+            wait_for(limit, || (self.depth(queue) == n).then_some(())).is_some(),
+            "{queue} holds {} messages, not {n}, after {limit:?}",
+            self.depth(queue)
+        );
     }
 
     /// Takes every message from `queue`: (body, properties).
@@ -323,15 +308,11 @@ impl Running {
     /// Waits until the worker has had at least `n` settlement attempts with
     /// outcome `label` (e.g. `already_settled`) since it started.
     pub(crate) fn wait_outcomes(&self, label: &str, n: u64, limit: Duration) {
-        let started = Instant::now();
-        while self.stats.total(label) < n {
-            assert!(
-                started.elapsed() < limit,
-                "{} {label} outcome(s), not {n}, after {limit:?}",
-                self.stats.total(label)
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        assert!(
+            wait_for(limit, || (self.stats.total(label) >= n).then_some(())).is_some(),
+            "{} {label} outcome(s), not {n}, after {limit:?}",
+            self.stats.total(label)
+        );
     }
 
     pub(crate) fn outcomes(&self, label: &str) -> u64 {

@@ -50,7 +50,7 @@ pub struct Keys {
 pub fn keys() -> &'static Keys {
     static KEYS: OnceLock<Keys> = OnceLock::new();
     KEYS.get_or_init(|| {
-        let sim = SimKeys::generate().unwrap();
+        let sim = SimKeys::shared().clone();
         let files = sim.write_client_files(&scratch("keys")).unwrap();
         Keys { sim, files }
     })

@@ -29,7 +29,7 @@ pub struct Keys {
 pub fn keys() -> &'static Keys {
     static KEYS: OnceLock<Keys> = OnceLock::new();
     KEYS.get_or_init(|| {
-        let sim = SimKeys::generate().unwrap();
+        let sim = SimKeys::shared().clone();
         let files = sim.write_client_files(&scratch("keys")).unwrap();
         let merchant =
             PKey::private_key_from_pem(&std::fs::read(&files.merchant_key_file).unwrap()).unwrap();
