@@ -654,7 +654,8 @@ pub fn pending_past_deadline(
 }
 
 /// Closed orders whose recheck was due before `before`, by id after
-/// `after_id`, at most `limit`, leaving out those deferred past `now`: the
+/// `after_id`, at most `limit`, leaving out those deferred past `now` and
+/// those with an anomaly (a human's): the
 /// sweep's safety net for recheck messages that were lost. Read-only.
 pub fn rechecks_due(
     conn: &mut PgConnection,
@@ -665,6 +666,9 @@ pub fn rechecks_due(
 ) -> Result<Vec<OverdueOrder>, StoreError> {
     orders::table
         .filter(orders::recheck_at.lt(before))
+        // A recheck that found an answer needing a human is the human's now:
+        // asking again every pass would change nothing.
+        .filter(orders::anomaly.is_null())
         .filter(orders::id.gt(after_id))
         .filter(
             orders::next_check_at

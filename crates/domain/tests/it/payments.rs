@@ -308,6 +308,19 @@ fn a_recheck_is_scheduled_by_the_close_and_finished_once() {
     assert!(domain::rechecks_due(&mut conn, later, later, 0, 10)
         .unwrap()
         .is_empty());
+    // A recheck whose answer needs a human is left to the human.
+    let odd = order(&mut conn, &[("TEA", 1)]);
+    let _ = close_unpaid(&mut conn, &odd.order_no, "ORDER_NOT_EXIST", Some(at)).unwrap();
+    assert_eq!(
+        domain::rechecks_due(&mut conn, later, later, 0, 10)
+            .unwrap()
+            .len(),
+        1
+    );
+    let _ = record_anomaly(&mut conn, &odd.order_no, Anomaly::AmountMismatch, "1 fen").unwrap();
+    assert!(domain::rechecks_due(&mut conn, later, later, 0, 10)
+        .unwrap()
+        .is_empty());
     // A payment found after the close also ends the recheck.
     let p2 = order(&mut conn, &[("TEA", 1)]);
     let _ = close_unpaid(&mut conn, &p2.order_no, "ORDER_NOT_EXIST", Some(at)).unwrap();
