@@ -34,6 +34,8 @@ pub enum StoreError {
     QuantityTooLarge(SkuCode),
     #[error("order total is too large")]
     TotalTooLarge,
+    #[error("Idempotency-Key {0:?} was already used with another request")]
+    IdempotencyKeyReused(String),
     #[error("payment window of {0:?} is out of range (at most 366 days)")]
     InvalidWindow(std::time::Duration),
     #[error("the database rejected the change: {kind:?} constraint {constraint} ({message})")]

@@ -37,9 +37,10 @@ pub use followup::{
 pub use models::{Order, OrderEvent, OrderItem, Payment, Sku};
 pub use order_no::{OrderNo, OrderNoError};
 pub use orders::{
-    close_unpaid, count_by_status, create_order, find_order, mark_paid, order_events, order_items,
-    paid_after_close_count, payments_of, pending_past_deadline, rechecks_due, CloseOutcome,
-    MarkPaidOutcome, NewOrder, OrderLine, OverdueOrder, PaymentRecord, SweepCursor,
+    close_unpaid, count_by_status, create_order, create_order_idempotent, find_order, mark_paid,
+    order_events, order_items, paid_after_close_count, payments_of, pending_past_deadline,
+    record_prepay, rechecks_due, CloseOutcome, CreatedOrder, IdempotencyKey, MarkPaidOutcome,
+    NewOrder, OrderLine, OverdueOrder, PaymentRecord, SweepCursor,
 };
 pub use outbox::{relay_batch, unpublished_count, OutboxMessage, PublishReport, RelayBatch};
 pub use stock::{get_sku, list_skus, set_stock, stock_balances, StockBalance, StockChange};

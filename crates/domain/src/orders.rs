@@ -20,7 +20,7 @@ use crate::models::{
     Order, OrderEvent, OrderItem, OrderRow, Payment, PaymentRow,
 };
 use crate::order_no::OrderNo;
-use crate::schema::{order_events, order_items, orders, outbox, payments, skus};
+use crate::schema::{idempotency_keys, order_events, order_items, orders, outbox, payments, skus};
 use crate::values::{Fen, OrderStatus, Quantity, SkuCode, TransactionId};
 
 const MAX_WINDOW: Duration = Duration::from_hours(8784);
@@ -42,6 +42,22 @@ pub struct NewOrder {
     pub deadline: DateTime<Utc>,
 }
 
+/// An `Idempotency-Key` a shop sent with a request to create an order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdempotencyKey<'a>(pub &'a str);
+
+/// What [`create_order_idempotent`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatedOrder {
+    pub order: NewOrder,
+    /// The order's status now: `pending_payment` when just created; whatever
+    /// it has become when the key had been used before.
+    pub status: OrderStatus,
+    /// True when the key had been used before with the same request: this is
+    /// that order, and nothing was written.
+    pub replayed: bool,
+}
+
 /// Creates an order for `lines`, payable within `payment_window`, in one
 /// transaction: for every SKU the stock is checked and decremented, then the
 /// order, its items, an outbox row (the delay message to publish) and a
@@ -56,6 +72,25 @@ pub fn create_order(
     lines: &[OrderLine],
     payment_window: Duration,
 ) -> Result<NewOrder, StoreError> {
+    create_order_idempotent(conn, lines, payment_window, None).map(|c| c.order)
+}
+
+/// [`create_order`], honouring an idempotency key when one is given: the
+/// key is stored in the same transaction as the order, so the first request
+/// with a key creates the order and every later one with the same key and
+/// the same request (lines merged and sorted, same window) gets that order
+/// back with `replayed`, reserving nothing. The same key with another
+/// request fails with [`StoreError::IdempotencyKeyReused`] and writes
+/// nothing. Concurrent requests with one key: the database's unique index
+/// makes the others wait for the first to commit, then they read its order;
+/// if the first was refused (no stock), its key was rolled back with it and
+/// the next is judged afresh.
+pub fn create_order_idempotent(
+    conn: &mut PgConnection,
+    lines: &[OrderLine],
+    payment_window: Duration,
+    key: Option<IdempotencyKey<'_>>,
+) -> Result<CreatedOrder, StoreError> {
     if lines.is_empty() {
         return Err(StoreError::EmptyOrder);
     }
@@ -67,55 +102,130 @@ pub fn create_order(
     let merged = merge_lines(lines)?;
 
     conn.transaction(|conn| {
-        let (items, total) = reserve_stock(conn, &merged)?;
-
-        // Microseconds: what PostgreSQL stores, so the values returned equal
-        // the values read back.
-        let created_at = Utc::now().trunc_subsecs(6);
-        let deadline = created_at + window;
-        let order_no = OrderNo::generate(created_at);
-        let order_id: i64 = diesel::insert_into(orders::table)
-            .values(NewOrderRow {
-                order_no: order_no.as_str(),
+        if let Some(IdempotencyKey(key)) = key {
+            let request = canonical_request(&merged, payment_window);
+            let inserted = diesel::insert_into(idempotency_keys::table)
+                .values((
+                    idempotency_keys::key.eq(key),
+                    idempotency_keys::request.eq(&request),
+                ))
+                .on_conflict_do_nothing()
+                .execute(conn)?;
+            if inserted == 0 {
+                return replay(conn, key, &request);
+            }
+            let created = insert_order(conn, &merged, window)?;
+            diesel::update(idempotency_keys::table.find(key))
+                .set(idempotency_keys::order_id.eq(created.id))
+                .execute(conn)?;
+            return Ok(CreatedOrder {
+                order: created,
                 status: OrderStatus::PendingPayment,
-                total_fen: total.get(),
-                deadline,
-                created_at,
-                updated_at: created_at,
-            })
-            .returning(orders::id)
-            .get_result(conn)?;
-        let rows: Vec<NewOrderItemRow> = items
-            .into_iter()
-            .map(|(sku_id, quantity, unit_price_fen)| NewOrderItemRow {
-                order_id,
-                sku_id,
-                quantity,
-                unit_price_fen,
-            })
-            .collect();
-        diesel::insert_into(order_items::table)
-            .values(&rows)
-            .execute(conn)?;
-        diesel::insert_into(outbox::table)
-            .values(NewOutboxRow {
-                order_id,
-                created_at,
-            })
-            .execute(conn)?;
-        record_event(
-            conn,
-            order_id,
-            "created",
-            &format!("total {total}, deadline {deadline}"),
-        )?;
-        Ok(NewOrder {
-            id: order_id,
-            order_no,
-            total,
-            created_at,
-            deadline,
+                replayed: false,
+            });
+        }
+        Ok(CreatedOrder {
+            order: insert_order(conn, &merged, window)?,
+            status: OrderStatus::PendingPayment,
+            replayed: false,
         })
+    })
+}
+
+/// What a key stands for: the merged lines in SKU order and the window, so
+/// that `TEA:1, TEA:1` and `TEA:2` are the same request.
+fn canonical_request(merged: &BTreeMap<&SkuCode, Quantity>, window: Duration) -> String {
+    let mut s = String::new();
+    for (sku, qty) in merged {
+        s.push_str(&format!("{sku}*{},", qty.get()));
+    }
+    s.push_str(&format!("window={}ms", window.as_millis()));
+    s
+}
+
+/// The order an earlier request with this key created.
+fn replay(conn: &mut PgConnection, key: &str, request: &str) -> Result<CreatedOrder, StoreError> {
+    let (stored, order_id): (String, Option<i64>) = idempotency_keys::table
+        .find(key)
+        .select((idempotency_keys::request, idempotency_keys::order_id))
+        .first(conn)?;
+    if stored != request {
+        return Err(StoreError::IdempotencyKeyReused(key.to_owned()));
+    }
+    let order_id =
+        order_id.ok_or_else(|| corrupt("idempotency_keys.order_id", "NULL after commit"))?;
+    let row: OrderRow = orders::table
+        .find(order_id)
+        .select(OrderRow::as_select())
+        .first(conn)?;
+    let order = Order::try_from(row)?;
+    Ok(CreatedOrder {
+        order: NewOrder {
+            id: order_id,
+            order_no: order.order_no,
+            total: order.total,
+            created_at: order.created_at,
+            deadline: order.deadline,
+        },
+        status: order.status,
+        replayed: true,
+    })
+}
+
+/// The inserts of a new order, inside the caller's transaction.
+fn insert_order(
+    conn: &mut PgConnection,
+    merged: &BTreeMap<&SkuCode, Quantity>,
+    window: chrono::Duration,
+) -> Result<NewOrder, StoreError> {
+    let (items, total) = reserve_stock(conn, merged)?;
+
+    // Microseconds: what PostgreSQL stores, so the values returned equal
+    // the values read back.
+    let created_at = Utc::now().trunc_subsecs(6);
+    let deadline = created_at + window;
+    let order_no = OrderNo::generate(created_at);
+    let order_id: i64 = diesel::insert_into(orders::table)
+        .values(NewOrderRow {
+            order_no: order_no.as_str(),
+            status: OrderStatus::PendingPayment,
+            total_fen: total.get(),
+            deadline,
+            created_at,
+            updated_at: created_at,
+        })
+        .returning(orders::id)
+        .get_result(conn)?;
+    let rows: Vec<NewOrderItemRow> = items
+        .into_iter()
+        .map(|(sku_id, quantity, unit_price_fen)| NewOrderItemRow {
+            order_id,
+            sku_id,
+            quantity,
+            unit_price_fen,
+        })
+        .collect();
+    diesel::insert_into(order_items::table)
+        .values(&rows)
+        .execute(conn)?;
+    diesel::insert_into(outbox::table)
+        .values(NewOutboxRow {
+            order_id,
+            created_at,
+        })
+        .execute(conn)?;
+    record_event(
+        conn,
+        order_id,
+        "created",
+        &format!("total {total}, deadline {deadline}"),
+    )?;
+    Ok(NewOrder {
+        id: order_id,
+        order_no,
+        total,
+        created_at,
+        deadline,
     })
 }
 
@@ -211,6 +321,40 @@ pub(crate) fn record_event(
         })
         .execute(conn)?;
     Ok(())
+}
+
+/// Records, once, that a payment order was created at WeChat Pay for this
+/// order (a `prepay` event with `detail`); a repeated prepay of the same
+/// order adds nothing. Returns whether the event was written; `NotFound`
+/// when no order has this number. Status and stock are left alone.
+pub fn record_prepay(
+    conn: &mut PgConnection,
+    order_no: &OrderNo,
+    detail: &str,
+) -> Result<Option<bool>, StoreError> {
+    conn.transaction(|conn| {
+        // Lock the order so that two prepays racing write one event.
+        let Some(order_id) = orders::table
+            .filter(orders::order_no.eq(order_no.as_str()))
+            .select(orders::id)
+            .for_update()
+            .first::<i64>(conn)
+            .optional()?
+        else {
+            return Ok(None);
+        };
+        let known: bool = diesel::select(diesel::dsl::exists(
+            order_events::table
+                .filter(order_events::order_id.eq(order_id))
+                .filter(order_events::kind.eq("prepay")),
+        ))
+        .get_result(conn)?;
+        if known {
+            return Ok(Some(false));
+        }
+        record_event(conn, order_id, "prepay", detail)?;
+        Ok(Some(true))
+    })
 }
 
 /// The order with this number, or `None`. Read-only.

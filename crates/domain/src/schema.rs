@@ -11,6 +11,15 @@ diesel::table! {
 }
 
 diesel::table! {
+    idempotency_keys (key) {
+        key -> Text,
+        request -> Text,
+        order_id -> Nullable<Int8>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     order_items (id) {
         id -> Int8,
         order_id -> Int8,
@@ -83,6 +92,7 @@ diesel::table! {
     }
 }
 
+diesel::joinable!(idempotency_keys -> orders (order_id));
 diesel::joinable!(order_events -> orders (order_id));
 diesel::joinable!(order_items -> orders (order_id));
 diesel::joinable!(order_items -> skus (sku_id));
@@ -91,6 +101,7 @@ diesel::joinable!(payments -> orders (order_id));
 diesel::joinable!(stock_adjustments -> skus (sku_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
+    idempotency_keys,
     order_events,
     order_items,
     orders,

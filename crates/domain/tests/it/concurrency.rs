@@ -13,7 +13,7 @@ use crate::payments::payment;
 use crate::{assert_conserved, line, load, order, stock_of, WINDOW};
 
 /// Runs `n` threads, each with its own connection, released together.
-fn race<T: Send + 'static>(
+pub(crate) fn race<T: Send + 'static>(
     db: &TestDb,
     n: usize,
     f: impl Fn(usize, &mut domain::PgConnection) -> T + Send + Sync + 'static,

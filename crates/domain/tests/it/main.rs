@@ -3,6 +3,7 @@
 
 mod concurrency;
 mod constraints;
+mod idempotency;
 mod migrations;
 mod orders;
 mod outbox;
