@@ -10,20 +10,22 @@ use ureq::http::{HeaderMap, Uri};
 
 use crate::config::{Config, ConfigError};
 use crate::error::{Error, DEFAULT_RATE_LIMIT_BACKOFF};
-use crate::model::{CloseOutcome, QueryOutcome, RawTransaction};
+use crate::model::{CloseOutcome, NativePrepay, QueryOutcome, RawTransaction};
 use crate::signing::{self, MerchantKey};
 use crate::verify::{self, KeyStore, ReplayGuard};
 
 /// `User-Agent` of every request: WeChat Pay refuses requests without one.
 pub const USER_AGENT: &str = concat!("order-timeout/", env!("CARGO_PKG_VERSION"));
 
-/// Responses larger than this are not WeChat Pay's answers to our two calls.
+/// Responses larger than this are not WeChat Pay's answers to our calls.
 const MAX_BODY: u64 = 1024 * 1024;
 /// A `Retry-After` longer than this is capped: the caller's own back-off
 /// schedule takes over beyond it.
 const MAX_RETRY_AFTER: Duration = Duration::from_mins(5);
 /// Read and write buffer of each pooled connection.
 const IO_BUFFER_SIZE: usize = 16 * 1024;
+/// The longest prepay `description` WeChat Pay accepts, in characters.
+const MAX_DESCRIPTION_CHARS: usize = 127;
 
 /// Checks the `out_trade_no` rule (6 to 32 of `0-9 a-z A-Z _ - | *`). It
 /// also keeps anything that could change the URL's meaning out of the path.
@@ -39,8 +41,9 @@ pub fn validate_out_trade_no(out_trade_no: &str) -> Result<(), Error> {
     }
 }
 
-/// WeChat Pay APIv3 client for query and close. Cheap to share: `Send + Sync`,
-/// one connection pool for all threads (wrap it in an `Arc`).
+/// WeChat Pay APIv3 client for native prepay, query and close. Cheap to
+/// share: `Send + Sync`, one connection pool for all threads (wrap it in an
+/// `Arc`).
 pub struct Client {
     agent: ureq::Agent,
     base_url: String,
@@ -83,6 +86,12 @@ struct ApiErrorBody {
     message: Option<String>,
     #[serde(default)]
     detail: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct NativePrepayAnswer {
+    #[serde(default)]
+    code_url: Option<String>,
 }
 
 #[derive(Clone, Copy)]
@@ -186,6 +195,68 @@ impl Client {
             keys,
             replays: ReplayGuard::new(ReplayGuard::DEFAULT_CAPACITY),
         })
+    }
+
+    /// The merchant id every request is made for.
+    #[must_use]
+    pub fn mchid(&self) -> &str {
+        &self.mchid
+    }
+
+    /// The WeChat Pay keys answers are verified with, for verifying payment
+    /// notifications with the same trust ([`crate::notify`]). Clone it to
+    /// keep it.
+    #[must_use]
+    pub fn key_store(&self) -> &KeyStore {
+        &self.keys
+    }
+
+    /// `POST /v3/pay/transactions/native`: creates (or, with the same
+    /// parameters, finds again) the payment order and returns its `code_url`
+    /// (`weixin://wxpay/bizpayurl?pr=...`), to be shown as a QR code.
+    ///
+    /// Refused before sending, as [`Error::InvalidOutTradeNo`] or
+    /// [`Error::InvalidArgument`]: a bad `out_trade_no`, an empty `appid`,
+    /// `time_expire` or `notify_url`, a `description` empty or over 127
+    /// characters, a total of 0 fen or less. WeChat Pay's refusals are
+    /// [`Error::Rejected`] with its code: 403 `ORDERPAID`, 400
+    /// `ORDER_CLOSED`, 400 `INVALID_REQUEST` (same `out_trade_no`, other
+    /// parameters), `PARAM_ERROR`, ... Retrying after a transient error is
+    /// safe: the same parameters find the same payment order.
+    pub fn native_prepay(&self, req: &NativePrepay) -> Result<String, Error> {
+        check_native_prepay(req)?;
+        let body = serde_json::json!({
+            "appid": req.appid,
+            "mchid": self.mchid,
+            "description": req.description,
+            "out_trade_no": req.out_trade_no,
+            "time_expire": req.time_expire,
+            "notify_url": req.notify_url,
+            "amount": { "total": req.total_fen, "currency": "CNY" },
+        })
+        .to_string();
+        let resp = self.execute(Method::Post, "/v3/pay/transactions/native", body.as_bytes())?;
+        match resp.status {
+            200 => {
+                let answer: NativePrepayAnswer =
+                    serde_json::from_slice(&resp.body).map_err(|e| Error::UnexpectedResponse {
+                        status: 200,
+                        reason: format!("prepay answer is not JSON with a code_url: {e}"),
+                    })?;
+                answer
+                    .code_url
+                    .filter(|url| !url.is_empty())
+                    .ok_or_else(|| Error::UnexpectedResponse {
+                        status: 200,
+                        reason: "prepay answer has no code_url".to_owned(),
+                    })
+            }
+            201..=299 => Err(Error::UnexpectedResponse {
+                status: resp.status,
+                reason: "prepay answered a success other than 200".to_owned(),
+            }),
+            _ => Err(error_for(&resp)),
+        }
     }
 
     /// `GET /v3/pay/transactions/out-trade-no/{out_trade_no}?mchid=...`
@@ -356,6 +427,32 @@ impl Client {
             body: resp_body,
         })
     }
+}
+
+/// The rules WeChat Pay would refuse a native prepay for, checked before
+/// anything is signed or sent.
+fn check_native_prepay(req: &NativePrepay) -> Result<(), Error> {
+    let invalid = |field, reason| Err(Error::InvalidArgument { field, reason });
+    validate_out_trade_no(&req.out_trade_no)?;
+    if req.appid.is_empty() {
+        return invalid("appid", "must not be empty");
+    }
+    if req.description.is_empty() {
+        return invalid("description", "must not be empty");
+    }
+    if req.description.chars().count() > MAX_DESCRIPTION_CHARS {
+        return invalid("description", "must be at most 127 characters");
+    }
+    if req.total_fen <= 0 {
+        return invalid("amount", "total must be at least 1 fen");
+    }
+    if req.time_expire.is_empty() {
+        return invalid("time_expire", "must not be empty");
+    }
+    if req.notify_url.is_empty() {
+        return invalid("notify_url", "must not be empty");
+    }
+    Ok(())
 }
 
 /// The one HTTP agent of a client: no redirects, no decompression, small
@@ -541,6 +638,51 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn native_prepay_rules_are_checked_before_sending() {
+        let good = NativePrepay {
+            appid: "wxd678efh567hg6787".into(),
+            description: "Image形象店-深圳腾大-QQ公仔".into(),
+            out_trade_no: "OT20261126000000000001".into(),
+            total_fen: 1,
+            time_expire: "2026-11-26T18:00:00+08:00".into(),
+            notify_url: "https://shop.example.com/wechatpay/notify".into(),
+        };
+        check_native_prepay(&good).unwrap();
+        let max = NativePrepay {
+            description: "商".repeat(127),
+            ..good.clone()
+        };
+        check_native_prepay(&max).unwrap();
+
+        let field = |req: NativePrepay| match check_native_prepay(&req) {
+            Err(e @ Error::InvalidArgument { field, .. }) => {
+                assert!(e.is_permanent());
+                field
+            }
+            other => panic!("{other:?}"),
+        };
+        let with = |f: fn(&mut NativePrepay)| {
+            let mut r = good.clone();
+            f(&mut r);
+            r
+        };
+        assert_eq!(field(with(|r| r.appid.clear())), "appid");
+        assert_eq!(field(with(|r| r.description.clear())), "description");
+        assert_eq!(
+            field(with(|r| r.description = "商".repeat(128))),
+            "description"
+        );
+        assert_eq!(field(with(|r| r.total_fen = 0)), "amount");
+        assert_eq!(field(with(|r| r.total_fen = -100)), "amount");
+        assert_eq!(field(with(|r| r.time_expire.clear())), "time_expire");
+        assert_eq!(field(with(|r| r.notify_url.clear())), "notify_url");
+        assert!(matches!(
+            check_native_prepay(&with(|r| r.out_trade_no = "abc/../x".into())),
+            Err(Error::InvalidOutTradeNo(_))
+        ));
     }
 
     #[test]

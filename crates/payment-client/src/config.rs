@@ -203,6 +203,10 @@ pub enum ConfigError {
         path: PathBuf,
         reason: String,
     },
+    /// An APIv3 key given as bytes is not 32 bytes long (a key file of the
+    /// wrong length is [`ConfigError::KeyFile`], naming the file).
+    #[error("the WeChat Pay APIv3 key must be exactly 32 bytes, got {0}")]
+    ApiV3KeyLength(usize),
     #[error("cannot set up the HTTP client: {0}")]
     Http(#[source] ureq::Error),
 }

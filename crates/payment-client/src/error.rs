@@ -1,4 +1,4 @@
-//! Errors of a query or close, classified for the worker: transient (try
+//! Errors of a call (prepay, query, close), classified for the worker: transient (try
 //! again later, the order's payment state is unknown) or permanent (retrying
 //! will not help; park and tell a human).
 
@@ -16,6 +16,14 @@ pub enum Error {
     /// Refused before sending: not a valid `out_trade_no`. Permanent.
     #[error("invalid out_trade_no {0:?}: expected 6 to 32 of 0-9 a-z A-Z _ - | *")]
     InvalidOutTradeNo(String),
+    /// Refused before sending: another request field breaks a WeChat Pay
+    /// rule (e.g. an empty or over-long `description`, a total of 0 fen).
+    /// Permanent.
+    #[error("invalid {field}: {reason}; not sent to WeChat Pay")]
+    InvalidArgument {
+        field: &'static str,
+        reason: &'static str,
+    },
     /// No connection could be made (DNS, refused, unreachable, connect
     /// timeout): the request was not sent. Transient.
     #[error("cannot connect to WeChat Pay at {url}: {source}")]
@@ -63,7 +71,10 @@ pub enum Error {
         message: String,
     },
     /// Any other 4xx (`SIGN_ERROR`, `PARAM_ERROR`, `NO_AUTH`, ...): the
-    /// request itself is wrong. Permanent.
+    /// request itself is wrong, or (prepay) the order can no longer take it:
+    /// 403 `ORDERPAID`, 400 `ORDER_CLOSED`, 400 `INVALID_REQUEST` (the same
+    /// `out_trade_no` with other parameters). Permanent; the code is
+    /// [`Error::provider_code`].
     #[error("WeChat Pay rejected the request (HTTP {status} {code}: {message})")]
     Rejected {
         status: u16,
@@ -100,6 +111,7 @@ impl Error {
             | Self::RateLimited { .. }
             | Self::Server { .. } => true,
             Self::InvalidOutTradeNo(_)
+            | Self::InvalidArgument { .. }
             | Self::Rejected { .. }
             | Self::UnknownTradeState { .. }
             | Self::UnexpectedResponse { .. }

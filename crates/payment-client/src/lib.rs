@@ -1,5 +1,7 @@
-//! WeChat Pay APIv3 client for the two calls the order-timeout worker needs:
-//! query a payment order by `out_trade_no` and close it.
+//! WeChat Pay APIv3 client for the calls order-timeout needs: create a
+//! native (QR code) payment order ([`Client::native_prepay`]), query a
+//! payment order by `out_trade_no` and close it; and the receiving side of
+//! payment notifications ([`notify`]).
 //!
 //! What it guarantees, so that callers can act on its answers:
 //!
@@ -12,7 +14,10 @@
 //! * errors are typed and classified ([`Error::is_transient`]): retry later
 //!   versus give up and tell a human;
 //! * an unknown `trade_state` is an error ([`Error::UnknownTradeState`]), never
-//!   "unpaid".
+//!   "unpaid";
+//! * a payment notification is believed only after its signature verified
+//!   with the same trusted keys as an answer, and its resource decrypted
+//!   with the APIv3 key ([`notify::NotificationVerifier`]).
 //!
 //! It never talks to the database and never reads the environment: the
 //! binaries fill a [`Config`] from flags and environment variables and call
@@ -24,6 +29,7 @@ mod client;
 mod config;
 mod error;
 mod model;
+pub mod notify;
 pub mod signing;
 pub mod verify;
 
@@ -33,4 +39,5 @@ pub use config::{
     DEFAULT_BASE_URL, DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT,
 };
 pub use error::Error;
-pub use model::{Amount, CloseOutcome, Payer, QueryOutcome, TradeState, Transaction};
+pub use model::{Amount, CloseOutcome, NativePrepay, Payer, QueryOutcome, TradeState, Transaction};
+pub use notify::{ApiV3Key, Notification, NotificationVerifier, NotifyError};

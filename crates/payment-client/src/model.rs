@@ -1,5 +1,6 @@
-//! What the two calls return: the transaction as WeChat Pay reports it, and
-//! the outcomes of query and close.
+//! What the calls take and return: the native prepay request, the
+//! transaction as WeChat Pay reports it (query answers and payment
+//! notifications alike), and the outcomes of query and close.
 //!
 //! Parsing is lenient on purpose (every field but `trade_state` is optional,
 //! unknown fields are ignored) because WeChat Pay adds fields and omits those
@@ -10,6 +11,30 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+
+/// A native (QR code) prepay order: what [`crate::Client::native_prepay`]
+/// sends, with the client's `mchid` and `currency` `CNY` added.
+///
+/// Asking again with the same parameters is safe: WeChat Pay answers with the
+/// same `code_url`. The same `out_trade_no` with other parameters is refused
+/// (400 `INVALID_REQUEST`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NativePrepay {
+    /// The app id the merchant is bound to (`wx...`). Not empty.
+    pub appid: String,
+    /// Shown to the payer: 1 to 127 characters.
+    pub description: String,
+    /// 6 to 32 of `0-9 a-z A-Z _ - | *`.
+    pub out_trade_no: String,
+    /// Amount in fen, greater than zero.
+    pub total_fen: i64,
+    /// RFC 3339 with offset, e.g. `2026-11-26T18:00:00+08:00`: after it the
+    /// payment order can no longer be paid and reads `CLOSED`.
+    pub time_expire: String,
+    /// Where WeChat Pay sends the payment notification (https, no query
+    /// string).
+    pub notify_url: String,
+}
 
 /// `trade_state` of a payment order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -93,7 +118,8 @@ pub struct Payer {
     pub openid: Option<String>,
 }
 
-/// A transaction as returned by the query API.
+/// A transaction as returned by the query API and carried (encrypted) by a
+/// payment notification.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Transaction {
     pub trade_state: TradeState,

@@ -8,4 +8,6 @@ mod support;
 mod config;
 mod faults;
 mod flows;
+mod notify;
+mod prepay;
 mod verification;

@@ -1,9 +1,12 @@
 //! Shared set-up: keys, a simulator, a client pointed at it.
 
+use std::io::{BufRead, BufReader, Read};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use payment_client::signing::MerchantKey;
 use payment_client::{Client, Config};
 use wechatpay_sim::{AdminClient, ClientFiles, SimConfig, SimKeys, Simulator};
 
@@ -66,6 +69,20 @@ pub fn other_keys() -> &'static Keys {
     })
 }
 
+/// Signs `message` with the simulated WeChat Pay private key, as WeChat Pay
+/// signs its answers and notifications (base64).
+pub fn wechatpay_sign(message: &[u8]) -> String {
+    static KEY: OnceLock<MerchantKey> = OnceLock::new();
+    KEY.get_or_init(|| {
+        let dir = scratch("wechatpay-signer");
+        keys().sim.write_all(&dir).unwrap();
+        // The name `SimKeys::write_all` gives the simulated WeChat Pay key.
+        MerchantKey::load(&dir.join("wechatpay_private_key.pem")).unwrap()
+    })
+    .sign(message)
+    .unwrap()
+}
+
 pub fn start_sim(config: SimConfig) -> Simulator {
     init_log();
     Simulator::start("127.0.0.1:0", &keys().sim, config).unwrap()
@@ -95,4 +112,55 @@ pub fn env() -> Env {
         client,
         sim,
     }
+}
+
+/// One HTTP request as a hand-made server received it (header names in
+/// lower case).
+pub struct Received {
+    pub request_line: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads one request (with a `Content-Length` body) from `stream`, for
+/// servers that stand in for WeChat Pay or for a notification receiver.
+pub fn read_request(stream: TcpStream) -> (Received, TcpStream) {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line).unwrap();
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        let (name, value) = line.split_once(':').unwrap();
+        headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
+    }
+    let len: usize = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .map_or(0, |(_, v)| v.parse().unwrap());
+    let mut body = vec![0; len];
+    reader.read_exact(&mut body).unwrap();
+    let received = Received {
+        request_line: request_line.trim_end().to_owned(),
+        headers,
+        body,
+    };
+    (received, reader.into_inner())
 }
