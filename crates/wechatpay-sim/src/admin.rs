@@ -1,5 +1,6 @@
 //! A typed client for the simulator's admin API (`/sim/...`), for tests and
-//! scripts: create and change orders, let the user pay, inject faults.
+//! scripts: create and change orders, let the user pay, inject faults, hold
+//! back payment notifications.
 
 use std::time::Duration;
 
@@ -125,14 +126,40 @@ impl AdminClient {
             .map(drop)
     }
 
-    /// "The user pays now": `SUCCESS`, a transaction id and a success time.
-    /// Fails (409) unless the order is `NOTPAY`, `USERPAYING` or `PAYERROR`.
+    /// "The user pays now": `SUCCESS`, a transaction id and a success time;
+    /// when the order has a `notify_url`, its payment notification is sent
+    /// in the background. Fails (409) unless the order is `NOTPAY`,
+    /// `USERPAYING` or `PAYERROR`; with code `ORDER_CLOSED` when its
+    /// `time_expire` passed.
     pub fn pay(&self, out_trade_no: &str) -> Result<Order, AdminError> {
         self.json(
             "POST",
             &format!("orders/{}/pay", encode(out_trade_no)),
             None,
         )
+    }
+
+    /// Sends the payment notification of a paid order once more, as a
+    /// duplicate (new id, delivered and retried like the first). Fails (409)
+    /// unless the order is `SUCCESS` and has a `notify_url`.
+    pub fn notify_again(&self, out_trade_no: &str) -> Result<(), AdminError> {
+        self.call(
+            "POST",
+            &format!("orders/{}/notify", encode(out_trade_no)),
+            None,
+        )
+        .map(drop)
+    }
+
+    /// While on, no payment notification is sent (each is counted in
+    /// `Stats::notifications_dropped`); queued retries still go out.
+    pub fn set_drop_notifications(&self, on: bool) -> Result<(), AdminError> {
+        self.call(
+            "PUT",
+            "notifications",
+            Some(serde_json::json!({ "drop": on }).to_string()),
+        )
+        .map(drop)
     }
 
     /// Faults for API calls about this order (they win over global ones).

@@ -1,17 +1,29 @@
-//! The admin API under `/sim/`: health, reset, stats, global faults, and
-//! per-order creation, inspection, payment and faults.
+//! The admin API under `/sim/`: health, reset, stats, global faults, the
+//! notification drop switch, and per-order creation, inspection, payment
+//! (which sends the payment notification), notification and faults.
 //!
 //! It exists so that tests and the demo can drive the in-memory orders and
 //! inject faults over HTTP. It is the server side of the typed client in the
 //! `admin` module.
 
+use std::time::Instant;
+
 use rand::Rng;
+use serde::Deserialize;
 use serde_json::json;
 
-use crate::api::percent_decode;
+use crate::api::{percent_decode, transaction_json};
 use crate::http::Request as Incoming;
 use crate::model::{Faults, Order};
+use crate::notify::{self, Job};
 use crate::server::{Reply, Shared, State};
+
+/// Body of `PUT /sim/notifications`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NotificationSwitch {
+    drop: bool,
+}
 
 pub(crate) fn admin(shared: &Shared, req: &Incoming) -> Reply {
     let path = req.url.split_once('?').map_or(req.url.as_str(), |(p, _)| p);
@@ -21,8 +33,16 @@ pub(crate) fn admin(shared: &Shared, req: &Incoming) -> Reply {
         ("GET", ["health"]) => Reply::json(200, &json!({ "status": "ok" })),
         ("POST", ["reset"]) => {
             *shared.state() = State::default();
+            shared.notifier.clear();
             Reply::empty(204)
         }
+        ("PUT", ["notifications"]) => match parse::<NotificationSwitch>(&req.body) {
+            Ok(s) => {
+                shared.state().drop_notifications = s.drop;
+                Reply::empty(204)
+            }
+            Err(r) => r,
+        },
         ("GET", ["stats"]) => Reply::json(200, &json!(shared.state().stats)),
         ("PUT", ["faults"]) => match parse::<Faults>(&req.body) {
             Ok(f) => {
@@ -36,24 +56,47 @@ pub(crate) fn admin(shared: &Shared, req: &Incoming) -> Reply {
             Reply::empty(204)
         }
         (_, ["orders", no, rest @ ..]) => {
-            admin_order(shared, method, &percent_decode(no), rest, &req.body)
+            let no = percent_decode(no);
+            let (reply, job) = admin_order(shared, method, &no, rest, &req.body);
+            // Queued after the state lock is released.
+            if let Some(job) = job {
+                shared.notifier.enqueue(job, Instant::now());
+            }
+            reply
         }
         _ => Reply::error(404, "NOT_FOUND", "no such admin endpoint"),
     }
 }
 
-fn admin_order(shared: &Shared, method: &str, no: &str, rest: &[&str], body: &[u8]) -> Reply {
+fn not_found() -> Reply {
+    Reply::error(404, "ORDER_NOT_EXIST", "no such order in the simulator")
+}
+
+/// The answer, and the notification to send once the state is unlocked.
+fn admin_order(
+    shared: &Shared,
+    method: &str,
+    no: &str,
+    rest: &[&str],
+    body: &[u8],
+) -> (Reply, Option<Job>) {
     let mut state = shared.state();
-    match (method, rest) {
-        ("GET", []) => match state.orders.get(no) {
-            Some(o) => Reply::json(200, &json!(o)),
-            None => Reply::error(404, "ORDER_NOT_EXIST", "no such order in the simulator"),
+    let reply = match (method, rest) {
+        ("GET", []) => match state.orders.get_mut(no) {
+            Some(o) => {
+                o.apply_time_expire();
+                Reply::json(200, &json!(o))
+            }
+            None => not_found(),
         },
         ("PUT", []) => match parse::<Order>(body) {
             Ok(mut order) => {
                 if let Some(old) = state.orders.get(no) {
                     order.queries = old.queries;
                     order.closes = old.closes;
+                    order.prepays = old.prepays;
+                    order.notify_attempts = old.notify_attempts;
+                    order.notify_delivered = old.notify_delivered;
                 }
                 let reply = Reply::json(200, &json!(order));
                 state.orders.insert(no.to_owned(), order);
@@ -65,43 +108,19 @@ fn admin_order(shared: &Shared, method: &str, no: &str, rest: &[&str], body: &[u
             state.orders.remove(no);
             Reply::empty(204)
         }
-        ("POST", ["pay"]) => {
-            let Some(order) = state.orders.get_mut(no) else {
-                return Reply::error(404, "ORDER_NOT_EXIST", "no such order in the simulator");
-            };
-            if !matches!(
-                order.trade_state.as_str(),
-                "NOTPAY" | "USERPAYING" | "PAYERROR"
-            ) {
-                return Reply::error(
-                    409,
-                    "CONFLICT",
-                    &format!("an order in {} cannot be paid", order.trade_state),
-                );
-            }
-            "SUCCESS".clone_into(&mut order.trade_state);
-            order.payer_total = Some(order.amount_total);
-            let mut rng = rand::rng();
-            order.transaction_id =
-                Some(format!("42000{:023}", rng.random_range(0..10u128.pow(23))));
-            order.success_time = Some(
-                chrono::Utc::now()
-                    .with_timezone(&chrono::FixedOffset::east_opt(8 * 3600).expect("valid offset"))
-                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, false),
-            );
-            Reply::json(200, &json!(order))
-        }
+        ("POST", ["pay"]) => return pay(shared, &mut state, no),
+        ("POST", ["notify"]) => return notify_again(shared, &mut state, no),
         ("PUT", ["faults"]) => {
             let faults = match parse::<Faults>(body) {
                 Ok(f) => f,
-                Err(r) => return r,
+                Err(r) => return (r, None),
             };
             match state.orders.get_mut(no) {
                 Some(order) => {
                     order.faults = Some(faults);
                     Reply::empty(204)
                 }
-                None => Reply::error(404, "ORDER_NOT_EXIST", "no such order in the simulator"),
+                None => not_found(),
             }
         }
         ("DELETE", ["faults"]) => {
@@ -111,7 +130,70 @@ fn admin_order(shared: &Shared, method: &str, no: &str, rest: &[&str], body: &[u
             Reply::empty(204)
         }
         _ => Reply::error(404, "NOT_FOUND", "no such admin endpoint"),
+    };
+    (reply, None)
+}
+
+/// "The user pays now", refused after `time_expire` as WeChat Pay does.
+fn pay(shared: &Shared, state: &mut State, no: &str) -> (Reply, Option<Job>) {
+    let Some(order) = state.orders.get_mut(no) else {
+        return (not_found(), None);
+    };
+    order.apply_time_expire();
+    if order.trade_state == "CLOSED" && order.time_expire_passed() {
+        let message = format!(
+            "time_expire {} has passed: WeChat Pay refuses the payment",
+            order.time_expire.as_deref().unwrap_or_default()
+        );
+        return (Reply::error(409, "ORDER_CLOSED", &message), None);
     }
+    if !matches!(
+        order.trade_state.as_str(),
+        "NOTPAY" | "USERPAYING" | "PAYERROR"
+    ) {
+        let message = format!("an order in {} cannot be paid", order.trade_state);
+        return (Reply::error(409, "CONFLICT", &message), None);
+    }
+    "SUCCESS".clone_into(&mut order.trade_state);
+    order.payer_total = Some(order.amount_total);
+    let mut rng = rand::rng();
+    order.transaction_id = Some(format!("42000{:023}", rng.random_range(0..10u128.pow(23))));
+    order.success_time = Some(crate::notify::rfc3339_beijing(crate::server::unix_now()));
+    let reply = Reply::json(200, &json!(order));
+    (reply, notification(shared, state, no))
+}
+
+/// `POST /sim/orders/{no}/notify`: the payment notification once more (a
+/// duplicate, as WeChat Pay sometimes sends).
+fn notify_again(shared: &Shared, state: &mut State, no: &str) -> (Reply, Option<Job>) {
+    let Some(order) = state.orders.get(no) else {
+        return (not_found(), None);
+    };
+    if order.trade_state != "SUCCESS" || order.notify_url.is_none() {
+        let message = "only a SUCCESS order with a notify_url has a notification to send";
+        return (Reply::error(409, "CONFLICT", message), None);
+    }
+    (Reply::empty(202), notification(shared, state, no))
+}
+
+/// The payment notification for a paid order with a `notify_url`, unless a
+/// drop switch is on (then counted as dropped).
+fn notification(shared: &Shared, state: &mut State, no: &str) -> Option<Job> {
+    let drop_all = state.drop_notifications;
+    let order = state.orders.get(no)?;
+    let url = order.notify_url.as_deref()?;
+    if drop_all || order.drop_notification {
+        state.stats.notifications_dropped += 1;
+        log::info!("notification for {no} dropped as asked");
+        return None;
+    }
+    let mchid = shared
+        .config
+        .mchid
+        .as_deref()
+        .unwrap_or(crate::DEFAULT_MCHID);
+    let transaction = transaction_json(&shared.config, mchid, no, order);
+    Some(notify::job(shared, no, url, &transaction))
 }
 
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Reply> {

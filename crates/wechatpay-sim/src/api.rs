@@ -1,6 +1,6 @@
-//! The two WeChat Pay APIv3 endpoints the simulator serves, query and close
-//! by `out_trade_no`: routing, the injected faults that apply to a call, and
-//! the answers built from the in-memory orders.
+//! The WeChat Pay APIv3 endpoints the simulator serves, Native prepay and
+//! query and close by `out_trade_no`: routing, the injected faults that apply
+//! to a call, and the answers built from the in-memory orders.
 //!
 //! It exists to keep what the real API would answer apart from how requests
 //! are checked (`auth`), how answers are signed (`signing`) and how tests
@@ -9,6 +9,7 @@
 use std::thread;
 use std::time::Duration;
 
+use rand::distr::{Alphanumeric, SampleString};
 use serde_json::json;
 
 use crate::auth::check_request;
@@ -18,17 +19,33 @@ use crate::server::{Reply, Shared, State};
 use crate::signing::sign;
 
 const API_PREFIX: &str = "/v3/pay/transactions/out-trade-no/";
+const NATIVE_PREPAY: &str = "/v3/pay/transactions/native";
+/// `appid` of answers about orders whose prepay named none.
+const FALLBACK_APPID: &str = "wxd678efh567hg6787";
 
 /// A recognised API call.
 struct Call {
     endpoint: Endpoint,
+    /// For a prepay, the body's (empty when it names none): what per-order
+    /// faults and replays are keyed by.
     out_trade_no: String,
     /// The `mchid` query parameter (query only).
     query_mchid: Option<String>,
 }
 
-fn route(method: &str, url: &str) -> Option<Call> {
+fn route(method: &str, url: &str, body: &[u8]) -> Option<Call> {
     let (path, query) = url.split_once('?').unwrap_or((url, ""));
+    if (method, path) == ("POST", NATIVE_PREPAY) {
+        let out_trade_no = serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v.get("out_trade_no")?.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        return Some(Call {
+            endpoint: Endpoint::Prepay,
+            out_trade_no,
+            query_mchid: None,
+        });
+    }
     let rest = path.strip_prefix(API_PREFIX)?;
     let (no, endpoint) = match (method, rest.strip_suffix("/close")) {
         ("POST", Some(no)) => (no, Endpoint::Close),
@@ -81,7 +98,7 @@ pub(crate) fn api(shared: &Shared, req: &Incoming) -> Reply {
         Ok(mchid) => mchid,
         Err(reply) => return sign(shared, reply, &Faults::default()),
     };
-    let call = route(&req.method, &req.url);
+    let call = route(&req.method, &req.url, &req.body);
     let faults = take_faults(shared, call.as_ref());
     if faults.latency_ms > 0 {
         thread::sleep(Duration::from_millis(faults.latency_ms));
@@ -101,7 +118,7 @@ pub(crate) fn api(shared: &Shared, req: &Incoming) -> Reply {
         api_answer(shared, req, call.as_ref(), &faults, &mchid),
         &faults,
     );
-    if let Some(call) = &call {
+    if let Some(call) = call.as_ref().filter(|c| !c.out_trade_no.is_empty()) {
         shared
             .state()
             .last_answers
@@ -173,6 +190,7 @@ fn api_answer(
     match call.endpoint {
         Endpoint::Query => query(shared, call, mchid, faults),
         Endpoint::Close => close(shared, req, call, mchid, faults),
+        Endpoint::Prepay => prepay(shared, req, mchid),
     }
 }
 
@@ -192,6 +210,7 @@ fn query(shared: &Shared, call: &Call, mchid: &str, faults: &Faults) -> Reply {
     };
     order.queries += 1;
     let mut answer = transaction_json(
+        &shared.config,
         faults.answer_mchid.as_deref().unwrap_or(mchid),
         faults
             .answer_out_trade_no
@@ -210,15 +229,26 @@ fn query(shared: &Shared, call: &Call, mchid: &str, faults: &Faults) -> Reply {
     Reply::json(200, &answer)
 }
 
+/// The order (created when `auto_create`), closed first if its
+/// `time_expire` passed.
 fn lookup<'s>(state: &'s mut State, no: &str, auto_create: bool) -> Option<&'s mut Order> {
-    if auto_create {
+    let order = if auto_create {
         Some(state.orders.entry(no.to_owned()).or_default())
     } else {
         state.orders.get_mut(no)
-    }
+    }?;
+    order.apply_time_expire();
+    Some(order)
 }
 
-fn transaction_json(mchid: &str, out_trade_no: &str, order: &Order) -> serde_json::Value {
+/// The transaction as the query answers it, and as payment notifications
+/// carry it (encrypted).
+pub(crate) fn transaction_json(
+    config: &crate::SimConfig,
+    mchid: &str,
+    out_trade_no: &str,
+    order: &Order,
+) -> serde_json::Value {
     let paid = matches!(order.trade_state.as_str(), "SUCCESS" | "REFUND");
     let desc = match order.trade_state.as_str() {
         "SUCCESS" => "支付成功",
@@ -235,11 +265,22 @@ fn transaction_json(mchid: &str, out_trade_no: &str, order: &Order) -> serde_jso
         "currency": order.currency,
         "payer_currency": order.currency,
     });
+    let appid = order
+        .appid
+        .as_deref()
+        .or(config.appid.as_deref())
+        .unwrap_or(FALLBACK_APPID);
+    // Orders that went through the Native prepay are Native payments.
+    let trade_type = if order.code_url.is_some() {
+        "NATIVE"
+    } else {
+        "JSAPI"
+    };
     let mut v = json!({
-        "appid": "wxd678efh567hg6787",
+        "appid": appid,
         "mchid": mchid,
         "out_trade_no": out_trade_no,
-        "trade_type": "JSAPI",
+        "trade_type": trade_type,
         "trade_state": order.trade_state,
         "trade_state_desc": desc,
         "attach": "",
@@ -263,15 +304,8 @@ fn transaction_json(mchid: &str, out_trade_no: &str, order: &Order) -> serde_jso
 }
 
 fn close(shared: &Shared, req: &Incoming, call: &Call, mchid: &str, faults: &Faults) -> Reply {
-    if !req
-        .header("Content-Type")
-        .is_some_and(|c| c.starts_with("application/json"))
-    {
-        return Reply::error(
-            400,
-            "INVALID_REQUEST",
-            "Content-Type must be application/json",
-        );
+    if let Err(reply) = json_content_type(req) {
+        return reply;
     }
     let body_mchid = serde_json::from_slice::<serde_json::Value>(&req.body)
         .ok()
@@ -310,15 +344,189 @@ fn close(shared: &Shared, req: &Incoming, call: &Call, mchid: &str, faults: &Fau
     }
 }
 
+/// A checked Native prepay request.
+#[derive(Debug, PartialEq, Eq)]
+struct Prepay {
+    appid: String,
+    description: String,
+    out_trade_no: String,
+    time_expire: Option<String>,
+    notify_url: String,
+    total: i64,
+    currency: String,
+}
+
+fn param_error(message: &str) -> Reply {
+    Reply::error(400, "PARAM_ERROR", message)
+}
+
+/// The body of a prepay, checked field by field like WeChat Pay does.
+fn parse_prepay(config: &crate::SimConfig, body: &[u8], mchid: &str) -> Result<Prepay, Reply> {
+    let v: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| param_error(&format!("body is not JSON: {e}")))?;
+    let text = |field: &str| -> Result<String, Reply> {
+        v.get(field)
+            .and_then(serde_json::Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .ok_or_else(|| param_error(&format!("{field} is missing or not a string")))
+    };
+    let appid = text("appid")?;
+    if let Some(expected) = &config.appid {
+        if &appid != expected {
+            return Err(param_error(&format!(
+                "appid {appid} does not belong to mchid {mchid}"
+            )));
+        }
+    }
+    if text("mchid")? != mchid {
+        return Err(param_error("mchid differs from the signer"));
+    }
+    let description = text("description")?;
+    if description.chars().count() > 127 {
+        return Err(param_error("description is longer than 127 characters"));
+    }
+    let out_trade_no = text("out_trade_no")?;
+    let valid_no = (6..=32).contains(&out_trade_no.len())
+        && out_trade_no
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-|*".contains(&b));
+    if !valid_no {
+        return Err(param_error(
+            "out_trade_no must be 6 to 32 of 0-9 a-z A-Z _ - | *",
+        ));
+    }
+    let time_expire = match v.get("time_expire") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(t) => {
+            let t = t
+                .as_str()
+                .filter(|t| chrono::DateTime::parse_from_rfc3339(t).is_ok())
+                .ok_or_else(|| param_error("time_expire is not an RFC 3339 time"))?;
+            Some(t.to_owned())
+        }
+    };
+    let notify_url = text("notify_url")?;
+    // The real API demands https; the simulator lets local receivers use http.
+    let scheme_ok = notify_url.starts_with("https://") || notify_url.starts_with("http://");
+    if !scheme_ok || notify_url.contains('?') {
+        return Err(param_error(
+            "notify_url must be an http(s) URL without a query string",
+        ));
+    }
+    let amount = v
+        .get("amount")
+        .filter(|a| a.is_object())
+        .ok_or_else(|| param_error("amount is missing or not an object"))?;
+    let total = amount
+        .get("total")
+        .and_then(serde_json::Value::as_i64)
+        .filter(|t| *t > 0)
+        .ok_or_else(|| param_error("amount.total must be a positive integer (fen)"))?;
+    let currency = match amount.get("currency") {
+        None | Some(serde_json::Value::Null) => "CNY".to_owned(),
+        Some(c) if c.as_str() == Some("CNY") => "CNY".to_owned(),
+        Some(_) => return Err(param_error("amount.currency must be CNY")),
+    };
+    Ok(Prepay {
+        appid,
+        description,
+        out_trade_no,
+        time_expire,
+        notify_url,
+        total,
+        currency,
+    })
+}
+
+/// Whether `order` was prepaid with exactly these parameters.
+fn same_prepay(order: &Order, p: &Prepay) -> bool {
+    let instant = |t: Option<&str>| t.map(chrono::DateTime::parse_from_rfc3339);
+    order.appid.as_deref() == Some(p.appid.as_str())
+        && order.description.as_deref() == Some(p.description.as_str())
+        && order.notify_url.as_deref() == Some(p.notify_url.as_str())
+        && order.amount_total == p.total
+        && order.currency == p.currency
+        && instant(order.time_expire.as_deref()) == instant(p.time_expire.as_deref())
+}
+
+/// `POST /v3/pay/transactions/native`: creates the payment order, or
+/// answers the same `code_url` again for the same parameters.
+fn prepay(shared: &Shared, req: &Incoming, mchid: &str) -> Reply {
+    shared.state().stats.prepays += 1;
+    if let Err(reply) = json_content_type(req) {
+        return reply;
+    }
+    let p = match parse_prepay(&shared.config, &req.body, mchid) {
+        Ok(p) => p,
+        Err(reply) => return reply,
+    };
+    let mut state = shared.state();
+    let order = state
+        .orders
+        .entry(p.out_trade_no.clone())
+        .or_insert_with(|| Order {
+            trade_state: "NOTPAY".to_owned(),
+            ..Order::default()
+        });
+    order.prepays += 1;
+    order.apply_time_expire();
+    match order.trade_state.as_str() {
+        "SUCCESS" | "REFUND" => {
+            return Reply::error(403, "ORDERPAID", "order is already paid");
+        }
+        "CLOSED" | "REVOKED" => {
+            return Reply::error(400, "ORDER_CLOSED", "order is closed");
+        }
+        _ => {}
+    }
+    if order.code_url.is_some() {
+        if !same_prepay(order, &p) {
+            return Reply::error(
+                400,
+                "INVALID_REQUEST",
+                "out_trade_no already used with other parameters",
+            );
+        }
+    } else {
+        // New, or created through the admin API and never prepaid.
+        let code = Alphanumeric.sample_string(&mut rand::rng(), 16);
+        order.code_url = Some(format!("weixin://wxpay/bizpayurl?pr={code}"));
+        order.appid = Some(p.appid);
+        order.description = Some(p.description);
+        order.notify_url = Some(p.notify_url);
+        order.time_expire = p.time_expire;
+        order.amount_total = p.total;
+        order.currency = p.currency;
+    }
+    Reply::json(200, &json!({ "code_url": order.code_url }))
+}
+
+fn json_content_type(req: &Incoming) -> Result<(), Reply> {
+    if req
+        .header("Content-Type")
+        .is_some_and(|c| c.starts_with("application/json"))
+    {
+        Ok(())
+    } else {
+        Err(Reply::error(
+            400,
+            "INVALID_REQUEST",
+            "Content-Type must be application/json",
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn routes_the_two_endpoints_only() {
+    fn routes_the_three_endpoints_only() {
         let c = route(
             "GET",
             "/v3/pay/transactions/out-trade-no/ORD123%7Cx?mchid=1900000001",
+            b"",
         )
         .unwrap();
         assert_eq!(
@@ -329,15 +537,96 @@ mod tests {
             ),
             (Endpoint::Query, "ORD123|x", Some("1900000001"))
         );
-        let c = route("POST", "/v3/pay/transactions/out-trade-no/ORD123/close").unwrap();
+        let c = route(
+            "POST",
+            "/v3/pay/transactions/out-trade-no/ORD123/close",
+            b"",
+        )
+        .unwrap();
         assert_eq!(
             (c.endpoint, c.out_trade_no.as_str()),
             (Endpoint::Close, "ORD123")
         );
-        assert!(route("POST", "/v3/pay/transactions/out-trade-no/ORD123").is_none());
-        assert!(route("GET", "/v3/pay/transactions/out-trade-no/ORD123/close").is_none());
-        assert!(route("GET", "/v3/pay/transactions/id/42000").is_none());
-        assert!(route("GET", "/v3/pay/transactions/out-trade-no/a/b").is_none());
+        let c = route(
+            "POST",
+            "/v3/pay/transactions/native",
+            br#"{"out_trade_no":"ORD456"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (c.endpoint, c.out_trade_no.as_str()),
+            (Endpoint::Prepay, "ORD456")
+        );
+        let c = route("POST", "/v3/pay/transactions/native", b"{").unwrap();
+        assert_eq!(
+            (c.endpoint, c.out_trade_no.as_str()),
+            (Endpoint::Prepay, "")
+        );
+        assert!(route("GET", "/v3/pay/transactions/native", b"").is_none());
+        assert!(route("POST", "/v3/pay/transactions/out-trade-no/ORD123", b"").is_none());
+        assert!(route("GET", "/v3/pay/transactions/out-trade-no/ORD123/close", b"").is_none());
+        assert!(route("GET", "/v3/pay/transactions/id/42000", b"").is_none());
+        assert!(route("GET", "/v3/pay/transactions/out-trade-no/a/b", b"").is_none());
+    }
+
+    fn valid() -> serde_json::Value {
+        json!({
+            "appid": "wx0000000000000001",
+            "mchid": "1900000001",
+            "description": "order 1",
+            "out_trade_no": "ORD000001",
+            "time_expire": "2026-11-26T18:00:00+08:00",
+            "notify_url": "https://example.com/notify",
+            "amount": { "total": 100, "currency": "CNY" },
+        })
+    }
+
+    fn check(v: &serde_json::Value) -> Result<Prepay, String> {
+        parse_prepay(
+            &crate::SimConfig::default(),
+            v.to_string().as_bytes(),
+            "1900000001",
+        )
+        .map_err(|r| String::from_utf8(r.body).unwrap())
+    }
+
+    #[test]
+    fn prepay_bodies_are_checked_field_by_field() {
+        let p = check(&valid()).unwrap();
+        assert_eq!((p.total, p.currency.as_str()), (100, "CNY"));
+        let mut no_currency = valid();
+        no_currency["amount"] = json!({ "total": 1 });
+        assert_eq!(check(&no_currency).unwrap().currency, "CNY");
+        let mut no_expiry = valid();
+        no_expiry.as_object_mut().unwrap().remove("time_expire");
+        assert_eq!(check(&no_expiry).unwrap().time_expire, None);
+        let cases = [
+            ("appid", json!(null), "appid"),
+            ("mchid", json!("1900000002"), "mchid"),
+            ("description", json!("x".repeat(128)), "description"),
+            ("out_trade_no", json!("short"), "out_trade_no"),
+            ("out_trade_no", json!("ORD 000001"), "out_trade_no"),
+            ("time_expire", json!("tomorrow"), "time_expire"),
+            ("notify_url", json!("ftp://x/notify"), "notify_url"),
+            ("notify_url", json!("https://x/notify?a=1"), "notify_url"),
+            ("amount", json!({ "total": 0 }), "amount.total"),
+            ("amount", json!({ "total": 1.5 }), "amount.total"),
+            (
+                "amount",
+                json!({ "total": 1, "currency": "USD" }),
+                "amount.currency",
+            ),
+            ("amount", json!(100), "amount"),
+        ];
+        for (field, value, named) in cases {
+            let mut v = valid();
+            v[field] = value;
+            let err = check(&v).unwrap_err();
+            assert!(
+                err.contains("PARAM_ERROR") && err.contains(named),
+                "{field}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -10,6 +10,10 @@
 //! | `merchant_public_key.pem` | the simulator, to verify requests |
 //! | `wechatpay_private_key.pem` | the simulator, to sign responses |
 //! | `wechatpay_public_key.pem` | the client (`WECHATPAY_PUBLIC_KEY_FILE`) |
+//! | `apiv3.key` | the notification receiver (`WECHATPAY_APIV3_KEY_FILE`) |
+//!
+//! The APIv3 key is the merchant's 32-byte symmetric key that WeChat Pay
+//! encrypts notification resources with; [`ApiV3Key`] keeps it out of logs.
 
 use std::fmt;
 use std::fs;
@@ -27,6 +31,7 @@ pub const MERCHANT_PRIVATE_KEY_FILE: &str = "merchant_private_key.pem";
 pub const MERCHANT_PUBLIC_KEY_FILE: &str = "merchant_public_key.pem";
 pub const WECHATPAY_PRIVATE_KEY_FILE: &str = "wechatpay_private_key.pem";
 pub const WECHATPAY_PUBLIC_KEY_FILE: &str = "wechatpay_public_key.pem";
+pub const APIV3_KEY_FILE: &str = "apiv3.key";
 
 /// Why keys could not be made, read or written. Names files, never contents.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +48,8 @@ pub enum KeyError {
     },
     #[error("{} is not a PEM RSA {what}", path.display())]
     Parse { path: PathBuf, what: &'static str },
+    #[error("{} is not an APIv3 key (exactly 32 bytes, one trailing newline allowed)", path.display())]
+    ApiV3Key { path: PathBuf },
     #[error("openssl: {0}")]
     Crypto(#[from] openssl::error::ErrorStack),
 }
@@ -67,6 +74,49 @@ impl fmt::Debug for SimKeys {
 pub struct ClientFiles {
     pub merchant_key_file: PathBuf,
     pub wechatpay_public_key_file: PathBuf,
+    /// The APIv3 key (32 bytes, mode 0600), for whoever decrypts payment
+    /// notifications.
+    pub apiv3_key_file: PathBuf,
+}
+
+/// The merchant's APIv3 key: exactly 32 bytes, the AES-256-GCM key of
+/// notification resources. `Debug` shows `[redacted]`; `Default` is
+/// [`crate::DEFAULT_APIV3_KEY`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiV3Key([u8; 32]);
+
+impl ApiV3Key {
+    /// `None` unless `key` is exactly 32 bytes.
+    #[must_use]
+    pub fn new(key: &[u8]) -> Option<Self> {
+        key.try_into().ok().map(Self)
+    }
+
+    /// Reads a key file: 32 bytes, optionally followed by one newline.
+    pub fn read(path: &Path) -> Result<Self, KeyError> {
+        let data = read(path)?;
+        let key = data.strip_suffix(b"\n").unwrap_or(&data);
+        Self::new(key).ok_or_else(|| KeyError::ApiV3Key {
+            path: path.to_owned(),
+        })
+    }
+
+    #[must_use]
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Default for ApiV3Key {
+    fn default() -> Self {
+        Self::new(crate::DEFAULT_APIV3_KEY.as_bytes()).expect("DEFAULT_APIV3_KEY has 32 bytes")
+    }
+}
+
+impl fmt::Debug for ApiV3Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiV3Key([redacted])")
+    }
 }
 
 fn public_of(key: &PKey<Private>) -> Result<PKey<Public>, KeyError> {
@@ -166,10 +216,21 @@ impl SimKeys {
         Ok(files)
     }
 
-    /// Writes the two files a client needs into `dir`: the merchant private
-    /// key (PKCS#8) and the simulated WeChat Pay public key. Requires a
-    /// merchant private key (generated, or loaded as one).
+    /// Writes the files a client needs into `dir`: the merchant private key
+    /// (PKCS#8), the simulated WeChat Pay public key and the default APIv3
+    /// key ([`crate::DEFAULT_APIV3_KEY`], what [`crate::SimConfig`] uses
+    /// unless told otherwise). Requires a merchant private key (generated,
+    /// or loaded as one) for the first file.
     pub fn write_client_files(&self, dir: &Path) -> Result<ClientFiles, KeyError> {
+        self.write_client_files_with(dir, &ApiV3Key::default())
+    }
+
+    /// [`SimKeys::write_client_files`] with this APIv3 key.
+    pub fn write_client_files_with(
+        &self,
+        dir: &Path,
+        apiv3_key: &ApiV3Key,
+    ) -> Result<ClientFiles, KeyError> {
         fs::create_dir_all(dir).map_err(|source| KeyError::Write {
             path: dir.to_owned(),
             source,
@@ -177,7 +238,9 @@ impl SimKeys {
         let files = ClientFiles {
             merchant_key_file: dir.join(MERCHANT_PRIVATE_KEY_FILE),
             wechatpay_public_key_file: dir.join(WECHATPAY_PUBLIC_KEY_FILE),
+            apiv3_key_file: dir.join(APIV3_KEY_FILE),
         };
+        write(&files.apiv3_key_file, apiv3_key.as_bytes(), true)?;
         if let Some(merchant) = &self.merchant_private {
             write(
                 &files.merchant_key_file,

@@ -1,6 +1,6 @@
-//! A local stand-in for the two WeChat Pay APIv3 endpoints the order-timeout
-//! worker uses (query and close by `out_trade_no`), for tests, the demo and
-//! local development.
+//! A local stand-in for the WeChat Pay APIv3 endpoints order-timeout uses
+//! (Native prepay, query and close by `out_trade_no`) and for the payment
+//! notifications WeChat Pay sends, for tests, the demo and local development.
 //!
 //! It behaves like the real API where our code can tell the difference: it
 //! verifies request signatures with the merchant public key (401
@@ -10,6 +10,12 @@
 //! `/sim/` (see [`AdminClient`]), which can also inject faults: latency, 429,
 //! 5xx, tampered or stale signatures, unknown serials, and a close that answers
 //! 204 but leaves the order payable.
+//!
+//! When an order with a `notify_url` is paid, a small pool of sender threads
+//! POSTs the signed, AES-256-GCM encrypted `TRANSACTION.SUCCESS` notification
+//! to it and retries on WeChat Pay's schedule (shortened by default) until a
+//! receiver answers 2xx. [`signed_notification`] builds the same requests for
+//! tests that craft their own.
 //!
 //! It is embeddable: [`Simulator::start`] binds `127.0.0.1:0` and returns a
 //! handle with the bound address, so integration tests of other crates run it
@@ -27,12 +33,16 @@ mod auth;
 mod http;
 mod keys;
 mod model;
+mod notify;
 mod server;
 mod signing;
 
+use std::time::Duration;
+
 pub use admin::{AdminClient, AdminError};
-pub use keys::{ClientFiles, KeyError, SimKeys};
+pub use keys::{ApiV3Key, ClientFiles, KeyError, SimKeys, APIV3_KEY_FILE};
 pub use model::{Endpoint, Faults, Order, Stats};
+pub use notify::{encrypt_resource, signed_notification, SignedNotification};
 pub use server::{SimConfig, SimError, Simulator};
 
 /// Merchant id the simulator expects unless told otherwise.
@@ -41,3 +51,28 @@ pub const DEFAULT_MCHID: &str = "1900000001";
 pub const DEFAULT_MERCHANT_SERIAL_NO: &str = "3775B6A45ACD588826D15E583A95F5DD2A0D6A4B";
 /// Public key id the simulator signs its responses with unless told otherwise.
 pub const DEFAULT_PUBLIC_KEY_ID: &str = "PUB_KEY_ID_0119000000012025112600000000000001";
+/// APIv3 key (32 bytes) the simulator encrypts notifications with unless
+/// told otherwise. A test value: never a real merchant's.
+pub const DEFAULT_APIV3_KEY: &str = "SimulatorApiV3Key000000000000000";
+
+/// WeChat Pay's notification retry schedule: the waits before the 2nd, 3rd,
+/// ... delivery attempt after a failed one (15 s, 15 s, 30 s, 3 min, 10 min,
+/// 20 min, 30 min, 30 min, 30 min, 60 min, 3 h, 3 h, 3 h, 6 h, 6 h). The
+/// simulator's default, [`SimConfig::notify_schedule`], is this divided by 100.
+pub const WECHATPAY_NOTIFY_SCHEDULE: [Duration; 15] = [
+    Duration::from_secs(15),
+    Duration::from_secs(15),
+    Duration::from_secs(30),
+    Duration::from_mins(3),
+    Duration::from_mins(10),
+    Duration::from_mins(20),
+    Duration::from_mins(30),
+    Duration::from_mins(30),
+    Duration::from_mins(30),
+    Duration::from_hours(1),
+    Duration::from_hours(3),
+    Duration::from_hours(3),
+    Duration::from_hours(3),
+    Duration::from_hours(6),
+    Duration::from_hours(6),
+];

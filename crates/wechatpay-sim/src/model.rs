@@ -1,5 +1,5 @@
 //! The simulator's data: orders as WeChat Pay would hold them, the faults to
-//! inject, and request counters. Shared by the server and the admin client
+//! inject, and request and notification counters. Shared by the server and the admin client
 //! (they are the admin API's JSON bodies).
 
 use serde::{Deserialize, Serialize};
@@ -22,9 +22,30 @@ pub struct Order {
     pub omit_amount: bool,
     /// Faults for requests about this order; they win over the global ones.
     pub faults: Option<Faults>,
+    /// `appid` of the prepay call (answers name a fixed test appid, or
+    /// `SimConfig::appid`, when absent).
+    pub appid: Option<String>,
+    /// `description` of the prepay call.
+    pub description: Option<String>,
+    /// Where the payment notification goes when the order is paid (none is
+    /// sent when absent).
+    pub notify_url: Option<String>,
+    /// RFC 3339; once passed, a `NOTPAY` or `USERPAYING` order reads
+    /// `CLOSED` and can no longer be paid.
+    pub time_expire: Option<String>,
+    /// `weixin://wxpay/bizpayurl?pr=...` handed out by the Native prepay
+    /// call; present once the order was prepaid.
+    pub code_url: Option<String>,
+    /// Never send this order's payment notification (counted as dropped).
+    pub drop_notification: bool,
     /// Read-only counters, filled in by the simulator.
     pub queries: u64,
     pub closes: u64,
+    pub prepays: u64,
+    /// Delivery attempts of this order's payment notification.
+    pub notify_attempts: u64,
+    /// Whether a notification receiver answered 2xx.
+    pub notify_delivered: bool,
 }
 
 impl Default for Order {
@@ -38,8 +59,17 @@ impl Default for Order {
             currency: "CNY".to_owned(),
             omit_amount: false,
             faults: None,
+            appid: None,
+            description: None,
+            notify_url: None,
+            time_expire: None,
+            code_url: None,
+            drop_notification: false,
             queries: 0,
             closes: 0,
+            prepays: 0,
+            notify_attempts: 0,
+            notify_delivered: false,
         }
     }
 }
@@ -53,6 +83,27 @@ impl Order {
             ..Self::default()
         }
     }
+
+    /// Whether `time_expire` is set, parses, and lies in the past.
+    #[must_use]
+    pub fn time_expire_passed(&self) -> bool {
+        self.time_expire
+            .as_deref()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .is_some_and(|t| t <= chrono::Utc::now())
+    }
+
+    /// What WeChat Pay does at `time_expire`: an unpaid order closes. Applied
+    /// lazily wherever an order is read; `true` when it closed just now.
+    pub(crate) fn apply_time_expire(&mut self) -> bool {
+        let unpaid = matches!(self.trade_state.as_str(), "NOTPAY" | "USERPAYING");
+        if unpaid && self.time_expire_passed() {
+            "CLOSED".clone_into(&mut self.trade_state);
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// Which API a fault applies to.
@@ -61,6 +112,8 @@ impl Order {
 pub enum Endpoint {
     Query,
     Close,
+    /// `POST /v3/pay/transactions/native`.
+    Prepay,
 }
 
 /// Faults to inject into API answers (never into the admin API).
@@ -101,7 +154,7 @@ pub struct Faults {
     /// original signature headers, the last signed answer given about this
     /// `out_trade_no` (a replayed answer).
     pub replay_answer_of: Option<String>,
-    /// Only for this endpoint (both when absent).
+    /// Only for this endpoint (every endpoint when absent).
     pub only: Option<Endpoint>,
     /// Only for the next N matching requests, then the faults clear
     /// themselves (forever when absent).
@@ -116,10 +169,20 @@ pub struct Stats {
     pub api_requests: u64,
     pub queries: u64,
     pub closes: u64,
+    /// Native prepay calls not answered by an injected fault status.
+    pub prepays: u64,
     /// Requests refused with 401 `SIGN_ERROR`.
     pub bad_signatures: u64,
     /// Requests refused with 400 `INVALID_REQUEST` (missing headers).
     pub invalid_requests: u64,
     /// Answers replaced by an injected fault status.
     pub faults_injected: u64,
+    /// Payment notification delivery attempts (first sends and retries).
+    pub notifications_sent: u64,
+    /// Notifications a receiver answered with 2xx.
+    pub notifications_delivered: u64,
+    /// Attempts that failed (non-2xx, connection error or timeout).
+    pub notifications_failed: u64,
+    /// Notifications never sent because a drop switch was on.
+    pub notifications_dropped: u64,
 }

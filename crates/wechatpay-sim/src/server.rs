@@ -4,9 +4,9 @@
 //! each request to the WeChat Pay API or to the admin API under `/sim/`.
 //!
 //! It exists so that the lifecycle and the shared types live in one place,
-//! while what each endpoint does lives in its own module: `api` (the two WeChat
-//! Pay endpoints), `auth` (request checks), `signing` (response signatures)
-//! and `admin_api` (the `/sim/` endpoints).
+//! while what each endpoint does lives in its own module: `api` (the WeChat
+//! Pay endpoints), `auth` (request checks), `signing` (response signatures),
+//! `admin_api` (the `/sim/` endpoints) and `notify` (payment notifications).
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -19,8 +19,9 @@ use serde_json::json;
 
 use crate::admin::AdminClient;
 use crate::http::{self, Live, Request as Incoming, Response};
-use crate::keys::{ClientFiles, SimKeys};
+use crate::keys::{ApiV3Key, ClientFiles, KeyError, SimKeys};
 use crate::model::{Faults, Order, Stats};
+use crate::notify::{self, Notifier};
 use crate::{admin_api, api};
 
 /// How long a shutdown waits for requests in hand (e.g. injected latency).
@@ -39,6 +40,17 @@ pub struct SimConfig {
     /// Treat unknown orders as fresh `NOTPAY` prepay orders instead of
     /// answering 404 `ORDER_NOT_EXIST` (handy for the demo).
     pub auto_create: bool,
+    /// Prepay calls must name this `appid` (any when `None`); also the
+    /// `appid` of answers about orders that were never prepaid.
+    pub appid: Option<String>,
+    /// Encrypts payment notifications ([`crate::DEFAULT_APIV3_KEY`] unless
+    /// told otherwise).
+    pub apiv3_key: ApiV3Key,
+    /// Waits before each retry of a notification that failed: after the
+    /// first failed attempt `notify_schedule[0]`, and so on; after the last
+    /// the simulator gives up. Default: [`crate::WECHATPAY_NOTIFY_SCHEDULE`]
+    /// divided by 100 (150 ms, 150 ms, 300 ms, 1.8 s, ... 216 s).
+    pub notify_schedule: Vec<Duration>,
 }
 
 impl Default for SimConfig {
@@ -48,6 +60,12 @@ impl Default for SimConfig {
             merchant_serial_no: Some(crate::DEFAULT_MERCHANT_SERIAL_NO.to_owned()),
             signing_serial: crate::DEFAULT_PUBLIC_KEY_ID.to_owned(),
             auto_create: false,
+            appid: None,
+            apiv3_key: ApiV3Key::default(),
+            notify_schedule: crate::WECHATPAY_NOTIFY_SCHEDULE
+                .iter()
+                .map(|d| *d / 100)
+                .collect(),
         }
     }
 }
@@ -72,12 +90,15 @@ pub(crate) struct State {
     pub(crate) stats: Stats,
     /// The last signed API answer about each `out_trade_no`, for replays.
     pub(crate) last_answers: HashMap<String, Reply>,
+    /// Send no payment notification at all (each counted as dropped).
+    pub(crate) drop_notifications: bool,
 }
 
 pub(crate) struct Shared {
     state: Mutex<State>,
     pub(crate) keys: SimKeys,
     pub(crate) config: SimConfig,
+    pub(crate) notifier: Notifier,
 }
 
 impl Shared {
@@ -96,6 +117,7 @@ pub struct Simulator {
     shared: Arc<Shared>,
     live: Arc<Live>,
     accept: Option<JoinHandle<()>>,
+    senders: Vec<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Simulator {
@@ -109,7 +131,8 @@ impl std::fmt::Debug for Simulator {
 
 impl Simulator {
     /// Listens on `addr` (`127.0.0.1:0` picks a free port) and serves, one
-    /// thread per connection, until [`Simulator::shutdown`] or drop.
+    /// thread per connection, until [`Simulator::shutdown`] or drop. A few
+    /// threads send payment notifications.
     pub fn start(addr: &str, keys: &SimKeys, config: SimConfig) -> Result<Self, SimError> {
         let bind_err = |source| SimError::Bind {
             addr: addr.to_owned(),
@@ -121,7 +144,9 @@ impl Simulator {
             state: Mutex::new(State::default()),
             keys: keys.clone(),
             config,
+            notifier: Notifier::default(),
         });
+        let senders = notify::start_senders(&shared).map_err(SimError::Thread)?;
         let live = Arc::new(Live::default());
         let handler = {
             let shared = Arc::clone(&shared);
@@ -132,7 +157,10 @@ impl Simulator {
             thread::Builder::new()
                 .name("wechatpay-sim-accept".to_owned())
                 .spawn(move || http::accept_loop(&listener, &live, &handler))
-                .map_err(SimError::Thread)?
+                .map_err(|e| {
+                    shared.notifier.stop();
+                    SimError::Thread(e)
+                })?
         };
         log::info!("wechatpay simulator listening on http://{bound}");
         Ok(Self {
@@ -140,6 +168,7 @@ impl Simulator {
             shared,
             live,
             accept: Some(accept),
+            senders,
         })
     }
 
@@ -165,24 +194,35 @@ impl Simulator {
         &self.shared.config
     }
 
-    /// The environment lines a client (the worker) needs to talk to this
-    /// simulator, one `NAME=value` per line.
+    /// Writes the files a client needs into `dir`, with this simulator's
+    /// keys and APIv3 key (see [`SimKeys::write_client_files_with`]).
+    pub fn write_client_files(&self, dir: &std::path::Path) -> Result<ClientFiles, KeyError> {
+        self.shared
+            .keys
+            .write_client_files_with(dir, &self.shared.config.apiv3_key)
+    }
+
+    /// The environment lines a client needs to talk to this simulator, one
+    /// `NAME=value` per line: the six the worker reads, then
+    /// `WECHATPAY_APIV3_KEY_FILE` for a notification receiver.
     #[must_use]
     pub fn env_lines(&self, files: &ClientFiles) -> String {
         let c = &self.shared.config;
         format!(
-            "WECHATPAY_BASE_URL={}\nWECHATPAY_MCHID={}\nWECHATPAY_MERCHANT_SERIAL_NO={}\nWECHATPAY_MERCHANT_KEY_FILE={}\nWECHATPAY_PUBLIC_KEY_ID={}\nWECHATPAY_PUBLIC_KEY_FILE={}\n",
+            "WECHATPAY_BASE_URL={}\nWECHATPAY_MCHID={}\nWECHATPAY_MERCHANT_SERIAL_NO={}\nWECHATPAY_MERCHANT_KEY_FILE={}\nWECHATPAY_PUBLIC_KEY_ID={}\nWECHATPAY_PUBLIC_KEY_FILE={}\nWECHATPAY_APIV3_KEY_FILE={}\n",
             self.base_url(),
             c.mchid.as_deref().unwrap_or(crate::DEFAULT_MCHID),
             c.merchant_serial_no.as_deref().unwrap_or(crate::DEFAULT_MERCHANT_SERIAL_NO),
             files.merchant_key_file.display(),
             c.signing_serial,
             files.wechatpay_public_key_file.display(),
+            files.apiv3_key_file.display(),
         )
     }
 
     /// Stops accepting, lets connections finish the requests in hand (at
-    /// most a few seconds) and closes them.
+    /// most a few seconds) and closes them. Queued notifications are not
+    /// sent; one in flight may finish its attempt (at most 5 s).
     pub fn shutdown(mut self) {
         self.stop();
     }
@@ -195,9 +235,20 @@ impl Simulator {
         // Wake the blocking accept.
         let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
         let _ = accept.join();
+        self.shared.notifier.stop();
         let deadline = Instant::now() + SHUTDOWN_GRACE;
-        while self.live.connections.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        let busy = |s: &Self| {
+            s.live.connections.load(Ordering::SeqCst) > 0
+                || s.senders.iter().any(|t| !t.is_finished())
+        };
+        while busy(self) && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(10));
+        }
+        // A sender still stuck in an attempt is left to end on its own.
+        for sender in std::mem::take(&mut self.senders) {
+            if sender.is_finished() {
+                let _ = sender.join();
+            }
         }
     }
 }

@@ -1,13 +1,16 @@
 //! The response signer: adds the `Wechatpay-*` signature headers to every
 //! API answer in WeChat Pay public key mode, or spoils them when a fault asks
 //! for an unsigned answer, a tampered signature, a stale timestamp or an
-//! unknown serial.
+//! unknown serial. Payment notifications are signed with the same message
+//! format and key ([`signature`], [`nonce`]).
 //!
 //! It exists because our client verifies every answer, so the simulator must
 //! sign like the real API does, with its own key and independently of the
 //! `payment-client` crate.
 
+use openssl::error::ErrorStack;
 use openssl::hash::MessageDigest;
+use openssl::pkey::{PKey, Private};
 use openssl::sign::Signer;
 use rand::distr::{Alphanumeric, SampleString};
 use rand::Rng;
@@ -39,19 +42,13 @@ pub(crate) fn sign(shared: &Shared, mut reply: Reply, faults: &Faults) -> Reply 
         now
     }
     .to_string();
-    let nonce = Alphanumeric
-        .sample_string(&mut rng, 32)
-        .to_ascii_uppercase();
-    let mut message = Vec::with_capacity(reply.body.len() + 64);
-    for part in [timestamp.as_bytes(), nonce.as_bytes(), &reply.body] {
-        message.extend_from_slice(part);
-        message.push(b'\n');
-    }
-    let signature =
-        Signer::new(MessageDigest::sha256(), &shared.keys.wechatpay_private).and_then(|mut s| {
-            s.update(&message)?;
-            s.sign_to_vec()
-        });
+    let nonce = nonce();
+    let signature = signature(
+        &shared.keys.wechatpay_private,
+        &timestamp,
+        &nonce,
+        &reply.body,
+    );
     let mut signature = match signature {
         Ok(s) => s,
         Err(e) => {
@@ -77,4 +74,29 @@ pub(crate) fn sign(shared: &Shared, mut reply: Reply, faults: &Faults) -> Reply 
         ("Wechatpay-Serial".to_owned(), serial.to_owned()),
     ]);
     reply
+}
+
+/// A fresh `Wechatpay-Nonce`: 32 random letters and digits.
+pub(crate) fn nonce() -> String {
+    Alphanumeric
+        .sample_string(&mut rand::rng(), 32)
+        .to_ascii_uppercase()
+}
+
+/// SHA256withRSA (PKCS#1 v1.5) over `timestamp\nnonce\nbody\n`: the
+/// signature of an answer or a notification.
+pub(crate) fn signature(
+    key: &PKey<Private>,
+    timestamp: &str,
+    nonce: &str,
+    body: &[u8],
+) -> Result<Vec<u8>, ErrorStack> {
+    let mut message = Vec::with_capacity(body.len() + 64);
+    for part in [timestamp.as_bytes(), nonce.as_bytes(), body] {
+        message.extend_from_slice(part);
+        message.push(b'\n');
+    }
+    let mut signer = Signer::new(MessageDigest::sha256(), key)?;
+    signer.update(&message)?;
+    signer.sign_to_vec()
 }
