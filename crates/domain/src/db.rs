@@ -276,6 +276,12 @@ pub fn run_migrations(conn: &mut PgConnection) -> Result<Vec<String>, StoreError
     result
 }
 
+/// One trivial query: the database answers (readiness probes).
+pub fn ping(conn: &mut PgConnection) -> Result<(), StoreError> {
+    diesel::sql_query("SELECT 1").execute(conn)?;
+    Ok(())
+}
+
 /// Versions of embedded migrations not yet applied: empty when the schema is
 /// current. Binaries check this at start-up instead of failing later.
 pub fn pending_migrations(conn: &mut PgConnection) -> Result<Vec<String>, StoreError> {

@@ -3,7 +3,6 @@
 //! ([`consumer`]), and the command line ([`Cli`], [`run`]). The binary only
 //! parses, installs signal handlers and maps errors to exit codes.
 
-pub mod config;
 pub mod consumer;
 pub mod dispose;
 pub mod lane;
@@ -58,7 +57,7 @@ pub struct Cli {
     pub broker: BrokerArgs,
 
     #[command(flatten)]
-    pub payment: config::PaymentArgs,
+    pub payment: service::PaymentArgs,
 
     #[command(flatten)]
     pub run: RunArgs,

@@ -22,11 +22,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use domain::{
-    Anomaly, AnomalyOutcome, CloseOutcome, Fen, MarkPaidOutcome, Order, OrderNo, OrderStatus,
-    PaymentRecord, PgPool, StoreError, TransactionId,
-};
+use domain::{Anomaly, CloseOutcome, Order, OrderNo, OrderStatus, PgPool, StoreError};
 use payment_client::{QueryOutcome, TradeState, Transaction};
+use service::payments::Recorded;
 
 /// How long after a close on `ORDER_NOT_EXIST` the recheck looks again.
 pub const DEFAULT_RECHECK_AFTER: Duration = Duration::from_mins(10);
@@ -329,71 +327,24 @@ impl Settler {
     }
 
     fn compensate(&self, order: &Order, tx: &Transaction, refunded: bool) -> Settlement {
-        let payment = match payment_record(order, tx) {
-            Ok(p) => p,
-            Err((anomaly, detail)) => return self.needs_human(order, anomaly, detail),
-        };
         if refunded {
             log::warn!(
                 "order {}: WeChat Pay reports it paid and then refunded (REFUND); recorded as paid, check the refund",
                 order.order_no
             );
         }
-        let mut conn = match self.conn() {
-            Ok(c) => c,
-            Err(e) => {
-                return Settlement::from_store_error(
-                    "no database connection to record the payment",
-                    &e,
-                )
-            }
-        };
-        match domain::mark_paid(&mut conn, &order.order_no, &payment) {
-            Ok(MarkPaidOutcome::Paid) => Settlement::Compensated { refunded },
-            Ok(MarkPaidOutcome::AlreadyPaid) => Settlement::AlreadySettled(OrderStatus::Paid),
-            Ok(MarkPaidOutcome::PaidAfterClose { .. }) => {
-                log::error!(
-                    "order {}: PAID AFTER CLOSE: WeChat Pay transaction {} ({}) for an order closed here; refund it",
-                    order.order_no,
-                    payment.transaction_id,
-                    payment.amount
-                );
-                Settlement::PaidAfterClose
-            }
-            Ok(MarkPaidOutcome::TransactionOfAnotherOrder { other }) => {
-                drop(conn);
-                self.needs_human(
-                    order,
-                    Anomaly::DuplicateTransaction,
-                    format!(
-                        "WeChat Pay reports transaction {} for this order, but it is already recorded for order {other}",
-                        payment.transaction_id
-                    ),
-                )
-            }
-            Ok(MarkPaidOutcome::NotFound) => Settlement::UnknownOrder,
-            Err(e) => Settlement::from_store_error("recording the payment failed", &e),
-        }
-    }
-
-    /// Records the anomaly on the order (once) and leaves everything else.
-    fn needs_human(&self, order: &Order, anomaly: Anomaly, detail: String) -> Settlement {
         let recorded = self
             .conn()
-            .and_then(|mut c| domain::record_anomaly(&mut c, &order.order_no, anomaly, &detail));
+            .and_then(|mut c| service::payments::record_payment(&mut c, order, tx));
         match recorded {
-            Ok(AnomalyOutcome::Recorded | AnomalyOutcome::AlreadyRecorded) => {
-                log::error!(
-                    "order {}: NEEDS A HUMAN ({anomaly}): {detail}; nothing paid, nothing closed, stock held",
-                    order.order_no
-                );
+            Ok(Recorded::Paid) => Settlement::Compensated { refunded },
+            Ok(Recorded::AlreadyPaid) => Settlement::AlreadySettled(OrderStatus::Paid),
+            Ok(Recorded::PaidAfterClose { .. }) => Settlement::PaidAfterClose,
+            Ok(Recorded::NeedsHuman { anomaly, detail }) => {
                 Settlement::NeedsHuman { anomaly, detail }
             }
-            Ok(AnomalyOutcome::NotFound) => Settlement::UnknownOrder,
-            Err(e) => Settlement::from_store_error(
-                &format!("recording the anomaly ({anomaly}: {detail}) failed"),
-                &e,
-            ),
+            Ok(Recorded::NotFound) => Settlement::UnknownOrder,
+            Err(e) => Settlement::from_store_error("recording the payment failed", &e),
         }
     }
 
@@ -453,168 +404,5 @@ impl Settler {
             Ok(_) => Settlement::Rechecked { found },
             Err(e) => Settlement::from_store_error("recording the recheck failed", &e),
         }
-    }
-}
-
-/// The payment WeChat Pay reports, as the store records it, or the anomaly
-/// that forbids recording it: every field that moves money must be there
-/// and match the order (invariant 11).
-pub fn payment_record(order: &Order, tx: &Transaction) -> Result<PaymentRecord, (Anomaly, String)> {
-    let state = tx.trade_state;
-    let transaction_id = tx
-        .transaction_id
-        .as_deref()
-        .ok_or_else(|| {
-            (
-                Anomaly::MissingTransactionId,
-                format!("WeChat Pay reports the order {state} without a transaction_id"),
-            )
-        })
-        .and_then(|id| {
-            TransactionId::parse(id).map_err(|e| {
-                (
-                    Anomaly::MissingTransactionId,
-                    format!(
-                        "WeChat Pay reports the order {state} with an unusable transaction_id: {e}"
-                    ),
-                )
-            })
-        })?;
-    let (total, currency) = match tx.amount.as_ref() {
-        Some(a) => match a.total {
-            Some(total) => (total, a.currency.as_deref()),
-            None => {
-                return Err((
-                    Anomaly::MissingAmount,
-                    format!("WeChat Pay reports transaction {transaction_id} ({state}) without amount.total; the order's total is {} fen", order.total.get()),
-                ))
-            }
-        },
-        None => {
-            return Err((
-                Anomaly::MissingAmount,
-                format!("WeChat Pay reports transaction {transaction_id} ({state}) without an amount; the order's total is {} fen", order.total.get()),
-            ))
-        }
-    };
-    if total != order.total.get() || currency != Some("CNY") {
-        return Err((
-            Anomaly::AmountMismatch,
-            format!(
-                "WeChat Pay reports transaction {transaction_id} ({state}) for {total} fen in {}, the order's total is {} fen in CNY",
-                currency.unwrap_or("(no currency)"),
-                order.total.get()
-            ),
-        ));
-    }
-    let amount = Fen::new(total).map_err(|e| (Anomaly::AmountMismatch, e.to_string()))?;
-    let success_time = match tx.success_time.as_deref() {
-        Some(t) => DateTime::parse_from_rfc3339(t)
-            .map(|t| t.with_timezone(&Utc))
-            .map_err(|e| {
-                (
-                    Anomaly::BadSuccessTime,
-                    format!("WeChat Pay reports transaction {transaction_id} ({state}) with success_time {t:?}, which is not RFC 3339: {e}"),
-                )
-            })?,
-        None => {
-            return Err((
-                Anomaly::BadSuccessTime,
-                format!("WeChat Pay reports transaction {transaction_id} ({state}) without a success_time"),
-            ))
-        }
-    };
-    Ok(PaymentRecord {
-        transaction_id,
-        amount,
-        success_time,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use payment_client::Amount;
-
-    use super::*;
-
-    fn order(total: i64) -> Order {
-        let now = Utc::now();
-        Order {
-            id: 1,
-            order_no: OrderNo::parse("ORDER123456").unwrap(),
-            status: OrderStatus::PendingPayment,
-            total: Fen::new(total).unwrap(),
-            deadline: now,
-            created_at: now,
-            updated_at: now,
-            paid_at: None,
-            closed_at: None,
-            close_reason: None,
-            anomaly: None,
-            recheck_at: None,
-            next_check_at: None,
-            check_failures: 0,
-        }
-    }
-
-    fn paid(total: Option<i64>, currency: Option<&str>) -> Transaction {
-        Transaction {
-            trade_state: TradeState::Success,
-            trade_state_desc: None,
-            out_trade_no: Some("ORDER123456".into()),
-            transaction_id: Some("4200000000000000000000000001".into()),
-            mchid: Some("1900000001".into()),
-            appid: None,
-            trade_type: None,
-            bank_type: None,
-            attach: None,
-            success_time: Some("2026-11-26T18:30:00+08:00".into()),
-            payer: None,
-            amount: Some(Amount {
-                total,
-                payer_total: total,
-                currency: currency.map(str::to_owned),
-                payer_currency: None,
-            }),
-        }
-    }
-
-    #[test]
-    fn a_matching_payment_is_recorded_with_its_own_time() {
-        let p = payment_record(&order(200), &paid(Some(200), Some("CNY"))).unwrap();
-        assert_eq!(p.amount.get(), 200);
-        assert_eq!(p.success_time.to_rfc3339(), "2026-11-26T10:30:00+00:00");
-    }
-
-    #[test]
-    fn every_field_that_moves_money_must_match() {
-        let o = order(200);
-        let kind = |tx: &Transaction| payment_record(&o, tx).unwrap_err();
-
-        let (a, detail) = kind(&paid(Some(100), Some("CNY")));
-        assert_eq!(a, Anomaly::AmountMismatch);
-        assert!(
-            detail.contains("100 fen") && detail.contains("200 fen"),
-            "{detail}"
-        );
-        assert_eq!(
-            kind(&paid(Some(200), Some("USD"))).0,
-            Anomaly::AmountMismatch
-        );
-        assert_eq!(kind(&paid(Some(200), None)).0, Anomaly::AmountMismatch);
-        assert_eq!(kind(&paid(None, Some("CNY"))).0, Anomaly::MissingAmount);
-        let mut no_amount = paid(Some(200), Some("CNY"));
-        no_amount.amount = None;
-        assert_eq!(kind(&no_amount).0, Anomaly::MissingAmount);
-        let mut bad_time = paid(Some(200), Some("CNY"));
-        bad_time.success_time = Some("yesterday".into());
-        assert_eq!(kind(&bad_time).0, Anomaly::BadSuccessTime);
-        bad_time.success_time = None;
-        assert_eq!(kind(&bad_time).0, Anomaly::BadSuccessTime);
-        let mut no_id = paid(Some(200), Some("CNY"));
-        no_id.transaction_id = None;
-        assert_eq!(kind(&no_id).0, Anomaly::MissingTransactionId);
-        no_id.transaction_id = Some("has space".into());
-        assert_eq!(kind(&no_id).0, Anomaly::MissingTransactionId);
     }
 }

@@ -2,7 +2,9 @@
 //! (which keeps secrets out of logs whatever `RUST_LOG` says), the stop flag
 //! raised by SIGTERM/SIGINT, the usage-error type and the one mapping of
 //! errors to exit codes (0 / 2 / 1), the database and broker arguments,
-//! duration parsing and reconnect back-off with jitter.
+//! duration parsing and reconnect back-off with jitter; the WeChat Pay
+//! settings and the one way a payment WeChat Pay reports becomes a record
+//! ([`payments`]), shared by the worker and the front door.
 //!
 //! A binary's `main` is one line: `service::main(crate::run)`. Everything
 //! it runs lives in libraries that tests call directly.
@@ -12,10 +14,13 @@ pub mod backoff;
 pub mod duration;
 pub mod exit;
 pub mod logging;
+pub mod payment_args;
+pub mod payments;
 pub mod shutdown;
 
 pub use args::{BrokerArgs, DatabaseArgs};
 pub use backoff::Backoff;
 pub use duration::parse_duration;
 pub use exit::{exit_code, main, UsageError};
+pub use payment_args::{PaymentArgs, SettingError};
 pub use shutdown::sleep_unless_stopped;

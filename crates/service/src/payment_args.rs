@@ -1,13 +1,13 @@
-//! The worker's configuration: flags and environment variables (clap reads
-//! them in the binary; this module only turns them into typed settings and
-//! says which one is missing).
+//! The WeChat Pay settings every binary that calls WeChat Pay takes (the
+//! worker, `order-producer serve`): flags and environment variables, turned
+//! into a `payment_client::Config` with an error naming the missing one.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
 
-/// WeChat Pay settings. The worker refuses to start without them.
+/// WeChat Pay settings. The worker and the front door refuse to start without them.
 #[derive(Debug, Clone, Args)]
 pub struct PaymentArgs {
     /// WeChat Pay API base URL (scheme and host). Default: the real API, with
@@ -45,11 +45,11 @@ pub struct PaymentArgs {
     pub platform_certs: Vec<String>,
     /// Whole-request timeout of a WeChat Pay call (default 10s,
     /// `payment_client::DEFAULT_TIMEOUT`).
-    #[arg(long = "wechatpay-timeout", env = "WECHATPAY_TIMEOUT", value_parser = service::parse_duration)]
+    #[arg(long = "wechatpay-timeout", env = "WECHATPAY_TIMEOUT", value_parser = crate::parse_duration)]
     pub timeout: Option<Duration>,
     /// Connect timeout of a WeChat Pay call (default 3s,
     /// `payment_client::DEFAULT_CONNECT_TIMEOUT`).
-    #[arg(long = "wechatpay-connect-timeout", env = "WECHATPAY_CONNECT_TIMEOUT", value_parser = service::parse_duration)]
+    #[arg(long = "wechatpay-connect-timeout", env = "WECHATPAY_CONNECT_TIMEOUT", value_parser = crate::parse_duration)]
     pub connect_timeout: Option<Duration>,
     /// An HTTP(S) proxy for WeChat Pay calls, e.g. `http://proxy.internal:3128`.
     /// Proxy variables of the environment (`HTTPS_PROXY`, `ALL_PROXY`,
@@ -73,7 +73,7 @@ pub struct SettingError(pub String);
 fn required<T: Clone>(v: Option<&T>, var: &str, flag: &str) -> Result<T, SettingError> {
     v.cloned().ok_or_else(|| {
         SettingError(format!(
-            "missing payment setting {var} (or --{flag}); the worker cannot ask WeChat Pay without it"
+            "missing payment setting {var} (or --{flag}); WeChat Pay cannot be called without it"
         ))
     })
 }
