@@ -39,7 +39,7 @@ pub use order_no::{OrderNo, OrderNoError};
 pub use orders::{
     close_unpaid, count_by_status, create_order, create_order_idempotent, find_order, mark_paid,
     order_events, order_items, paid_after_close_count, payments_of, pending_past_deadline,
-    record_prepay, rechecks_due, CloseOutcome, CreatedOrder, IdempotencyKey, MarkPaidOutcome,
+    rechecks_due, record_prepay, CloseOutcome, CreatedOrder, IdempotencyKey, MarkPaidOutcome,
     NewOrder, OrderLine, OverdueOrder, PaymentRecord, SweepCursor,
 };
 pub use outbox::{relay_batch, unpublished_count, OutboxMessage, PublishReport, RelayBatch};

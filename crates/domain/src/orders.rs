@@ -135,11 +135,12 @@ pub fn create_order_idempotent(
 /// What a key stands for: the merged lines in SKU order and the window, so
 /// that `TEA:1, TEA:1` and `TEA:2` are the same request.
 fn canonical_request(merged: &BTreeMap<&SkuCode, Quantity>, window: Duration) -> String {
+    use std::fmt::Write;
     let mut s = String::new();
     for (sku, qty) in merged {
-        s.push_str(&format!("{sku}*{},", qty.get()));
+        let _ = write!(s, "{sku}*{},", qty.get());
     }
-    s.push_str(&format!("window={}ms", window.as_millis()));
+    let _ = write!(s, "window={}ms", window.as_millis());
     s
 }
 

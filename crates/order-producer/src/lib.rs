@@ -6,7 +6,10 @@
 
 pub mod parked;
 pub mod relay;
+pub mod serve;
 pub mod status;
+#[cfg(feature = "test-support")]
+pub mod testing;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -80,6 +83,11 @@ pub enum Command {
     /// `queue.ordertimeout` with a fresh attempt count (fix the cause first);
     /// poison stays parked.
     Parked(ParkedArgs),
+    /// The front door: the shop's HTTP API (create and read orders, create
+    /// the WeChat Pay Native prepay) behind a bearer token, WeChat Pay's
+    /// payment notifications behind WeChat Pay's signature, and /healthz and
+    /// /readyz. Runs until SIGTERM/SIGINT, finishing the requests in hand.
+    Serve(Box<serve::ServeArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -186,6 +194,10 @@ pub fn run(cli: &Cli, stop: &Arc<AtomicBool>) -> anyhow::Result<ExitCode> {
         Command::Declare => return declare(cli, &topology),
         Command::Relay(args) => return relay(cli, args, topology, stop),
         Command::Parked(args) => return parked_cmd(cli, args),
+        Command::Serve(args) => {
+            serve::run(cli, args, stop)?;
+            return Ok(ExitCode::SUCCESS);
+        }
         _ => {}
     }
     if matches!(cli.command, Command::Migrate)
@@ -268,7 +280,9 @@ pub fn run(cli: &Cli, stop: &Arc<AtomicBool>) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
-        Command::Declare | Command::Relay(_) | Command::Parked(_) => unreachable!("handled above"),
+        Command::Declare | Command::Relay(_) | Command::Parked(_) | Command::Serve(_) => {
+            unreachable!("handled above")
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -343,7 +357,7 @@ fn relay(
 }
 
 /// Fails with a usage error naming the fix when the schema is not migrated.
-fn require_schema(conn: &mut PgConnection) -> anyhow::Result<()> {
+pub(crate) fn require_schema(conn: &mut PgConnection) -> anyhow::Result<()> {
     let pending = domain::pending_migrations(conn).context("could not read the schema version")?;
     if pending.is_empty() {
         Ok(())

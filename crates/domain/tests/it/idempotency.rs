@@ -32,13 +32,8 @@ fn the_same_key_and_request_give_the_same_order_once() {
     assert!(!first.replayed);
     assert_eq!(first.status, OrderStatus::PendingPayment);
     // The same request written differently (split lines) is the same request.
-    let again = create_order_idempotent(
-        &mut conn,
-        &[line("TEA", 1), line("TEA", 1)],
-        WINDOW,
-        key,
-    )
-    .unwrap();
+    let again =
+        create_order_idempotent(&mut conn, &[line("TEA", 1), line("TEA", 1)], WINDOW, key).unwrap();
     assert!(again.replayed);
     assert_eq!(again.order, first.order);
     assert_eq!(stock_of(&mut conn, "TEA"), 8);
@@ -75,7 +70,10 @@ fn a_refused_request_does_not_keep_its_key() {
     load(&mut conn, "TEA", 1, 50);
     let key = Some(IdempotencyKey("k"));
     let err = create_order_idempotent(&mut conn, &[line("TEA", 2)], WINDOW, key).unwrap_err();
-    assert!(matches!(err, StoreError::InsufficientStock { .. }), "{err:?}");
+    assert!(
+        matches!(err, StoreError::InsufficientStock { .. }),
+        "{err:?}"
+    );
     assert_eq!(count(&mut conn, "idempotency_keys"), 0);
     // Stock arrives; the retry with the same key is judged afresh.
     load(&mut conn, "TEA", 5, 50);

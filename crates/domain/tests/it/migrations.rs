@@ -44,6 +44,7 @@ fn migrations_create_the_schema_once_and_a_second_run_changes_nothing() {
     assert_eq!(
         tables,
         [
+            "idempotency_keys",
             "order_events",
             "order_items",
             "orders",

@@ -3,7 +3,9 @@
 
 mod cli;
 mod declare;
+mod notify;
 mod relay;
+mod shop;
 
 #[path = "../support/mod.rs"]
 mod support;

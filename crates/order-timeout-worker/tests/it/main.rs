@@ -7,6 +7,7 @@ mod branches;
 mod delivery;
 mod edges;
 mod faults;
+mod front_door;
 mod money;
 mod poison;
 mod rechecks;

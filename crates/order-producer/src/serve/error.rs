@@ -1,0 +1,105 @@
+//! The one error type of the shop API: a status, a stable machine-readable
+//! code, a message for a person, and the offending field when there is one.
+//! Rendered as `{"code","message","field"?}`; it never carries a secret.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use domain::StoreError;
+use serde::Serialize;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApiError {
+    #[serde(skip)]
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    #[must_use]
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    /// 400 naming the field that is malformed or out of range.
+    #[must_use]
+    pub fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
+        let field = field.into();
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            code: "INVALID_FIELD",
+            message: format!("{field}: {}", message.into()),
+            field: Some(field),
+        }
+    }
+
+    #[must_use]
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", message)
+    }
+
+    /// A store failure: the buyer's mistakes get their 4xx, the rest 503
+    /// (transient: try again) or 500, with the detail in the log only.
+    #[must_use]
+    pub fn from_store(e: &StoreError) -> Self {
+        match e {
+            StoreError::UnknownSku(sku) => Self {
+                status: StatusCode::NOT_FOUND,
+                code: "UNKNOWN_SKU",
+                message: format!("unknown SKU {sku}"),
+                field: Some("items".into()),
+            },
+            StoreError::InsufficientStock {
+                sku,
+                requested,
+                available,
+            } => Self {
+                status: StatusCode::CONFLICT,
+                code: "INSUFFICIENT_STOCK",
+                message: format!(
+                    "insufficient stock for SKU {sku}: {requested} requested, {available} available"
+                ),
+                field: Some("items".into()),
+            },
+            StoreError::EmptyOrder => Self::field("items", "an order needs at least one item"),
+            StoreError::QuantityTooLarge(sku) => {
+                Self::field("items", format!("quantity for SKU {sku} is too large"))
+            }
+            StoreError::TotalTooLarge => Self::field("items", "the order total is too large"),
+            StoreError::InvalidWindow(_) => {
+                Self::field("payment_window", "out of range (at most 366 days)")
+            }
+            StoreError::IdempotencyKeyReused(_) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "IDEMPOTENCY_KEY_REUSED",
+                "this Idempotency-Key was already used with another request",
+            ),
+            e if e.is_transient() => {
+                log::warn!("database unavailable: {e}");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "UNAVAILABLE",
+                    "the database is unavailable; try again",
+                )
+            }
+            e => {
+                log::error!("database error: {e}");
+                Self::internal("the request failed; see the server log")
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(&self)).into_response()
+    }
+}

@@ -1,0 +1,176 @@
+//! `POST /wechatpay/notify/transaction`: WeChat Pay's payment notifications.
+//!
+//! Authenticated by WeChat Pay's signature, not by the shop's token: the
+//! signature probe (`WECHATPAY/SIGNTEST/...`) is refused first, then the
+//! signature over `timestamp\nnonce\nbody\n` must verify with the key the
+//! `Wechatpay-Serial` names, within 5 minutes of our clock, and the
+//! `resource` must decrypt (`AEAD_AES_256_GCM`, APIv3 key). Only then are
+//! `mchid`, `appid` and `out_trade_no` compared with ours, and the payment
+//! recorded through `service::payments::record_payment`, the same
+//! operation the worker uses (amount checked against the order; a repeat
+//! changes nothing; an order closed here gets a payment after close).
+//!
+//! 204 only once the notification is recorded (or was already); anything
+//! else answers 4xx/5xx with `{"code":"FAIL","message"}` so that WeChat Pay
+//! delivers it again. Nothing unverified or undecryptable is ever acted on.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use domain::OrderNo;
+use payment_client::notify::NotifyError;
+use payment_client::TradeState;
+use serde_json::json;
+use service::payments::Recorded;
+
+use super::AppState;
+
+pub const PATH: &str = "/wechatpay/notify/transaction";
+
+pub(super) fn routes() -> Router<Arc<AppState>> {
+    Router::new().route(PATH, post(transaction))
+}
+
+/// A notification not recorded: WeChat Pay will deliver it again.
+#[derive(Debug)]
+struct Fail(StatusCode, String);
+
+impl IntoResponse for Fail {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({"code": "FAIL", "message": self.1}))).into_response()
+    }
+}
+
+async fn transaction(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let handled = tokio::task::spawn_blocking(move || handle(&state, &headers, &body)).await;
+    match handled {
+        Ok(Ok(())) => StatusCode::NO_CONTENT.into_response(),
+        Ok(Err(fail)) => fail.into_response(),
+        Err(e) => {
+            log::error!("the notification handler panicked: {e}");
+            Fail(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into()).into_response()
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn handle(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<(), Fail> {
+    let opened = state.verifier.open(
+        |name| headers.get(name).and_then(|v| v.to_str().ok()),
+        body,
+        unix_now(),
+    );
+    let notification = opened.map_err(|e| {
+        log::warn!("refused a payment notification: {e}");
+        let status = match e {
+            NotifyError::SignatureProbe | NotifyError::Unverified(_) => StatusCode::UNAUTHORIZED,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        Fail(status, e.to_string())
+    })?;
+    let tx = notification.transaction().map_err(|e| {
+        log::error!(
+            "payment notification {} decrypted but unusable: {e}",
+            notification.id
+        );
+        Fail(StatusCode::BAD_REQUEST, e.to_string())
+    })?;
+    if tx.trade_state != TradeState::Success {
+        log::info!(
+            "payment notification {} ({}) reports {} for {}: nothing to record",
+            notification.id,
+            notification.event_type,
+            tx.trade_state,
+            tx.out_trade_no.as_deref().unwrap_or("?")
+        );
+        return Ok(());
+    }
+    let no = ours(state, &tx).map_err(|what| {
+        log::error!(
+            "payment notification {} refused: {what}; nothing recorded",
+            notification.id
+        );
+        Fail(StatusCode::BAD_REQUEST, what)
+    })?;
+    let unavailable = |e: &domain::StoreError| {
+        log::warn!(
+            "payment notification {} for {no} not recorded: {e}",
+            notification.id
+        );
+        Fail(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not recorded; deliver again".into(),
+        )
+    };
+    let mut conn = domain::checkout(&state.pool).map_err(|e| unavailable(&e))?;
+    let Some(order) = domain::find_order(&mut conn, &no).map_err(|e| unavailable(&e))? else {
+        log::error!(
+            "payment notification {} names order {no}, which is not ours",
+            notification.id
+        );
+        return Err(Fail(StatusCode::NOT_FOUND, format!("no order {no}")));
+    };
+    match service::payments::record_payment(&mut conn, &order, &tx) {
+        Ok(Recorded::Paid) => {
+            log::info!(
+                "order {no} paid (notification {}, transaction {})",
+                notification.id,
+                tx.transaction_id.as_deref().unwrap_or("?")
+            );
+            Ok(())
+        }
+        Ok(
+            Recorded::AlreadyPaid
+            | Recorded::PaidAfterClose {
+                newly_recorded: false,
+            },
+        ) => {
+            log::debug!("order {no}: duplicate notification {}", notification.id);
+            Ok(())
+        }
+        // Logged (PAID AFTER CLOSE / NEEDS A HUMAN) where recorded.
+        Ok(
+            Recorded::PaidAfterClose {
+                newly_recorded: true,
+            }
+            | Recorded::NeedsHuman { .. },
+        ) => Ok(()),
+        Ok(Recorded::NotFound) => Err(Fail(StatusCode::NOT_FOUND, format!("no order {no}"))),
+        Err(e) => Err(unavailable(&e)),
+    }
+}
+
+/// The order a decrypted transaction is about, once its merchant and app are
+/// ours; otherwise what is wrong.
+fn ours(state: &AppState, tx: &payment_client::Transaction) -> Result<OrderNo, String> {
+    if tx.mchid.as_deref() != Some(state.payments.mchid()) {
+        return Err(format!(
+            "mchid {:?} is not ours",
+            tx.mchid.as_deref().unwrap_or("")
+        ));
+    }
+    if tx.appid.as_deref() != Some(state.appid.as_str()) {
+        return Err(format!(
+            "appid {:?} is not ours",
+            tx.appid.as_deref().unwrap_or("")
+        ));
+    }
+    tx.out_trade_no
+        .as_deref()
+        .and_then(|s| OrderNo::parse(s).ok())
+        .ok_or_else(|| "out_trade_no missing or malformed".to_owned())
+}

@@ -1,0 +1,375 @@
+//! A front door for tests (feature `test-support`): a fresh database and
+//! vhost, the WeChat Pay simulator in-process (with an appid, notifications
+//! on a short schedule), `serve` started in-process on a free port with a
+//! token, small body and time limits, and an HTTP client that never treats
+//! a status as an error. Used by this crate's tests and the worker's.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use broker::testing::TestVhost;
+use clap::Parser;
+use domain::testing::TestDb;
+use serde_json::Value;
+use wechatpay_sim::{ClientFiles, SimConfig, SimKeys, Simulator};
+
+use crate::serve::Running;
+use crate::{Cli, Command};
+
+pub const APPID: &str = "wxd678efh567hg6787";
+pub const TOKEN: &str = "test-token-0123456789abcdef";
+/// Price of one TEA or one MUG, in fen: 2 TEA cost the simulator's default
+/// amount (100 fen).
+pub const UNIT_FEN: i64 = 50;
+/// `--max-body-bytes` of the test front door.
+pub const MAX_BODY: usize = 4096;
+
+/// A temporary directory, removed on drop.
+#[derive(Debug)]
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    #[must_use]
+    pub fn new(prefix: &str) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "{prefix}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("create a temporary directory");
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A free loopback port (bound, read, released).
+#[must_use]
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// An HTTP answer: status, headers (lower-case names) and body.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Answer {
+    /// The body as JSON (`Null` when it is not JSON).
+    #[must_use]
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+
+    #[must_use]
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// The database, vhost, simulator and a running front door.
+pub struct FrontDoor {
+    pub db: TestDb,
+    pub vhost: TestVhost,
+    pub sim: Simulator,
+    pub files: ClientFiles,
+    pub base: String,
+    pub notify_url: String,
+    stop: Arc<AtomicBool>,
+    running: Option<Running>,
+    agent: ureq::Agent,
+    dir: TempDir,
+}
+
+impl std::fmt::Debug for FrontDoor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrontDoor")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FrontDoor {
+    /// Everything up, TEA and MUG loaded (1000 each at [`UNIT_FEN`]).
+    #[must_use]
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Like [`FrontDoor::start`], with more `serve` arguments.
+    #[must_use]
+    pub fn start_with(extra: &[&str]) -> Self {
+        let db = TestDb::new();
+        let vhost = TestVhost::new();
+        let dir = TempDir::new("ot-front-door");
+        let sim = Simulator::start(
+            "127.0.0.1:0",
+            SimKeys::shared(),
+            SimConfig {
+                appid: Some(APPID.to_owned()),
+                notify_schedule: vec![
+                    Duration::from_millis(50),
+                    Duration::from_millis(100),
+                    Duration::from_millis(200),
+                ],
+                ..SimConfig::default()
+            },
+        )
+        .expect("start the simulator");
+        let files = sim.write_client_files(&dir.0).expect("client files");
+        let mut conn = db.conn();
+        for sku in ["TEA", "MUG"] {
+            let _ = domain::set_stock(
+                &mut conn,
+                &domain::SkuCode::parse(sku).expect("sku"),
+                domain::StockLevel::new(1000).expect("stock"),
+                Some(domain::Fen::new(UNIT_FEN).expect("price")),
+            )
+            .expect("load stock");
+        }
+        let port = free_port();
+        let notify_url = format!("http://127.0.0.1:{port}/wechatpay/notify/transaction");
+        let mut door = Self {
+            db,
+            vhost,
+            sim,
+            files,
+            base: format!("http://127.0.0.1:{port}"),
+            notify_url,
+            stop: Arc::new(AtomicBool::new(false)),
+            running: None,
+            agent: ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(Duration::from_secs(20)))
+                .build()
+                .into(),
+            dir,
+        };
+        let cli = door.cli(port, extra);
+        let Command::Serve(args) = &cli.command else {
+            unreachable!("built a serve command")
+        };
+        door.running = Some(
+            crate::serve::start(&cli, args, Arc::clone(&door.stop)).expect("start the front door"),
+        );
+        door
+    }
+
+    /// The command line `serve` runs with.
+    fn cli(&self, port: u16, extra: &[&str]) -> Cli {
+        let token_file = self.dir.0.join("token");
+        std::fs::write(&token_file, format!("{TOKEN}\n")).expect("write the token");
+        let listen = format!("127.0.0.1:{port}");
+        let mut args: Vec<String> = [
+            "order-producer",
+            "--database-url",
+            self.db.url().expose(),
+            "--amqp-url",
+            self.vhost.url().expose(),
+            "--ttl-ms",
+            "1800000",
+            "serve",
+            "--listen",
+            &listen,
+            "--api-token-file",
+            token_file.to_str().expect("utf-8 path"),
+            "--wechatpay-appid",
+            APPID,
+            "--wechatpay-apiv3-key-file",
+            self.files.apiv3_key_file.to_str().expect("utf-8 path"),
+            "--wechatpay-notify-url",
+            &self.notify_url,
+            "--wechatpay-base-url",
+            &self.sim.base_url(),
+            "--wechatpay-mchid",
+            wechatpay_sim::DEFAULT_MCHID,
+            "--wechatpay-merchant-serial-no",
+            wechatpay_sim::DEFAULT_MERCHANT_SERIAL_NO,
+            "--wechatpay-merchant-key-file",
+            self.files.merchant_key_file.to_str().expect("utf-8 path"),
+            "--wechatpay-public-key-id",
+            wechatpay_sim::DEFAULT_PUBLIC_KEY_ID,
+            "--wechatpay-public-key-file",
+            self.files
+                .wechatpay_public_key_file
+                .to_str()
+                .expect("utf-8 path"),
+            "--wechatpay-timeout",
+            "2s",
+            "--request-timeout",
+            "3s",
+            "--header-timeout",
+            "1s",
+            "--max-body-bytes",
+            &MAX_BODY.to_string(),
+            "--db-pool-size",
+            "8",
+            "--shutdown-grace",
+            "5s",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        Cli::try_parse_from(args).expect("a valid serve command line")
+    }
+
+    /// A request with the shop's token.
+    #[must_use]
+    pub fn call(&self, method: &str, path: &str, body: Option<&str>) -> Answer {
+        self.send(
+            method,
+            path,
+            &[("Authorization", &format!("Bearer {TOKEN}"))],
+            body.map(str::as_bytes),
+        )
+    }
+
+    /// Any request: exactly these headers, this body.
+    #[must_use]
+    pub fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Answer {
+        let url = format!("{}{path}", self.base);
+        let mut builder = ureq::http::Request::builder().method(method).uri(&url);
+        for (n, v) in headers {
+            builder = builder.header(*n, *v);
+        }
+        let request = builder
+            .body(body.map(<[u8]>::to_vec).unwrap_or_default())
+            .expect("a valid request");
+        let mut resp = self.agent.run(request).expect("the front door answers");
+        let status = resp.status().as_u16();
+        let headers = resp
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+            .collect();
+        let body = resp.body_mut().read_to_string().unwrap_or_default();
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// `POST /v1/orders` for `qty` TEA; the order number.
+    #[must_use]
+    pub fn order_tea(&self, qty: u32) -> domain::OrderNo {
+        let a = self.call(
+            "POST",
+            "/v1/orders",
+            Some(&format!(
+                r#"{{"items":[{{"sku":"TEA","quantity":{qty}}}]}}"#
+            )),
+        );
+        assert_eq!(a.status, 201, "{}", a.body);
+        domain::OrderNo::parse(a.json()["order_no"].as_str().expect("order_no"))
+            .expect("a valid order number")
+    }
+
+    /// Creates the Native prepay; the `code_url`.
+    #[must_use]
+    pub fn prepay(&self, no: &domain::OrderNo) -> String {
+        let a = self.call("POST", &format!("/v1/orders/{no}/wechatpay/native"), None);
+        assert_eq!(a.status, 200, "{}", a.body);
+        a.json()["code_url"].as_str().expect("code_url").to_owned()
+    }
+
+    /// A signed, encrypted `TRANSACTION.SUCCESS` notification about
+    /// `transaction`, made at `timestamp`, as WeChat Pay would send it.
+    #[must_use]
+    pub fn notification(
+        &self,
+        transaction: &Value,
+        timestamp: u64,
+    ) -> wechatpay_sim::SignedNotification {
+        wechatpay_sim::signed_notification(
+            SimKeys::shared(),
+            &self.sim.config().signing_serial,
+            self.sim.config().apiv3_key.as_bytes(),
+            transaction,
+            timestamp,
+        )
+    }
+
+    /// POSTs a notification to the front door.
+    #[must_use]
+    pub fn deliver(&self, n: &wechatpay_sim::SignedNotification) -> Answer {
+        let headers: Vec<(&str, &str)> = n
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        self.send("POST", crate::serve::NOTIFY_PATH, &headers, Some(&n.body))
+    }
+
+    /// Raises the stop flag (as SIGTERM does) without waiting.
+    pub fn raise_stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Stops the front door (as SIGTERM would) and waits for it.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.running.take() {
+            Some(r) => r.wait(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for FrontDoor {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+/// The current Unix time in seconds.
+#[must_use]
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A paid transaction as WeChat Pay reports it for `no`: our appid and
+/// mchid, `total` fen in CNY.
+#[must_use]
+pub fn paid_transaction(no: &str, total: i64, transaction_id: &str) -> Value {
+    serde_json::json!({
+        "appid": APPID,
+        "mchid": wechatpay_sim::DEFAULT_MCHID,
+        "out_trade_no": no,
+        "transaction_id": transaction_id,
+        "trade_type": "NATIVE",
+        "trade_state": "SUCCESS",
+        "trade_state_desc": "支付成功",
+        "bank_type": "OTHERS",
+        "attach": "",
+        "success_time": "2026-11-26T18:30:00+08:00",
+        "payer": {"openid": "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"},
+        "amount": {"total": total, "payer_total": total, "currency": "CNY", "payer_currency": "CNY"},
+    })
+}
