@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # The demo, end to end: real PostgreSQL and RabbitMQ, the WeChat Pay
-# simulator, a 10-second payment window. Creates nine orders whose buyers
-# behave differently (among them one whose payment does not match the order
-# and one who pays from a stale checkout page after the order was closed),
-# runs the relay and the worker, and prints what became of each order and of
-# the stock, with the conservation check. Stops
-# everything it started, also on Ctrl-C. Exit 0 when every order ended as
-# its payment state demands and stock is conserved.
+# simulator, a 10-second payment window. Starts the front door
+# (`order-producer serve`), the relay and the worker; nine buyers order
+# through the shop API and behave differently: paying at once (their
+# payment notification marks the order paid within a second), paying with
+# the notification lost (the worker compensates at the deadline), trying to
+# pay after the deadline (WeChat Pay refuses: the prepay's time_expire is
+# the deadline), paying a wrong amount, paying from a stale checkout page
+# after the close. Prints what became of each order and of the stock, with
+# the conservation check. Stops everything it started, also on Ctrl-C. Exit
+# 0 when every order ended as its payment state demands and stock is
+# conserved.
 #
 # Uses its own database (order_timeout_demo, recreated each run) and RabbitMQ
 # vhost (order_timeout_demo), so it never touches other data. Needs psql and
@@ -104,7 +108,8 @@ producer stock set --sku CAKE --quantity 5 --price-fen 1800
 BEFORE="$(demo_psql "SELECT code, stock FROM skus ORDER BY code")"
 
 say "the WeChat Pay simulator"
-"$BIN/wechatpay-sim" --listen 127.0.0.1:0 --key-dir "$WORK/keys" --env-file "$WORK/sim.env" >/dev/null 2>"$WORK/sim.log" &
+APPID=wxd678efh567hg6787
+"$BIN/wechatpay-sim" --listen 127.0.0.1:0 --appid "$APPID" --key-dir "$WORK/keys" --env-file "$WORK/sim.env" >/dev/null 2>"$WORK/sim.log" &
 PIDS+=($!)
 for _ in $(seq 50); do [ -s "$WORK/sim.env" ] && break; sleep 0.1; done
 set -a; . "$WORK/sim.env"; set +a
@@ -112,47 +117,88 @@ SIM="$WECHATPAY_BASE_URL"
 curl -sf "$SIM/sim/health" >/dev/null
 echo "simulator at $SIM"
 
-sim_state() { curl -sf -X PUT "$SIM/sim/orders/$1" -d "{\"trade_state\":\"$2\",\"amount_total\":$3}" >/dev/null; }
+say "the front door (order-producer serve), the relay and the worker"
+PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+API="http://127.0.0.1:$PORT"
+head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$WORK/api.token"
+chmod 600 "$WORK/api.token"
+TOKEN="$(cat "$WORK/api.token")"
+API_LISTEN="127.0.0.1:$PORT" API_TOKEN_FILE="$WORK/api.token" WECHATPAY_APPID="$APPID" \
+    WECHATPAY_NOTIFY_URL="$API/wechatpay/notify/transaction" \
+    producer serve 2>"$WORK/serve.log" &
+PIDS+=($!)
+for _ in $(seq 100); do curl -sf "$API/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+curl -sf "$API/readyz" >/dev/null || { echo "demo: the front door did not become ready:" >&2; cat "$WORK/serve.log" >&2; exit 1; }
+echo "front door at $API (shop API token in $WORK/api.token)"
+producer relay --poll-interval 100ms 2>"$WORK/relay.log" &
+PIDS+=($!)
+"$BIN/order-timeout-worker" --concurrency 4 --summary-interval 1h 2>"$WORK/worker.log" &
+WORKER=$!
+PIDS+=($WORKER)
+
+api() { # METHOD PATH [BODY]: the shop API with the token
+    curl -sS -X "$1" "$API$2" -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' ${3:+-d "$3"}
+}
+json_field() { python3 -c 'import json, sys; print(json.load(sys.stdin).get(sys.argv[1]) or "")' "$1"; }
+sim_state() { curl -sf -X PUT "$SIM/sim/orders/$1" -d "{\"trade_state\":\"$2\",\"amount_total\":$3${4:+,\"notify_url\":\"$4\"}}" >/dev/null; }
 sim_pay() { curl -sf -X POST "$SIM/sim/orders/$1/pay" >/dev/null; }
 total_of() { demo_psql "SELECT total_fen FROM orders WHERE order_no = '$1'"; }
+code_url() { api POST "/v1/orders/$1/wechatpay/native" | json_field code_url; }
+status_of() { api GET "/v1/orders/$1" | json_field status; }
 
-say "orders (payment window ${WINDOW_S} s)"
+say "orders through the shop API (payment window ${WINDOW_S} s)"
 declare -A LABEL EXPECT ITEMS
 ORDERS=()
 new_order() { # key label expected items...
     local key="$1" label="$2" expect="$3"
     shift 3
-    local args=() no
-    for item in "$@"; do args+=(--item "$item"); done
-    no="$(producer create-order "${args[@]}" 2>/dev/null)"
+    local items=() no
+    for item in "$@"; do items+=("{\"sku\":\"${item%%:*}\",\"quantity\":${item##*:}}"); done
+    no="$(IFS=,; api POST /v1/orders "{\"items\":[${items[*]}]}" | json_field order_no)"
+    [ -n "$no" ] || { echo "demo: order not created" >&2; exit 1; }
     ORDERS+=("$no"); LABEL[$no]="$label"; EXPECT[$no]="$expect"; ITEMS[$no]="$*"
     eval "$key=$no"
 }
 new_order A "never paid (no payment order at WeChat Pay)" closed TEA:2
-new_order B "left the cashier without paying (NOTPAY)" closed MUG:1
+new_order B "scanned the code, left without paying (NOTPAY)" closed MUG:1
 new_order C "paid at once" paid TEA:1 CAKE:1
 new_order D "paid at once" paid MUG:2
-new_order E "paid 2 s before the deadline, notification lost" paid CAKE:1
-new_order F "still entering the password at the deadline" paid TEA:3
+new_order E "paid at once, notification lost" paid CAKE:1
+new_order F "tries to pay 2 s after the deadline" closed TEA:3
 new_order G "payment failed (PAYERROR)" closed MUG:1
 new_order H "paid 1 fen instead of the total (a tampered payment)" needs-human TEA:1
 new_order I "no payment order at the deadline, pays 2 s later from a stale page" closed TEA:1
-sim_state "$B" NOTPAY "$(total_of "$B")"
-for o in "$C" "$D"; do sim_state "$o" NOTPAY "$(total_of "$o")"; sim_pay "$o"; done
-sim_state "$E" NOTPAY "$(total_of "$E")"
-sim_state "$F" USERPAYING "$(total_of "$F")"
-sim_state "$G" PAYERROR "$(total_of "$G")"
-sim_state "$H" NOTPAY 1
-sim_pay "$H"
 for no in "${ORDERS[@]}"; do printf '  %s  %-14s %s\n' "$no" "${ITEMS[$no]}" "${LABEL[$no]}"; done
+
+say "buyers get their WeChat Pay code (Native prepay, time_expire = the deadline)"
+for o in "$B" "$C" "$D" "$E" "$F"; do printf '  %s  %s\n' "$o" "$(code_url "$o")"; done
+sim_state "$G" PAYERROR "$(total_of "$G")"
+sim_state "$H" NOTPAY 1 "$API/wechatpay/notify/transaction"
+
+say "buyers pay; their notifications reach the front door"
+for o in "$C" "$D"; do
+    start=$(date +%s%N)
+    sim_pay "$o"
+    while [ "$(status_of "$o")" != paid ] && [ $(( ($(date +%s%N) - start) / 1000000 )) -lt 5000 ]; do sleep 0.02; done
+    echo "  $o: $(status_of "$o") $(( ($(date +%s%N) - start) / 1000000 )) ms after paying"
+done
+curl -sf -X PUT "$SIM/sim/notifications" -d '{"drop":true}' >/dev/null
+sim_pay "$E"
+curl -sf -X PUT "$SIM/sim/notifications" -d '{"drop":false}' >/dev/null
+echo "  $E: paid at WeChat Pay, its notification lost: $(status_of "$E") here until the worker asks"
+sim_pay "$H"
+sleep 0.5
+echo "  $H: paid 1 fen: $(api GET "/v1/orders/$H" | json_field anomaly) (left for a human)"
 # The buyers who act later.
-later() { # seconds order
+too_late() { # seconds order: WeChat Pay refuses a payment after time_expire
     sleep "$1"
-    sim_pay "$2"
+    if out="$(curl -s -X POST "$SIM/sim/orders/$2/pay")" && grep -q ORDER_CLOSED <<<"$out"; then
+        echo "  $2: paying after the deadline: refused by WeChat Pay (ORDER_CLOSED)"
+    else
+        echo "  $2: paying after the deadline: NOT refused: $out" >&2
+    fi
 }
-later $((WINDOW_S - 2)) "$E" &
-PIDS+=($!)
-later $((WINDOW_S + 3)) "$F" &
+too_late $((WINDOW_S + 2)) "$F" &
 PIDS+=($!)
 stale_page() { # seconds order: a payment order created after our close, paid
     sleep "$1"
@@ -162,12 +208,7 @@ stale_page() { # seconds order: a payment order created after our close, paid
 stale_page $((WINDOW_S + 2)) "$I" &
 PIDS+=($!)
 
-say "relay (outbox -> delay queue) and worker"
-producer relay --once
-"$BIN/order-timeout-worker" --concurrency 4 --summary-interval 1h 2>"$WORK/worker.log" &
-WORKER=$!
-PIDS+=($WORKER)
-echo "waiting for the deadline and the settlements (worker log: one line per order)"
+say "the deadline and the settlements (worker log: one line per order)"
 # Follows the log until the worker exits (then the whole pipeline ends).
 tail -n +1 -f --pid="$WORKER" "$WORK/worker.log" 2>/dev/null |
     grep --line-buffered -E "order [0-9A-Z]+:" | sed -u 's/^\[[^]]*\] */  /' &
