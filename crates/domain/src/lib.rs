@@ -18,6 +18,7 @@ pub mod models;
 pub mod order_no;
 pub mod orders;
 pub mod outbox;
+mod prepared;
 pub mod schema;
 pub mod stock;
 #[cfg(feature = "test-support")]

@@ -7,7 +7,7 @@ use diesel::prelude::*;
 
 use crate::error::StoreError;
 use crate::order_no::OrderNo;
-use crate::schema::{order_events, order_items, orders, outbox, payments, skus};
+use crate::schema::{order_events, orders, payments, skus};
 use crate::values::{Anomaly, Fen, OrderStatus, Quantity, SkuCode, TransactionId};
 
 /// A SKU and the units of it available for sale.
@@ -144,26 +144,6 @@ impl TryFrom<OrderRow> for Order {
 }
 
 #[derive(Insertable)]
-#[diesel(table_name = orders)]
-pub(crate) struct NewOrderRow<'a> {
-    pub order_no: &'a str,
-    pub status: OrderStatus,
-    pub total_fen: i64,
-    pub deadline: DateTime<Utc>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
-
-#[derive(Insertable)]
-#[diesel(table_name = order_items)]
-pub(crate) struct NewOrderItemRow {
-    pub order_id: i64,
-    pub sku_id: i64,
-    pub quantity: i32,
-    pub unit_price_fen: i64,
-}
-
-#[derive(Insertable)]
 #[diesel(table_name = payments)]
 pub(crate) struct NewPaymentRow<'a> {
     pub order_id: i64,
@@ -219,11 +199,4 @@ impl From<EventRow> for OrderEvent {
             created_at: r.created_at,
         }
     }
-}
-
-#[derive(Insertable)]
-#[diesel(table_name = outbox)]
-pub(crate) struct NewOutboxRow {
-    pub order_id: i64,
-    pub created_at: DateTime<Utc>,
 }

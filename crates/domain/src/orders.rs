@@ -14,13 +14,18 @@ use std::time::Duration;
 use chrono::{DateTime, SubsecRound, Utc};
 use diesel::prelude::*;
 
+use diesel::pg::Pg;
+use diesel::query_builder::AstPass;
+use diesel::result::QueryResult;
+
 use crate::error::StoreError;
 use crate::models::{
-    corrupt, EventRow, NewEventRow, NewOrderItemRow, NewOrderRow, NewOutboxRow, NewPaymentRow,
-    Order, OrderEvent, OrderItem, OrderRow, Payment, PaymentRow,
+    corrupt, EventRow, NewEventRow, NewPaymentRow, Order, OrderEvent, OrderItem, OrderRow, Payment,
+    PaymentRow,
 };
 use crate::order_no::OrderNo;
-use crate::schema::{idempotency_keys, order_events, order_items, orders, outbox, payments, skus};
+use crate::prepared::{unknown_placeholder, Prepared, Statement};
+use crate::schema::{idempotency_keys, order_events, order_items, orders, payments, skus};
 use crate::values::{Fen, OrderStatus, Quantity, SkuCode, TransactionId};
 
 const MAX_WINDOW: Duration = Duration::from_hours(8784);
@@ -101,31 +106,28 @@ pub fn create_order_idempotent(
         .map_err(|_| StoreError::InvalidWindow(payment_window))?;
     let merged = merge_lines(lines)?;
 
+    let Some(IdempotencyKey(key)) = key else {
+        // One statement: atomic on its own, no transaction round trips.
+        return Ok(CreatedOrder {
+            order: insert_order(conn, &merged, window, None)?,
+            status: OrderStatus::PendingPayment,
+            replayed: false,
+        });
+    };
     conn.transaction(|conn| {
-        if let Some(IdempotencyKey(key)) = key {
-            let request = canonical_request(&merged, payment_window);
-            let inserted = diesel::insert_into(idempotency_keys::table)
-                .values((
-                    idempotency_keys::key.eq(key),
-                    idempotency_keys::request.eq(&request),
-                ))
-                .on_conflict_do_nothing()
-                .execute(conn)?;
-            if inserted == 0 {
-                return replay(conn, key, &request);
-            }
-            let created = insert_order(conn, &merged, window)?;
-            diesel::update(idempotency_keys::table.find(key))
-                .set(idempotency_keys::order_id.eq(created.id))
-                .execute(conn)?;
-            return Ok(CreatedOrder {
-                order: created,
-                status: OrderStatus::PendingPayment,
-                replayed: false,
-            });
+        let request = canonical_request(&merged, payment_window);
+        let inserted = diesel::insert_into(idempotency_keys::table)
+            .values((
+                idempotency_keys::key.eq(key),
+                idempotency_keys::request.eq(&request),
+            ))
+            .on_conflict_do_nothing()
+            .execute(conn)?;
+        if inserted == 0 {
+            return replay(conn, key, &request);
         }
         Ok(CreatedOrder {
-            order: insert_order(conn, &merged, window)?,
+            order: insert_order(conn, &merged, window, Some(key))?,
             status: OrderStatus::PendingPayment,
             replayed: false,
         })
@@ -173,63 +175,6 @@ fn replay(conn: &mut PgConnection, key: &str, request: &str) -> Result<CreatedOr
     })
 }
 
-/// The inserts of a new order, inside the caller's transaction.
-fn insert_order(
-    conn: &mut PgConnection,
-    merged: &BTreeMap<&SkuCode, Quantity>,
-    window: chrono::Duration,
-) -> Result<NewOrder, StoreError> {
-    let (items, total) = reserve_stock(conn, merged)?;
-
-    // Microseconds: what PostgreSQL stores, so the values returned equal
-    // the values read back.
-    let created_at = Utc::now().trunc_subsecs(6);
-    let deadline = created_at + window;
-    let order_no = OrderNo::generate(created_at);
-    let order_id: i64 = diesel::insert_into(orders::table)
-        .values(NewOrderRow {
-            order_no: order_no.as_str(),
-            status: OrderStatus::PendingPayment,
-            total_fen: total.get(),
-            deadline,
-            created_at,
-            updated_at: created_at,
-        })
-        .returning(orders::id)
-        .get_result(conn)?;
-    let rows: Vec<NewOrderItemRow> = items
-        .into_iter()
-        .map(|(sku_id, quantity, unit_price_fen)| NewOrderItemRow {
-            order_id,
-            sku_id,
-            quantity,
-            unit_price_fen,
-        })
-        .collect();
-    diesel::insert_into(order_items::table)
-        .values(&rows)
-        .execute(conn)?;
-    diesel::insert_into(outbox::table)
-        .values(NewOutboxRow {
-            order_id,
-            created_at,
-        })
-        .execute(conn)?;
-    record_event(
-        conn,
-        order_id,
-        "created",
-        &format!("total {total}, deadline {deadline}"),
-    )?;
-    Ok(NewOrder {
-        id: order_id,
-        order_no,
-        total,
-        created_at,
-        deadline,
-    })
-}
-
 /// Merges lines naming the same SKU.
 fn merge_lines(lines: &[OrderLine]) -> Result<BTreeMap<&SkuCode, Quantity>, StoreError> {
     let mut merged: BTreeMap<&SkuCode, Quantity> = BTreeMap::new();
@@ -249,63 +194,160 @@ fn merge_lines(lines: &[OrderLine]) -> Result<BTreeMap<&SkuCode, Quantity>, Stor
     Ok(merged)
 }
 
-/// `(sku_id, quantity, unit_price_fen)` of a line about to be inserted.
-type NewItem = (i64, i32, i64);
+/// Creates the order in one statement (one round trip, atomic by itself):
+/// the SKU rows are locked in id order (as closing does, so the two cannot
+/// deadlock), stock is decremented only if every line is available and the
+/// total is within [`Fen::MAX`], and then the order, its items, the outbox
+/// row and the `created` event are inserted, and the idempotency key (if
+/// any) pointed at the order. When nothing was created, the locked rows it
+/// returns say why: an unknown SKU, the first short one, or the total.
+const CREATE_ORDER_SQL: &str = "
+WITH want AS (
+    SELECT w.code, w.qty FROM unnest($1::text[], $2::int4[]) AS w(code, qty)
+), locked AS (
+    SELECT s.id, s.code, s.stock, s.price_fen, want.qty
+      FROM skus s JOIN want ON want.code = s.code
+     ORDER BY s.id
+       FOR UPDATE OF s
+), ok AS (
+    SELECT count(*) = $3 AND bool_and(stock >= qty)
+           AND sum(price_fen::numeric * qty) <= $4 AS ok
+      FROM locked
+), upd AS (
+    UPDATE skus SET stock = skus.stock - l.qty, updated_at = $5
+      FROM locked l, ok
+     WHERE skus.id = l.id AND ok.ok
+ RETURNING skus.id, l.qty, l.price_fen
+), o AS (
+    INSERT INTO orders (order_no, status, total_fen, deadline, created_at, updated_at)
+    SELECT $6, 'pending_payment', sum(price_fen * qty), $7, $5, $5 FROM upd HAVING count(*) > 0
+ RETURNING id, total_fen
+), i AS (
+    INSERT INTO order_items (order_id, sku_id, quantity, unit_price_fen)
+    SELECT o.id, upd.id, upd.qty, upd.price_fen FROM o, upd
+), b AS (
+    INSERT INTO outbox (order_id, created_at) SELECT id, $5 FROM o
+), e AS (
+    INSERT INTO order_events (order_id, kind, detail)
+    SELECT id, 'created', 'total ' || (total_fen / 100) || '.' || lpad((total_fen % 100)::text, 2, '0')
+                          || ' CNY, deadline ' || $8 FROM o
+), k AS (
+    UPDATE idempotency_keys SET order_id = o.id FROM o WHERE idempotency_keys.key = $9
+)
+SELECT (SELECT id FROM o) AS order_id,
+       (SELECT total_fen FROM o) AS total_fen,
+       (SELECT array_agg(code ORDER BY id) FROM locked) AS found_codes,
+       (SELECT array_agg(stock ORDER BY id) FROM locked) AS found_stock,
+       (SELECT array_agg(qty ORDER BY id) FROM locked) AS found_qty
+";
 
-/// Checks and decrements stock for every SKU, locking SKU rows in id order.
-/// Returns `(sku_id, quantity, unit_price_fen)` per line and the total.
-fn reserve_stock(
+/// The binds of [`CREATE_ORDER_SQL`].
+struct CreateOrder {
+    codes: Vec<String>,
+    qtys: Vec<i32>,
+    lines: i64,
+    max_total: i64,
+    now: DateTime<Utc>,
+    order_no: String,
+    deadline: DateTime<Utc>,
+    deadline_text: String,
+    key: Option<String>,
+}
+
+impl Prepared for CreateOrder {
+    const SQL: &'static str = CREATE_ORDER_SQL;
+
+    fn bind<'b>(&'b self, n: usize, out: &mut AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        use diesel::sql_types::{Array, BigInt, Integer, Nullable, Text, Timestamptz};
+        match n {
+            1 => out.push_bind_param::<Array<Text>, _>(&self.codes),
+            2 => out.push_bind_param::<Array<Integer>, _>(&self.qtys),
+            3 => out.push_bind_param::<BigInt, _>(&self.lines),
+            4 => out.push_bind_param::<BigInt, _>(&self.max_total),
+            5 => out.push_bind_param::<Timestamptz, _>(&self.now),
+            6 => out.push_bind_param::<Text, _>(&self.order_no),
+            7 => out.push_bind_param::<Timestamptz, _>(&self.deadline),
+            8 => out.push_bind_param::<Text, _>(&self.deadline_text),
+            9 => out.push_bind_param::<Nullable<Text>, _>(&self.key),
+            n => Err(unknown_placeholder(n)),
+        }
+    }
+}
+
+#[derive(QueryableByName)]
+struct CreateRow {
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+    order_id: Option<i64>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+    total_fen: Option<i64>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Array<diesel::sql_types::Text>>)]
+    found_codes: Option<Vec<String>>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Array<diesel::sql_types::Integer>>)]
+    found_stock: Option<Vec<i32>>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Array<diesel::sql_types::Integer>>)]
+    found_qty: Option<Vec<i32>>,
+}
+
+/// Reserves the stock and inserts a new order ([`CREATE_ORDER_SQL`]).
+fn insert_order(
     conn: &mut PgConnection,
     merged: &BTreeMap<&SkuCode, Quantity>,
-) -> Result<(Vec<NewItem>, Fen), StoreError> {
-    let codes: Vec<&str> = merged.keys().map(|c| c.as_str()).collect();
-    let found: BTreeMap<String, i64> = skus::table
-        .filter(skus::code.eq_any(&codes))
-        .select((skus::code, skus::id))
-        .load::<(String, i64)>(conn)?
-        .into_iter()
-        .collect();
-    let mut by_id: Vec<(i64, &SkuCode, Quantity)> = Vec::with_capacity(merged.len());
-    for (code, qty) in merged {
-        let id = *found
-            .get(code.as_str())
-            .ok_or_else(|| StoreError::UnknownSku((*code).clone()))?;
-        by_id.push((id, code, *qty));
+    window: chrono::Duration,
+    key: Option<&str>,
+) -> Result<NewOrder, StoreError> {
+    // Microseconds: what PostgreSQL stores, so the values returned equal
+    // the values read back.
+    let created_at = Utc::now().trunc_subsecs(6);
+    let deadline = created_at + window;
+    let order_no = OrderNo::generate(created_at);
+    let row: CreateRow = Statement(CreateOrder {
+        codes: merged.keys().map(|c| c.as_str().to_owned()).collect(),
+        qtys: merged.values().map(|q| q.get() as i32).collect(),
+        lines: merged.len() as i64,
+        max_total: Fen::MAX,
+        now: created_at,
+        order_no: order_no.as_str().to_owned(),
+        deadline,
+        deadline_text: deadline.to_string(),
+        key: key.map(str::to_owned),
+    })
+    .get_result(conn)?;
+    if let (Some(id), Some(total)) = (row.order_id, row.total_fen) {
+        return Ok(NewOrder {
+            id,
+            order_no,
+            total: Fen::new(total).map_err(|e| corrupt("orders.total_fen", e))?,
+            created_at,
+            deadline,
+        });
     }
-    // Always lock SKU rows in id order (closing does the same), so two
-    // transactions touching the same SKUs cannot deadlock.
-    by_id.sort_by_key(|(id, _, _)| *id);
+    Err(why_not_created(merged, &row))
+}
 
-    let mut items = Vec::with_capacity(by_id.len());
-    let mut total = Fen::ZERO;
-    for (sku_id, code, qty) in by_id {
-        let wanted = qty.get() as i32;
-        let price: Option<i64> =
-            diesel::update(skus::table.find(sku_id).filter(skus::stock.ge(wanted)))
-                .set((
-                    skus::stock.eq(skus::stock - wanted),
-                    skus::updated_at.eq(Utc::now()),
-                ))
-                .returning(skus::price_fen)
-                .get_result(conn)
-                .optional()?;
-        let Some(price) = price else {
-            let available: i32 = skus::table.find(sku_id).select(skus::stock).first(conn)?;
-            return Err(StoreError::InsufficientStock {
-                sku: code.clone(),
-                requested: qty.get(),
-                available: available.max(0) as u32,
-            });
-        };
-        let unit_price = Fen::new(price).map_err(|e| corrupt("skus.price_fen", e))?;
-        total = unit_price
-            .times(qty)
-            .and_then(|line| total.checked_add(line))
-            .ok_or(StoreError::TotalTooLarge)?;
-        items.push((sku_id, wanted, unit_price.get()));
+/// Why [`CREATE_ORDER_SQL`] created nothing, from the rows it locked.
+fn why_not_created(merged: &BTreeMap<&SkuCode, Quantity>, row: &CreateRow) -> StoreError {
+    let found = row.found_codes.as_deref().unwrap_or_default();
+    if let Some(unknown) = merged
+        .keys()
+        .find(|c| !found.iter().any(|f| f == c.as_str()))
+    {
+        return StoreError::UnknownSku((*unknown).clone());
     }
-
-    Ok((items, total))
+    let stock = row.found_stock.as_deref().unwrap_or_default();
+    let qty = row.found_qty.as_deref().unwrap_or_default();
+    for ((code, stock), qty) in found.iter().zip(stock).zip(qty) {
+        if stock < qty {
+            return match SkuCode::parse(code) {
+                Ok(sku) => StoreError::InsufficientStock {
+                    sku,
+                    requested: *qty as u32,
+                    available: (*stock).max(0) as u32,
+                },
+                Err(e) => corrupt("skus.code", e),
+            };
+        }
+    }
+    StoreError::TotalTooLarge
 }
 
 pub(crate) fn record_event(
@@ -539,7 +581,13 @@ pub fn mark_paid(
     order_no: &OrderNo,
     payment: &PaymentRecord,
 ) -> Result<MarkPaidOutcome, StoreError> {
-    match mark_paid_tx(conn, order_no, payment) {
+    let first = match pay_pending(conn, order_no, payment) {
+        Ok(true) => return Ok(MarkPaidOutcome::Paid),
+        // Not pending (or no such order): the general path says what it is.
+        Ok(false) => mark_paid_tx(conn, order_no, payment),
+        Err(e) => Err(e),
+    };
+    match first {
         // Two orders raced to record the same transaction id: the loser's
         // insert hit the unique index and rolled back.
         Err(StoreError::Constraint { ref constraint, .. })
@@ -554,6 +602,74 @@ pub fn mark_paid(
         }
         other => other,
     }
+}
+
+/// The common case in one statement (atomic by itself): a pending order
+/// turns paid with its payment row and `paid` event. `false` when the order
+/// is not pending (or unknown): nothing changed. A transaction id recorded
+/// for another order fails the whole statement on the unique index.
+const PAY_PENDING_SQL: &str = "
+WITH o AS (
+    UPDATE orders SET status = 'paid', paid_at = $1, updated_at = $2,
+                      anomaly = NULL, anomaly_at = NULL
+     WHERE order_no = $3 AND status = 'pending_payment'
+ RETURNING id
+), p AS (
+    INSERT INTO payments (order_id, transaction_id, amount_fen, success_time, paid_after_close)
+    SELECT id, $4, $5, $1, false FROM o
+), e AS (
+    INSERT INTO order_events (order_id, kind, detail) SELECT id, 'paid', $6 FROM o
+)
+SELECT count(*) AS n FROM o
+";
+
+/// The binds of [`PAY_PENDING_SQL`].
+struct PayPending {
+    order_no: String,
+    success_time: DateTime<Utc>,
+    now: DateTime<Utc>,
+    transaction_id: String,
+    amount: i64,
+    detail: String,
+}
+
+impl Prepared for PayPending {
+    const SQL: &'static str = PAY_PENDING_SQL;
+
+    fn bind<'b>(&'b self, n: usize, out: &mut AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        use diesel::sql_types::{BigInt, Text, Timestamptz};
+        match n {
+            1 => out.push_bind_param::<Timestamptz, _>(&self.success_time),
+            2 => out.push_bind_param::<Timestamptz, _>(&self.now),
+            3 => out.push_bind_param::<Text, _>(&self.order_no),
+            4 => out.push_bind_param::<Text, _>(&self.transaction_id),
+            5 => out.push_bind_param::<BigInt, _>(&self.amount),
+            6 => out.push_bind_param::<Text, _>(&self.detail),
+            n => Err(unknown_placeholder(n)),
+        }
+    }
+}
+
+fn pay_pending(
+    conn: &mut PgConnection,
+    order_no: &OrderNo,
+    payment: &PaymentRecord,
+) -> Result<bool, StoreError> {
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let row: Count = Statement(PayPending {
+        order_no: order_no.as_str().to_owned(),
+        success_time: payment.success_time,
+        now: Utc::now(),
+        transaction_id: payment.transaction_id.as_str().to_owned(),
+        amount: payment.amount.get(),
+        detail: format!("transaction {}, {}", payment.transaction_id, payment.amount),
+    })
+    .get_result(conn)?;
+    Ok(row.n == 1)
 }
 
 /// The order a transaction id is recorded for, if any.

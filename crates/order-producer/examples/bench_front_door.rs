@@ -51,6 +51,21 @@ fn cpu_secs(pid: u32) -> f64 {
     ticks / 100.0
 }
 
+/// CPU seconds used so far by every PostgreSQL server process.
+fn postgres_cpu_secs() -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim_end() == "postgres")
+        })
+        .map(cpu_secs)
+        .sum()
+}
+
 /// RSA-2048 SHA256withRSA signatures per second on one thread, now.
 fn signature_rate() -> f64 {
     let key = openssl::pkey::PKey::from_rsa(openssl::rsa::Rsa::generate(2048).unwrap()).unwrap();
@@ -95,6 +110,8 @@ struct Phase {
     p50: f64,
     p99: f64,
     cpu_ms: f64,
+    pg_cpu_ms: f64,
+    client_cpu_ms: f64,
 }
 
 /// Runs `n` requests from `clients` threads; `request(i)` sends the i-th
@@ -108,6 +125,8 @@ fn phase(
     let request = Arc::new(request);
     let next = Arc::new(AtomicUsize::new(0));
     let cpu_before = cpu_secs(server.child.id());
+    let pg_before = postgres_cpu_secs();
+    let client_before = cpu_secs(std::process::id());
     let started = Instant::now();
     let handles: Vec<_> = (0..clients)
         .map(|_| {
@@ -134,12 +153,17 @@ fn phase(
         .collect();
     let secs = started.elapsed().as_secs_f64();
     let cpu = cpu_secs(server.child.id()) - cpu_before;
+    let pg = postgres_cpu_secs() - pg_before;
+    let client = cpu_secs(std::process::id()) - client_before;
     lat.sort_by(f64::total_cmp);
+    let per = |secs: f64| secs * 1000.0 / n as f64;
     Phase {
         rate: n as f64 / secs,
         p50: percentile(&lat, 0.50),
         p99: percentile(&lat, 0.99),
-        cpu_ms: cpu * 1000.0 / n as f64,
+        cpu_ms: per(cpu),
+        pg_cpu_ms: per(pg),
+        client_cpu_ms: per(client),
     }
 }
 
@@ -175,8 +199,8 @@ fn deliver(agent: &ureq::Agent, base: &str, n: &SignedNotification) -> bool {
 
 fn print_phase(name: &str, n: usize, p: &Phase) {
     println!(
-        "| {name} | {n} | **{:.0}** | {:.1} ms | {:.1} ms | {:.2} ms |",
-        p.rate, p.p50, p.p99, p.cpu_ms
+        "| {name} | {n} | **{:.0}** | {:.1} ms | {:.1} ms | {:.2} / {:.2} / {:.2} ms |",
+        p.rate, p.p50, p.p99, p.cpu_ms, p.pg_cpu_ms, p.client_cpu_ms
     );
 }
 
@@ -260,7 +284,7 @@ fn main() {
         std::thread::available_parallelism().map_or(0, std::num::NonZero::get)
     );
     println!();
-    println!("| phase | requests | requests/s | p50 | p99 | serve CPU per request |");
+    println!("| phase | requests | requests/s | p50 | p99 | CPU per request: serve / PostgreSQL / load client |");
     println!("| --- | --- | --- | --- | --- | --- |");
 
     // Warm-up: connections, pool, caches.
@@ -301,19 +325,22 @@ fn main() {
     });
     print_phase("POST /v1/orders, all on one SKU", hot, &p);
 
-    // Notifications for the orders of the first phase, signed beforehand.
+    // Notifications for the orders of the first phase, signed beforehand,
+    // one transaction id each.
     let orders = std::mem::take(&mut *created.lock().unwrap());
     let signing = Instant::now();
     let keys = Arc::new(keys);
     let apiv3 = sim.config().apiv3_key.as_bytes().to_vec();
     let serial = sim.config().signing_serial.clone();
-    let chunks: Vec<Vec<String>> = orders
-        .chunks(orders.len().div_ceil(2))
-        .map(<[String]>::to_vec)
+    let half = orders.len().div_ceil(2);
+    let chunks: Vec<(usize, Vec<String>)> = orders
+        .chunks(half)
+        .enumerate()
+        .map(|(c, chunk)| (c * half, chunk.to_vec()))
         .collect();
     let notifications: Vec<SignedNotification> = chunks
         .into_iter()
-        .map(|chunk| {
+        .map(|(offset, chunk)| {
             let (keys, apiv3, serial) = (Arc::clone(&keys), apiv3.clone(), serial.clone());
             std::thread::spawn(move || {
                 chunk
@@ -323,7 +350,7 @@ fn main() {
                         let tx = paid_transaction(
                             no,
                             PRICE_FEN,
-                            &format!("4200{:024}", unix_now() * 100_000 + i as u64),
+                            &format!("4200{run:014}{:010}", offset + i),
                         );
                         wechatpay_sim::signed_notification(&keys, &serial, &apiv3, &tx, unix_now())
                     })

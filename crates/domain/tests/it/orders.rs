@@ -212,3 +212,20 @@ fn the_sweep_pages_leave_out_deferred_orders_and_anomalies() {
     assert_eq!(again[0].check_failures, 1);
     assert_eq!(again.len(), 3, "the anomaly stays out");
 }
+
+#[test]
+fn create_order_refuses_a_total_past_the_limit_and_writes_nothing() {
+    let db = TestDb::new();
+    let mut conn = db.conn();
+    load(&mut conn, "GOLD", 10, domain::Fen::MAX);
+    load(&mut conn, "TEA", 10, 50);
+    let err =
+        domain::create_order(&mut conn, &[line("GOLD", 1), line("TEA", 1)], WINDOW).unwrap_err();
+    assert!(matches!(err, StoreError::TotalTooLarge), "{err:?}");
+    assert_eq!(
+        (stock_of(&mut conn, "GOLD"), stock_of(&mut conn, "TEA")),
+        (10, 10)
+    );
+    let one = domain::create_order(&mut conn, &[line("GOLD", 1)], WINDOW).unwrap();
+    assert_eq!(one.total.get(), domain::Fen::MAX);
+}

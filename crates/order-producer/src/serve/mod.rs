@@ -66,6 +66,13 @@ pub struct ServeArgs {
     /// accepted only for a loopback host (a local simulator).
     #[arg(long = "wechatpay-notify-url", env = "WECHATPAY_NOTIFY_URL")]
     pub notify_url: String,
+    /// Accept a plain-http notify URL to any host: only for a simulator on
+    /// another host (the Docker stack). WeChat Pay itself refuses them.
+    #[arg(
+        long = "wechatpay-allow-http-notify-url",
+        env = "WECHATPAY_ALLOW_HTTP_NOTIFY_URL"
+    )]
+    pub allow_http_notify_url: bool,
     /// The payment window of an order that names none. Default: the delay
     /// queue's TTL (`DELAY_TTL_MS`), or the longest of the windows
     /// (`PAYMENT_WINDOWS`), like `create-order`.
@@ -151,7 +158,7 @@ fn read_token(path: &Path) -> Result<String, UsageError> {
     Ok(token.to_owned())
 }
 
-fn check_notify_url(url: &str) -> Result<(), UsageError> {
+fn check_notify_url(url: &str, allow_http: bool) -> Result<(), UsageError> {
     let bad = |why: &str| {
         UsageError(format!(
             "WECHATPAY_NOTIFY_URL {url:?} {why}; it must be the public https URL of POST /wechatpay/notify/transaction"
@@ -161,8 +168,10 @@ fn check_notify_url(url: &str) -> Result<(), UsageError> {
         rest
     } else if let Some(rest) = url.strip_prefix("http://") {
         let host = rest.split(['/', ':']).next().unwrap_or("");
-        if !matches!(host, "127.0.0.1" | "localhost" | "[::1]") {
-            return Err(bad("is plain http on a non-loopback host"));
+        if !allow_http && !matches!(host, "127.0.0.1" | "localhost" | "[::1]") {
+            return Err(bad(
+                "is plain http on a non-loopback host (WECHATPAY_ALLOW_HTTP_NOTIFY_URL=true for a simulator elsewhere)",
+            ));
         }
         log::warn!(
             "WECHATPAY_NOTIFY_URL is plain http: fine for a local simulator, never for production"
@@ -187,7 +196,7 @@ fn state(cli: &crate::Cli, args: &ServeArgs) -> anyhow::Result<AppState> {
         )
         .into());
     }
-    check_notify_url(&args.notify_url)?;
+    check_notify_url(&args.notify_url, args.allow_http_notify_url)?;
     let apiv3 = ApiV3Key::load(&args.apiv3_key_file)
         .map_err(|e| UsageError(format!("WECHATPAY_APIV3_KEY_FILE: {e}")))?;
     let config = args
@@ -370,12 +379,15 @@ mod tests {
 
     #[test]
     fn notify_urls_must_be_https_except_on_loopback() {
-        assert!(check_notify_url("https://shop.example.com/wechatpay/notify/transaction").is_ok());
-        assert!(check_notify_url("http://127.0.0.1:8080/wechatpay/notify/transaction").is_ok());
-        assert!(check_notify_url("http://shop.example.com/notify").is_err());
-        assert!(check_notify_url("ftp://x/y").is_err());
-        assert!(check_notify_url("https://").is_err());
-        assert!(check_notify_url("https://x/notify?a=1").is_err());
+        let check = |url| check_notify_url(url, false);
+        assert!(check("https://shop.example.com/wechatpay/notify/transaction").is_ok());
+        assert!(check("http://127.0.0.1:8080/wechatpay/notify/transaction").is_ok());
+        assert!(check("http://shop.example.com/notify").is_err());
+        assert!(check_notify_url("http://serve:8080/notify", true).is_ok());
+        assert!(check("ftp://x/y").is_err());
+        assert!(check_notify_url("ftp://x/y", true).is_err());
+        assert!(check("https://").is_err());
+        assert!(check("https://x/notify?a=1").is_err());
     }
 
     #[test]

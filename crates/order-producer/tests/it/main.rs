@@ -5,6 +5,7 @@ mod cli;
 mod declare;
 mod notify;
 mod relay;
+mod serve_binary;
 mod shop;
 
 #[path = "../support/mod.rs"]

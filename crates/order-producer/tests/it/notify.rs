@@ -153,6 +153,9 @@ fn untrustworthy_notifications_are_refused_and_change_nothing() {
         Some(b"{\"not\":\"a notification\"}"),
     );
     assert_eq!(garbage.status, 401);
+    let mut oversized = good.clone();
+    oversized.body = vec![b' '; order_producer::testing::MAX_BODY + 1];
+    assert_eq!(door.deliver(&oversized).status, 413);
     assert_eq!(status(&door, &no), OrderStatus::PendingPayment);
     assert!(payments(&door, &no).is_empty());
     // The genuine one still works afterwards.
