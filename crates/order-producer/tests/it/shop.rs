@@ -369,25 +369,27 @@ fn no_prepay_for_an_order_that_is_not_pending_or_past_its_deadline() {
 }
 
 #[test]
-fn wechatpay_refusals_and_outages_reach_the_shop_as_409_and_503() {
+fn wechatpay_refusals_and_outages_reach_the_shop_as_409_502_and_503() {
     let door = FrontDoor::start();
+    // Paid at WeChat Pay, its notification lost: pending here, 409 ORDER_PAID.
+    door.sim.admin().set_drop_notifications(true).unwrap();
     let no = door.order_tea(2);
     let _ = door.prepay(&no);
     door.sim.admin().pay(no.as_str()).unwrap();
-    // Paid at WeChat Pay, the notification not processed yet: 409.
     let a = door.call("POST", &format!("/v1/orders/{no}/wechatpay/native"), None);
-    if a.status != 409 {
-        // The notification won the race: the order is paid here already.
-        assert_eq!(a.json()["code"], "ORDER_NOT_PENDING", "{}", a.body);
-    }
+    assert_eq!(
+        (a.status, a.json()["code"].as_str()),
+        (409, Some("ORDER_PAID")),
+        "{}",
+        a.body
+    );
+
     let other = door.order_tea(2);
-    door.sim
-        .admin()
-        .set_global_faults(&wechatpay_sim::Faults {
-            status: Some(500),
-            ..wechatpay_sim::Faults::default()
-        })
-        .unwrap();
+    let fault = |status| wechatpay_sim::Faults {
+        status: Some(status),
+        ..wechatpay_sim::Faults::default()
+    };
+    door.sim.admin().set_global_faults(&fault(500)).unwrap();
     let a = door.call(
         "POST",
         &format!("/v1/orders/{other}/wechatpay/native"),
@@ -396,6 +398,19 @@ fn wechatpay_refusals_and_outages_reach_the_shop_as_409_and_503() {
     assert_eq!(
         (a.status, a.json()["code"].as_str()),
         (503, Some("WECHATPAY_UNAVAILABLE")),
+        "{}",
+        a.body
+    );
+    // WeChat Pay refusing our request (a configuration problem): 502.
+    door.sim.admin().set_global_faults(&fault(403)).unwrap();
+    let a = door.call(
+        "POST",
+        &format!("/v1/orders/{other}/wechatpay/native"),
+        None,
+    );
+    assert_eq!(
+        (a.status, a.json()["code"].as_str()),
+        (502, Some("WECHATPAY_REFUSED")),
         "{}",
         a.body
     );
@@ -410,6 +425,12 @@ fn wechatpay_refusals_and_outages_reach_the_shop_as_409_and_503() {
         .unwrap()
         .unwrap();
     assert_eq!(order.status, OrderStatus::PendingPayment);
+    let events = domain::order_events(&mut door.db.conn(), &other).unwrap();
+    assert_eq!(
+        events.iter().filter(|e| e.kind == "prepay").count(),
+        1,
+        "refusals leave no trace"
+    );
 }
 
 #[test]
