@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Checks the systemd units of order-timeout without installing anything:
 #
-#   1. `systemd-analyze verify` on order-timeout-relay.service and an instance
-#      of order-timeout-worker@.service, in a throw-away root (--root) that
+#   1. `systemd-analyze verify` on order-timeout-relay.service,
+#      order-timeout-serve.service and an instance of
+#      order-timeout-worker@.service, in a throw-away root (--root) that
 #      holds the units at /etc/systemd/system, the real binaries at
 #      /usr/local/bin (verify insists ExecStart= is executable) and a copy of
 #      the host's /usr/lib/systemd/system (for the targets they depend on).
 #      Fails on a non-zero exit OR on any message: verify exits 0 on unknown
 #      keys and unparsable values, which it only prints.
-#   2. `systemd-analyze security --offline=yes` on both, printing each overall
+#   2. `systemd-analyze security --offline=yes` on each, printing each overall
 #      exposure score (the whole table with VERBOSE=1), and failing when a
 #      score exceeds SECURITY_THRESHOLD (default 2.0, on systemd's 0-10 scale,
 #      lower is better).
@@ -26,9 +27,9 @@ threshold="${SECURITY_THRESHOLD:-2.0}"
 # systemd-analyze takes the threshold in tenths (0-100).
 tenths="$(awk -v t="$threshold" 'BEGIN { if (t !~ /^[0-9]+(\.[0-9])?$/ || t > 10) exit 1; printf "%d", t * 10 + 0.5 }')" ||
     { echo "verify.sh: SECURITY_THRESHOLD must be 0.0 to 10.0 (one decimal), got $threshold" >&2; exit 2; }
-units=(order-timeout-relay.service order-timeout-worker@.service)
+units=(order-timeout-relay.service order-timeout-worker@.service order-timeout-serve.service)
 # What gets checked: templates through an instance.
-check=(order-timeout-relay.service order-timeout-worker@1.service)
+check=(order-timeout-relay.service order-timeout-worker@1.service order-timeout-serve.service)
 
 die() { echo "verify.sh: $*" >&2; exit 2; }
 
