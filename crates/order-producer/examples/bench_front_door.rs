@@ -3,7 +3,8 @@
 //! Starts the release `order-producer serve` as a child process against a
 //! fresh database, then, from 32 client threads on keep-alive connections:
 //! `POST /v1/orders` (random SKU of 64; again with an `Idempotency-Key`
-//! each; again with every order on one SKU, the hot-row case), then WeChat
+//! each; orders of three lines; every order on one SKU, the hot-row case),
+//! then WeChat
 //! Pay payment notifications for the orders just created (signed and
 //! encrypted before the clock starts: the bench must not spend the
 //! machine's CPU on the simulator's RSA signatures while measuring). Prints
@@ -168,6 +169,16 @@ fn phase(
 }
 
 fn create(agent: &ureq::Agent, base: &str, sku: &str, key: Option<&str>) -> Option<String> {
+    create_items(
+        agent,
+        base,
+        &format!(r#"{{"sku":"{sku}","quantity":1}}"#),
+        key,
+    )
+}
+
+/// `POST /v1/orders` with these `items` (JSON objects, comma-separated).
+fn create_items(agent: &ureq::Agent, base: &str, items: &str, key: Option<&str>) -> Option<String> {
     let mut req = agent
         .post(&format!("{base}/v1/orders"))
         .header("Authorization", &format!("Bearer {TOKEN}"))
@@ -176,9 +187,7 @@ fn create(agent: &ureq::Agent, base: &str, sku: &str, key: Option<&str>) -> Opti
         req = req.header("Idempotency-Key", k);
     }
     let mut resp = req
-        .send(format!(
-            r#"{{"items":[{{"sku":"{sku}","quantity":1}}],"payment_window":"30m"}}"#
-        ))
+        .send(format!(r#"{{"items":[{items}],"payment_window":"30m"}}"#))
         .ok()?;
     if resp.status().as_u16() != 201 {
         return None;
@@ -317,6 +326,21 @@ fn main() {
         .is_some()
     });
     print_phase("POST /v1/orders + Idempotency-Key", n, &p);
+
+    let base = server.base.clone();
+    let multi = n / 4;
+    let p = phase(&server, multi, clients, move |a, i| {
+        let items: Vec<String> = (0..3)
+            .map(|j| {
+                format!(
+                    r#"{{"sku":"B{:02}","quantity":1}}"#,
+                    (i * 7919 + j * 17) % SKUS
+                )
+            })
+            .collect();
+        create_items(a, &base, &items.join(","), None).is_some()
+    });
+    print_phase("POST /v1/orders, 3 lines of 3 SKUs", multi, &p);
 
     let hot = n / 4;
     let base = server.base.clone();
