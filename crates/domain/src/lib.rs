@@ -19,6 +19,7 @@ pub mod order_no;
 pub mod orders;
 pub mod outbox;
 mod prepared;
+pub mod refunds;
 pub mod schema;
 pub mod stock;
 #[cfg(feature = "test-support")]
@@ -44,6 +45,10 @@ pub use orders::{
     NewOrder, OrderLine, OverdueOrder, PaymentRecord, SweepCursor,
 };
 pub use outbox::{relay_batch, unpublished_count, OutboxMessage, PublishReport, RelayBatch};
+pub use refunds::{
+    claim_due_refunds, find_refund, park_refund, record_refund_status, refund_counts,
+    refunds_needing_human, refunds_of, retry_refund_later, Refund, RefundStatus, RefundUpdate,
+};
 pub use stock::{get_sku, list_skus, set_stock, stock_balances, StockBalance, StockChange};
 pub use values::{
     Anomaly, Fen, OrderStatus, Quantity, SkuCode, StockLevel, TransactionId, ValueError,

@@ -864,7 +864,7 @@ fn mark_paid_tx(
         .get_result(conn)
         .optional()?;
         if let Some(order_id) = paid {
-            insert_payment(conn, order_id, payment, false)?;
+            let _ = insert_payment(conn, order_id, payment, false)?;
             record_event(
                 conn,
                 order_id,
@@ -902,7 +902,7 @@ fn mark_paid_tx(
                         newly_recorded: false,
                     });
                 }
-                insert_payment(conn, order_id, payment, true)?;
+                let payment_id = insert_payment(conn, order_id, payment, true)?;
                 record_event(
                     conn,
                     order_id,
@@ -912,8 +912,21 @@ fn mark_paid_tx(
                         payment.transaction_id, payment.amount
                     ),
                 )?;
+                // The refund is born with the payment it gives back: it can
+                // never be forgotten, and never doubled (one per payment).
+                let refund = if payment.amount.get() > 0 {
+                    crate::refunds::create_refund(
+                        conn,
+                        order_id,
+                        order_no,
+                        payment_id,
+                        payment.amount,
+                    )?
+                } else {
+                    String::from("(nothing to refund: 0 fen)")
+                };
                 log::warn!(
-                    "order {order_no} was paid after it had been closed (transaction {}, {}): refund needed",
+                    "order {order_no} was paid after it had been closed (transaction {}, {}): refund {refund} queued",
                     payment.transaction_id,
                     payment.amount
                 );
@@ -925,13 +938,14 @@ fn mark_paid_tx(
     })
 }
 
+/// Inserts a payment row; its id.
 fn insert_payment(
     conn: &mut PgConnection,
     order_id: i64,
     payment: &PaymentRecord,
     paid_after_close: bool,
-) -> Result<(), StoreError> {
-    diesel::insert_into(payments::table)
+) -> Result<i64, StoreError> {
+    Ok(diesel::insert_into(payments::table)
         .values(NewPaymentRow {
             order_id,
             transaction_id: payment.transaction_id.as_str(),
@@ -939,8 +953,8 @@ fn insert_payment(
             success_time: payment.success_time,
             paid_after_close,
         })
-        .execute(conn)?;
-    Ok(())
+        .returning(payments::id)
+        .get_result(conn)?)
 }
 
 /// Payments recorded for an order, oldest first. Read-only.

@@ -73,6 +73,25 @@ diesel::table! {
 }
 
 diesel::table! {
+    refunds (id) {
+        id -> Int8,
+        payment_id -> Int8,
+        order_id -> Int8,
+        out_refund_no -> Text,
+        amount_fen -> Int8,
+        status -> Text,
+        refund_id -> Nullable<Text>,
+        attempts -> Int4,
+        next_attempt_at -> Timestamptz,
+        last_error -> Nullable<Text>,
+        needs_human -> Nullable<Text>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        finished_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
     skus (id) {
         id -> Int8,
         code -> Text,
@@ -98,6 +117,8 @@ diesel::joinable!(order_items -> orders (order_id));
 diesel::joinable!(order_items -> skus (sku_id));
 diesel::joinable!(outbox -> orders (order_id));
 diesel::joinable!(payments -> orders (order_id));
+diesel::joinable!(refunds -> orders (order_id));
+diesel::joinable!(refunds -> payments (payment_id));
 diesel::joinable!(stock_adjustments -> skus (sku_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
@@ -107,6 +128,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     orders,
     outbox,
     payments,
+    refunds,
     skus,
     stock_adjustments,
 );

@@ -9,6 +9,7 @@ mod orders;
 mod outbox;
 mod payments;
 mod pool;
+mod refunds;
 mod stock;
 
 use std::time::Duration;

@@ -50,6 +50,7 @@ fn migrations_create_the_schema_once_and_a_second_run_changes_nothing() {
             "orders",
             "outbox",
             "payments",
+            "refunds",
             "skus",
             "stock_adjustments"
         ]

@@ -173,8 +173,14 @@ fn a_payment_learned_after_close_is_recorded_for_refund_and_leaves_stock_alone()
     assert!(pays[0].paid_after_close);
     assert_eq!(
         event_kinds(&mut conn, &o.order_no),
-        ["created", "closed", "paid_after_close"]
+        ["created", "closed", "paid_after_close", "refund"]
     );
+    // Its refund is queued with it, once, for the whole amount.
+    let refunds = domain::refunds_of(&mut conn, &o.order_no).unwrap();
+    assert_eq!(refunds.len(), 1);
+    assert_eq!(refunds[0].status, domain::RefundStatus::Requested);
+    assert_eq!(refunds[0].amount.get(), 300);
+    assert_eq!(refunds[0].transaction_id, "tx-late");
     assert_conserved(&mut conn);
 }
 
