@@ -10,7 +10,9 @@ use ureq::http::{HeaderMap, Uri};
 
 use crate::config::{Config, ConfigError};
 use crate::error::{Error, DEFAULT_RATE_LIMIT_BACKOFF};
-use crate::model::{CloseOutcome, NativePrepay, QueryOutcome, RawTransaction};
+use crate::model::{
+    CloseOutcome, NativePrepay, QueryOutcome, RawRefund, RawTransaction, Refund, RefundRequest,
+};
 use crate::signing::{self, MerchantKey};
 use crate::verify::{self, KeyStore, ReplayGuard};
 
@@ -26,6 +28,8 @@ const MAX_RETRY_AFTER: Duration = Duration::from_mins(5);
 const IO_BUFFER_SIZE: usize = 16 * 1024;
 /// The longest prepay `description` WeChat Pay accepts, in characters.
 const MAX_DESCRIPTION_CHARS: usize = 127;
+/// The longest refund `reason` WeChat Pay accepts, in characters.
+const MAX_REFUND_REASON_CHARS: usize = 80;
 
 /// Checks the `out_trade_no` rule (6 to 32 of `0-9 a-z A-Z _ - | *`). It
 /// also keeps anything that could change the URL's meaning out of the path.
@@ -41,7 +45,26 @@ pub fn validate_out_trade_no(out_trade_no: &str) -> Result<(), Error> {
     }
 }
 
-/// WeChat Pay APIv3 client for native prepay, query and close. Cheap to
+/// Checks the `out_refund_no` rule (1 to 64 of `0-9 a-z A-Z _ - | * @`),
+/// which also keeps anything that could change the URL's meaning out of the
+/// refund query's path. Refused as [`Error::InvalidArgument`].
+pub fn validate_out_refund_no(out_refund_no: &str) -> Result<(), Error> {
+    let ok = (1..=64).contains(&out_refund_no.len())
+        && out_refund_no
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'|' | b'*' | b'@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument {
+            field: "out_refund_no",
+            reason: "expected 1 to 64 of 0-9 a-z A-Z _ - | * @",
+        })
+    }
+}
+
+/// WeChat Pay APIv3 client for native prepay, query, close and domestic
+/// refunds. Cheap to
 /// share: `Send + Sync`, one connection pool for all threads (wrap it in an
 /// `Arc`).
 pub struct Client {
@@ -339,6 +362,81 @@ impl Client {
         }
     }
 
+    /// `POST /v3/refund/domestic/refunds`: refunds `refund_fen` of a paid
+    /// transaction, or (the same `out_refund_no` again) finds the refund
+    /// already asked for: WeChat Pay never refunds one `out_refund_no`
+    /// twice, so retrying after a transient error is safe. The answer is
+    /// usually `PROCESSING`; follow it with [`Client::query_refund`] or the
+    /// refund notification.
+    ///
+    /// Refused before sending, as [`Error::InvalidArgument`]: an
+    /// `out_refund_no` not 1 to 64 of `0-9 a-z A-Z _ - | * @`, an empty
+    /// `transaction_id`, a refund of 0 fen or less or more than the total, a
+    /// `reason` over 80 characters, an empty `notify_url`. WeChat Pay's
+    /// refusals are [`Error::Rejected`] with its code: 404
+    /// `RESOURCE_NOT_EXISTS` (no such transaction), 403 `NOT_ENOUGH`
+    /// (merchant balance), 400 `INVALID_REQUEST`, `PARAM_ERROR`, ... An
+    /// answer about another refund is [`Error::UnexpectedResponse`], an
+    /// unknown `status` [`Error::UnknownRefundStatus`].
+    pub fn refund(&self, req: &RefundRequest) -> Result<Refund, Error> {
+        check_refund(req)?;
+        let body = refund_body(req).to_string();
+        let resp = self.execute(Method::Post, "/v3/refund/domestic/refunds", body.as_bytes())?;
+        match resp.status {
+            200 => {
+                let refund = parse_refund(&resp.body, &req.out_refund_no)?;
+                // An answer about another payment is as untrustworthy as one
+                // about another refund (absent is tolerated: it is optional).
+                if let Some(other) = refund
+                    .transaction_id
+                    .as_deref()
+                    .filter(|t| *t != req.transaction_id)
+                {
+                    return Err(Error::UnexpectedResponse {
+                        status: 200,
+                        reason: format!(
+                            "refund {} asked for transaction {}, got an answer about transaction {other}",
+                            req.out_refund_no, req.transaction_id
+                        ),
+                    });
+                }
+                Ok(refund)
+            }
+            201..=299 => Err(Error::UnexpectedResponse {
+                status: resp.status,
+                reason: "refund answered a success other than 200".to_owned(),
+            }),
+            _ => Err(error_for(&resp)),
+        }
+    }
+
+    /// `GET /v3/refund/domestic/refunds/{out_refund_no}`
+    ///
+    /// `Ok(None)` only for a verified 404 `RESOURCE_NOT_EXISTS` (no refund
+    /// with this number was ever accepted); an answer about another refund
+    /// is [`Error::UnexpectedResponse`], an unknown `status`
+    /// [`Error::UnknownRefundStatus`].
+    pub fn query_refund(&self, out_refund_no: &str) -> Result<Option<Refund>, Error> {
+        validate_out_refund_no(out_refund_no)?;
+        let path = format!(
+            "/v3/refund/domestic/refunds/{}",
+            encode_path_segment(out_refund_no)
+        );
+        let resp = self.execute(Method::Get, &path, b"")?;
+        match resp.status {
+            200 => parse_refund(&resp.body, out_refund_no).map(Some),
+            404 => match error_for(&resp) {
+                Error::Rejected { code, .. } if code == "RESOURCE_NOT_EXISTS" => Ok(None),
+                other => Err(other),
+            },
+            201..=299 => Err(Error::UnexpectedResponse {
+                status: resp.status,
+                reason: "refund query answered a success other than 200".to_owned(),
+            }),
+            _ => Err(error_for(&resp)),
+        }
+    }
+
     /// Sends once to the main URL and, if that could not even connect, once
     /// to the backup domain.
     fn execute(&self, method: Method, path: &str, body: &[u8]) -> Result<Verified, Error> {
@@ -453,6 +551,66 @@ fn check_native_prepay(req: &NativePrepay) -> Result<(), Error> {
         return invalid("notify_url", "must not be empty");
     }
     Ok(())
+}
+
+/// The rules WeChat Pay would refuse a refund for, checked before anything
+/// is signed or sent.
+fn check_refund(req: &RefundRequest) -> Result<(), Error> {
+    let invalid = |field, reason| Err(Error::InvalidArgument { field, reason });
+    validate_out_refund_no(&req.out_refund_no)?;
+    if req.transaction_id.is_empty() {
+        return invalid("transaction_id", "must not be empty");
+    }
+    if req.refund_fen <= 0 {
+        return invalid("amount", "refund must be at least 1 fen");
+    }
+    if req.refund_fen > req.total_fen {
+        return invalid("amount", "refund must not exceed the total");
+    }
+    if req.reason.chars().count() > MAX_REFUND_REASON_CHARS {
+        return invalid("reason", "must be at most 80 characters");
+    }
+    if req.notify_url.as_deref().is_some_and(str::is_empty) {
+        return invalid("notify_url", "must not be empty (None leaves it out)");
+    }
+    Ok(())
+}
+
+/// The JSON body of a refund request.
+fn refund_body(req: &RefundRequest) -> serde_json::Value {
+    let mut body = serde_json::json!({
+        "transaction_id": req.transaction_id,
+        "out_refund_no": req.out_refund_no,
+        "reason": req.reason,
+        "amount": { "refund": req.refund_fen, "total": req.total_fen, "currency": "CNY" },
+    });
+    if let Some(url) = &req.notify_url {
+        body["notify_url"] = url.as_str().into();
+    }
+    body
+}
+
+/// A verified 200 refund answer, which must be about `out_refund_no`: nothing
+/// may ever be acted on from an answer about another refund.
+fn parse_refund(body: &[u8], out_refund_no: &str) -> Result<Refund, Error> {
+    let raw: RawRefund = serde_json::from_slice(body).map_err(|e| Error::UnexpectedResponse {
+        status: 200,
+        reason: format!("refund answer is not a refund: {e}"),
+    })?;
+    if raw.out_refund_no != out_refund_no {
+        return Err(Error::UnexpectedResponse {
+            status: 200,
+            reason: format!(
+                "asked about refund {out_refund_no}, got an answer about {}",
+                raw.out_refund_no
+            ),
+        });
+    }
+    raw.into_refund()
+        .map_err(|status| Error::UnknownRefundStatus {
+            out_refund_no: out_refund_no.to_owned(),
+            status,
+        })
 }
 
 /// The one HTTP agent of a client: no redirects, no decompression, small
@@ -683,6 +841,154 @@ mod tests {
             check_native_prepay(&with(|r| r.out_trade_no = "abc/../x".into())),
             Err(Error::InvalidOutTradeNo(_))
         ));
+    }
+
+    #[test]
+    fn out_refund_no_rule() {
+        for ok in ["1", "R", "RF_2024-01|x*@shop", &"a".repeat(64)] {
+            validate_out_refund_no(ok).unwrap();
+        }
+        for bad in [
+            String::new(),
+            "a".repeat(65),
+            "abc/../x".into(),
+            "abc?d=1".into(),
+            "abc#d".into(),
+            "abc%2F".into(),
+            "退款1".into(),
+            "abc def".into(),
+        ] {
+            assert!(
+                matches!(
+                    validate_out_refund_no(&bad),
+                    Err(Error::InvalidArgument {
+                        field: "out_refund_no",
+                        ..
+                    })
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    fn good_refund() -> RefundRequest {
+        RefundRequest {
+            transaction_id: "4200000000202611260000000001".into(),
+            out_refund_no: "RF20261126000001".into(),
+            reason: "商品已售完".into(),
+            refund_fen: 1,
+            total_fen: 100,
+            notify_url: Some("https://shop.example.com/wechatpay/refund-notify".into()),
+        }
+    }
+
+    #[test]
+    fn refund_body_is_the_wire_format() {
+        assert_eq!(
+            refund_body(&good_refund()),
+            serde_json::json!({
+                "transaction_id": "4200000000202611260000000001",
+                "out_refund_no": "RF20261126000001",
+                "reason": "商品已售完",
+                "notify_url": "https://shop.example.com/wechatpay/refund-notify",
+                "amount": {"refund": 1, "total": 100, "currency": "CNY"}
+            })
+        );
+        let without = RefundRequest {
+            notify_url: None,
+            ..good_refund()
+        };
+        let body = refund_body(&without);
+        assert_eq!(body.get("notify_url"), None);
+        assert_eq!(
+            body.as_object().unwrap().keys().collect::<Vec<_>>(),
+            ["amount", "out_refund_no", "reason", "transaction_id"]
+        );
+    }
+
+    #[test]
+    fn refund_rules_are_checked_before_sending() {
+        check_refund(&good_refund()).unwrap();
+        let whole = RefundRequest {
+            refund_fen: 100,
+            reason: "退".repeat(80),
+            notify_url: None,
+            ..good_refund()
+        };
+        check_refund(&whole).unwrap();
+        check_refund(&RefundRequest {
+            reason: String::new(),
+            ..good_refund()
+        })
+        .unwrap();
+
+        let field = |req: RefundRequest| match check_refund(&req) {
+            Err(e @ Error::InvalidArgument { field, .. }) => {
+                assert!(e.is_permanent());
+                field
+            }
+            other => panic!("{other:?}"),
+        };
+        let with = |f: fn(&mut RefundRequest)| {
+            let mut r = good_refund();
+            f(&mut r);
+            r
+        };
+        assert_eq!(field(with(|r| r.out_refund_no.clear())), "out_refund_no");
+        assert_eq!(
+            field(with(|r| r.out_refund_no = "R".repeat(65))),
+            "out_refund_no"
+        );
+        assert_eq!(
+            field(with(|r| r.out_refund_no = "RF/../x".into())),
+            "out_refund_no"
+        );
+        assert_eq!(field(with(|r| r.transaction_id.clear())), "transaction_id");
+        assert_eq!(field(with(|r| r.refund_fen = 0)), "amount");
+        assert_eq!(field(with(|r| r.refund_fen = -1)), "amount");
+        assert_eq!(field(with(|r| r.refund_fen = 101)), "amount");
+        assert_eq!(
+            field(with(|r| {
+                r.total_fen = 0;
+                r.refund_fen = 0;
+            })),
+            "amount"
+        );
+        assert_eq!(field(with(|r| r.reason = "退".repeat(81))), "reason");
+        assert_eq!(
+            field(with(|r| r.notify_url = Some(String::new()))),
+            "notify_url"
+        );
+    }
+
+    #[test]
+    fn a_refund_answer_must_name_the_refund_asked_about() {
+        let body = br#"{"out_refund_no":"RF2","status":"SUCCESS","refund_id":"50"}"#;
+        let err = parse_refund(body, "RF1").unwrap_err();
+        assert!(
+            matches!(err, Error::UnexpectedResponse { status: 200, .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("RF2"), "{err}");
+        assert_eq!(
+            parse_refund(body, "RF2").unwrap().refund_id.as_deref(),
+            Some("50")
+        );
+        let err = parse_refund(br#"{"status":"SUCCESS"}"#, "RF1").unwrap_err();
+        assert!(matches!(err, Error::UnexpectedResponse { .. }), "{err:?}");
+        let err =
+            parse_refund(br#"{"out_refund_no":"RF1","status":"REFUNDCLOSE"}"#, "RF1").unwrap_err();
+        assert!(err.is_permanent());
+        match err {
+            Error::UnknownRefundStatus {
+                out_refund_no,
+                status,
+            } => assert_eq!(
+                (out_refund_no.as_str(), status.as_str()),
+                ("RF1", "REFUNDCLOSE")
+            ),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

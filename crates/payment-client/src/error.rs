@@ -1,4 +1,4 @@
-//! Errors of a call (prepay, query, close), classified for the worker: transient (try
+//! Errors of a call (prepay, query, close, refund, refund query), classified for the worker: transient (try
 //! again later, the order's payment state is unknown) or permanent (retrying
 //! will not help; park and tell a human).
 
@@ -73,8 +73,12 @@ pub enum Error {
     /// Any other 4xx (`SIGN_ERROR`, `PARAM_ERROR`, `NO_AUTH`, ...): the
     /// request itself is wrong, or (prepay) the order can no longer take it:
     /// 403 `ORDERPAID`, 400 `ORDER_CLOSED`, 400 `INVALID_REQUEST` (the same
-    /// `out_trade_no` with other parameters). Permanent; the code is
-    /// [`Error::provider_code`].
+    /// `out_trade_no` with other parameters); or (refund) 404
+    /// `RESOURCE_NOT_EXISTS` (no such transaction), 403 `NOT_ENOUGH`
+    /// (merchant balance too low), 400 `INVALID_REQUEST`. Permanent as far
+    /// as this call goes; the code is [`Error::provider_code`]. (A refund
+    /// refused with `NOT_ENOUGH` may succeed once the balance is topped up:
+    /// that is the caller's decision, with the same `out_refund_no`.)
     #[error("WeChat Pay rejected the request (HTTP {status} {code}: {message})")]
     Rejected {
         status: u16,
@@ -89,8 +93,17 @@ pub enum Error {
         "WeChat Pay reported unknown trade_state {state:?} for {out_trade_no}; refusing to guess"
     )]
     UnknownTradeState { out_trade_no: String, state: String },
+    /// A verified 200 whose refund `status` we do not know. Permanent: the
+    /// code must learn the new status before this refund can be acted on.
+    #[error(
+        "WeChat Pay reported unknown refund status {status:?} for {out_refund_no}; refusing to guess"
+    )]
+    UnknownRefundStatus {
+        out_refund_no: String,
+        status: String,
+    },
     /// A verified response we cannot make sense of (bad JSON, unexpected
-    /// status, an answer about another order). Permanent.
+    /// status, an answer about another order or refund). Permanent.
     #[error("unexpected response from WeChat Pay (HTTP {status}): {reason}")]
     UnexpectedResponse { status: u16, reason: String },
     /// OpenSSL failed to sign. Permanent (the key is unusable).
@@ -114,6 +127,7 @@ impl Error {
             | Self::InvalidArgument { .. }
             | Self::Rejected { .. }
             | Self::UnknownTradeState { .. }
+            | Self::UnknownRefundStatus { .. }
             | Self::UnexpectedResponse { .. }
             | Self::Signing(_) => false,
         }

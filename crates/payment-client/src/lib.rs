@@ -1,7 +1,8 @@
 //! WeChat Pay APIv3 client for the calls order-timeout needs: create a
 //! native (QR code) payment order ([`Client::native_prepay`]), query a
-//! payment order by `out_trade_no` and close it; and the receiving side of
-//! payment notifications ([`notify`]).
+//! payment order by `out_trade_no` and close it, refund a paid transaction
+//! and query the refund ([`Client::refund`], [`Client::query_refund`]); and
+//! the receiving side of payment and refund notifications ([`notify`]).
 //!
 //! What it guarantees, so that callers can act on its answers:
 //!
@@ -14,8 +15,11 @@
 //! * errors are typed and classified ([`Error::is_transient`]): retry later
 //!   versus give up and tell a human;
 //! * an unknown `trade_state` is an error ([`Error::UnknownTradeState`]), never
-//!   "unpaid";
-//! * a payment notification is believed only after its signature verified
+//!   "unpaid"; likewise an unknown refund `status`
+//!   ([`Error::UnknownRefundStatus`]);
+//! * an answer about another order or refund than the one asked about is
+//!   [`Error::UnexpectedResponse`], never an outcome;
+//! * a payment or refund notification is believed only after its signature verified
 //!   with the same trusted keys as an answer, and its resource decrypted
 //!   with the APIv3 key ([`notify::NotificationVerifier`]).
 //!
@@ -33,11 +37,14 @@ pub mod notify;
 pub mod signing;
 pub mod verify;
 
-pub use client::{validate_out_trade_no, Client, USER_AGENT};
+pub use client::{validate_out_refund_no, validate_out_trade_no, Client, USER_AGENT};
 pub use config::{
     Config, ConfigError, PlatformCertificateConfig, ProxyUrl, PublicKeyConfig, BACKUP_BASE_URL,
     DEFAULT_BASE_URL, DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT,
 };
 pub use error::Error;
-pub use model::{Amount, CloseOutcome, NativePrepay, Payer, QueryOutcome, TradeState, Transaction};
-pub use notify::{ApiV3Key, Notification, NotificationVerifier, NotifyError};
+pub use model::{
+    Amount, CloseOutcome, NativePrepay, Payer, QueryOutcome, Refund, RefundRequest, RefundStatus,
+    TradeState, Transaction,
+};
+pub use notify::{ApiV3Key, Notification, NotificationVerifier, NotifyError, RefundNotice};

@@ -1,11 +1,14 @@
 //! What the calls take and return: the native prepay request, the
 //! transaction as WeChat Pay reports it (query answers and payment
-//! notifications alike), and the outcomes of query and close.
+//! notifications alike), the outcomes of query and close, and domestic
+//! refunds (the request, and the refund as WeChat Pay reports it).
 //!
-//! Parsing is lenient on purpose (every field but `trade_state` is optional,
-//! unknown fields are ignored) because WeChat Pay adds fields and omits those
-//! that do not apply to a state. `trade_state` is strict: a state we do not
-//! know must stop the caller, not be mistaken for "unpaid".
+//! Parsing is lenient on purpose (every field but `trade_state`, or a
+//! refund's `out_refund_no` and `status`, is optional, unknown fields are
+//! ignored) because WeChat Pay adds fields and omits those that do not apply
+//! to a state. The states are strict: a `trade_state` we do not know must
+//! stop the caller, not be mistaken for "unpaid", and a refund `status` we do
+//! not know must not be mistaken for "refunded" or "failed".
 
 use std::fmt;
 use std::str::FromStr;
@@ -206,6 +209,150 @@ pub enum CloseOutcome {
     UserPaying,
 }
 
+/// A domestic refund of (part of) a paid transaction: what
+/// [`crate::Client::refund`] sends, with `currency` `CNY` added.
+///
+/// `out_refund_no` is the merchant's idempotency key: asking again with the
+/// same number never refunds twice, it finds the same refund.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundRequest {
+    /// WeChat Pay's id of the paid transaction. Not empty.
+    pub transaction_id: String,
+    /// The merchant's refund number: 1 to 64 of `0-9 a-z A-Z _ - | * @`,
+    /// unique per refund.
+    pub out_refund_no: String,
+    /// Shown to the buyer: at most 80 characters.
+    pub reason: String,
+    /// Amount to refund in fen: at least 1, at most `total_fen`.
+    pub refund_fen: i64,
+    /// The transaction's original total in fen.
+    pub total_fen: i64,
+    /// Where WeChat Pay sends the refund notification (https, no query
+    /// string); `None` omits it (the merchant platform's setting applies).
+    pub notify_url: Option<String>,
+}
+
+/// `status` of a refund (`refund_status` in a refund notification).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RefundStatus {
+    /// The money is back with the buyer.
+    Success,
+    /// Closed without refunding.
+    Closed,
+    /// Accepted, not finished yet: query again later.
+    Processing,
+    /// The money could not reach the buyer (e.g. account closed): a human
+    /// decides.
+    Abnormal,
+}
+
+impl RefundStatus {
+    pub const ALL: [RefundStatus; 4] = [
+        Self::Success,
+        Self::Closed,
+        Self::Processing,
+        Self::Abnormal,
+    ];
+
+    /// The wire name, e.g. `PROCESSING`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "SUCCESS",
+            Self::Closed => "CLOSED",
+            Self::Processing => "PROCESSING",
+            Self::Abnormal => "ABNORMAL",
+        }
+    }
+}
+
+impl fmt::Display for RefundStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RefundStatus {
+    type Err = String;
+
+    /// Exact wire names only; anything else is returned as the error.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|t| t.as_str() == s)
+            .ok_or_else(|| s.to_owned())
+    }
+}
+
+/// A refund as the refund and refund query APIs return it. Amounts are in
+/// integer fen, from the answer's `amount.refund` and `amount.total`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refund {
+    /// WeChat Pay's refund id.
+    pub refund_id: Option<String>,
+    pub out_refund_no: String,
+    pub transaction_id: Option<String>,
+    pub out_trade_no: Option<String>,
+    pub status: RefundStatus,
+    /// RFC 3339, present once `SUCCESS`; kept as sent.
+    pub success_time: Option<String>,
+    pub refund_fen: Option<i64>,
+    pub total_fen: Option<i64>,
+    pub currency: Option<String>,
+    /// Where the money went, e.g. `招商银行信用卡0403`.
+    pub user_received_account: Option<String>,
+}
+
+/// `amount` of a refund answer (the fields we keep).
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawRefundAmount {
+    #[serde(default)]
+    pub refund: Option<i64>,
+    #[serde(default)]
+    pub total: Option<i64>,
+    #[serde(default)]
+    pub currency: Option<String>,
+}
+
+/// A refund answer with `status` still a string: the first step of parsing.
+#[derive(Debug, Deserialize)]
+pub(crate) struct RawRefund {
+    pub out_refund_no: String,
+    pub status: String,
+    #[serde(default)]
+    pub refund_id: Option<String>,
+    #[serde(default)]
+    pub transaction_id: Option<String>,
+    #[serde(default)]
+    pub out_trade_no: Option<String>,
+    #[serde(default)]
+    pub success_time: Option<String>,
+    #[serde(default)]
+    pub user_received_account: Option<String>,
+    #[serde(default)]
+    pub amount: Option<RawRefundAmount>,
+}
+
+impl RawRefund {
+    /// Err carries the unknown `status`.
+    pub(crate) fn into_refund(self) -> Result<Refund, String> {
+        let amount = self.amount.unwrap_or_default();
+        Ok(Refund {
+            status: self.status.parse()?,
+            refund_id: self.refund_id,
+            out_refund_no: self.out_refund_no,
+            transaction_id: self.transaction_id,
+            out_trade_no: self.out_trade_no,
+            success_time: self.success_time,
+            refund_fen: amount.refund,
+            total_fen: amount.total,
+            currency: amount.currency,
+            user_received_account: self.user_received_account,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -314,5 +461,99 @@ mod tests {
         let t = parse(r#"{"trade_state":"CLOSED","transaction_id":null,"amount":null}"#).unwrap();
         assert_eq!(t.trade_state, TradeState::Closed);
         assert_eq!(t.amount, None);
+    }
+}
+
+#[cfg(test)]
+mod refund_tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<Refund, String> {
+        serde_json::from_str::<RawRefund>(json)
+            .map_err(|e| e.to_string())?
+            .into_refund()
+    }
+
+    #[test]
+    fn every_refund_status_parses_and_round_trips() {
+        for status in RefundStatus::ALL {
+            let r = parse(&format!(r#"{{"out_refund_no":"R1","status":"{status}"}}"#)).unwrap();
+            assert_eq!(r.status, status);
+            assert_eq!(status.as_str().parse::<RefundStatus>(), Ok(status));
+            assert_eq!(
+                serde_json::to_string(&status).unwrap(),
+                format!("\"{status}\"")
+            );
+        }
+        assert_eq!("ABNORMAL".parse(), Ok(RefundStatus::Abnormal));
+    }
+
+    #[test]
+    fn unknown_or_miscased_refund_status_is_an_error_not_a_guess() {
+        for bad in ["REFUNDCLOSE", "success", "", "SUCCESS "] {
+            assert_eq!(bad.parse::<RefundStatus>(), Err(bad.to_owned()));
+            let json = serde_json::json!({"out_refund_no": "R1", "status": bad}).to_string();
+            assert_eq!(parse(&json), Err(bad.to_owned()));
+        }
+    }
+
+    #[test]
+    fn out_refund_no_and_status_are_required() {
+        let err = parse(r#"{"out_refund_no":"R1"}"#).unwrap_err();
+        assert!(err.contains("status"), "{err}");
+        let err = parse(r#"{"status":"SUCCESS"}"#).unwrap_err();
+        assert!(err.contains("out_refund_no"), "{err}");
+    }
+
+    #[test]
+    fn real_looking_refund_answer() {
+        // Shape of the official documentation's example response.
+        let json = r#"{
+            "refund_id": "50000000382019052709732678859",
+            "out_refund_no": "1217752501201407033233368018",
+            "transaction_id": "1217752501201407033233368018",
+            "out_trade_no": "1217752501201407033233368018",
+            "channel": "ORIGINAL",
+            "user_received_account": "招商银行信用卡0403",
+            "success_time": "2020-12-01T16:18:12+08:00",
+            "create_time": "2020-12-01T16:18:12+08:00",
+            "status": "SUCCESS",
+            "funds_account": "UNSETTLED",
+            "amount": {
+                "total": 100, "refund": 100,
+                "from": [{"account": "AVAILABLE", "amount": 444}],
+                "payer_total": 90, "payer_refund": 90,
+                "settlement_refund": 100, "settlement_total": 100,
+                "discount_refund": 10, "currency": "CNY", "refund_fee": 0
+            },
+            "promotion_detail": []
+        }"#;
+        let r = parse(json).unwrap();
+        assert_eq!(
+            r,
+            Refund {
+                refund_id: Some("50000000382019052709732678859".into()),
+                out_refund_no: "1217752501201407033233368018".into(),
+                transaction_id: Some("1217752501201407033233368018".into()),
+                out_trade_no: Some("1217752501201407033233368018".into()),
+                status: RefundStatus::Success,
+                success_time: Some("2020-12-01T16:18:12+08:00".into()),
+                refund_fen: Some(100),
+                total_fen: Some(100),
+                currency: Some("CNY".into()),
+                user_received_account: Some("招商银行信用卡0403".into()),
+            }
+        );
+    }
+
+    #[test]
+    fn a_processing_refund_without_optional_fields() {
+        let r = parse(
+            r#"{"out_refund_no":"R1","status":"PROCESSING","amount":null,"success_time":null}"#,
+        )
+        .unwrap();
+        assert_eq!(r.status, RefundStatus::Processing);
+        assert_eq!((r.refund_fen, r.total_fen, r.currency), (None, None, None));
+        assert_eq!(r.success_time, None);
     }
 }

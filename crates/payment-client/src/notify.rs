@@ -1,9 +1,12 @@
-//! Payment notifications: what WeChat Pay POSTs to the `notify_url` of a
-//! prepay order, opened only after its signature has been verified.
+//! Payment and refund notifications: what WeChat Pay POSTs to the
+//! `notify_url` of a prepay order or a refund, opened only after its
+//! signature has been verified.
 //!
 //! A notification carries the same four `Wechatpay-*` headers as an API
 //! answer and is verified exactly like one ([`KeyStore::verify`], same keys,
-//! same 5-minute limit). Its `resource` is the transaction, encrypted with
+//! same 5-minute limit). Its `resource` is the transaction
+//! ([`Notification::transaction`]) or the refund ([`Notification::refund`]),
+//! encrypted with
 //! AES-256-GCM under the merchant's APIv3 key ([`ApiV3Key`]); the
 //! `ciphertext` is base64 of the encrypted bytes followed by the 16-byte tag.
 //!
@@ -20,7 +23,7 @@ use openssl::symm::{decrypt_aead, Cipher};
 use serde::Deserialize;
 
 use crate::config::ConfigError;
-use crate::model::{RawTransaction, Transaction};
+use crate::model::{RawTransaction, RefundStatus, Transaction};
 use crate::verify::{KeyStore, VerifyError, HEADER_SIGNATURE};
 
 /// The only `resource.algorithm` WeChat Pay uses for notifications.
@@ -103,6 +106,54 @@ pub enum NotifyError {
     /// The decrypted transaction has a `trade_state` we do not know.
     #[error("unknown trade_state {0:?}")]
     UnknownTradeState(String),
+    /// The decrypted refund has a `refund_status` we do not know.
+    #[error("unknown refund_status {0:?}")]
+    UnknownRefundStatus(String),
+}
+
+/// The refund a refund notification (`REFUND.SUCCESS`, `REFUND.ABNORMAL`,
+/// `REFUND.CLOSED`) carries. Amounts are in integer fen, from the resource's
+/// `amount.refund` and `amount.total`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundNotice {
+    pub mchid: Option<String>,
+    pub out_trade_no: Option<String>,
+    pub transaction_id: Option<String>,
+    pub out_refund_no: String,
+    pub refund_id: Option<String>,
+    /// `refund_status` in the resource.
+    pub status: RefundStatus,
+    /// RFC 3339; kept as sent.
+    pub success_time: Option<String>,
+    pub refund_fen: Option<i64>,
+    pub total_fen: Option<i64>,
+}
+
+/// The decrypted refund resource with `refund_status` still a string.
+#[derive(Deserialize)]
+struct RawRefundNotice {
+    out_refund_no: String,
+    refund_status: String,
+    #[serde(default)]
+    mchid: Option<String>,
+    #[serde(default)]
+    out_trade_no: Option<String>,
+    #[serde(default)]
+    transaction_id: Option<String>,
+    #[serde(default)]
+    refund_id: Option<String>,
+    #[serde(default)]
+    success_time: Option<String>,
+    #[serde(default)]
+    amount: Option<RawRefundNoticeAmount>,
+}
+
+#[derive(Default, Deserialize)]
+struct RawRefundNoticeAmount {
+    #[serde(default)]
+    total: Option<i64>,
+    #[serde(default)]
+    refund: Option<i64>,
 }
 
 /// Decrypts a notification `resource`: AES-256-GCM under `key`, with the
@@ -194,6 +245,48 @@ impl Notification {
         })?;
         raw.into_transaction()
             .map_err(|state| NotifyError::UnknownTradeState(cut(&state, 64)))
+    }
+
+    /// The decrypted resource as a refund (`original_type` `refund`).
+    /// Lenient like a refund answer: missing fields are `None`, and checking
+    /// `mchid`, `out_refund_no` and the amounts against the refund asked for
+    /// is the caller's job. An unknown `refund_status` is
+    /// [`NotifyError::UnknownRefundStatus`].
+    pub fn refund(&self) -> Result<RefundNotice, NotifyError> {
+        // Absent is tolerated like any other missing field (the required
+        // `out_refund_no` and `refund_status` tell a refund apart anyway);
+        // another type is not.
+        if !self.original_type.is_empty() && self.original_type != "refund" {
+            return Err(NotifyError::Malformed(format!(
+                "resource is {:?}, not a refund",
+                cut(&self.original_type, 64)
+            )));
+        }
+        let raw: RawRefundNotice = serde_json::from_slice(&self.plaintext).map_err(|e| {
+            // serde's message may quote the plaintext: say only where.
+            NotifyError::Malformed(format!(
+                "decrypted resource is not a refund ({:?} error at line {} column {})",
+                e.classify(),
+                e.line(),
+                e.column()
+            ))
+        })?;
+        let status = raw
+            .refund_status
+            .parse()
+            .map_err(|status: String| NotifyError::UnknownRefundStatus(cut(&status, 64)))?;
+        let amount = raw.amount.unwrap_or_default();
+        Ok(RefundNotice {
+            mchid: raw.mchid,
+            out_trade_no: raw.out_trade_no,
+            transaction_id: raw.transaction_id,
+            out_refund_no: raw.out_refund_no,
+            refund_id: raw.refund_id,
+            status,
+            success_time: raw.success_time,
+            refund_fen: amount.refund,
+            total_fen: amount.total,
+        })
     }
 }
 
@@ -297,7 +390,7 @@ fn cut(s: &str, max: usize) -> String {
 mod tests {
     use super::*;
 
-    use crate::TradeState;
+    use crate::{RefundStatus, TradeState};
 
     struct Vector {
         key: ApiV3Key,
@@ -491,6 +584,122 @@ mod tests {
             (t.trade_state, t.mchid, t.amount),
             (TradeState::NotPay, None, None)
         );
+    }
+
+    fn refund_json(refund_status: &str) -> String {
+        // Shape of the official documentation's example refund resource.
+        serde_json::json!({
+            "mchid": "1900000100",
+            "transaction_id": "1008450740201411110005820873",
+            "out_trade_no": "20150806125346",
+            "refund_id": "50200207182018070300011301001",
+            "out_refund_no": "7752501201407033233368018",
+            "refund_status": refund_status,
+            "success_time": "2018-06-08T10:34:56+08:00",
+            "user_received_account": "招商银行信用卡0403",
+            "amount": {"total": 999, "refund": 888, "payer_total": 999, "payer_refund": 888}
+        })
+        .to_string()
+    }
+
+    fn notification(original_type: &str, event_type: &str, plaintext: &str) -> Notification {
+        Notification {
+            id: "id".into(),
+            create_time: String::new(),
+            event_type: event_type.into(),
+            resource_type: "encrypt-resource".into(),
+            original_type: original_type.into(),
+            summary: String::new(),
+            plaintext: plaintext.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_refund_resource_is_a_refund_notice() {
+        for (event, status) in [
+            ("REFUND.SUCCESS", RefundStatus::Success),
+            ("REFUND.ABNORMAL", RefundStatus::Abnormal),
+            ("REFUND.CLOSED", RefundStatus::Closed),
+        ] {
+            let n = notification("refund", event, &refund_json(status.as_str()));
+            assert_eq!(
+                n.refund().unwrap(),
+                RefundNotice {
+                    mchid: Some("1900000100".into()),
+                    out_trade_no: Some("20150806125346".into()),
+                    transaction_id: Some("1008450740201411110005820873".into()),
+                    out_refund_no: "7752501201407033233368018".into(),
+                    refund_id: Some("50200207182018070300011301001".into()),
+                    status,
+                    success_time: Some("2018-06-08T10:34:56+08:00".into()),
+                    refund_fen: Some(888),
+                    total_fen: Some(999),
+                }
+            );
+        }
+        let minimal = notification(
+            "",
+            "REFUND.SUCCESS",
+            r#"{"out_refund_no":"R1","refund_status":"SUCCESS"}"#,
+        )
+        .refund()
+        .unwrap();
+        assert_eq!(
+            (minimal.refund_fen, minimal.mchid, minimal.status),
+            (None, None, RefundStatus::Success)
+        );
+    }
+
+    #[test]
+    fn refund_notice_errors() {
+        assert_eq!(
+            notification("refund", "REFUND.SUCCESS", &refund_json("REFUNDCLOSE")).refund(),
+            Err(NotifyError::UnknownRefundStatus("REFUNDCLOSE".into()))
+        );
+        assert_eq!(
+            notification("refund", "REFUND.SUCCESS", &refund_json("success")).refund(),
+            Err(NotifyError::UnknownRefundStatus("success".into()))
+        );
+        // Required fields missing, a wrong type: malformed, without quoting.
+        for plaintext in [
+            r#"{"refund_status":"SUCCESS"}"#,
+            r#"{"out_refund_no":"R1"}"#,
+            r#"{"out_refund_no":"R1","refund_status":"SUCCESS","amount":"SECRETVALUE"}"#,
+        ] {
+            let err = notification("refund", "REFUND.SUCCESS", plaintext)
+                .refund()
+                .unwrap_err();
+            assert!(matches!(err, NotifyError::Malformed(_)), "{err:?}");
+            assert!(!err.to_string().contains("SECRETVALUE"), "{err}");
+        }
+    }
+
+    #[test]
+    fn transactions_and_refunds_are_not_mistaken_for_each_other() {
+        let tx = notification(
+            "transaction",
+            "TRANSACTION.SUCCESS",
+            r#"{"trade_state":"SUCCESS","out_trade_no":"OT1"}"#,
+        );
+        let err = tx.refund().unwrap_err();
+        assert!(matches!(err, NotifyError::Malformed(_)), "{err:?}");
+        assert!(err.to_string().contains("not a refund"), "{err}");
+
+        let refund = notification("refund", "REFUND.SUCCESS", &refund_json("SUCCESS"));
+        let err = refund.transaction().unwrap_err();
+        assert!(matches!(err, NotifyError::Malformed(_)), "{err:?}");
+
+        // Without original_type, the required fields still tell them apart.
+        let untyped_tx = notification("", "TRANSACTION.SUCCESS", r#"{"trade_state":"SUCCESS"}"#);
+        assert!(matches!(
+            untyped_tx.refund(),
+            Err(NotifyError::Malformed(_))
+        ));
+        let untyped_refund = notification("", "REFUND.SUCCESS", &refund_json("SUCCESS"));
+        assert!(matches!(
+            untyped_refund.transaction(),
+            Err(NotifyError::Malformed(_))
+        ));
     }
 
     #[test]

@@ -10,4 +10,5 @@ mod faults;
 mod flows;
 mod notify;
 mod prepay;
+mod refund;
 mod verification;

@@ -1,17 +1,11 @@
 //! Native prepay: what is sent, what is refused before sending, and how a
 //! verified answer without a `code_url` is treated.
 
-use std::io::Write;
-use std::net::TcpListener;
-use std::sync::mpsc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use payment_client::verify;
-use payment_client::{Client, Error, NativePrepay};
+use payment_client::{Error, NativePrepay};
 
-use crate::support::{
-    env, keys, read_request, wechatpay_sign, Received, MCHID, MERCHANT_SERIAL, PUBLIC_KEY_ID,
-};
+use crate::support::{client_for, env, one_shot_server, MCHID, PUBLIC_KEY_ID};
 
 fn request(out_trade_no: &str) -> NativePrepay {
     NativePrepay {
@@ -22,46 +16,6 @@ fn request(out_trade_no: &str) -> NativePrepay {
         time_expire: "2099-11-26T18:00:00+08:00".to_owned(),
         notify_url: "https://shop.example.com/wechatpay/notify".to_owned(),
     }
-}
-
-/// A server that answers one request with `status` and `body`, signed with
-/// the simulated WeChat Pay key, and hands the request back.
-fn one_shot_server(status: u16, body: &'static str) -> (String, mpsc::Receiver<Received>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let (stream, _) = listener.accept().unwrap();
-        let (received, mut stream) = read_request(stream);
-
-        let ts = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-            .to_string();
-        let nonce = payment_client::signing::new_nonce();
-        let signature = wechatpay_sign(&verify::response_message(&ts, &nonce, body.as_bytes()));
-        write!(
-            stream,
-            "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
-             Connection: close\r\nWechatpay-Timestamp: {ts}\r\nWechatpay-Nonce: {nonce}\r\n\
-             Wechatpay-Signature: {signature}\r\nWechatpay-Serial: {PUBLIC_KEY_ID}\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-        stream.flush().unwrap();
-        let _ = tx.send(received);
-    });
-    (url, rx)
-}
-
-fn client_for(url: &str) -> Client {
-    let config =
-        payment_client::Config::new(MCHID, MERCHANT_SERIAL, &keys().files.merchant_key_file)
-            .with_public_key(PUBLIC_KEY_ID, &keys().files.wechatpay_public_key_file)
-            .with_base_url(url)
-            .with_timeouts(Duration::from_millis(500), Duration::from_secs(3));
-    Client::new(config).unwrap()
 }
 
 #[test]

@@ -1,13 +1,13 @@
 //! Shared set-up: keys, a simulator, a client pointed at it.
 
-use std::io::{BufRead, BufReader, Read};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::sync::OnceLock;
-use std::time::Duration;
+use std::sync::{mpsc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use payment_client::signing::MerchantKey;
-use payment_client::{Client, Config};
+use payment_client::{verify, Client, Config};
 use wechatpay_sim::{AdminClient, ClientFiles, SimConfig, SimKeys, Simulator};
 
 pub const MCHID: &str = wechatpay_sim::DEFAULT_MCHID;
@@ -163,4 +163,46 @@ pub fn read_request(stream: TcpStream) -> (Received, TcpStream) {
         body,
     };
     (received, reader.into_inner())
+}
+
+/// A server that stands in for WeChat Pay: it answers one request with
+/// `status` and `body`, signed with the simulated WeChat Pay key, and hands
+/// the request back.
+pub fn one_shot_server(status: u16, body: impl Into<String>) -> (String, mpsc::Receiver<Received>) {
+    let body = body.into();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let (received, mut stream) = read_request(stream);
+
+        let ts = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            .to_string();
+        let nonce = payment_client::signing::new_nonce();
+        let signature = wechatpay_sign(&verify::response_message(&ts, &nonce, body.as_bytes()));
+        write!(
+            stream,
+            "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+             Connection: close\r\nWechatpay-Timestamp: {ts}\r\nWechatpay-Nonce: {nonce}\r\n\
+             Wechatpay-Signature: {signature}\r\nWechatpay-Serial: {PUBLIC_KEY_ID}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        stream.flush().unwrap();
+        let _ = tx.send(received);
+    });
+    (url, rx)
+}
+
+/// A client for a hand-made server at `url`, in public key mode.
+pub fn client_for(url: &str) -> Client {
+    let config = Config::new(MCHID, MERCHANT_SERIAL, &keys().files.merchant_key_file)
+        .with_public_key(PUBLIC_KEY_ID, &keys().files.wechatpay_public_key_file)
+        .with_base_url(url)
+        .with_timeouts(Duration::from_millis(500), Duration::from_secs(3));
+    Client::new(config).unwrap()
 }
