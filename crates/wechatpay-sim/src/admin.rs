@@ -1,13 +1,13 @@
 //! A typed client for the simulator's admin API (`/sim/...`), for tests and
 //! scripts: create and change orders, let the user pay, inject faults, hold
-//! back payment notifications.
+//! back notifications, inspect refunds and decide how they end.
 
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::model::{Faults, Order, Stats};
+use crate::model::{Faults, Order, SimRefund, Stats};
 
 /// An admin call failed.
 #[derive(Debug, thiserror::Error)]
@@ -190,11 +190,73 @@ impl AdminClient {
         self.call("DELETE", "faults", None).map(drop)
     }
 
+    /// Every refund, oldest first (due ones made final first).
+    pub fn refunds(&self) -> Result<Vec<SimRefund>, AdminError> {
+        self.json("GET", "refunds", None)
+    }
+
+    /// The refund, or `None` when the simulator does not hold it.
+    pub fn refund(&self, out_refund_no: &str) -> Result<Option<SimRefund>, AdminError> {
+        match self.json("GET", &format!("refunds/{}", encode(out_refund_no)), None) {
+            Ok(r) => Ok(Some(r)),
+            Err(AdminError::Status { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// How processing refunds end: `outcome` (`SUCCESS`, `ABNORMAL` or
+    /// `CLOSED`) for those without their own, decided when each becomes
+    /// final; and, when given, how long refunds created from now on stay
+    /// `PROCESSING` (instead of `SimConfig::refund_delay`).
+    pub fn set_refund_outcome(
+        &self,
+        outcome: &str,
+        delay: Option<Duration>,
+    ) -> Result<(), AdminError> {
+        let mut body = serde_json::json!({ "outcome": outcome });
+        if let Some(delay) = delay {
+            body["delay_ms"] = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX).into();
+        }
+        self.call("PUT", "refunds/outcome", Some(body.to_string()))
+            .map(drop)
+    }
+
+    /// Forces the refund into `status` now: a final one (`SUCCESS`,
+    /// `ABNORMAL`, `CLOSED`) sends its refund notification, even when the
+    /// refund had that status already; `PROCESSING` holds it there until
+    /// forced again. Fails (404) for an unknown refund, and for the
+    /// `out_refund_no` `outcome`.
+    pub fn set_refund_status(
+        &self,
+        out_refund_no: &str,
+        status: &str,
+    ) -> Result<SimRefund, AdminError> {
+        self.json(
+            "PUT",
+            &format!("refunds/{}", encode(out_refund_no)),
+            Some(serde_json::json!({ "status": status }).to_string()),
+        )
+    }
+
+    /// The final status this processing refund takes when its delay is over,
+    /// whatever the global outcome.
+    pub fn override_refund_outcome(
+        &self,
+        out_refund_no: &str,
+        outcome: &str,
+    ) -> Result<SimRefund, AdminError> {
+        self.json(
+            "PUT",
+            &format!("refunds/{}", encode(out_refund_no)),
+            Some(serde_json::json!({ "outcome": outcome }).to_string()),
+        )
+    }
+
     pub fn stats(&self) -> Result<Stats, AdminError> {
         self.json("GET", "stats", None)
     }
 
-    /// Forgets every order, fault and counter.
+    /// Forgets every order, refund, fault, setting and counter.
     pub fn reset(&self) -> Result<(), AdminError> {
         self.call("POST", "reset", None).map(drop)
     }

@@ -1,12 +1,14 @@
 //! The admin API under `/sim/`: health, reset, stats, global faults, the
-//! notification drop switch, and per-order creation, inspection, payment
-//! (which sends the payment notification), notification and faults.
+//! notification drop switch, per-order creation, inspection, payment
+//! (which sends the payment notification), notification and faults, and
+//! refunds: inspection, the outcome and delay of processing refunds, and a
+//! forced status (which sends the refund notification).
 //!
 //! It exists so that tests and the demo can drive the in-memory orders and
 //! inject faults over HTTP. It is the server side of the typed client in the
 //! `admin` module.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rand::Rng;
 use serde::Deserialize;
@@ -14,8 +16,9 @@ use serde_json::json;
 
 use crate::api::{percent_decode, transaction_json};
 use crate::http::Request as Incoming;
-use crate::model::{Faults, Order};
-use crate::notify::{self, Job};
+use crate::model::{Faults, Order, SimRefund};
+use crate::notify::{self, Task};
+use crate::refund::{self, FINAL_STATUSES};
 use crate::server::{Reply, Shared, State};
 
 /// Body of `PUT /sim/notifications`.
@@ -23,6 +26,26 @@ use crate::server::{Reply, Shared, State};
 #[serde(deny_unknown_fields)]
 struct NotificationSwitch {
     drop: bool,
+}
+
+/// Body of `PUT /sim/refunds/outcome`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefundOutcome {
+    /// Final status of refunds without their own outcome.
+    outcome: Option<String>,
+    /// How long refunds created from now on stay `PROCESSING`.
+    delay_ms: Option<u64>,
+}
+
+/// Body of `PUT /sim/refunds/{out_refund_no}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefundChange {
+    /// Force this status now.
+    status: Option<String>,
+    /// The final status this refund takes when its delay is over.
+    outcome: Option<String>,
 }
 
 pub(crate) fn admin(shared: &Shared, req: &Incoming) -> Reply {
@@ -64,12 +87,119 @@ pub(crate) fn admin(shared: &Shared, req: &Incoming) -> Reply {
             }
             reply
         }
+        (_, ["refunds", rest @ ..]) => {
+            let mut state = shared.state();
+            // Every due refund is settled first, as any read does.
+            let mut tasks = refund::settle_all_due(shared, &mut state);
+            let reply = admin_refunds(shared, &mut state, method, rest, &req.body, &mut tasks);
+            drop(state);
+            for task in tasks {
+                shared.notifier.enqueue(task, Instant::now());
+            }
+            reply
+        }
         _ => Reply::error(404, "NOT_FOUND", "no such admin endpoint"),
     }
 }
 
 fn not_found() -> Reply {
     Reply::error(404, "ORDER_NOT_EXIST", "no such order in the simulator")
+}
+
+fn no_such_refund() -> Reply {
+    Reply::error(
+        404,
+        "RESOURCE_NOT_EXISTS",
+        "no such refund in the simulator",
+    )
+}
+
+fn check_final(outcome: Option<&str>) -> Result<(), Reply> {
+    match outcome {
+        Some(o) if !FINAL_STATUSES.contains(&o) => Err(Reply::error(
+            400,
+            "PARAM_ERROR",
+            &format!("a refund ends SUCCESS, ABNORMAL or CLOSED, not {o}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// `/sim/refunds/...`; notifications to send once the state is unlocked
+/// go to `tasks`. `outcome` is taken before an `out_refund_no`: a refund
+/// numbered `outcome` cannot be changed here.
+fn admin_refunds(
+    shared: &Shared,
+    state: &mut State,
+    method: &str,
+    rest: &[&str],
+    body: &[u8],
+    tasks: &mut Vec<Task>,
+) -> Reply {
+    match (method, rest) {
+        ("GET", []) => {
+            let mut records: Vec<_> = state.refunds.values().collect();
+            records.sort_by(|a, b| {
+                (a.created, &a.refund.out_refund_no).cmp(&(b.created, &b.refund.out_refund_no))
+            });
+            let refunds: Vec<&SimRefund> = records.iter().map(|r| &r.refund).collect();
+            Reply::json(200, &json!(refunds))
+        }
+        ("PUT", ["outcome"]) => {
+            let change = match parse::<RefundOutcome>(body) {
+                Ok(c) => c,
+                Err(r) => return r,
+            };
+            if let Err(r) = check_final(change.outcome.as_deref()) {
+                return r;
+            }
+            if change.outcome.is_some() {
+                state.refund_outcome = change.outcome;
+            }
+            if let Some(ms) = change.delay_ms {
+                state.refund_delay = Some(Duration::from_millis(ms));
+            }
+            Reply::empty(204)
+        }
+        ("GET", [no]) => match state.refunds.get(&percent_decode(no)) {
+            Some(r) => Reply::json(200, &json!(r.refund)),
+            None => no_such_refund(),
+        },
+        ("PUT", [no]) => {
+            let no = percent_decode(no);
+            let change = match parse::<RefundChange>(body) {
+                Ok(c) => c,
+                Err(r) => return r,
+            };
+            if let Err(r) = check_final(change.outcome.as_deref()) {
+                return r;
+            }
+            let status = change.status.as_deref();
+            if status.is_some_and(|s| s != "PROCESSING" && !FINAL_STATUSES.contains(&s)) {
+                return Reply::error(
+                    400,
+                    "PARAM_ERROR",
+                    "status must be PROCESSING, SUCCESS, ABNORMAL or CLOSED",
+                );
+            }
+            let Some(record) = state.refunds.get_mut(&no) else {
+                return no_such_refund();
+            };
+            if change.outcome.is_some() {
+                record.refund.outcome = change.outcome;
+            }
+            if let Some(status) = status {
+                if let Some(task) = refund::force_status(shared, state, &no, status) {
+                    tasks.push(task);
+                }
+            }
+            match state.refunds.get(&no) {
+                Some(r) => Reply::json(200, &json!(r.refund)),
+                None => no_such_refund(),
+            }
+        }
+        _ => Reply::error(404, "NOT_FOUND", "no such admin endpoint"),
+    }
 }
 
 /// The answer, and the notification to send once the state is unlocked.
@@ -79,7 +209,7 @@ fn admin_order(
     no: &str,
     rest: &[&str],
     body: &[u8],
-) -> (Reply, Option<Job>) {
+) -> (Reply, Option<Task>) {
     let mut state = shared.state();
     let reply = match (method, rest) {
         ("GET", []) => match state.orders.get_mut(no) {
@@ -135,7 +265,7 @@ fn admin_order(
 }
 
 /// "The user pays now", refused after `time_expire` as WeChat Pay does.
-fn pay(shared: &Shared, state: &mut State, no: &str) -> (Reply, Option<Job>) {
+fn pay(shared: &Shared, state: &mut State, no: &str) -> (Reply, Option<Task>) {
     let Some(order) = state.orders.get_mut(no) else {
         return (not_found(), None);
     };
@@ -165,7 +295,7 @@ fn pay(shared: &Shared, state: &mut State, no: &str) -> (Reply, Option<Job>) {
 
 /// `POST /sim/orders/{no}/notify`: the payment notification once more (a
 /// duplicate, as WeChat Pay sometimes sends).
-fn notify_again(shared: &Shared, state: &mut State, no: &str) -> (Reply, Option<Job>) {
+fn notify_again(shared: &Shared, state: &mut State, no: &str) -> (Reply, Option<Task>) {
     let Some(order) = state.orders.get(no) else {
         return (not_found(), None);
     };
@@ -178,7 +308,7 @@ fn notify_again(shared: &Shared, state: &mut State, no: &str) -> (Reply, Option<
 
 /// The payment notification for a paid order with a `notify_url`, unless a
 /// drop switch is on (then counted as dropped).
-fn notification(shared: &Shared, state: &mut State, no: &str) -> Option<Job> {
+fn notification(shared: &Shared, state: &mut State, no: &str) -> Option<Task> {
     let drop_all = state.drop_notifications;
     let order = state.orders.get(no)?;
     let url = order.notify_url.as_deref()?;
@@ -193,7 +323,7 @@ fn notification(shared: &Shared, state: &mut State, no: &str) -> Option<Job> {
         .as_deref()
         .unwrap_or(crate::DEFAULT_MCHID);
     let transaction = transaction_json(&shared.config, mchid, no, order);
-    Some(notify::job(shared, no, url, &transaction))
+    Some(notify::payment_task(shared, no, url, &transaction))
 }
 
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Reply> {

@@ -1,6 +1,7 @@
-//! The WeChat Pay APIv3 endpoints the simulator serves, Native prepay and
-//! query and close by `out_trade_no`: routing, the injected faults that apply
-//! to a call, and the answers built from the in-memory orders.
+//! The WeChat Pay APIv3 endpoints the simulator serves, Native prepay,
+//! query and close by `out_trade_no`, and domestic refunds: routing, the
+//! injected faults that apply to a call, and the answers built from the
+//! in-memory orders (refunds themselves live in `refund`).
 //!
 //! It exists to keep what the real API would answer apart from how requests
 //! are checked (`auth`), how answers are signed (`signing`) and how tests
@@ -15,11 +16,13 @@ use serde_json::json;
 use crate::auth::check_request;
 use crate::http::Request as Incoming;
 use crate::model::{Endpoint, Faults, Order};
+use crate::refund;
 use crate::server::{Reply, Shared, State};
 use crate::signing::sign;
 
 const API_PREFIX: &str = "/v3/pay/transactions/out-trade-no/";
 const NATIVE_PREPAY: &str = "/v3/pay/transactions/native";
+const REFUNDS: &str = "/v3/refund/domestic/refunds";
 /// `appid` of answers about orders whose prepay named none.
 const FALLBACK_APPID: &str = "wxd678efh567hg6787";
 
@@ -27,22 +30,63 @@ const FALLBACK_APPID: &str = "wxd678efh567hg6787";
 struct Call {
     endpoint: Endpoint,
     /// For a prepay, the body's (empty when it names none): what per-order
-    /// faults and replays are keyed by.
+    /// faults and replays are keyed by. For a refund call, the refunded
+    /// order's, as far as the body names it (see `resolve`): what per-order
+    /// faults are keyed by.
     out_trade_no: String,
+    /// Refund calls: the `out_refund_no` (empty when the body names none),
+    /// what their replays are keyed by.
+    out_refund_no: Option<String>,
+    /// A refund request's `transaction_id`.
+    transaction_id: Option<String>,
     /// The `mchid` query parameter (query only).
     query_mchid: Option<String>,
 }
 
+impl Call {
+    /// What the last signed answer of this call is kept under, for replays.
+    fn answer_key(&self) -> &str {
+        self.out_refund_no.as_deref().unwrap_or(&self.out_trade_no)
+    }
+}
+
 fn route(method: &str, url: &str, body: &[u8]) -> Option<Call> {
     let (path, query) = url.split_once('?').unwrap_or((url, ""));
-    if (method, path) == ("POST", NATIVE_PREPAY) {
-        let out_trade_no = serde_json::from_slice::<serde_json::Value>(body)
+    let body_field = |field: &str| {
+        serde_json::from_slice::<serde_json::Value>(body)
             .ok()
-            .and_then(|v| v.get("out_trade_no")?.as_str().map(str::to_owned))
-            .unwrap_or_default();
+            .and_then(|v| v.get(field)?.as_str().map(str::to_owned))
+    };
+    if (method, path) == ("POST", NATIVE_PREPAY) {
         return Some(Call {
             endpoint: Endpoint::Prepay,
-            out_trade_no,
+            out_trade_no: body_field("out_trade_no").unwrap_or_default(),
+            out_refund_no: None,
+            transaction_id: None,
+            query_mchid: None,
+        });
+    }
+    if (method, path) == ("POST", REFUNDS) {
+        return Some(Call {
+            endpoint: Endpoint::Refund,
+            out_trade_no: body_field("out_trade_no").unwrap_or_default(),
+            out_refund_no: Some(body_field("out_refund_no").unwrap_or_default()),
+            transaction_id: body_field("transaction_id"),
+            query_mchid: None,
+        });
+    }
+    if let Some(no) = path
+        .strip_prefix(REFUNDS)
+        .and_then(|rest| rest.strip_prefix('/'))
+    {
+        if method != "GET" || no.is_empty() || no.contains('/') {
+            return None;
+        }
+        return Some(Call {
+            endpoint: Endpoint::RefundQuery,
+            out_trade_no: String::new(),
+            out_refund_no: Some(percent_decode(no)),
+            transaction_id: None,
             query_mchid: None,
         });
     }
@@ -62,8 +106,35 @@ fn route(method: &str, url: &str, body: &[u8]) -> Option<Call> {
     Some(Call {
         endpoint,
         out_trade_no: percent_decode(no),
+        out_refund_no: None,
+        transaction_id: None,
         query_mchid,
     })
+}
+
+/// Fills in the order a refund call is about, so that the order's faults
+/// apply: the one with the request's `transaction_id`, or the queried
+/// refund's.
+fn resolve(state: &State, mut call: Call) -> Call {
+    let found = match call.endpoint {
+        Endpoint::Refund => call.transaction_id.as_deref().and_then(|id| {
+            state
+                .orders
+                .iter()
+                .find(|(_, o)| o.transaction_id.as_deref() == Some(id))
+                .map(|(no, _)| no.clone())
+        }),
+        Endpoint::RefundQuery => call
+            .out_refund_no
+            .as_deref()
+            .and_then(|no| state.refunds.get(no))
+            .map(|r| r.refund.out_trade_no.clone()),
+        Endpoint::Query | Endpoint::Close | Endpoint::Prepay => None,
+    };
+    if let Some(no) = found {
+        call.out_trade_no = no;
+    }
+    call
 }
 
 pub(crate) fn percent_decode(s: &str) -> String {
@@ -98,7 +169,17 @@ pub(crate) fn api(shared: &Shared, req: &Incoming) -> Reply {
         Ok(mchid) => mchid,
         Err(reply) => return sign(shared, reply, &Faults::default()),
     };
-    let call = route(&req.method, &req.url, &req.body);
+    let call = route(&req.method, &req.url, &req.body).map(|call| {
+        let mut state = shared.state();
+        // Counted before faults: a refund retried after a fault is two
+        // requests.
+        match call.endpoint {
+            Endpoint::Refund => state.stats.refund_requests += 1,
+            Endpoint::RefundQuery => state.stats.refund_queries += 1,
+            Endpoint::Query | Endpoint::Close | Endpoint::Prepay => {}
+        }
+        resolve(&state, call)
+    });
     let faults = take_faults(shared, call.as_ref());
     if faults.latency_ms > 0 {
         thread::sleep(Duration::from_millis(faults.latency_ms));
@@ -118,11 +199,11 @@ pub(crate) fn api(shared: &Shared, req: &Incoming) -> Reply {
         api_answer(shared, req, call.as_ref(), &faults, &mchid),
         &faults,
     );
-    if let Some(call) = call.as_ref().filter(|c| !c.out_trade_no.is_empty()) {
+    if let Some(call) = call.as_ref().filter(|c| !c.answer_key().is_empty()) {
         shared
             .state()
             .last_answers
-            .insert(call.out_trade_no.clone(), reply.clone());
+            .insert(call.answer_key().to_owned(), reply.clone());
     }
     reply
 }
@@ -191,6 +272,10 @@ fn api_answer(
         Endpoint::Query => query(shared, call, mchid, faults),
         Endpoint::Close => close(shared, req, call, mchid, faults),
         Endpoint::Prepay => prepay(shared, req, mchid),
+        Endpoint::Refund => refund::create(shared, req, mchid),
+        Endpoint::RefundQuery => {
+            refund::query(shared, call.out_refund_no.as_deref().unwrap_or_default())
+        }
     }
 }
 
@@ -502,7 +587,7 @@ fn prepay(shared: &Shared, req: &Incoming, mchid: &str) -> Reply {
     Reply::json(200, &json!({ "code_url": order.code_url }))
 }
 
-fn json_content_type(req: &Incoming) -> Result<(), Reply> {
+pub(crate) fn json_content_type(req: &Incoming) -> Result<(), Reply> {
     if req
         .header("Content-Type")
         .is_some_and(|c| c.starts_with("application/json"))
@@ -627,6 +712,34 @@ mod tests {
                 "{field}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn routes_the_refund_endpoints() {
+        let c = route(
+            "POST",
+            "/v3/refund/domestic/refunds",
+            br#"{"transaction_id":"4200","out_refund_no":"R1"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                c.endpoint,
+                c.answer_key(),
+                c.transaction_id.as_deref(),
+                c.out_trade_no.as_str()
+            ),
+            (Endpoint::Refund, "R1", Some("4200"), "")
+        );
+        let c = route("GET", "/v3/refund/domestic/refunds/R%7C1@x", b"").unwrap();
+        assert_eq!(
+            (c.endpoint, c.answer_key()),
+            (Endpoint::RefundQuery, "R|1@x")
+        );
+        assert!(route("GET", "/v3/refund/domestic/refunds", b"").is_none());
+        assert!(route("POST", "/v3/refund/domestic/refunds/R1", b"").is_none());
+        assert!(route("GET", "/v3/refund/domestic/refunds/", b"").is_none());
+        assert!(route("GET", "/v3/refund/domestic/refunds/a/b", b"").is_none());
     }
 
     #[test]

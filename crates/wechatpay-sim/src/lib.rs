@@ -1,6 +1,7 @@
 //! A local stand-in for the WeChat Pay APIv3 endpoints order-timeout uses
-//! (Native prepay, query and close by `out_trade_no`) and for the payment
-//! notifications WeChat Pay sends, for tests, the demo and local development.
+//! (Native prepay, query and close by `out_trade_no`, domestic refunds and
+//! their query) and for the payment and refund notifications WeChat Pay
+//! sends, for tests, the demo and local development.
 //!
 //! It behaves like the real API where our code can tell the difference: it
 //! verifies request signatures with the merchant public key (401
@@ -16,6 +17,12 @@
 //! to it and retries on WeChat Pay's schedule (shortened by default) until a
 //! receiver answers 2xx. [`signed_notification`] builds the same requests for
 //! tests that craft their own.
+//!
+//! A refund answers `PROCESSING` and becomes final `SimConfig::refund_delay`
+//! later (`SUCCESS` unless the admin API asks for `ABNORMAL` or `CLOSED`);
+//! then its `REFUND.*` notification goes out the same way
+//! ([`signed_refund_notification`]). The same `out_refund_no` again answers
+//! the same refund and never refunds twice.
 //!
 //! It is embeddable: [`Simulator::start`] binds `127.0.0.1:0` and returns a
 //! handle with the bound address, so integration tests of other crates run it
@@ -34,6 +41,7 @@ mod http;
 mod keys;
 mod model;
 mod notify;
+mod refund;
 mod server;
 mod signing;
 
@@ -41,8 +49,10 @@ use std::time::Duration;
 
 pub use admin::{AdminClient, AdminError};
 pub use keys::{ApiV3Key, ClientFiles, KeyError, SimKeys, APIV3_KEY_FILE};
-pub use model::{Endpoint, Faults, Order, Stats};
-pub use notify::{encrypt_resource, signed_notification, SignedNotification};
+pub use model::{Endpoint, Faults, Order, SimRefund, Stats};
+pub use notify::{
+    encrypt_resource, signed_notification, signed_refund_notification, SignedNotification,
+};
 pub use server::{SimConfig, SimError, Simulator};
 
 /// Merchant id the simulator expects unless told otherwise.

@@ -1,5 +1,5 @@
-//! The simulator's data: orders as WeChat Pay would hold them, the faults to
-//! inject, and request and notification counters. Shared by the server and the admin client
+//! The simulator's data: orders and refunds as WeChat Pay would hold them,
+//! the faults to inject, and request and notification counters. Shared by the server and the admin client
 //! (they are the admin API's JSON bodies).
 
 use serde::{Deserialize, Serialize};
@@ -20,7 +20,8 @@ pub struct Order {
     pub currency: String,
     /// Answer without any `amount` object.
     pub omit_amount: bool,
-    /// Faults for requests about this order; they win over the global ones.
+    /// Faults for requests about this order (refunds of it included); they
+    /// win over the global ones.
     pub faults: Option<Faults>,
     /// `appid` of the prepay call (answers name a fixed test appid, or
     /// `SimConfig::appid`, when absent).
@@ -108,12 +109,59 @@ impl Order {
 
 /// Which API a fault applies to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum Endpoint {
     Query,
     Close,
     /// `POST /v3/pay/transactions/native`.
     Prepay,
+    /// `POST /v3/refund/domestic/refunds`.
+    Refund,
+    /// `GET /v3/refund/domestic/refunds/{out_refund_no}`.
+    RefundQuery,
+}
+
+/// One domestic refund as the simulator holds it (the admin API's answer
+/// about refunds). Created only by the refund API; the admin API can force
+/// its `status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SimRefund {
+    pub out_refund_no: String,
+    /// `50` and 28 digits.
+    pub refund_id: String,
+    pub transaction_id: String,
+    pub out_trade_no: String,
+    /// The merchant that asked for the refund (named in its notification).
+    pub mchid: String,
+    pub reason: Option<String>,
+    /// Where the refund notification goes when the refund becomes final
+    /// (none is sent when absent).
+    pub notify_url: Option<String>,
+    /// `PROCESSING`, then `SUCCESS`, `ABNORMAL` or `CLOSED`.
+    pub status: String,
+    /// Fen refunded.
+    pub refund: i64,
+    /// Fen: the order's total.
+    pub total: i64,
+    /// Fen the payer paid for the order.
+    pub payer_total: i64,
+    pub currency: String,
+    /// RFC 3339, China Standard Time.
+    pub create_time: String,
+    /// RFC 3339, China Standard Time; only while `SUCCESS`.
+    pub success_time: Option<String>,
+    /// The final status this refund takes instead of the global refund
+    /// outcome (`PUT /sim/refunds/{out_refund_no}` `{"outcome": ...}`).
+    pub outcome: Option<String>,
+    /// Read-only counters, filled in by the simulator: refund requests
+    /// naming this `out_refund_no` (the first and its repeats), queries.
+    pub requests: u64,
+    pub queries: u64,
+    /// Delivery attempts of this refund's notifications.
+    pub notify_attempts: u64,
+    /// Whether a notification receiver answered 2xx.
+    pub notify_delivered: bool,
 }
 
 /// Faults to inject into API answers (never into the admin API).
@@ -152,7 +200,8 @@ pub struct Faults {
     pub omit_mchid: bool,
     /// Instead of answering, send again, byte for byte and with its
     /// original signature headers, the last signed answer given about this
-    /// `out_trade_no` (a replayed answer).
+    /// `out_trade_no` (or, for the refund endpoints, this `out_refund_no`):
+    /// a replayed answer.
     pub replay_answer_of: Option<String>,
     /// Only for this endpoint (every endpoint when absent).
     pub only: Option<Endpoint>,
@@ -171,13 +220,23 @@ pub struct Stats {
     pub closes: u64,
     /// Native prepay calls not answered by an injected fault status.
     pub prepays: u64,
+    /// Refund requests (`POST /v3/refund/domestic/refunds`) that passed
+    /// the header and signature checks, including those answered by an
+    /// injected fault and repeats of an earlier `out_refund_no`.
+    pub refund_requests: u64,
+    /// Distinct refunds created.
+    pub refunds_created: u64,
+    /// Refund queries that passed the header and signature checks,
+    /// including those answered by an injected fault.
+    pub refund_queries: u64,
     /// Requests refused with 401 `SIGN_ERROR`.
     pub bad_signatures: u64,
     /// Requests refused with 400 `INVALID_REQUEST` (missing headers).
     pub invalid_requests: u64,
     /// Answers replaced by an injected fault status.
     pub faults_injected: u64,
-    /// Payment notification delivery attempts (first sends and retries).
+    /// Payment and refund notification delivery attempts (first sends and
+    /// retries).
     pub notifications_sent: u64,
     /// Notifications a receiver answered with 2xx.
     pub notifications_delivered: u64,

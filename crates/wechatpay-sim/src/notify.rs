@@ -1,17 +1,21 @@
-//! Payment notifications: what WeChat Pay POSTs to an order's `notify_url`
-//! once the buyer paid, and the small pool of sender threads that delivers
-//! them and retries on a schedule.
+//! Payment and refund notifications: what WeChat Pay POSTs to an order's
+//! `notify_url` once the buyer paid, or to a refund's once the refund is
+//! final, and the small pool of sender threads that delivers them and
+//! retries on a schedule.
 //!
 //! It exists so that the merchant's notification receiver can be tested
 //! against the real format: a JSON envelope whose `resource` is the
-//! transaction (as the query answers it) encrypted with AES-256-GCM under
-//! the merchant's APIv3 key, signed like an API answer. [`signed_notification`]
-//! is public so that tests and benchmarks can craft notifications (tampered,
-//! stale, pre-signed by the thousand) with the very code the sender uses.
+//! transaction (as the query answers it) or the refund, encrypted with
+//! AES-256-GCM under the merchant's APIv3 key, signed like an API answer.
+//! [`signed_notification`] and [`signed_refund_notification`] are public so
+//! that tests and benchmarks can craft notifications (tampered, stale,
+//! pre-signed by the thousand) with the very code the sender uses.
 //!
-//! Delivery: a fixed pool of [`SENDER_THREADS`] threads takes jobs from one
+//! Delivery: a fixed pool of [`SENDER_THREADS`] threads takes tasks from one
 //! delay queue (a binary heap by due time under a mutex and condition
 //! variable), so a burst of payments never spawns a thread per notification.
+//! The same queue holds the moment each processing refund becomes final, so
+//! that its notification goes out even when nobody reads the refund.
 //! A failed attempt (non-2xx, connection error, [`ATTEMPT_TIMEOUT`]) is put
 //! back with the next wait of `SimConfig::notify_schedule` and sent again
 //! with a fresh timestamp, nonce and signature; the envelope (its `id` and
@@ -30,7 +34,8 @@ use rand::Rng;
 use serde_json::json;
 
 use crate::keys::SimKeys;
-use crate::server::{unix_now, Shared};
+use crate::model::SimRefund;
+use crate::server::{unix_now, Shared, State};
 use crate::signing;
 
 /// Sender threads per simulator.
@@ -98,12 +103,81 @@ pub fn signed_notification(
     SignedNotification { headers, body }
 }
 
-/// The JSON envelope with the encrypted transaction.
+/// Like [`signed_notification`], a complete refund notification about
+/// `refund` (its plaintext: `mchid`, `out_trade_no`, `transaction_id`,
+/// `out_refund_no`, `refund_id`, `refund_status`, `success_time`,
+/// `user_received_account`, `amount`), encrypted with `associated_data`
+/// and `original_type` `refund`. Its `event_type` and `summary` follow
+/// `refund_status`: `REFUND.SUCCESS` 退款成功, `REFUND.ABNORMAL` 退款异常,
+/// `REFUND.CLOSED` 退款关闭 (any other status `REFUND.<status>`).
+///
+/// # Panics
+///
+/// When `apiv3_key` is not 32 bytes long (or OpenSSL fails).
+#[must_use]
+pub fn signed_refund_notification(
+    keys: &SimKeys,
+    serial: &str,
+    apiv3_key: &[u8],
+    refund: &serde_json::Value,
+    timestamp: u64,
+) -> SignedNotification {
+    let status = refund["refund_status"].as_str().unwrap_or_default();
+    let body = event_body(apiv3_key, &Event::refund(status), refund, timestamp);
+    let headers = signature_headers(keys, serial, &body, timestamp);
+    SignedNotification { headers, body }
+}
+
+/// What a notification announces: its envelope's `event_type` and
+/// `summary`, and what its resource holds.
+struct Event {
+    /// `event_type`.
+    kind: String,
+    summary: &'static str,
+    /// `resource.original_type`, also its `associated_data`.
+    original_type: &'static str,
+}
+
+impl Event {
+    fn payment() -> Self {
+        Self {
+            kind: "TRANSACTION.SUCCESS".to_owned(),
+            summary: "支付成功",
+            original_type: "transaction",
+        }
+    }
+
+    fn refund(status: &str) -> Self {
+        let summary = match status {
+            "SUCCESS" => "退款成功",
+            "ABNORMAL" => "退款异常",
+            "CLOSED" => "退款关闭",
+            _ => "退款状态变更",
+        };
+        Self {
+            kind: format!("REFUND.{status}"),
+            summary,
+            original_type: "refund",
+        }
+    }
+}
+
+/// The `TRANSACTION.SUCCESS` envelope with the encrypted transaction.
 fn notification_body(apiv3_key: &[u8], transaction: &serde_json::Value, timestamp: u64) -> Vec<u8> {
+    event_body(apiv3_key, &Event::payment(), transaction, timestamp)
+}
+
+/// The JSON envelope with the encrypted resource.
+fn event_body(
+    apiv3_key: &[u8],
+    event: &Event,
+    resource: &serde_json::Value,
+    timestamp: u64,
+) -> Vec<u8> {
     let mut rng = rand::rng();
     let nonce = Alphanumeric.sample_string(&mut rng, 12);
-    let plaintext = transaction.to_string();
-    let ciphertext = encrypt_resource(apiv3_key, &nonce, "transaction", plaintext.as_bytes());
+    let plaintext = resource.to_string();
+    let ciphertext = encrypt_resource(apiv3_key, &nonce, event.original_type, plaintext.as_bytes());
     // A version 4 UUID, as WeChat Pay's notification ids look.
     let r: u128 = rng.random();
     let r = (((r & !(0xF << 76)) | (0x4 << 76)) & !(0x3 << 62)) | (0x2 << 62);
@@ -119,13 +193,13 @@ fn notification_body(apiv3_key: &[u8], transaction: &serde_json::Value, timestam
         "id": id,
         "create_time": rfc3339_beijing(timestamp),
         "resource_type": "encrypt-resource",
-        "event_type": "TRANSACTION.SUCCESS",
-        "summary": "支付成功",
+        "event_type": event.kind,
+        "summary": event.summary,
         "resource": {
-            "original_type": "transaction",
+            "original_type": event.original_type,
             "algorithm": "AEAD_AES_256_GCM",
             "ciphertext": ciphertext,
-            "associated_data": "transaction",
+            "associated_data": event.original_type,
             "nonce": nonce,
         },
     });
@@ -170,6 +244,7 @@ fn signature_headers(
 /// One notification to deliver.
 #[derive(Debug)]
 pub(crate) struct Job {
+    /// The order it is about (for a refund notification, the refunded one).
     out_trade_no: String,
     url: String,
     /// Built once: every attempt sends the same envelope, freshly signed.
@@ -180,31 +255,71 @@ pub(crate) struct Job {
     epoch: u64,
 }
 
-/// The first attempt of the notification about `transaction`, built now.
-pub(crate) fn job(
+/// Whose counters a notification's attempts go to.
+#[derive(Debug)]
+pub(crate) enum Subject {
+    /// The order's (`Job::out_trade_no`).
+    Payment,
+    /// The refund's with this `out_refund_no`.
+    Refund(String),
+}
+
+/// Work for the sender threads.
+#[derive(Debug)]
+pub(crate) enum Task {
+    /// One attempt to deliver a notification.
+    Deliver(Subject, Job),
+    /// Make this refund final if it is still processing and due (its
+    /// notification follows).
+    SettleRefund { out_refund_no: String, epoch: u64 },
+}
+
+/// The first attempt of the payment notification about `transaction`,
+/// built now.
+pub(crate) fn payment_task(
     shared: &Shared,
     out_trade_no: &str,
     url: &str,
     transaction: &serde_json::Value,
-) -> Job {
-    Job {
+) -> Task {
+    let job = Job {
         out_trade_no: out_trade_no.to_owned(),
         url: url.to_owned(),
         body: notification_body(shared.config.apiv3_key.as_bytes(), transaction, unix_now()),
         attempts: 0,
-        epoch: shared.notifier.epoch.load(Ordering::SeqCst),
-    }
+        epoch: shared.notifier.epoch(),
+    };
+    Task::Deliver(Subject::Payment, job)
 }
 
-struct Pending {
+/// The first attempt of the notification about `refund` (in its current,
+/// final status) to `url`, built now.
+pub(crate) fn refund_task(shared: &Shared, refund: &SimRefund, url: &str) -> Task {
+    let plaintext = crate::refund::notification_json(refund);
+    let job = Job {
+        out_trade_no: refund.out_trade_no.clone(),
+        url: url.to_owned(),
+        body: event_body(
+            shared.config.apiv3_key.as_bytes(),
+            &Event::refund(&refund.status),
+            &plaintext,
+            unix_now(),
+        ),
+        attempts: 0,
+        epoch: shared.notifier.epoch(),
+    };
+    Task::Deliver(Subject::Refund(refund.out_refund_no.clone()), job)
+}
+
+struct Pending<T> {
     due: Instant,
     seq: u64,
-    job: Job,
+    job: T,
 }
 
 // Ordered so that `BinaryHeap` (a max-heap) pops the earliest due first, in
 // queueing order among equals.
-impl Ord for Pending {
+impl<T> Ord for Pending<T> {
     fn cmp(&self, other: &Self) -> CmpOrdering {
         other
             .due
@@ -213,44 +328,58 @@ impl Ord for Pending {
     }
 }
 
-impl PartialOrd for Pending {
+impl<T> PartialOrd for Pending<T> {
     fn partial_cmp(&self, other: &Self) -> Option<CmpOrdering> {
         Some(self.cmp(other))
     }
 }
 
-impl PartialEq for Pending {
+impl<T> PartialEq for Pending<T> {
     fn eq(&self, other: &Self) -> bool {
         self.cmp(other) == CmpOrdering::Equal
     }
 }
 
-impl Eq for Pending {}
+impl<T> Eq for Pending<T> {}
 
-#[derive(Default)]
-struct Queue {
-    pending: BinaryHeap<Pending>,
+struct Queue<T> {
+    pending: BinaryHeap<Pending<T>>,
     seq: u64,
     stop: bool,
 }
 
-/// The delay queue the sender threads share.
-#[derive(Default)]
-pub(crate) struct Notifier {
-    queue: Mutex<Queue>,
+/// The delay queue the sender threads share (of [`Task`]s; generic only so
+/// that its unit test can queue bare jobs).
+pub(crate) struct Notifier<T = Task> {
+    queue: Mutex<Queue<T>>,
     wake: Condvar,
     epoch: AtomicU64,
 }
 
-impl Notifier {
-    fn lock(&self) -> MutexGuard<'_, Queue> {
+// By hand: the derive would demand `T: Default`.
+impl<T> Default for Notifier<T> {
+    fn default() -> Self {
+        Self {
+            queue: Mutex::new(Queue {
+                pending: BinaryHeap::new(),
+                seq: 0,
+                stop: false,
+            }),
+            wake: Condvar::new(),
+            epoch: AtomicU64::new(0),
+        }
+    }
+}
+
+impl<T> Notifier<T> {
+    fn lock(&self) -> MutexGuard<'_, Queue<T>> {
         // Every update is a single push or pop: a poisoned lock is usable.
         self.queue
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    pub(crate) fn enqueue(&self, job: Job, due: Instant) {
+    pub(crate) fn enqueue(&self, job: T, due: Instant) {
         let mut queue = self.lock();
         queue.seq += 1;
         let seq = queue.seq;
@@ -271,12 +400,17 @@ impl Notifier {
         self.wake.notify_all();
     }
 
-    fn current(&self, job: &Job) -> bool {
-        job.epoch == self.epoch.load(Ordering::SeqCst)
+    /// The current epoch: tasks queued in an earlier one are stale.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    fn current(&self, epoch: u64) -> bool {
+        epoch == self.epoch()
     }
 
     /// The next job that is due, waiting for it; `None` once stopped.
-    fn next(&self) -> Option<Job> {
+    fn next(&self) -> Option<T> {
         let mut queue = self.lock();
         loop {
             if queue.stop {
@@ -320,8 +454,14 @@ pub(crate) fn start_senders(shared: &Arc<Shared>) -> std::io::Result<Vec<JoinHan
         let spawned = thread::Builder::new()
             .name("wechatpay-sim-notify".to_owned())
             .spawn(move || {
-                while let Some(job) = mine.notifier.next() {
-                    deliver(&mine, &agent, job);
+                while let Some(task) = mine.notifier.next() {
+                    match task {
+                        Task::Deliver(subject, job) => deliver(&mine, &agent, subject, job),
+                        Task::SettleRefund {
+                            out_refund_no,
+                            epoch,
+                        } => settle_refund(&mine, &out_refund_no, epoch),
+                    }
                 }
             });
         match spawned {
@@ -335,6 +475,39 @@ pub(crate) fn start_senders(shared: &Arc<Shared>) -> std::io::Result<Vec<JoinHan
     Ok(threads)
 }
 
+/// A refund's moment to become final has come (unless a read made it final
+/// already, or the admin API held it): settle it and queue its notification.
+fn settle_refund(shared: &Shared, out_refund_no: &str, epoch: u64) {
+    if !shared.notifier.current(epoch) {
+        return;
+    }
+    let task = crate::refund::settle_if_due(shared, &mut shared.state(), out_refund_no);
+    if let Some(task) = task {
+        shared.notifier.enqueue(task, Instant::now());
+    }
+}
+
+/// The attempt and delivery counters of the order or refund a notification
+/// is about, if it still exists.
+fn counters<'s>(
+    state: &'s mut State,
+    subject: &Subject,
+    out_trade_no: &str,
+) -> Option<(&'s mut u64, &'s mut bool)> {
+    match subject {
+        Subject::Payment => state
+            .orders
+            .get_mut(out_trade_no)
+            .map(|o| (&mut o.notify_attempts, &mut o.notify_delivered)),
+        Subject::Refund(no) => state.refunds.get_mut(no).map(|r| {
+            (
+                &mut r.refund.notify_attempts,
+                &mut r.refund.notify_delivered,
+            )
+        }),
+    }
+}
+
 /// How one attempt went.
 enum Attempt {
     Delivered(u16),
@@ -343,8 +516,8 @@ enum Attempt {
 }
 
 /// One attempt: sign afresh, POST, count, and queue the retry if any.
-fn deliver(shared: &Shared, agent: &ureq::Agent, mut job: Job) {
-    if !shared.notifier.current(&job) {
+fn deliver(shared: &Shared, agent: &ureq::Agent, subject: Subject, mut job: Job) {
+    if !shared.notifier.current(job.epoch) {
         return;
     }
     let headers = signature_headers(
@@ -357,8 +530,8 @@ fn deliver(shared: &Shared, agent: &ureq::Agent, mut job: Job) {
     {
         let mut state = shared.state();
         state.stats.notifications_sent += 1;
-        if let Some(order) = state.orders.get_mut(&job.out_trade_no) {
-            order.notify_attempts += 1;
+        if let Some((attempts, _)) = counters(&mut state, &subject, &job.out_trade_no) {
+            *attempts += 1;
         }
     }
     let mut request = agent
@@ -381,19 +554,23 @@ fn deliver(shared: &Shared, agent: &ureq::Agent, mut job: Job) {
         }
         Err(e) => Attempt::Unreachable(e.to_string()),
     };
-    if !shared.notifier.current(&job) {
+    if !shared.notifier.current(job.epoch) {
         return;
     }
-    let (no, n) = (&job.out_trade_no, job.attempts);
+    let n = job.attempts;
+    let what = match &subject {
+        Subject::Payment => format!("notification for {}", job.out_trade_no),
+        Subject::Refund(no) => format!("refund notification for {no}"),
+    };
     let why = match outcome {
         Attempt::Delivered(status) => {
             let mut state = shared.state();
             state.stats.notifications_delivered += 1;
-            if let Some(order) = state.orders.get_mut(no) {
-                order.notify_delivered = true;
+            if let Some((_, delivered)) = counters(&mut state, &subject, &job.out_trade_no) {
+                *delivered = true;
             }
             drop(state);
-            log::info!("notification for {no} delivered (attempt {n}, answer {status})");
+            log::info!("{what} delivered (attempt {n}, answer {status})");
             return;
         }
         Attempt::Refused(status) => format!("answer {status}"),
@@ -403,12 +580,14 @@ fn deliver(shared: &Shared, agent: &ureq::Agent, mut job: Job) {
     match shared.config.notify_schedule.get(n - 1) {
         Some(&wait) => {
             log::info!(
-                "notification for {no} failed (attempt {n}: {why}); again in {} ms",
+                "{what} failed (attempt {n}: {why}); again in {} ms",
                 wait.as_millis()
             );
-            shared.notifier.enqueue(job, Instant::now() + wait);
+            shared
+                .notifier
+                .enqueue(Task::Deliver(subject, job), Instant::now() + wait);
         }
-        None => log::warn!("notification for {no} failed (attempt {n}: {why}); giving up"),
+        None => log::warn!("{what} failed (attempt {n}: {why}); giving up"),
     }
 }
 

@@ -6,7 +6,8 @@
 //! It exists so that the lifecycle and the shared types live in one place,
 //! while what each endpoint does lives in its own module: `api` (the WeChat
 //! Pay endpoints), `auth` (request checks), `signing` (response signatures),
-//! `admin_api` (the `/sim/` endpoints) and `notify` (payment notifications).
+//! `admin_api` (the `/sim/` endpoints), `refund` (refunds) and `notify`
+//! (payment and refund notifications).
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -22,6 +23,7 @@ use crate::http::{self, Live, Request as Incoming, Response};
 use crate::keys::{ApiV3Key, ClientFiles, KeyError, SimKeys};
 use crate::model::{Faults, Order, Stats};
 use crate::notify::{self, Notifier};
+use crate::refund::RefundRecord;
 use crate::{admin_api, api};
 
 /// How long a shutdown waits for requests in hand (e.g. injected latency).
@@ -51,6 +53,10 @@ pub struct SimConfig {
     /// the simulator gives up. Default: [`crate::WECHATPAY_NOTIFY_SCHEDULE`]
     /// divided by 100 (150 ms, 150 ms, 300 ms, 1.8 s, ... 216 s).
     pub notify_schedule: Vec<Duration>,
+    /// How long a refund stays `PROCESSING` before it becomes final (200 ms
+    /// unless told otherwise; `PUT /sim/refunds/outcome` can change it
+    /// while running).
+    pub refund_delay: Duration,
 }
 
 impl Default for SimConfig {
@@ -66,6 +72,7 @@ impl Default for SimConfig {
                 .iter()
                 .map(|d| *d / 100)
                 .collect(),
+            refund_delay: Duration::from_millis(200),
         }
     }
 }
@@ -90,8 +97,16 @@ pub(crate) struct State {
     pub(crate) stats: Stats,
     /// The last signed API answer about each `out_trade_no`, for replays.
     pub(crate) last_answers: HashMap<String, Reply>,
-    /// Send no payment notification at all (each counted as dropped).
+    /// Send no payment or refund notification at all (each counted as
+    /// dropped).
     pub(crate) drop_notifications: bool,
+    /// Refunds by `out_refund_no`.
+    pub(crate) refunds: HashMap<String, RefundRecord>,
+    /// The final status of refunds without their own outcome (`SUCCESS`
+    /// when `None`).
+    pub(crate) refund_outcome: Option<String>,
+    /// Replaces `SimConfig::refund_delay` for refunds created from now on.
+    pub(crate) refund_delay: Option<Duration>,
 }
 
 pub(crate) struct Shared {

@@ -10,7 +10,7 @@ use clap::Parser;
 use wechatpay_sim::{ApiV3Key, SimConfig, SimKeys, Simulator};
 
 /// A local WeChat Pay APIv3 simulator (Native prepay, query and close of
-/// payment orders, payment notifications).
+/// payment orders, domestic refunds, payment and refund notifications).
 ///
 /// Keys come from --key-dir: loaded if it holds them, generated and written
 /// there otherwise. The APIv3 key comes from --apiv3-key-file, else from
@@ -53,6 +53,10 @@ struct Args {
     /// WeChat Pay's schedule divided by 100.
     #[arg(long, env = "WECHATPAY_SIM_NOTIFY_SCHEDULE", value_parser = parse_schedule)]
     notify_schedule: Option<Schedule>,
+    /// How long a refund stays PROCESSING before it becomes final, e.g.
+    /// `200ms` or `2s` (units ms, s, m, h). Default: 200ms.
+    #[arg(long, env = "WECHATPAY_SIM_REFUND_DELAY", value_parser = parse_duration)]
+    refund_delay: Option<Duration>,
 }
 
 /// Retry waits of `--notify-schedule`.
@@ -65,25 +69,28 @@ fn parse_schedule(text: &str) -> Result<Schedule, String> {
         return Ok(Schedule(Vec::new()));
     }
     text.split(',')
-        .map(|part| {
-            let part = part.trim();
-            let split = part
-                .find(|c: char| !c.is_ascii_digit())
-                .unwrap_or(part.len());
-            let (number, unit) = part.split_at(split);
-            let n: u64 = number
-                .parse()
-                .map_err(|_| format!("{part:?} is not a whole number with a unit"))?;
-            match unit {
-                "ms" => Ok(Duration::from_millis(n)),
-                "s" => Ok(Duration::from_secs(n)),
-                "m" => Ok(Duration::from_mins(n)),
-                "h" => Ok(Duration::from_hours(n)),
-                _ => Err(format!("{part:?} needs a unit: ms, s, m or h")),
-            }
-        })
+        .map(parse_duration)
         .collect::<Result<_, _>>()
         .map(Schedule)
+}
+
+/// A whole number with a unit: `150ms`, `2s`, `1m`, `1h`.
+fn parse_duration(part: &str) -> Result<Duration, String> {
+    let part = part.trim();
+    let split = part
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(part.len());
+    let (number, unit) = part.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{part:?} is not a whole number with a unit"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_mins(n)),
+        "h" => Ok(Duration::from_hours(n)),
+        _ => Err(format!("{part:?} needs a unit: ms, s, m or h")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -139,6 +146,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
             .notify_schedule
             .clone()
             .map_or(defaults.notify_schedule, |s| s.0),
+        refund_delay: args.refund_delay.unwrap_or(defaults.refund_delay),
     };
     let sim = Simulator::start(&args.listen, &keys, config).with_context(|| {
         format!(
@@ -155,7 +163,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
     // Scripts read the env lines from a pipe: make sure they are out.
     std::io::Write::flush(&mut std::io::stdout()).context("cannot write to stdout")?;
     log::info!(
-        "admin API at {}/sim/ (orders, pay, notify, faults, notifications, stats, reset)",
+        "admin API at {}/sim/ (orders, pay, notify, faults, notifications, refunds, stats, reset)",
         sim.base_url()
     );
     loop {

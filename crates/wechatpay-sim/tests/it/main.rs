@@ -1,10 +1,11 @@
 //! Integration tests of the simulator: its admin API, what it demands of
-//! requests, what it signs, Native prepay, payment notifications, and the
-//! binary.
+//! requests, what it signs, Native prepay, payment notifications, refunds,
+//! and the binary.
 
 mod admin;
 mod binary;
 mod notifications;
 mod prepay;
 mod protocol;
+mod refunds;
 mod support;
