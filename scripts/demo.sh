@@ -7,10 +7,11 @@
 # the notification lost (the worker compensates at the deadline), trying to
 # pay after the deadline (WeChat Pay refuses: the prepay's time_expire is
 # the deadline), paying a wrong amount, paying from a stale checkout page
-# after the close. Prints what became of each order and of the stock, with
-# the conservation check. Stops everything it started, also on Ctrl-C. Exit
-# 0 when every order ended as its payment state demands and stock is
-# conserved.
+# after the close (the worker refunds it, exactly once). Prints what
+# became of each order and of the stock, with the conservation check. Stops
+# everything it started, also on Ctrl-C. Exit 0 when every order ended as
+# its payment state demands, every payment after close was refunded and
+# stock is conserved.
 #
 # Uses its own database (order_timeout_demo, recreated each run) and RabbitMQ
 # vhost (order_timeout_demo), so it never touches other data. Needs psql and
@@ -132,7 +133,8 @@ curl -sf "$API/readyz" >/dev/null || { echo "demo: the front door did not become
 echo "front door at $API (shop API token in $WORK/api.token)"
 producer relay --poll-interval 100ms 2>"$WORK/relay.log" &
 PIDS+=($!)
-"$BIN/order-timeout-worker" --concurrency 4 --summary-interval 1h 2>"$WORK/worker.log" &
+REFUND_INTERVAL=1s WECHATPAY_REFUND_NOTIFY_URL="$API/wechatpay/notify/refund" \
+    "$BIN/order-timeout-worker" --concurrency 4 --summary-interval 1h 2>"$WORK/worker.log" &
 WORKER=$!
 PIDS+=($WORKER)
 
@@ -167,7 +169,7 @@ new_order E "paid at once, notification lost" paid CAKE:1
 new_order F "tries to pay 2 s after the deadline" closed TEA:3
 new_order G "payment failed (PAYERROR)" closed MUG:1
 new_order H "paid 1 fen instead of the total (a tampered payment)" needs-human TEA:1
-new_order I "no payment order at the deadline, pays 2 s later from a stale page" closed TEA:1
+new_order I "no payment order at the deadline, pays 2 s later from a stale page (refunded)" closed TEA:1
 for no in "${ORDERS[@]}"; do printf '  %s  %-14s %s\n' "$no" "${ITEMS[$no]}" "${LABEL[$no]}"; done
 
 say "buyers get their WeChat Pay code (Native prepay, time_expire = the deadline)"
@@ -214,8 +216,10 @@ tail -n +1 -f --pid="$WORKER" "$WORK/worker.log" 2>/dev/null |
     grep --line-buffered -E "order [0-9A-Z]+:" | sed -u 's/^\[[^]]*\] */  /' &
 TAIL=$!
 deadline=$((SECONDS + 60))
-# Until every order is settled (or waits for a human) and every recheck done.
-while [ "$(demo_psql "SELECT count(*) FROM orders WHERE (status = 'pending_payment' AND anomaly IS NULL) OR recheck_at IS NOT NULL")" != 0 ]; do
+# Until every order is settled (or waits for a human), every recheck done
+# and every refund finished.
+while [ "$(demo_psql "SELECT (SELECT count(*) FROM orders WHERE (status = 'pending_payment' AND anomaly IS NULL) OR recheck_at IS NOT NULL)
+                           + (SELECT count(*) FROM refunds WHERE status IN ('requested', 'processing'))")" != 0 ]; do
     if [ $SECONDS -ge $deadline ]; then echo "demo: orders still pending after 60 s" >&2; break; fi
     sleep 0.5
 done
@@ -227,11 +231,12 @@ say "result"
 ok=0
 printf '%-28s %-10s %-12s %-12s %s\n' ORDER "AT WECHAT" EXPECTED OUTCOME "WHAT HAPPENED"
 for no in "${ORDERS[@]}"; do
-    IFS='|' read -r status reason payments late anomaly recheck <<<"$(demo_psql "SELECT o.status, coalesce(o.close_reason, ''),
+    IFS='|' read -r status reason payments late anomaly recheck refund <<<"$(demo_psql "SELECT o.status, coalesce(o.close_reason, ''),
         (SELECT count(*) FROM payments p WHERE p.order_id = o.id),
         (SELECT count(*) FROM payments p WHERE p.order_id = o.id AND p.paid_after_close),
         coalesce(o.anomaly, ''),
-        coalesce((SELECT e.detail FROM order_events e WHERE e.order_id = o.id AND e.kind = 'recheck'), '')
+        coalesce((SELECT e.detail FROM order_events e WHERE e.order_id = o.id AND e.kind = 'recheck'), ''),
+        coalesce((SELECT string_agg(r.status, ',') FROM refunds r WHERE r.order_id = o.id), '')
         FROM orders o WHERE order_no = '$no'")"
     wechat="$( (curl -sf "$SIM/sim/orders/$no" || true) | sed -n 's/.*"trade_state":"\([A-Z]*\)".*/\1/p')"
     [ -n "$wechat" ] || wechat="(none)"
@@ -242,7 +247,8 @@ for no in "${ORDERS[@]}"; do
         pending_payment) [ -z "$anomaly" ] || { status=needs-human; what="$what -> $anomaly: not paid, not closed, stock held"; } ;;
     esac
     [ -z "$recheck" ] || what="$what; recheck: $recheck"
-    [ "$late" = 0 ] || what="$what; PAID AFTER CLOSE: $late payment to refund"
+    [ "$late" = 0 ] || what="$what; PAID AFTER CLOSE: $late payment, refund $refund"
+    [ "$late" = 0 ] || [ "$refund" = succeeded ] || { what="$what (NOT REFUNDED)"; ok=1; }
     mark="ok"
     if [ "$status" != "${EXPECT[$no]}" ]; then mark="MISMATCH"; ok=1; fi
     printf '%-28s %-10s %-12s %-12s %s [%s]\n' "$no" "$wechat" "${EXPECT[$no]}" "$status" "$what" "$mark"
@@ -262,7 +268,7 @@ done <<<"$(demo_psql "SELECT s.code, s.stock,
 
 parked="$(producer status 2>/dev/null | awk '/queue.ordertimeout.parked/ {print $2}')"
 echo
-echo "parked messages: ${parked:-?}; payments to refund: $(demo_psql "SELECT count(*) FROM payments WHERE paid_after_close"); orders that need a human: $(demo_psql "SELECT count(*) FROM orders WHERE anomaly IS NOT NULL")"
+echo "parked messages: ${parked:-?}; payments after close: $(demo_psql "SELECT count(*) FROM payments WHERE paid_after_close"), refunded: $(demo_psql "SELECT count(*) FROM refunds WHERE status = 'succeeded'"); orders that need a human: $(demo_psql "SELECT count(*) FROM orders WHERE anomaly IS NOT NULL")"
 echo "(the demo database $DEMO_DB and vhost $DEMO_VHOST stay for a look: DATABASE_URL=$DATABASE_URL order-producer status)"
 if [ $ok -eq 0 ]; then
     echo "demo: every order settled as its payment state demands; stock conserved"

@@ -55,7 +55,11 @@ pub fn print(
         domain::unpublished_count(db)?
     )?;
     let refunds = domain::paid_after_close_count(db)?;
-    writeln!(out, "paid after close (refund needed): {refunds}")?;
+    writeln!(
+        out,
+        "paid after close (each refunded automatically): {refunds}"
+    )?;
+    print_refunds(out, db)?;
     let needs_human = domain::needs_human_count(db)?;
     writeln!(
         out,
@@ -96,4 +100,36 @@ pub fn print(
         ok &= b.is_conserved();
     }
     Ok(ok)
+}
+
+/// Refunds by status, and those parked for a human with why.
+fn print_refunds(out: &mut impl Write, db: &mut PgConnection) -> anyhow::Result<()> {
+    let by_status: Vec<String> = domain::refund_counts(db)?
+        .iter()
+        .map(|(s, n)| format!("{s} {n}"))
+        .collect();
+    writeln!(
+        out,
+        "refunds: {}",
+        if by_status.is_empty() {
+            "none".to_owned()
+        } else {
+            by_status.join(", ")
+        }
+    )?;
+    let parked = domain::refunds_needing_human(db, NEEDS_HUMAN_SHOWN)?;
+    writeln!(out, "refunds that need a human: {}", parked.len())?;
+    for r in &parked {
+        writeln!(
+            out,
+            "  {}  order {}  {}  {}  transaction {}: {}",
+            r.out_refund_no,
+            r.order_no,
+            r.amount,
+            r.status,
+            r.transaction_id,
+            r.needs_human.as_deref().unwrap_or("")
+        )?;
+    }
+    Ok(())
 }

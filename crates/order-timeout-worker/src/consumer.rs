@@ -48,6 +48,8 @@ pub struct ConsumerSettings {
     pub sweep_batch: i64,
     /// How often the summary line is logged.
     pub summary_interval: Duration,
+    /// How often due refunds are claimed and acted on.
+    pub refund_interval: Duration,
 }
 
 /// The settling worker: consumer lanes, the sweep and the summary.
@@ -110,6 +112,7 @@ impl Worker {
         std::thread::scope(|scope| {
             scope.spawn(|| self.sweep_loop(stop));
             scope.spawn(|| self.summary_loop(stop));
+            scope.spawn(|| self.refund_loop(stop));
             // Jittered, so that workers cut off by one broker restart do not
             // all come back on the same schedule.
             let mut reconnect = Backoff::new(Duration::from_millis(200), MAX_RECONNECT_BACKOFF);

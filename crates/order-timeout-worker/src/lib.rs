@@ -6,6 +6,7 @@
 pub mod consumer;
 pub mod dispose;
 pub mod lane;
+pub mod refund;
 pub mod settle;
 pub mod stats;
 pub mod sweep;
@@ -23,6 +24,7 @@ use service::{parse_duration, BrokerArgs, DatabaseArgs, UsageError};
 
 pub use consumer::{ConsumerSettings, Worker};
 pub use dispose::{dispose, Disposition};
+pub use refund::{RefundReport, RefundStep};
 pub use settle::{Settlement, Settler, Trigger};
 pub use sweep::SweepReport;
 
@@ -114,6 +116,15 @@ pub struct RunArgs {
     /// parked) is logged.
     #[arg(long, env = "SUMMARY_INTERVAL", default_value = "60s", value_parser = parse_duration)]
     pub summary_interval: Duration,
+    /// How often refunds of payments after close that are due are requested
+    /// at WeChat Pay or followed there.
+    #[arg(long, env = "REFUND_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub refund_interval: Duration,
+    /// Where WeChat Pay sends refund notifications: the public https URL of
+    /// the front door's `POST /wechatpay/notify/refund`. Optional: without
+    /// it the worker follows refunds by asking WeChat Pay.
+    #[arg(long, env = "WECHATPAY_REFUND_NOTIFY_URL")]
+    pub refund_notify_url: Option<String>,
 }
 
 fn parse_order_no(s: &str) -> Result<OrderNo, String> {
@@ -146,7 +157,9 @@ pub fn prepare(cli: &Cli) -> anyhow::Result<Settler> {
         ))
         .into());
     }
-    Ok(Settler::new(pool, Arc::new(client)).with_recheck_after(cli.run.recheck_after))
+    Ok(Settler::new(pool, Arc::new(client))
+        .with_recheck_after(cli.run.recheck_after)
+        .with_refund_notify_url(cli.run.refund_notify_url.clone()))
 }
 
 /// Runs the worker (or `settle`). `stop` is raised by SIGTERM/SIGINT.
@@ -172,6 +185,7 @@ pub fn run(cli: &Cli, stop: &Arc<AtomicBool>) -> anyhow::Result<ExitCode> {
         sweep_grace: cli.run.sweep_grace,
         sweep_batch: cli.run.sweep_batch,
         summary_interval: cli.run.summary_interval,
+        refund_interval: cli.run.refund_interval,
     };
     let worker = Worker::new(settler, topology, amqp, settings);
     worker.run(stop);
@@ -220,6 +234,24 @@ fn settle_now(settler: &Settler, order_no: &OrderNo) -> anyhow::Result<ExitCode>
         Settlement::GiveUp { reason } => format!("not settled: {reason}"),
     };
     writeln!(out, "{order_no}: {}: {line}", s.label())?;
+    let refunds = domain::checkout(settler.pool())
+        .and_then(|mut c| domain::refunds_of(&mut c, order_no))
+        .context("could not read the order's refunds")?;
+    for r in refunds {
+        writeln!(
+            out,
+            "{order_no}: refund {} of {}: {}{}{}",
+            r.out_refund_no,
+            r.amount,
+            r.status,
+            r.refund_id
+                .map(|id| format!(" (WeChat Pay refund {id})"))
+                .unwrap_or_default(),
+            r.needs_human
+                .map(|why| format!("; NEEDS A HUMAN: {why}"))
+                .unwrap_or_default()
+        )?;
+    }
     Ok(if s.is_final() {
         ExitCode::SUCCESS
     } else {

@@ -155,6 +155,7 @@ pub struct Settler {
     pool: PgPool,
     payments: Arc<payment_client::Client>,
     recheck_after: Duration,
+    refund_notify_url: Option<String>,
 }
 
 impl Settler {
@@ -164,7 +165,27 @@ impl Settler {
             pool,
             payments,
             recheck_after: DEFAULT_RECHECK_AFTER,
+            refund_notify_url: None,
         }
+    }
+
+    /// Where WeChat Pay should send refund notifications (the front door's
+    /// `/wechatpay/notify/refund`); without it refunds are followed by
+    /// querying only.
+    #[must_use]
+    pub fn with_refund_notify_url(mut self, url: Option<String>) -> Self {
+        self.refund_notify_url = url;
+        self
+    }
+
+    #[must_use]
+    pub fn refund_notify_url(&self) -> Option<&str> {
+        self.refund_notify_url.as_deref()
+    }
+
+    #[must_use]
+    pub fn payments(&self) -> &payment_client::Client {
+        &self.payments
     }
 
     /// How long after a close on `ORDER_NOT_EXIST` its recheck is due.

@@ -38,7 +38,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
 pub use error::ApiError;
-pub use notify::PATH as NOTIFY_PATH;
+pub use notify::{PATH as NOTIFY_PATH, REFUND_PATH as REFUND_NOTIFY_PATH};
 
 /// The front door's settings (besides the database, broker and WeChat Pay
 /// ones every command shares).

@@ -31,9 +31,13 @@ use service::payments::Recorded;
 use super::AppState;
 
 pub const PATH: &str = "/wechatpay/notify/transaction";
+/// Refund notifications (`REFUND.SUCCESS`, `REFUND.ABNORMAL`, `REFUND.CLOSED`).
+pub const REFUND_PATH: &str = "/wechatpay/notify/refund";
 
 pub(super) fn routes() -> Router<Arc<AppState>> {
-    Router::new().route(PATH, post(transaction))
+    Router::new()
+        .route(PATH, post(transaction))
+        .route(REFUND_PATH, post(refund))
 }
 
 /// A notification not recorded: WeChat Pay will deliver it again.
@@ -62,6 +66,118 @@ async fn transaction(
     }
 }
 
+async fn refund(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let handled = tokio::task::spawn_blocking(move || handle_refund(&state, &headers, &body)).await;
+    match handled {
+        Ok(Ok(())) => StatusCode::NO_CONTENT.into_response(),
+        Ok(Err(fail)) => fail.into_response(),
+        Err(e) => {
+            log::error!("the refund notification handler panicked: {e}");
+            Fail(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into()).into_response()
+        }
+    }
+}
+
+/// A refund notification moves the refund forward at once (the worker's
+/// own follow-up would find the same a little later).
+fn handle_refund(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<(), Fail> {
+    let notification = open(state, headers, body, "refund")?;
+    let notice = notification.refund().map_err(|e| {
+        log::error!(
+            "refund notification {} decrypted but unusable: {e}",
+            notification.id
+        );
+        Fail(StatusCode::BAD_REQUEST, e.to_string())
+    })?;
+    if notice.mchid.as_deref() != Some(state.payments.mchid()) {
+        log::error!(
+            "refund notification {} refused: mchid {:?} is not ours",
+            notification.id,
+            notice.mchid.as_deref().unwrap_or("")
+        );
+        return Err(Fail(StatusCode::BAD_REQUEST, "mchid is not ours".into()));
+    }
+    let status = match notice.status {
+        payment_client::RefundStatus::Success => domain::RefundStatus::Succeeded,
+        payment_client::RefundStatus::Processing => domain::RefundStatus::Processing,
+        payment_client::RefundStatus::Abnormal => domain::RefundStatus::Abnormal,
+        payment_client::RefundStatus::Closed => domain::RefundStatus::Closed,
+    };
+    let unavailable = |e: &domain::StoreError| {
+        log::warn!(
+            "refund notification {} for {} not recorded: {e}",
+            notification.id,
+            notice.out_refund_no
+        );
+        Fail(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not recorded; deliver again".into(),
+        )
+    };
+    let mut conn = domain::checkout(&state.pool).map_err(|e| unavailable(&e))?;
+    // While not final, the worker asks again soon anyway.
+    let next = chrono::Utc::now() + chrono::Duration::seconds(5);
+    match domain::record_refund_status(
+        &mut conn,
+        &notice.out_refund_no,
+        status,
+        notice.refund_id.as_deref(),
+        next,
+    ) {
+        Ok(domain::RefundUpdate::Moved { from }) => {
+            let line = format!(
+                "refund {} ({} notification {}): {from} -> {status}",
+                notice.out_refund_no, notification.event_type, notification.id
+            );
+            if status == domain::RefundStatus::Abnormal {
+                log::error!("{line}: NEEDS A HUMAN (the buyer's account cannot take it back)");
+            } else {
+                log::info!("{line}");
+            }
+            Ok(())
+        }
+        Ok(domain::RefundUpdate::Unchanged { .. }) => Ok(()),
+        Ok(domain::RefundUpdate::NotFound) => {
+            log::error!(
+                "refund notification {} names refund {}, which is not ours",
+                notification.id,
+                notice.out_refund_no
+            );
+            Err(Fail(
+                StatusCode::NOT_FOUND,
+                format!("no refund {}", notice.out_refund_no),
+            ))
+        }
+        Err(e) => Err(unavailable(&e)),
+    }
+}
+
+/// Verifies and decrypts a notification, or the answer refusing it.
+fn open(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &[u8],
+    what: &str,
+) -> Result<payment_client::notify::Notification, Fail> {
+    state
+        .verifier
+        .open(
+            |name| headers.get(name).and_then(|v| v.to_str().ok()),
+            body,
+            unix_now(),
+        )
+        .map_err(|e| {
+            log::warn!("refused a {what} notification: {e}");
+            let status = match e {
+                NotifyError::SignatureProbe | NotifyError::Unverified(_) => {
+                    StatusCode::UNAUTHORIZED
+                }
+                _ => StatusCode::BAD_REQUEST,
+            };
+            Fail(status, e.to_string())
+        })
+}
+
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -69,19 +185,7 @@ fn unix_now() -> u64 {
 }
 
 fn handle(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<(), Fail> {
-    let opened = state.verifier.open(
-        |name| headers.get(name).and_then(|v| v.to_str().ok()),
-        body,
-        unix_now(),
-    );
-    let notification = opened.map_err(|e| {
-        log::warn!("refused a payment notification: {e}");
-        let status = match e {
-            NotifyError::SignatureProbe | NotifyError::Unverified(_) => StatusCode::UNAUTHORIZED,
-            _ => StatusCode::BAD_REQUEST,
-        };
-        Fail(status, e.to_string())
-    })?;
+    let notification = open(state, headers, body, "payment")?;
     let tx = notification.transaction().map_err(|e| {
         log::error!(
             "payment notification {} decrypted but unusable: {e}",

@@ -257,6 +257,21 @@ async fn show(
         let items = domain::order_items(&mut conn, &no).map_err(store)?;
         let payments = domain::payments_of(&mut conn, &no).map_err(store)?;
         let events = domain::order_events(&mut conn, &no).map_err(store)?;
+        let refunds: Vec<Value> = domain::refunds_of(&mut conn, &no)
+            .map_err(store)?
+            .iter()
+            .map(|r| {
+                json!({
+                    "out_refund_no": r.out_refund_no,
+                    "amount_fen": r.amount.get(),
+                    "status": r.status.as_str(),
+                    "refund_id": r.refund_id,
+                    "needs_human": r.needs_human,
+                    "created_at": time(r.created_at),
+                    "finished_at": r.finished_at.map(time),
+                })
+            })
+            .collect();
         let payments: Vec<Value> = payments
             .iter()
             .map(|p| {
@@ -301,6 +316,11 @@ async fn show(
             payments.first().cloned().unwrap_or(Value::Null),
         );
         body.insert("payments".into(), Value::Array(payments));
+        body.insert(
+            "refund".into(),
+            refunds.first().cloned().unwrap_or(Value::Null),
+        );
+        body.insert("refunds".into(), Value::Array(refunds));
         body.insert(
             "events".into(),
             Value::Array(

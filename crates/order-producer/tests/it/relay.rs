@@ -325,7 +325,12 @@ fn status_reports_queues_orders_backlog_refunds_and_stock() {
         "{out}"
     );
     assert!(out.contains("outbox backlog: 0 unpublished"), "{out}");
-    assert!(out.contains("paid after close (refund needed): 0"), "{out}");
+    assert!(
+        out.contains("paid after close (each refunded automatically): 0"),
+        "{out}"
+    );
+    assert!(out.contains("refunds: none"), "{out}");
+    assert!(out.contains("refunds that need a human: 0"), "{out}");
     assert!(out.contains("needs a human"), "{out}");
     // An answer that does not match an order: counted and listed with why.
     let odd = domain::OrderNo::parse(&orders[1]).unwrap();

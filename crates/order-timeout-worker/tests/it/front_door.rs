@@ -10,7 +10,7 @@ use domain::{OrderNo, OrderStatus};
 use order_producer::testing::{paid_transaction, unix_now, FrontDoor, UNIT_FEN};
 use order_timeout_worker::{Settlement, Settler, Trigger};
 
-fn settler(door: &FrontDoor) -> Settler {
+pub(crate) fn settler(door: &FrontDoor) -> Settler {
     let config = payment_client::Config::new(
         wechatpay_sim::DEFAULT_MCHID,
         wechatpay_sim::DEFAULT_MERCHANT_SERIAL_NO,

@@ -11,6 +11,7 @@ mod front_door;
 mod money;
 mod poison;
 mod rechecks;
+mod refunds;
 mod secrets;
 mod sweep;
 mod topology;

@@ -134,6 +134,7 @@ impl Stack {
             sweep_grace: Duration::from_mins(5),
             sweep_batch: 100,
             summary_interval: Duration::from_hours(1),
+            refund_interval: Duration::from_hours(1),
         }
     }
 

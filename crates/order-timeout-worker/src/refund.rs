@@ -1,0 +1,265 @@
+//! Refunds of payments after close: the worker asks WeChat Pay to refund
+//! them and follows each to its end.
+//!
+//! The queue is the `refunds` table: every `--refund-interval` each worker
+//! claims the refunds that are due (a lease, so workers never act on one
+//! refund at once and no transaction is held across a call), then, per
+//! refund: `requested` -> `POST /v3/refund/domestic/refunds` with the
+//! refund's fixed `out_refund_no` (a repeat after a crash or a timeout names
+//! the same refund, so WeChat Pay answers it instead of refunding again);
+//! `processing` -> `GET .../refunds/{out_refund_no}`. What WeChat Pay says
+//! moves the refund forward (`domain::record_refund_status`); a transient
+//! failure looks again one step further up the retry ladder; a permanent
+//! one (and `ABNORMAL`, the buyer's account cannot take the money) parks the
+//! refund for a human, with the reason. The front door's refund
+//! notifications move a refund forward at once; this loop is what makes it
+//! happen without them.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use chrono::Utc;
+use domain::{Refund, RefundStatus, RefundUpdate, StoreError};
+use payment_client::RefundRequest;
+
+use crate::consumer::Worker;
+use crate::dispose::ladder;
+use crate::settle::Settler;
+
+/// How long a claimed refund is hidden from other workers: longer than a
+/// request at its timeouts (and the backup domain), so that two workers
+/// never act on one refund at once.
+pub const REFUND_LEASE: Duration = Duration::from_mins(2);
+/// Refunds claimed per pass.
+const REFUND_BATCH: i64 = 100;
+/// How soon a refund WeChat Pay is still processing is asked about again
+/// when the ladder has nothing shorter.
+const PROCESSING_RECHECK: Duration = Duration::from_secs(5);
+/// The reason sent with every refund.
+const REASON: &str = "Order closed before the payment arrived";
+
+/// What one refund's turn did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefundStep {
+    /// WeChat Pay now says this (and the record says so too).
+    Now(RefundStatus),
+    /// Something transient; asked again after the delay.
+    Retry { delay: Duration, why: String },
+    /// Parked for a human, with the reason.
+    Parked(String),
+}
+
+/// What one pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RefundReport {
+    pub claimed: usize,
+    pub succeeded: usize,
+    pub still_processing: usize,
+    pub retried: usize,
+    pub parked: usize,
+}
+
+fn to_domain(s: payment_client::RefundStatus) -> RefundStatus {
+    match s {
+        payment_client::RefundStatus::Success => RefundStatus::Succeeded,
+        payment_client::RefundStatus::Processing => RefundStatus::Processing,
+        payment_client::RefundStatus::Abnormal => RefundStatus::Abnormal,
+        payment_client::RefundStatus::Closed => RefundStatus::Closed,
+    }
+}
+
+impl Settler {
+    /// One pass over the refunds that are due (see the module docs).
+    /// `ladder` gives the waits after failures.
+    pub fn refund_due(&self, ladder: &[Duration]) -> Result<RefundReport, StoreError> {
+        let claimed = {
+            let mut conn = domain::checkout(self.pool())?;
+            domain::claim_due_refunds(&mut conn, Utc::now(), REFUND_LEASE, REFUND_BATCH)?
+        };
+        let mut report = RefundReport {
+            claimed: claimed.len(),
+            ..RefundReport::default()
+        };
+        for refund in &claimed {
+            match self.refund_step(refund, ladder) {
+                RefundStep::Now(RefundStatus::Succeeded | RefundStatus::Closed) => {
+                    report.succeeded += 1;
+                }
+                RefundStep::Now(RefundStatus::Abnormal) | RefundStep::Parked(_) => {
+                    report.parked += 1;
+                }
+                RefundStep::Now(_) => report.still_processing += 1,
+                RefundStep::Retry { .. } => report.retried += 1,
+            }
+        }
+        Ok(report)
+    }
+
+    /// One turn of one claimed refund: ask WeChat Pay, record the answer.
+    pub(crate) fn refund_step(&self, refund: &Refund, ladder: &[Duration]) -> RefundStep {
+        let step_wait = |attempts: u32| -> Duration {
+            let i = (attempts.max(1) - 1) as usize;
+            ladder
+                .get(i)
+                .or(ladder.last())
+                .copied()
+                .unwrap_or(PROCESSING_RECHECK)
+        };
+        let request = || {
+            self.payments().refund(&RefundRequest {
+                transaction_id: refund.transaction_id.clone(),
+                out_refund_no: refund.out_refund_no.clone(),
+                reason: REASON.to_owned(),
+                refund_fen: refund.amount.get(),
+                total_fen: refund.amount.get(),
+                notify_url: self.refund_notify_url().map(str::to_owned),
+            })
+        };
+        let answer = match refund.status {
+            RefundStatus::Requested => request(),
+            _ => match self.payments().query_refund(&refund.out_refund_no) {
+                Ok(Some(r)) => Ok(r),
+                // WeChat Pay knows no such refund although we asked for it:
+                // our request never arrived. Ask again, same out_refund_no.
+                Ok(None) => request(),
+                Err(e) => Err(e),
+            },
+        };
+        let outcome = match answer {
+            Ok(r) => r,
+            Err(e) if e.is_transient() => {
+                let delay = e
+                    .retry_after()
+                    .unwrap_or_default()
+                    .max(step_wait(refund.attempts));
+                let why = e.to_string();
+                log::warn!(
+                    "refund {} of order {}: {why}; trying again in {delay:?}",
+                    refund.out_refund_no,
+                    refund.order_no
+                );
+                let at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+                if let Err(e) = self
+                    .with_conn(|c| domain::retry_refund_later(c, &refund.out_refund_no, at, &why))
+                {
+                    log::warn!(
+                        "refund {}: recording the retry failed: {e}",
+                        refund.out_refund_no
+                    );
+                }
+                return RefundStep::Retry { delay, why };
+            }
+            Err(e) => {
+                let why = format!("WeChat Pay refused the refund: {e}");
+                log::error!(
+                    "refund {} of order {} NEEDS A HUMAN: {why}",
+                    refund.out_refund_no,
+                    refund.order_no
+                );
+                if let Err(e) =
+                    self.with_conn(|c| domain::park_refund(c, &refund.out_refund_no, &why))
+                {
+                    log::warn!("refund {}: parking failed: {e}", refund.out_refund_no);
+                }
+                return RefundStep::Parked(why);
+            }
+        };
+        let status = to_domain(outcome.status);
+        self.record_step(
+            refund,
+            status,
+            outcome.refund_id.as_deref(),
+            None,
+            step_wait(1).min(PROCESSING_RECHECK),
+        )
+    }
+
+    fn record_step(
+        &self,
+        refund: &Refund,
+        status: RefundStatus,
+        refund_id: Option<&str>,
+        note: Option<&str>,
+        next: Duration,
+    ) -> RefundStep {
+        let at = Utc::now() + chrono::Duration::from_std(next).unwrap_or_default();
+        let recorded = self.with_conn(|c| {
+            let update =
+                domain::record_refund_status(c, &refund.out_refund_no, status, refund_id, at)?;
+            if matches!(update, RefundUpdate::Unchanged { .. }) {
+                // Not final yet: look again at `at` (the claim's lease is longer).
+                domain::retry_refund_later(
+                    c,
+                    &refund.out_refund_no,
+                    at,
+                    note.unwrap_or("still processing at WeChat Pay"),
+                )?;
+            }
+            Ok(update)
+        });
+        match recorded {
+            Ok(RefundUpdate::Moved { from }) => {
+                let line = format!(
+                    "refund {} of order {} ({}): {from} -> {status}",
+                    refund.out_refund_no, refund.order_no, refund.amount
+                );
+                if status == RefundStatus::Abnormal {
+                    log::error!("{line}: NEEDS A HUMAN (the buyer's account cannot take it back)");
+                } else {
+                    log::info!("{line}");
+                }
+                RefundStep::Now(status)
+            }
+            Ok(RefundUpdate::Unchanged { current }) => RefundStep::Now(current),
+            Ok(RefundUpdate::NotFound) => RefundStep::Parked("the refund row vanished".into()),
+            Err(e) => {
+                log::warn!(
+                    "refund {}: recording {status} failed (asked again after the lease): {e}",
+                    refund.out_refund_no
+                );
+                RefundStep::Retry {
+                    delay: REFUND_LEASE,
+                    why: e.to_string(),
+                }
+            }
+        }
+    }
+
+    fn with_conn<T>(
+        &self,
+        f: impl FnOnce(&mut domain::PgConnection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = domain::checkout(self.pool())?;
+        f(&mut conn)
+    }
+}
+
+impl Worker {
+    /// Every `refund_interval`, one pass over the refunds that are due.
+    pub(crate) fn refund_loop(&self, stop: &AtomicBool) {
+        let ladder = ladder(&self.topology);
+        loop {
+            service::sleep_unless_stopped(self.settings.refund_interval, stop);
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            match self.settler.refund_due(&ladder) {
+                Ok(r) if r.claimed > 0 => log::info!(
+                    "refunds: {} looked at, {} finished, {} processing at WeChat Pay, {} to retry, {} need a human",
+                    r.claimed,
+                    r.succeeded,
+                    r.still_processing,
+                    r.retried,
+                    r.parked
+                ),
+                Ok(_) => {}
+                Err(e) => log::warn!("refund pass failed (will try again): {e}"),
+            }
+        }
+    }
+
+    /// One refund pass now (tests, operators).
+    pub fn refund_once(&self) -> Result<RefundReport, StoreError> {
+        self.settler.refund_due(&ladder(&self.topology))
+    }
+}
