@@ -284,7 +284,7 @@ pub fn log_settlement(order_no: &OrderNo, s: &Settlement, attempt: u32, started:
             log::info!("order {order_no}: compensated, paid at WeChat Pay{how}; {tail}");
         }
         Settlement::PaidAfterClose => {
-            log::error!("order {order_no}: paid after close, refund needed; {tail}");
+            log::error!("order {order_no}: paid after close, refund queued; {tail}");
         }
         Settlement::Rechecked { found } => {
             log::info!("order {order_no}: rechecked after close: {found}; {tail}");

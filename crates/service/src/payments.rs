@@ -50,7 +50,7 @@ pub fn record_payment(
         MarkPaidOutcome::AlreadyPaid => Ok(Recorded::AlreadyPaid),
         MarkPaidOutcome::PaidAfterClose { newly_recorded } => {
             log::error!(
-                "order {}: PAID AFTER CLOSE: WeChat Pay transaction {} ({}) for an order closed here; refund it",
+                "order {}: PAID AFTER CLOSE: WeChat Pay transaction {} ({}) for an order closed here; the worker refunds it",
                 order.order_no,
                 payment.transaction_id,
                 payment.amount
