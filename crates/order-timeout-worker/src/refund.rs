@@ -32,8 +32,8 @@ use crate::settle::Settler;
 pub const REFUND_LEASE: Duration = Duration::from_mins(2);
 /// Refunds claimed per pass.
 const REFUND_BATCH: i64 = 100;
-/// How soon a refund WeChat Pay is still processing is asked about again
-/// when the ladder has nothing shorter.
+/// The wait after a failure or a look at a refund still in progress when
+/// the retry ladder is empty.
 const PROCESSING_RECHECK: Duration = Duration::from_secs(5);
 /// The reason sent with every refund.
 const REASON: &str = "Order closed before the payment arrived";
@@ -165,12 +165,15 @@ impl Settler {
             }
         };
         let status = to_domain(outcome.status);
+        // A refund in progress is asked about again up the ladder: the
+        // first look soon, then less often (a bank card refund can take
+        // days; its notification, when configured, finishes it sooner).
         self.record_step(
             refund,
             status,
             outcome.refund_id.as_deref(),
             None,
-            step_wait(1).min(PROCESSING_RECHECK),
+            step_wait(refund.attempts),
         )
     }
 
