@@ -47,7 +47,8 @@ pub use orders::{
 pub use outbox::{relay_batch, unpublished_count, OutboxMessage, PublishReport, RelayBatch};
 pub use refunds::{
     claim_due_refunds, find_refund, park_refund, record_refund_status, refund_counts,
-    refunds_needing_human, refunds_of, retry_refund_later, Refund, RefundStatus, RefundUpdate,
+    refunds_needing_human, refunds_needing_human_count, refunds_of, retry_refund_later, Refund,
+    RefundStatus, RefundUpdate,
 };
 pub use stock::{get_sku, list_skus, set_stock, stock_balances, StockBalance, StockChange};
 pub use values::{

@@ -389,6 +389,14 @@ pub fn refund_counts(conn: &mut PgConnection) -> Result<Vec<(RefundStatus, i64)>
         .collect()
 }
 
+/// How many refunds are parked for a human. Read-only.
+pub fn refunds_needing_human_count(conn: &mut PgConnection) -> Result<i64, StoreError> {
+    Ok(refunds::table
+        .filter(refunds::needs_human.is_not_null())
+        .count()
+        .get_result(conn)?)
+}
+
 /// Refunds parked for a human, oldest first, at most `limit`. Read-only.
 pub fn refunds_needing_human(
     conn: &mut PgConnection,

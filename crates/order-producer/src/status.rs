@@ -117,8 +117,9 @@ fn print_refunds(out: &mut impl Write, db: &mut PgConnection) -> anyhow::Result<
             by_status.join(", ")
         }
     )?;
+    let parked_count = domain::refunds_needing_human_count(db)?;
     let parked = domain::refunds_needing_human(db, NEEDS_HUMAN_SHOWN)?;
-    writeln!(out, "refunds that need a human: {}", parked.len())?;
+    writeln!(out, "refunds that need a human: {parked_count}")?;
     for r in &parked {
         writeln!(
             out,
@@ -130,6 +131,9 @@ fn print_refunds(out: &mut impl Write, db: &mut PgConnection) -> anyhow::Result<
             r.transaction_id,
             r.needs_human.as_deref().unwrap_or("")
         )?;
+    }
+    if parked_count > NEEDS_HUMAN_SHOWN {
+        writeln!(out, "  ... and {} more", parked_count - NEEDS_HUMAN_SHOWN)?;
     }
     Ok(())
 }
