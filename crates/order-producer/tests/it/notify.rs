@@ -268,3 +268,63 @@ fn paying_after_the_deadline_is_refused_by_wechat_pay() {
         "the worker closes it here"
     );
 }
+
+#[test]
+fn refund_notifications_are_verified_and_must_name_our_refund() {
+    let door = FrontDoor::start();
+    let notice = |out_refund_no: &str, mchid: &str| {
+        wechatpay_sim::signed_refund_notification(
+            wechatpay_sim::SimKeys::shared(),
+            &door.sim.config().signing_serial,
+            door.sim.config().apiv3_key.as_bytes(),
+            &serde_json::json!({
+                "mchid": mchid,
+                "out_trade_no": "OT20260101000000000000",
+                "transaction_id": "4200000000202611260000000109",
+                "out_refund_no": out_refund_no,
+                "refund_id": "50300000000000000000000000001",
+                "refund_status": "SUCCESS",
+                "success_time": "2026-11-26T18:40:00+08:00",
+                "user_received_account": "支付用户零钱",
+                "amount": {"total": 100, "refund": 100, "payer_total": 100, "payer_refund": 100},
+            }),
+            unix_now(),
+        )
+    };
+    let deliver = |n: &wechatpay_sim::SignedNotification| {
+        let headers: Vec<(&str, &str)> = n
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        door.send(
+            "POST",
+            order_producer::serve::REFUND_NOTIFY_PATH,
+            &headers,
+            Some(&n.body),
+        )
+    };
+    let unknown = deliver(&notice(
+        "OT20260101000000000000-R1",
+        wechatpay_sim::DEFAULT_MCHID,
+    ));
+    assert_eq!(
+        (unknown.status, unknown.json()["code"].as_str()),
+        (404, Some("FAIL"))
+    );
+    let other = deliver(&notice("OT20260101000000000000-R1", "1999999999"));
+    assert_eq!(other.status, 400, "{}", other.body);
+    let mut tampered = notice("OT20260101000000000000-R1", wechatpay_sim::DEFAULT_MCHID);
+    tampered.body.push(b' ');
+    assert_eq!(deliver(&tampered).status, 401);
+    // A payment notification is not a refund notification.
+    let payment = door.notification(
+        &paid_transaction(
+            "OT20260101000000000000",
+            100,
+            "4200000000202611260000000110",
+        ),
+        unix_now(),
+    );
+    assert_eq!(deliver(&payment).status, 400);
+}
