@@ -42,7 +42,7 @@ pub use orders::{
     close_unpaid, count_by_status, create_order, create_order_idempotent, find_order, mark_paid,
     order_events, order_items, paid_after_close_count, payments_of, pending_past_deadline,
     rechecks_due, record_prepay, CloseOutcome, CreatedOrder, IdempotencyKey, MarkPaidOutcome,
-    NewOrder, OrderLine, OverdueOrder, PaymentRecord, SweepCursor,
+    NewOrder, OrderLine, OverdueOrder, PaymentRecord, SweepCursor, MAX_PAYMENT_WINDOW,
 };
 pub use outbox::{relay_batch, unpublished_count, OutboxMessage, PublishReport, RelayBatch};
 pub use refunds::{

@@ -28,7 +28,8 @@ use crate::prepared::{unknown_placeholder, Prepared, Statement};
 use crate::schema::{idempotency_keys, order_events, order_items, orders, payments, skus};
 use crate::values::{Fen, OrderStatus, Quantity, SkuCode, TransactionId};
 
-const MAX_WINDOW: Duration = Duration::from_hours(8784);
+/// The longest payment window an order may have (366 days).
+pub const MAX_PAYMENT_WINDOW: Duration = Duration::from_hours(8784);
 
 /// One line of a new order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,7 +100,7 @@ pub fn create_order_idempotent(
     if lines.is_empty() {
         return Err(StoreError::EmptyOrder);
     }
-    if payment_window > MAX_WINDOW {
+    if payment_window > MAX_PAYMENT_WINDOW {
         return Err(StoreError::InvalidWindow(payment_window));
     }
     let window = chrono::Duration::from_std(payment_window)
@@ -363,7 +364,8 @@ WITH upd AS (
 ), k AS (
     UPDATE idempotency_keys SET order_id = o.id FROM o WHERE idempotency_keys.key = $8
 )
-SELECT (SELECT id FROM o) AS order_id, (SELECT total_fen FROM o) AS total_fen
+SELECT (SELECT id FROM o) AS order_id, (SELECT total_fen FROM o) AS total_fen,
+       NULL::text[] AS found_codes, NULL::int4[] AS found_stock, NULL::int4[] AS found_qty
 ";
 
 /// The binds of [`CREATE_ONE_LINE_SQL`].
@@ -397,14 +399,6 @@ impl Prepared for CreateOneLine {
     }
 }
 
-#[derive(QueryableByName)]
-struct CreatedRow {
-    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
-    order_id: Option<i64>,
-    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
-    total_fen: Option<i64>,
-}
-
 /// Number and times of an order about to be inserted.
 struct NewOrderTimes {
     order_no: OrderNo,
@@ -426,7 +420,7 @@ fn insert_one_line(
     // sufficed (it arrived in between); a third such race is reported as
     // insufficient stock, with the stock last seen.
     for _ in 0..3 {
-        let row: CreatedRow = Statement(CreateOneLine {
+        let row: CreateRow = Statement(CreateOneLine {
             code: code.as_str().to_owned(),
             qty: wanted,
             max_total: Fen::MAX,

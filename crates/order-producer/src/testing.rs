@@ -317,12 +317,18 @@ impl FrontDoor {
     /// POSTs a notification to the front door.
     #[must_use]
     pub fn deliver(&self, n: &wechatpay_sim::SignedNotification) -> Answer {
+        self.deliver_to(crate::serve::NOTIFY_PATH, n)
+    }
+
+    /// POSTs a notification to `path` (e.g. the refund notifications').
+    #[must_use]
+    pub fn deliver_to(&self, path: &str, n: &wechatpay_sim::SignedNotification) -> Answer {
         let headers: Vec<(&str, &str)> = n
             .headers
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        self.send("POST", crate::serve::NOTIFY_PATH, &headers, Some(&n.body))
+        self.send("POST", path, &headers, Some(&n.body))
     }
 
     /// Raises the stop flag (as SIGTERM does) without waiting.

@@ -59,15 +59,6 @@ pub struct RefundReport {
     pub parked: usize,
 }
 
-fn to_domain(s: payment_client::RefundStatus) -> RefundStatus {
-    match s {
-        payment_client::RefundStatus::Success => RefundStatus::Succeeded,
-        payment_client::RefundStatus::Processing => RefundStatus::Processing,
-        payment_client::RefundStatus::Abnormal => RefundStatus::Abnormal,
-        payment_client::RefundStatus::Closed => RefundStatus::Closed,
-    }
-}
-
 impl Settler {
     /// One pass over the refunds that are due (see the module docs).
     /// `ladder` gives the waits after failures.
@@ -149,22 +140,12 @@ impl Settler {
                 }
                 return RefundStep::Retry { delay, why };
             }
-            Err(e) => {
-                let why = format!("WeChat Pay refused the refund: {e}");
-                log::error!(
-                    "refund {} of order {} NEEDS A HUMAN: {why}",
-                    refund.out_refund_no,
-                    refund.order_no
-                );
-                if let Err(e) =
-                    self.with_conn(|c| domain::park_refund(c, &refund.out_refund_no, &why))
-                {
-                    log::warn!("refund {}: parking failed: {e}", refund.out_refund_no);
-                }
-                return RefundStep::Parked(why);
-            }
+            Err(e) => return self.park(refund, format!("WeChat Pay refused the refund: {e}")),
         };
-        let status = to_domain(outcome.status);
+        if let Err(why) = service::payments::check_refund_amount(refund, outcome.refund_fen) {
+            return self.park(refund, why);
+        }
+        let status = service::payments::refund_status(outcome.status);
         // A refund in progress is asked about again up the ladder: the
         // first look soon, then less often (a bank card refund can take
         // days; its notification, when configured, finishes it sooner).
@@ -172,9 +153,21 @@ impl Settler {
             refund,
             status,
             outcome.refund_id.as_deref(),
-            None,
             step_wait(refund.attempts),
         )
+    }
+
+    /// Leaves the refund to a human, with the reason.
+    fn park(&self, refund: &Refund, why: String) -> RefundStep {
+        log::error!(
+            "refund {} of order {} NEEDS A HUMAN: {why}",
+            refund.out_refund_no,
+            refund.order_no
+        );
+        if let Err(e) = self.with_conn(|c| domain::park_refund(c, &refund.out_refund_no, &why)) {
+            log::warn!("refund {}: parking failed: {e}", refund.out_refund_no);
+        }
+        RefundStep::Parked(why)
     }
 
     fn record_step(
@@ -182,7 +175,6 @@ impl Settler {
         refund: &Refund,
         status: RefundStatus,
         refund_id: Option<&str>,
-        note: Option<&str>,
         next: Duration,
     ) -> RefundStep {
         let at = Utc::now() + chrono::Duration::from_std(next).unwrap_or_default();
@@ -195,7 +187,7 @@ impl Settler {
                     c,
                     &refund.out_refund_no,
                     at,
-                    note.unwrap_or("still processing at WeChat Pay"),
+                    "still processing at WeChat Pay",
                 )?;
             }
             Ok(update)

@@ -70,6 +70,30 @@ pub fn record_payment(
     }
 }
 
+/// A refund's status as WeChat Pay reports it, in the store's terms.
+#[must_use]
+pub fn refund_status(s: payment_client::RefundStatus) -> domain::RefundStatus {
+    match s {
+        payment_client::RefundStatus::Success => domain::RefundStatus::Succeeded,
+        payment_client::RefundStatus::Processing => domain::RefundStatus::Processing,
+        payment_client::RefundStatus::Abnormal => domain::RefundStatus::Abnormal,
+        payment_client::RefundStatus::Closed => domain::RefundStatus::Closed,
+    }
+}
+
+/// A report about our refund (an answer or a notification) must name its
+/// amount, when it names one: otherwise it is not this refund's money and
+/// a human must look. The error says what differs.
+pub fn check_refund_amount(ours: &domain::Refund, reported_fen: Option<i64>) -> Result<(), String> {
+    match reported_fen {
+        Some(fen) if fen != ours.amount.get() => Err(format!(
+            "WeChat Pay reports refund {} for {fen} fen, ours is {}",
+            ours.out_refund_no, ours.amount
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Records the anomaly on the order (once) and leaves everything else.
 fn needs_human(
     conn: &mut PgConnection,

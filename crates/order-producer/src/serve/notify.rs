@@ -97,12 +97,7 @@ fn handle_refund(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<(
         );
         return Err(Fail(StatusCode::BAD_REQUEST, "mchid is not ours".into()));
     }
-    let status = match notice.status {
-        payment_client::RefundStatus::Success => domain::RefundStatus::Succeeded,
-        payment_client::RefundStatus::Processing => domain::RefundStatus::Processing,
-        payment_client::RefundStatus::Abnormal => domain::RefundStatus::Abnormal,
-        payment_client::RefundStatus::Closed => domain::RefundStatus::Closed,
-    };
+    let status = service::payments::refund_status(notice.status);
     let unavailable = |e: &domain::StoreError| {
         log::warn!(
             "refund notification {} for {} not recorded: {e}",
@@ -115,6 +110,29 @@ fn handle_refund(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<(
         )
     };
     let mut conn = domain::checkout(&state.pool).map_err(|e| unavailable(&e))?;
+    let Some(ours) =
+        domain::find_refund(&mut conn, &notice.out_refund_no).map_err(|e| unavailable(&e))?
+    else {
+        log::error!(
+            "refund notification {} names refund {}, which is not ours",
+            notification.id,
+            notice.out_refund_no
+        );
+        return Err(Fail(
+            StatusCode::NOT_FOUND,
+            format!("no refund {}", notice.out_refund_no),
+        ));
+    };
+    if let Err(why) = service::payments::check_refund_amount(&ours, notice.refund_fen) {
+        log::error!(
+            "refund {} NEEDS A HUMAN: {why} (notification {})",
+            notice.out_refund_no,
+            notification.id
+        );
+        // Recorded for a human: WeChat Pay need not send it again.
+        return domain::park_refund(&mut conn, &notice.out_refund_no, &why)
+            .map_err(|e| unavailable(&e));
+    }
     // While not final, the worker asks again soon anyway.
     let next = chrono::Utc::now() + chrono::Duration::seconds(5);
     match domain::record_refund_status(

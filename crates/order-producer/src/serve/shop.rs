@@ -27,8 +27,6 @@ use super::{blocking, ApiError, AppState};
 pub const MAX_ITEMS: usize = 100;
 /// Shortest payment window accepted.
 pub const MIN_WINDOW: Duration = Duration::from_secs(1);
-/// Longest payment window accepted (as `create-order`).
-pub const MAX_WINDOW: Duration = Duration::from_hours(8784);
 /// A prepay needs at least this long before the deadline: WeChat Pay
 /// refuses a `time_expire` that has (nearly) passed.
 pub const PREPAY_MARGIN: Duration = Duration::from_secs(5);
@@ -97,7 +95,7 @@ pub(crate) fn parse_create(body: &[u8]) -> Result<CreateRequest, ApiError> {
         Some(Value::String(s)) => {
             let d =
                 service::parse_duration(&s).map_err(|e| ApiError::field("payment_window", e))?;
-            if !(MIN_WINDOW..=MAX_WINDOW).contains(&d) {
+            if !(MIN_WINDOW..=domain::MAX_PAYMENT_WINDOW).contains(&d) {
                 return Err(ApiError::field(
                     "payment_window",
                     "out of range (1s to 366 days)",

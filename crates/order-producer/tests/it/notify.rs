@@ -292,17 +292,7 @@ fn refund_notifications_are_verified_and_must_name_our_refund() {
         )
     };
     let deliver = |n: &wechatpay_sim::SignedNotification| {
-        let headers: Vec<(&str, &str)> = n
-            .headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        door.send(
-            "POST",
-            order_producer::serve::REFUND_NOTIFY_PATH,
-            &headers,
-            Some(&n.body),
-        )
+        door.deliver_to(order_producer::serve::REFUND_NOTIFY_PATH, n)
     };
     let unknown = deliver(&notice(
         "OT20260101000000000000-R1",
@@ -327,4 +317,53 @@ fn refund_notifications_are_verified_and_must_name_our_refund() {
         unix_now(),
     );
     assert_eq!(deliver(&payment).status, 400);
+}
+
+#[test]
+fn a_refund_notification_for_another_amount_parks_our_refund_for_a_human() {
+    let door = FrontDoor::start();
+    let no = door.order_tea(2);
+    let _ = domain::close_unpaid(&mut door.db.conn(), &no, "test close", None).unwrap();
+    let tx = paid_transaction(no.as_str(), 2 * UNIT_FEN, "4200000000202611260000000111");
+    assert_eq!(
+        door.deliver(&door.notification(&tx, unix_now())).status,
+        204
+    );
+    let ours = domain::refunds_of(&mut door.db.conn(), &no)
+        .unwrap()
+        .remove(0);
+    let refund = |fen: i64| {
+        wechatpay_sim::signed_refund_notification(
+            wechatpay_sim::SimKeys::shared(),
+            &door.sim.config().signing_serial,
+            door.sim.config().apiv3_key.as_bytes(),
+            &serde_json::json!({
+                "mchid": wechatpay_sim::DEFAULT_MCHID,
+                "out_trade_no": no.as_str(),
+                "transaction_id": "4200000000202611260000000111",
+                "out_refund_no": ours.out_refund_no,
+                "refund_id": "50300000000000000000000000002",
+                "refund_status": "SUCCESS",
+                "success_time": "2026-11-26T18:40:00+08:00",
+                "amount": {"total": fen, "refund": fen, "payer_total": fen, "payer_refund": fen},
+            }),
+            unix_now(),
+        )
+    };
+    let send = |n: &wechatpay_sim::SignedNotification| {
+        door.deliver_to(order_producer::serve::REFUND_NOTIFY_PATH, n)
+    };
+    assert_eq!(send(&refund(1)).status, 204, "recorded for a human");
+    let after = domain::refunds_of(&mut door.db.conn(), &no)
+        .unwrap()
+        .remove(0);
+    assert_eq!(
+        after.status,
+        domain::RefundStatus::Requested,
+        "not marked succeeded"
+    );
+    assert!(
+        after.needs_human.as_deref().unwrap().contains("1 fen"),
+        "{after:?}"
+    );
 }
