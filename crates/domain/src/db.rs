@@ -263,6 +263,27 @@ impl Drop for SweepLock<'_> {
     }
 }
 
+/// Key of the advisory lock held by the one process that reads the
+/// database and broker gauges for the metrics.
+const COLLECTOR_LOCK_KEY: i64 = 0x6f74_5f67_6175_6765; // "ot_gauge"
+
+/// Takes the metrics collector's lock on `conn` if nobody holds it: a
+/// session-level advisory lock, held for as long as `conn` stays open (a
+/// crashed collector's lock dies with its connection and another process
+/// takes over).
+pub fn try_collector_lock(conn: &mut PgConnection) -> Result<bool, StoreError> {
+    #[derive(diesel::QueryableByName)]
+    struct Locked {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        locked: bool,
+    }
+    Ok(diesel::sql_query(format!(
+        "SELECT pg_try_advisory_lock({COLLECTOR_LOCK_KEY}) AS locked"
+    ))
+    .get_result::<Locked>(conn)?
+    .locked)
+}
+
 /// Applies every pending embedded migration and returns the versions applied
 /// (empty when the schema was already current). Concurrent callers queue on
 /// an advisory lock, so two `migrate` runs at once are safe.

@@ -44,7 +44,9 @@ pub use orders::{
     rechecks_due, record_prepay, CloseOutcome, CreatedOrder, IdempotencyKey, MarkPaidOutcome,
     NewOrder, OrderLine, OverdueOrder, PaymentRecord, SweepCursor, MAX_PAYMENT_WINDOW,
 };
-pub use outbox::{relay_batch, unpublished_count, OutboxMessage, PublishReport, RelayBatch};
+pub use outbox::{
+    outbox_backlog, relay_batch, unpublished_count, OutboxMessage, PublishReport, RelayBatch,
+};
 pub use refunds::{
     claim_due_refunds, find_refund, park_refund, record_refund_status, refund_counts,
     refunds_needing_human, refunds_needing_human_count, refunds_of, retry_refund_later, Refund,

@@ -131,6 +131,19 @@ pub fn relay_batch<E>(
     })
 }
 
+/// The unpublished outbox: how many rows, and when the oldest was written
+/// (by id, through the partial index on unpublished rows). Read-only.
+pub fn outbox_backlog(conn: &mut PgConnection) -> Result<(i64, Option<DateTime<Utc>>), StoreError> {
+    let count = unpublished_count(conn)?;
+    let oldest = outbox::table
+        .filter(outbox::published_at.is_null())
+        .order(outbox::id.asc())
+        .select(outbox::created_at)
+        .first(conn)
+        .optional()?;
+    Ok((count, oldest))
+}
+
 /// Number of outbox rows not yet published. Read-only.
 pub fn unpublished_count(conn: &mut PgConnection) -> Result<i64, StoreError> {
     Ok(outbox::table

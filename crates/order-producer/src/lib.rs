@@ -116,6 +116,8 @@ pub struct RelayArgs {
     /// the connection as lost (default 10s, `broker::DEFAULT_CONFIRM_TIMEOUT`).
     #[arg(long, env = "RELAY_CONFIRM_TIMEOUT", value_parser = parse_duration)]
     pub confirm_timeout: Option<Duration>,
+    #[command(flatten)]
+    pub metrics: service::MetricsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -338,12 +340,46 @@ fn relay(
         max_backoff: Duration::from_secs(5),
     };
     let url = cli.database.url();
-    let mut relay = relay::Relay::new(url, cli.broker.url(), topology, settings);
-    let stats = if args.once {
-        relay.drain()?
+    if args.once {
+        let stats = relay::Relay::new(url, cli.broker.url(), topology, settings).drain()?;
+        log::info!("relay stopped: {} published", stats.published);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let metrics = args.metrics.metrics("relay");
+    let (listener, collector) = if metrics.is_enabled() {
+        // The relay keeps one connection of its own; readiness pings
+        // through a pool of one beside it.
+        let probe_pool = domain::build_pool(&url, 1, Duration::from_secs(5))
+            .context("is PostgreSQL running and DATABASE_URL right?")?;
+        let listener = service::telemetry::start(
+            &args.metrics,
+            &metrics,
+            service::telemetry::pool_and_broker(probe_pool, metrics.clone()),
+            Arc::clone(stop),
+        )?;
+        let collector = service::collector::spawn(
+            metrics.clone(),
+            service::collector::Settings {
+                database: url.clone(),
+                amqp: cli.broker.url(),
+                topology: topology.clone(),
+                interval: args.metrics.metrics_gauge_interval,
+            },
+            Arc::clone(stop),
+        )?;
+        (listener, collector)
     } else {
-        relay.run(stop)
+        (None, None)
     };
+    let stats = relay::Relay::new(url, cli.broker.url(), topology, settings)
+        .with_metrics(metrics)
+        .run(stop);
+    if let Some(c) = collector {
+        let _ = c.join();
+    }
+    if let Some(l) = listener {
+        l.wait()?;
+    }
     if stats.failed == 0 {
         log::info!("relay stopped: {} published", stats.published);
     } else {

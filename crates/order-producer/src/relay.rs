@@ -66,6 +66,7 @@ pub struct Relay {
     db: Option<PgConnection>,
     amqp: Option<Amqp>,
     stats: Stats,
+    metrics: service::Metrics,
 }
 
 impl std::fmt::Debug for Relay {
@@ -94,7 +95,16 @@ impl Relay {
             db: None,
             amqp: None,
             stats: Stats::default(),
+            metrics: service::Metrics::disabled(),
         }
+    }
+
+    /// Counts what is published into `metrics`, and reports the broker
+    /// connection there.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: service::Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     #[must_use]
@@ -119,6 +129,7 @@ impl Relay {
                 self.settings.confirm_timeout,
             )?;
             log::info!("relay connected to {}", self.amqp_url);
+            self.metrics.set_broker_connected(true);
             self.amqp = Some(Amqp {
                 publisher,
                 connection,
@@ -143,6 +154,7 @@ impl Relay {
                 self.stats.batches += u64::from(done.claimed > 0);
                 self.stats.published += done.published as u64;
                 self.stats.failed += done.failed as u64;
+                self.metrics.relayed(done.published, done.failed);
                 if done.failed > 0 {
                     // Returned (no such queue) or nacked: the topology may
                     // have been damaged under us. Reconnecting declares it
@@ -168,6 +180,7 @@ impl Relay {
     }
 
     fn drop_amqp(&mut self) {
+        self.metrics.set_broker_connected(false);
         if let Some(amqp) = self.amqp.take() {
             let _ = amqp.publisher.close();
             let _ = amqp.connection.close();

@@ -80,6 +80,10 @@ impl Worker {
         amqp_url: AmqpUrl,
         settings: ConsumerSettings,
     ) -> Self {
+        let metrics = settler.metrics();
+        metrics.init_retry_delays(&crate::dispose::ladder(&topology));
+        metrics.init_parked_reasons(&crate::dispose::reason::PARKED);
+        metrics.init_parked_reasons(&domain::Anomaly::ALL.map(domain::Anomaly::as_str));
         Self {
             settler,
             topology,
@@ -190,6 +194,8 @@ impl Worker {
             lanes.len(),
             self.settings.prefetch
         );
+        let metrics = self.settler.metrics();
+        metrics.set_broker_connected(true);
         let broken = AtomicBool::new(false);
         let first_end: Mutex<Option<SessionEnd>> = Mutex::new(None);
         std::thread::scope(|scope| {
@@ -210,6 +216,7 @@ impl Worker {
                 });
             }
         });
+        metrics.set_broker_connected(false);
         let _ = conn.close();
         match first_end
             .into_inner()

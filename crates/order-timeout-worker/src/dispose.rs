@@ -26,6 +26,15 @@ pub mod reason {
     pub const RETRIES_EXHAUSTED: &str = "retries_exhausted";
     /// A retry was wanted but no retry queue is configured.
     pub const NO_RETRY_QUEUE: &str = "no_retry_queue";
+
+    /// The reasons a message is parked for, besides an anomaly's name.
+    pub const PARKED: [&str; 5] = [
+        POISON,
+        UNKNOWN_ORDER,
+        PERMANENT_ERROR,
+        RETRIES_EXHAUSTED,
+        NO_RETRY_QUEUE,
+    ];
 }
 
 /// What to do with a delivery once it has been looked at.

@@ -16,6 +16,7 @@ use broker::{
 };
 use chrono::Utc;
 use domain::OrderNo;
+use service::Outcome as Settled;
 
 use crate::consumer::{SessionEnd, Worker};
 use crate::dispose::{reason, Disposition};
@@ -47,6 +48,8 @@ struct Successor {
     queue: String,
     properties: AmqpProperties,
     kind: SuccessorKind,
+    /// The retry queue's delay.
+    delay: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,20 +157,26 @@ impl Worker {
         } else {
             Trigger::Message
         };
-        let disposition = match TimeoutMessage::decode(&delivery.body) {
-            Err(e) => Disposition::Park {
-                attempt,
-                reason: reason::POISON,
-                detail: format!("poison message: {e}"),
-            },
+        let (disposition, settled) = match TimeoutMessage::decode(&delivery.body) {
+            Err(e) => (
+                Disposition::Park {
+                    attempt,
+                    reason: reason::POISON,
+                    detail: format!("poison message: {e}"),
+                },
+                Settled::Parked,
+            ),
             Ok(message) => {
                 let settlement = self.settler.settle(&message.order_no, trigger, Utc::now());
                 self.stats.outcome(settlement.label());
                 log_settlement(&message.order_no, &settlement, attempt + 1, started);
-                self.dispose(settlement, attempt)
+                let settled = settlement.outcome();
+                (self.dispose(settlement, attempt), settled)
             }
         };
+        let metrics = self.settler.metrics();
         let Some(successor) = self.successor(&delivery.properties, &disposition) else {
+            metrics.settlement(settled, trigger.as_str());
             return Ok(consumer.ack(delivery)?);
         };
         let outcome = publisher.publish_one(
@@ -184,9 +193,22 @@ impl Worker {
                 delivery: Box::new(delivery),
             });
         }
+        // Counted once the successor is taken: a parked message is parked
+        // whatever its settlement said (an anomaly stays an anomaly).
+        let settled = match (successor.kind, settled) {
+            (SuccessorKind::Park, Settled::Anomaly) => Settled::Anomaly,
+            (SuccessorKind::Park, _) => Settled::Parked,
+            (_, o) => o,
+        };
+        metrics.settlement(settled, trigger.as_str());
         match successor.kind {
             SuccessorKind::Park => {
                 self.stats.parked();
+                metrics.parked(
+                    headers::text_of(&successor.properties, headers::REASON)
+                        .as_deref()
+                        .unwrap_or("unknown"),
+                );
                 log::error!(
                     "PARKED message {} in {PARKED_QUEUE} after {} attempt(s): {}: {}",
                     delivery
@@ -199,7 +221,14 @@ impl Worker {
                     headers::text_of(&successor.properties, headers::DETAIL).unwrap_or_default(),
                 );
             }
-            SuccessorKind::Retry => self.stats.retry(),
+            SuccessorKind::Retry => {
+                self.stats.retry();
+                // A message that came early waits in a retry queue too, but
+                // is no retry.
+                if let (Some(delay), Settled::Retry) = (successor.delay, settled) {
+                    metrics.retry(delay);
+                }
+            }
             SuccessorKind::Recheck => {}
         }
         Ok(consumer.ack(delivery)?)
@@ -223,6 +252,7 @@ impl Worker {
                 },
             ),
             kind: SuccessorKind::Park,
+            delay: None,
         };
         match disposition {
             Disposition::Ack => None,
@@ -232,6 +262,7 @@ impl Worker {
                     queue: q.name.clone(),
                     properties: headers::as_recheck(properties),
                     kind: SuccessorKind::Recheck,
+                    delay: Some(q.ttl),
                 })
             }
             Disposition::Redelay {
@@ -252,6 +283,7 @@ impl Worker {
                         },
                     ),
                     kind: SuccessorKind::Retry,
+                    delay: Some(q.ttl),
                 },
                 None => park(
                     *attempt,

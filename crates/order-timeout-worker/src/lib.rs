@@ -64,6 +64,9 @@ pub struct Cli {
     #[command(flatten)]
     pub run: RunArgs,
 
+    #[command(flatten)]
+    pub metrics: service::MetricsArgs,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -134,13 +137,19 @@ fn parse_order_no(s: &str) -> Result<OrderNo, String> {
 /// Start-up checks shared by both modes: payment settings and keys, the
 /// database and its schema. Returns the settler.
 pub fn prepare(cli: &Cli) -> anyhow::Result<Settler> {
+    prepare_with_metrics(cli, service::Metrics::disabled())
+}
+
+/// [`prepare`], counting into `metrics` (settlement lag, WeChat Pay requests).
+pub fn prepare_with_metrics(cli: &Cli, metrics: service::Metrics) -> anyhow::Result<Settler> {
     let payment_config = cli
         .payment
         .config()
         .map_err(|e| UsageError(e.to_string()))?
         .with_max_idle_connections(usize::from(cli.run.concurrency) + 2);
     let client = payment_client::Client::new(payment_config)
-        .map_err(|e| UsageError(format!("WeChat Pay client not usable: {e}")))?;
+        .map_err(|e| UsageError(format!("WeChat Pay client not usable: {e}")))?
+        .with_observer(Arc::new(metrics.clone()));
     let url = cli.database.url();
     let lanes = u32::from(cli.run.concurrency);
     let pool_size = cli.run.db_pool_size.unwrap_or(lanes.min(16) + 2).max(2);
@@ -158,6 +167,7 @@ pub fn prepare(cli: &Cli) -> anyhow::Result<Settler> {
         .into());
     }
     Ok(Settler::new(pool, Arc::new(client))
+        .with_metrics(metrics)
         .with_recheck_after(cli.run.recheck_after)
         .with_refund_notify_url(cli.run.refund_notify_url.clone()))
 }
@@ -165,10 +175,11 @@ pub fn prepare(cli: &Cli) -> anyhow::Result<Settler> {
 /// Runs the worker (or `settle`). `stop` is raised by SIGTERM/SIGINT.
 pub fn run(cli: &Cli, stop: &Arc<AtomicBool>) -> anyhow::Result<ExitCode> {
     let topology = cli.broker.topology().map_err(UsageError)?;
-    let settler = prepare(cli)?;
     if let Some(Command::Settle { order_no }) = &cli.command {
-        return settle_now(&settler, order_no);
+        return settle_now(&prepare(cli)?, order_no);
     }
+    let metrics = cli.metrics.metrics("worker");
+    let settler = prepare_with_metrics(cli, metrics.clone())?;
     // The topology must exist before we consume: a missing dead-letter
     // exchange would drop expiring messages silently.
     let amqp = cli.broker.url();
@@ -187,8 +198,30 @@ pub fn run(cli: &Cli, stop: &Arc<AtomicBool>) -> anyhow::Result<ExitCode> {
         summary_interval: cli.run.summary_interval,
         refund_interval: cli.run.refund_interval,
     };
+    let listener = service::telemetry::start(
+        &cli.metrics,
+        &metrics,
+        service::telemetry::pool_and_broker(settler.pool().clone(), metrics.clone()),
+        Arc::clone(stop),
+    )?;
+    let collector = service::collector::spawn(
+        metrics,
+        service::collector::Settings {
+            database: cli.database.url(),
+            amqp: amqp.clone(),
+            topology: topology.clone(),
+            interval: cli.metrics.metrics_gauge_interval,
+        },
+        Arc::clone(stop),
+    )?;
     let worker = Worker::new(settler, topology, amqp, settings);
     worker.run(stop);
+    if let Some(c) = collector {
+        let _ = c.join();
+    }
+    if let Some(l) = listener {
+        l.wait()?;
+    }
     log::info!("worker stopped cleanly");
     Ok(ExitCode::SUCCESS)
 }

@@ -72,7 +72,20 @@ impl Settler {
             ..RefundReport::default()
         };
         for refund in &claimed {
-            match self.refund_step(refund, ladder) {
+            let step = self.refund_step(refund, ladder);
+            self.metrics().refund_step(
+                if refund.status == RefundStatus::Requested {
+                    "request"
+                } else {
+                    "query"
+                },
+                match &step {
+                    RefundStep::Now(s) => s.as_str(),
+                    RefundStep::Retry { .. } => "retry",
+                    RefundStep::Parked(_) => "parked",
+                },
+            );
+            match step {
                 RefundStep::Now(RefundStatus::Succeeded | RefundStatus::Closed) => {
                     report.succeeded += 1;
                 }

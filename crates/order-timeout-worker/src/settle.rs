@@ -25,6 +25,7 @@ use chrono::{DateTime, Utc};
 use domain::{Anomaly, CloseOutcome, Order, OrderNo, OrderStatus, PgPool, StoreError};
 use payment_client::{QueryOutcome, TradeState, Transaction};
 use service::payments::Recorded;
+use service::{Metrics, Outcome};
 
 /// How long after a close on `ORDER_NOT_EXIST` the recheck looks again.
 pub const DEFAULT_RECHECK_AFTER: Duration = Duration::from_mins(10);
@@ -42,6 +43,19 @@ pub enum Trigger {
     /// An operator (`order-timeout-worker settle ORDER_NO`). On an order
     /// closed here it also rechecks WeChat Pay, like [`Trigger::Recheck`].
     Operator,
+}
+
+impl Trigger {
+    /// The `trigger` label of the settlement metrics.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Message => "message",
+            Self::Recheck => "recheck",
+            Self::Sweep => "sweep",
+            Self::Operator => "operator",
+        }
+    }
 }
 
 /// What one settlement attempt found and did.
@@ -103,6 +117,23 @@ impl Settlement {
         }
     }
 
+    /// The metrics outcome of this attempt on its own; the consumer turns it
+    /// into `parked` when the message is parked (retries used up).
+    #[must_use]
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            Self::Closed { .. } => Outcome::Closed,
+            Self::Compensated { .. } => Outcome::Paid,
+            Self::PaidAfterClose => Outcome::PaidAfterClose,
+            Self::Rechecked { .. } => Outcome::Rechecked,
+            Self::AlreadySettled(_) => Outcome::AlreadySettled,
+            Self::NotYetDue { .. } => Outcome::NotYetDue,
+            Self::UnknownOrder | Self::GiveUp { .. } => Outcome::Parked,
+            Self::NeedsHuman { .. } => Outcome::Anomaly,
+            Self::RetryLater { .. } => Outcome::Retry,
+        }
+    }
+
     /// True when the order has reached (or already had) its final state.
     #[must_use]
     pub fn is_final(&self) -> bool {
@@ -156,6 +187,7 @@ pub struct Settler {
     payments: Arc<payment_client::Client>,
     recheck_after: Duration,
     refund_notify_url: Option<String>,
+    metrics: Metrics,
 }
 
 impl Settler {
@@ -166,7 +198,22 @@ impl Settler {
             payments,
             recheck_after: DEFAULT_RECHECK_AFTER,
             refund_notify_url: None,
+            metrics: Metrics::disabled(),
         }
+    }
+
+    /// Where settlements are counted (the settlement lag; the consumer
+    /// counts outcomes). Give the payment client the same handle as its
+    /// observer for the WeChat Pay request metrics.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    #[must_use]
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Where WeChat Pay should send refund notifications (the front door's
@@ -339,7 +386,10 @@ impl Settler {
             .and_then(|d| chrono::Duration::from_std(d).ok())
             .map(|d| Utc::now() + d);
         match domain::close_unpaid(&mut conn, &order.order_no, why, recheck_at) {
-            Ok(CloseOutcome::Closed { .. }) => Settlement::Closed { why, recheck_after },
+            Ok(CloseOutcome::Closed { .. }) => {
+                self.metrics.settlement_lag(Utc::now() - order.deadline);
+                Settlement::Closed { why, recheck_after }
+            }
             Ok(CloseOutcome::AlreadyClosed) => Settlement::AlreadySettled(OrderStatus::Closed),
             Ok(CloseOutcome::AlreadyPaid) => Settlement::AlreadySettled(OrderStatus::Paid),
             Ok(CloseOutcome::NotFound) => Settlement::UnknownOrder,
@@ -358,7 +408,10 @@ impl Settler {
             .conn()
             .and_then(|mut c| service::payments::record_payment(&mut c, order, tx));
         match recorded {
-            Ok(Recorded::Paid) => Settlement::Compensated { refunded },
+            Ok(Recorded::Paid) => {
+                self.metrics.settlement_lag(Utc::now() - order.deadline);
+                Settlement::Compensated { refunded }
+            }
             Ok(Recorded::AlreadyPaid) => Settlement::AlreadySettled(OrderStatus::Paid),
             Ok(Recorded::PaidAfterClose { .. }) => Settlement::PaidAfterClose,
             Ok(Recorded::NeedsHuman { anomaly, detail }) => {

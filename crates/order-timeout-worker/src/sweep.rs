@@ -101,6 +101,12 @@ impl Worker {
         let started = Instant::now();
         let s = self.settler.settle(&order.order_no, trigger, Utc::now());
         self.stats.outcome(s.label());
+        // The sweep parks nothing: what it cannot settle it asks again later.
+        let outcome = match s.outcome() {
+            service::Outcome::Parked => service::Outcome::Retry,
+            o => o,
+        };
+        self.settler.metrics().settlement(outcome, trigger.as_str());
         log_settlement(&order.order_no, &s, order.check_failures + 1, started);
         report.looked_at += 1;
         let not_before = match &s {

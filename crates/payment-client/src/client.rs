@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::io;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
@@ -13,6 +14,7 @@ use crate::error::{Error, DEFAULT_RATE_LIMIT_BACKOFF};
 use crate::model::{
     CloseOutcome, NativePrepay, QueryOutcome, RawRefund, RawTransaction, Refund, RefundRequest,
 };
+use crate::observe::{Call, CallObserver, CallResult};
 use crate::signing::{self, MerchantKey};
 use crate::verify::{self, KeyStore, ReplayGuard};
 
@@ -78,6 +80,7 @@ pub struct Client {
     public_key_id: Option<String>,
     keys: KeyStore,
     replays: ReplayGuard,
+    observer: Option<Arc<dyn CallObserver>>,
 }
 
 impl fmt::Debug for Client {
@@ -90,6 +93,7 @@ impl fmt::Debug for Client {
             .field("merchant_key", &self.merchant_key)
             .field("public_key_id", &self.public_key_id)
             .field("keys", &self.keys)
+            .field("observer", &self.observer)
             .finish_non_exhaustive()
     }
 }
@@ -217,7 +221,17 @@ impl Client {
             public_key_id,
             keys,
             replays: ReplayGuard::new(ReplayGuard::DEFAULT_CAPACITY),
+            observer: None,
         })
+    }
+
+    /// Reports every request sent (which call, what came back, how long it
+    /// took) to `observer`: the binaries' metrics. Requests refused before
+    /// sending are not reported.
+    #[must_use]
+    pub fn with_observer(mut self, observer: Arc<dyn CallObserver>) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     /// The merchant id every request is made for.
@@ -258,7 +272,12 @@ impl Client {
             "amount": { "total": req.total_fen, "currency": "CNY" },
         })
         .to_string();
-        let resp = self.execute(Method::Post, "/v3/pay/transactions/native", body.as_bytes())?;
+        let resp = self.execute(
+            Call::NativePrepay,
+            Method::Post,
+            "/v3/pay/transactions/native",
+            body.as_bytes(),
+        )?;
         match resp.status {
             200 => {
                 let answer: NativePrepayAnswer =
@@ -293,7 +312,7 @@ impl Client {
             encode_path_segment(out_trade_no),
             self.mchid
         );
-        let resp = self.execute(Method::Get, &path, b"")?;
+        let resp = self.execute(Call::Query, Method::Get, &path, b"")?;
         match resp.status {
             200 => {
                 let raw: RawTransaction =
@@ -350,7 +369,7 @@ impl Client {
             encode_path_segment(out_trade_no)
         );
         let body = serde_json::json!({ "mchid": self.mchid }).to_string();
-        let resp = self.execute(Method::Post, &path, body.as_bytes())?;
+        let resp = self.execute(Call::Close, Method::Post, &path, body.as_bytes())?;
         match resp.status {
             204 => Ok(CloseOutcome::Closed),
             202 => Ok(CloseOutcome::UserPaying),
@@ -381,7 +400,12 @@ impl Client {
     pub fn refund(&self, req: &RefundRequest) -> Result<Refund, Error> {
         check_refund(req)?;
         let body = refund_body(req).to_string();
-        let resp = self.execute(Method::Post, "/v3/refund/domestic/refunds", body.as_bytes())?;
+        let resp = self.execute(
+            Call::Refund,
+            Method::Post,
+            "/v3/refund/domestic/refunds",
+            body.as_bytes(),
+        )?;
         match resp.status {
             200 => {
                 let refund = parse_refund(&resp.body, &req.out_refund_no)?;
@@ -422,7 +446,7 @@ impl Client {
             "/v3/refund/domestic/refunds/{}",
             encode_path_segment(out_refund_no)
         );
-        let resp = self.execute(Method::Get, &path, b"")?;
+        let resp = self.execute(Call::RefundQuery, Method::Get, &path, b"")?;
         match resp.status {
             200 => parse_refund(&resp.body, out_refund_no).map(Some),
             404 => match error_for(&resp) {
@@ -439,7 +463,27 @@ impl Client {
 
     /// Sends once to the main URL and, if that could not even connect, once
     /// to the backup domain.
-    fn execute(&self, method: Method, path: &str, body: &[u8]) -> Result<Verified, Error> {
+    fn execute(
+        &self,
+        call: Call,
+        method: Method,
+        path: &str,
+        body: &[u8],
+    ) -> Result<Verified, Error> {
+        let started = Instant::now();
+        let result = self.execute_once_or_backup(method, path, body);
+        if let Some(observer) = &self.observer {
+            observer.observe(call, &CallResult::of(&result), started.elapsed());
+        }
+        result
+    }
+
+    fn execute_once_or_backup(
+        &self,
+        method: Method,
+        path: &str,
+        body: &[u8],
+    ) -> Result<Verified, Error> {
         match self.send(&self.base_url, method, path, body) {
             Err(Error::Connect { url, source }) if self.backup_base_url.is_some() => {
                 let backup = self.backup_base_url.as_deref().unwrap_or_default();
@@ -725,6 +769,26 @@ fn map_ureq_error(e: ureq::Error, url: &str) -> Error {
         }
         ureq::Error::Timeout(_) => Error::Timeout { url, source: e },
         _ => Error::Transport { url, source: e },
+    }
+}
+
+impl CallResult {
+    fn of(result: &Result<Verified, Error>) -> Self {
+        match result {
+            Ok(resp) => Self::Answered {
+                status: resp.status,
+                code: if (200..300).contains(&resp.status) {
+                    None
+                } else {
+                    error_for(resp).provider_code().map(str::to_owned)
+                },
+            },
+            Err(Error::Connect { .. }) => Self::ConnectError,
+            Err(Error::Timeout { .. }) => Self::Timeout,
+            Err(Error::Unverified { .. }) => Self::Unverified,
+            Err(Error::Signing(_)) => Self::SigningError,
+            Err(_) => Self::TransportError,
+        }
     }
 }
 

@@ -34,6 +34,7 @@ mod config;
 mod error;
 mod model;
 pub mod notify;
+mod observe;
 pub mod signing;
 pub mod verify;
 
@@ -48,3 +49,4 @@ pub use model::{
     TradeState, Transaction,
 };
 pub use notify::{ApiV3Key, Notification, NotificationVerifier, NotifyError, RefundNotice};
+pub use observe::{Call, CallObserver, CallResult};

@@ -4,23 +4,35 @@
 //! errors to exit codes (0 / 2 / 1), the database and broker arguments,
 //! duration parsing and reconnect back-off with jitter; the WeChat Pay
 //! settings and the one way a payment WeChat Pay reports becomes a record
-//! ([`payments`]), shared by the worker and the front door.
+//! ([`payments`]), shared by the worker and the front door; the HTTP
+//! listener stack ([`http`]), the Prometheus metrics ([`metrics`]), their
+//! listener with the health probes ([`telemetry`]) and the one process that
+//! reads the database and broker gauges ([`collector`], from the same
+//! [`snapshot`] as `order-producer status`).
 //!
 //! A binary's `main` is one line: `service::main(crate::run)`. Everything
 //! it runs lives in libraries that tests call directly.
 
 pub mod args;
 pub mod backoff;
+pub mod collector;
 pub mod duration;
 pub mod exit;
+pub mod http;
 pub mod logging;
+pub mod metrics;
 pub mod payment_args;
 pub mod payments;
 pub mod shutdown;
+pub mod snapshot;
+pub mod telemetry;
+pub mod token;
 
 pub use args::{BrokerArgs, DatabaseArgs};
 pub use backoff::Backoff;
 pub use duration::parse_duration;
 pub use exit::{exit_code, main, UsageError};
+pub use metrics::{Metrics, Outcome};
 pub use payment_args::{PaymentArgs, SettingError};
 pub use shutdown::sleep_unless_stopped;
+pub use telemetry::MetricsArgs;

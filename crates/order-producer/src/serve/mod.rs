@@ -3,39 +3,37 @@
 //! token, WeChat Pay's payment notifications behind WeChat Pay's signature,
 //! and `/healthz` / `/readyz`.
 //!
-//! The stack is axum on tokio, served connection by connection with hyper's
-//! own HTTP/1 builder so that slow clients meet a header-read timeout
-//! (axum's `serve` sets no timer, which leaves hyper's timeout off); tower
-//! layers add the request timeout, the body-size limit and a cap on requests
-//! in flight. Every database call and every WeChat Pay call (both blocking:
-//! diesel, ureq) runs on tokio's blocking pool. SIGTERM stops accepting,
-//! lets the requests in hand finish (up to `--shutdown-grace`) and exits 0.
+//! The stack is `service::http` (axum on tokio, hyper's HTTP/1 builder with
+//! a header-read timeout, tower layers for the request timeout, the body
+//! limit and the cap on requests in flight). Every database call and every
+//! WeChat Pay call (both blocking: diesel, ureq) runs on tokio's blocking
+//! pool. SIGTERM stops accepting, lets the requests in hand finish (up to
+//! `--shutdown-grace`) and exits 0. With `--metrics-listen` every request is
+//! counted by route and status, and `/metrics` is served on that listener.
 
 mod error;
 mod health;
 mod notify;
 mod shop;
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::Response;
 use axum::Router;
 use clap::Args;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
-use openssl::hash::{hash, MessageDigest};
 use payment_client::notify::{ApiV3Key, NotificationVerifier};
-use service::{parse_duration, PaymentArgs, UsageError};
-use tower::limit::ConcurrencyLimitLayer;
-use tower::ServiceBuilder;
-use tower_http::limit::RequestBodyLimitLayer;
-use tower_http::timeout::TimeoutLayer;
+use service::http::{Limits, Threads};
+use service::token::BearerToken;
+use service::{parse_duration, Metrics, MetricsArgs, PaymentArgs, UsageError};
 
 pub use error::ApiError;
 pub use notify::{PATH as NOTIFY_PATH, REFUND_PATH as REFUND_NOTIFY_PATH};
@@ -98,12 +96,14 @@ pub struct ServeArgs {
     pub shutdown_grace: Duration,
     #[command(flatten)]
     pub payment: PaymentArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 /// Everything a handler needs, shared by all of them.
 pub(crate) struct AppState {
     pub(crate) pool: domain::PgPool,
-    token_digest: Vec<u8>,
+    pub(crate) token: BearerToken,
     pub(crate) payments: payment_client::Client,
     pub(crate) verifier: NotificationVerifier,
     pub(crate) appid: String,
@@ -121,41 +121,6 @@ impl std::fmt::Debug for AppState {
             .field("amqp", &self.amqp)
             .finish_non_exhaustive()
     }
-}
-
-impl AppState {
-    /// Constant time in the token's content: both sides are hashed first.
-    pub(crate) fn token_matches(&self, presented: &str) -> bool {
-        digest(presented.as_bytes()).is_some_and(|d| openssl::memcmp::eq(&d, &self.token_digest))
-    }
-}
-
-fn digest(bytes: &[u8]) -> Option<Vec<u8>> {
-    hash(MessageDigest::sha256(), bytes)
-        .ok()
-        .map(|d| d.to_vec())
-}
-
-/// Reads a secret file: one trailing newline ignored, content never echoed.
-fn read_token(path: &Path) -> Result<String, UsageError> {
-    let raw = std::fs::read_to_string(path).map_err(|e| {
-        UsageError(format!(
-            "cannot read the API token file {} (API_TOKEN_FILE): {e}",
-            path.display()
-        ))
-    })?;
-    let token = raw
-        .strip_suffix("\r\n")
-        .or_else(|| raw.strip_suffix('\n'))
-        .unwrap_or(&raw);
-    if token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(UsageError(format!(
-            "the API token in {} must be at least 16 printable characters without spaces ({} found)",
-            path.display(),
-            token.len()
-        )));
-    }
-    Ok(token.to_owned())
 }
 
 fn check_notify_url(url: &str, allow_http: bool) -> Result<(), UsageError> {
@@ -187,8 +152,8 @@ fn check_notify_url(url: &str, allow_http: bool) -> Result<(), UsageError> {
 }
 
 /// Builds the shared state: settings checked, keys loaded, pool opened.
-fn state(cli: &crate::Cli, args: &ServeArgs) -> anyhow::Result<AppState> {
-    let token = read_token(&args.api_token_file)?;
+fn state(cli: &crate::Cli, args: &ServeArgs, metrics: &Metrics) -> anyhow::Result<AppState> {
+    let token = BearerToken::load(&args.api_token_file, "API_TOKEN_FILE")?;
     if args.appid.is_empty() || !args.appid.bytes().all(|b| b.is_ascii_alphanumeric()) {
         return Err(UsageError(
             "WECHATPAY_APPID must be the app id (letters and digits, e.g. wx8888888888888888)"
@@ -204,7 +169,8 @@ fn state(cli: &crate::Cli, args: &ServeArgs) -> anyhow::Result<AppState> {
         .config()
         .map_err(|e| UsageError(e.to_string()))?;
     let payments = payment_client::Client::new(config)
-        .map_err(|e| UsageError(format!("WeChat Pay client not usable: {e}")))?;
+        .map_err(|e| UsageError(format!("WeChat Pay client not usable: {e}")))?
+        .with_observer(Arc::new(metrics.clone()));
     let verifier = NotificationVerifier::new(payments.key_store().clone(), apiv3);
     let topology = cli.broker.topology().map_err(UsageError)?;
     let default_window = args.payment_window.unwrap_or_else(|| {
@@ -224,7 +190,7 @@ fn state(cli: &crate::Cli, args: &ServeArgs) -> anyhow::Result<AppState> {
     }
     Ok(AppState {
         pool,
-        token_digest: digest(token.as_bytes()).context("SHA-256 unavailable")?,
+        token,
         payments,
         verifier,
         appid: args.appid.clone(),
@@ -235,40 +201,75 @@ fn state(cli: &crate::Cli, args: &ServeArgs) -> anyhow::Result<AppState> {
     })
 }
 
-/// The whole HTTP surface with its layers.
-pub(crate) fn app(state: Arc<AppState>, args: &ServeArgs) -> Router {
-    Router::new()
-        .merge(shop::routes(Arc::clone(&state)))
-        .merge(notify::routes())
-        .merge(health::routes())
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route") })
-        .with_state(state)
-        .layer(
-            ServiceBuilder::new()
-                .layer(ConcurrencyLimitLayer::new(args.max_in_flight.max(1)))
-                .layer(RequestBodyLimitLayer::new(args.max_body_bytes))
-                .layer(TimeoutLayer::with_status_code(
-                    StatusCode::REQUEST_TIMEOUT,
-                    args.request_timeout,
-                ))
-                .layer(axum::extract::DefaultBodyLimit::max(args.max_body_bytes)),
-        )
+impl ServeArgs {
+    fn limits(&self) -> Limits {
+        Limits {
+            header_timeout: self.header_timeout,
+            request_timeout: self.request_timeout,
+            max_body_bytes: self.max_body_bytes,
+            max_in_flight: self.max_in_flight,
+            shutdown_grace: self.shutdown_grace,
+        }
+    }
 }
 
-/// A front door listening and serving on its own thread.
+/// The whole HTTP surface with its layers; every request is counted into
+/// `metrics` by route template and status (the limit layers' 408 and 413
+/// included).
+pub(crate) fn app(state: Arc<AppState>, args: &ServeArgs, metrics: Metrics) -> Router {
+    let probes = service::telemetry::probes(health::readiness(Arc::clone(&state)));
+    let router = Router::new()
+        .merge(shop::routes(Arc::clone(&state)))
+        .merge(notify::routes())
+        .with_state(state)
+        .merge(probes)
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route") });
+    service::http::layered(router, &args.limits())
+        .layer(middleware::from_fn_with_state(metrics, count_request))
+}
+
+/// Counts one request by its route template (`unmatched` for none).
+async fn count_request(State(metrics): State<Metrics>, request: Request, next: Next) -> Response {
+    if !metrics.is_enabled() {
+        return next.run(request).await;
+    }
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or(Cow::Borrowed("unmatched"), |p| {
+            Cow::Owned(p.as_str().to_owned())
+        });
+    let started = Instant::now();
+    let response = next.run(request).await;
+    metrics.http_request(route, response.status().as_u16(), started.elapsed());
+    response
+}
+
+/// A front door listening and serving on its own thread (with its metrics
+/// listener and collector when `--metrics-listen` is set).
 #[derive(Debug)]
 pub struct Running {
     /// Where it listens (the port is known even when `--listen` said 0).
     pub addr: SocketAddr,
-    thread: std::thread::JoinHandle<anyhow::Result<()>>,
+    /// Where its metrics and probes listen, when they do.
+    pub metrics_addr: Option<SocketAddr>,
+    server: service::http::Running,
+    telemetry: Option<service::http::Running>,
+    collector: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Running {
     /// Waits until it has stopped (after `stop` was raised).
     pub fn wait(self) -> anyhow::Result<()> {
-        self.thread
-            .join()
-            .map_err(|_| anyhow::anyhow!("the server thread panicked"))?
+        let served = self.server.wait();
+        if let Some(c) = self.collector {
+            let _ = c.join();
+        }
+        if let Some(t) = self.telemetry {
+            t.wait()?;
+        }
+        log::info!("stopped: all requests finished; bye");
+        served
     }
 }
 
@@ -276,91 +277,51 @@ impl Running {
 /// serving on a thread of its own until `stop` is raised. Errors in the
 /// settings are [`UsageError`]s (exit 2).
 pub fn start(cli: &crate::Cli, args: &ServeArgs, stop: Arc<AtomicBool>) -> anyhow::Result<Running> {
-    let state = Arc::new(state(cli, args)?);
-    let listener = std::net::TcpListener::bind(args.listen).map_err(|e| {
-        UsageError(format!(
-            "cannot listen on {} (API_LISTEN): {e}",
-            args.listen
-        ))
-    })?;
-    listener.set_nonblocking(true)?;
-    let addr = listener.local_addr()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("serve")
-        .build()
-        .context("cannot start the async runtime")?;
-    let app = app(state, args);
-    let limits = (args.header_timeout, args.shutdown_grace);
+    let metrics = args.metrics.metrics("serve");
+    let state = Arc::new(state(cli, args, &metrics)?);
+    let listener = service::http::bind(args.listen, "API_LISTEN")?;
+    let telemetry = service::telemetry::start(
+        &args.metrics,
+        &metrics,
+        health::readiness(Arc::clone(&state)),
+        Arc::clone(&stop),
+    )?;
+    let collector = service::collector::spawn(
+        metrics.clone(),
+        service::collector::Settings {
+            database: cli.database.url(),
+            amqp: cli.broker.url(),
+            topology: cli.broker.topology().map_err(UsageError)?,
+            interval: args.metrics.metrics_gauge_interval,
+        },
+        Arc::clone(&stop),
+    )?;
+    let app = app(state, args, metrics);
+    let server = service::http::spawn(
+        "serve",
+        listener,
+        app,
+        &args.limits(),
+        Threads::PerCore,
+        stop,
+    )?;
     log::info!(
-        "serving the shop API and WeChat Pay notifications on http://{addr} (notify URL {})",
+        "serving the shop API and WeChat Pay notifications on http://{} (notify URL {})",
+        server.addr,
         args.notify_url
     );
-    let thread = std::thread::Builder::new()
-        .name("serve".into())
-        .spawn(move || runtime.block_on(serve(listener, app, limits, stop)))
-        .context("cannot start the server thread")?;
-    Ok(Running { addr, thread })
+    Ok(Running {
+        addr: server.addr,
+        metrics_addr: telemetry.as_ref().map(|t| t.addr),
+        server,
+        telemetry,
+        collector,
+    })
 }
 
 /// Runs the front door until `stop` is raised.
 pub fn run(cli: &crate::Cli, args: &ServeArgs, stop: &Arc<AtomicBool>) -> anyhow::Result<()> {
     start(cli, args, Arc::clone(stop))?.wait()
-}
-
-async fn serve(
-    listener: std::net::TcpListener,
-    app: Router,
-    (header_timeout, shutdown_grace): (Duration, Duration),
-    stop: Arc<AtomicBool>,
-) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::from_std(listener)?;
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(header_timeout)
-        .keep_alive(true);
-    let graceful = GracefulShutdown::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Out of file descriptors and the like: wait, don't spin.
-                        log::warn!("accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let service = TowerToHyperService::new(app.clone());
-                let conn = http.serve_connection(TokioIo::new(stream), service);
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        log::debug!("connection from {peer}: {e}");
-                    }
-                });
-            }
-            () = stopped(&stop) => break,
-        }
-    }
-    drop(listener);
-    log::info!("stopping: no new connections; finishing the requests in hand");
-    tokio::select! {
-        () = graceful.shutdown() => log::info!("all requests finished; bye"),
-        () = tokio::time::sleep(shutdown_grace) => log::warn!(
-            "requests still running after {shutdown_grace:?}; exiting anyway"
-        ),
-    }
-    Ok(())
-}
-
-/// Resolves once SIGTERM/SIGINT raised the flag.
-async fn stopped(stop: &AtomicBool) {
-    while !stop.load(Ordering::Relaxed) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Runs blocking work (database, WeChat Pay) on the blocking pool.
@@ -388,21 +349,5 @@ mod tests {
         assert!(check_notify_url("ftp://x/y", true).is_err());
         assert!(check("https://").is_err());
         assert!(check("https://x/notify?a=1").is_err());
-    }
-
-    #[test]
-    fn tokens_are_checked_and_never_echoed() {
-        let dir = std::env::temp_dir().join(format!("ot-token-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let short = dir.join("short");
-        std::fs::write(&short, "tiny-secret\n").unwrap();
-        let err = read_token(&short).unwrap_err().to_string();
-        assert!(!err.contains("tiny-secret"), "{err}");
-        let good = dir.join("good");
-        std::fs::write(&good, "0123456789abcdef-token\n").unwrap();
-        assert_eq!(read_token(&good).unwrap(), "0123456789abcdef-token");
-        let missing = read_token(&dir.join("none")).unwrap_err().to_string();
-        assert!(missing.contains("API_TOKEN_FILE"), "{missing}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -51,13 +51,9 @@ async fn require_token(
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        // The scheme is case-insensitive (RFC 9110); the token is not.
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token);
+        .and_then(|v| v.to_str().ok());
     match presented {
-        Some(token) if state.token_matches(token) => next.run(request).await,
+        presented if state.token.authorizes(presented) => next.run(request).await,
         _ => {
             let mut resp = ApiError::new(
                 StatusCode::UNAUTHORIZED,

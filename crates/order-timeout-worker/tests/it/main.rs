@@ -8,6 +8,7 @@ mod delivery;
 mod edges;
 mod faults;
 mod front_door;
+mod metrics;
 mod money;
 mod poison;
 mod rechecks;
