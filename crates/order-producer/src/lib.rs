@@ -75,9 +75,12 @@ pub enum Command {
     /// Re-emit the delay message of pending orders now (an operator's repair
     /// tool). Orders that are not pending are refused with a message.
     Publish(PublishArgs),
-    /// Queue depths, orders by status, outbox backlog, payments to refund
-    /// and stock balances, for a person to read.
-    Status,
+    /// Queue depths, orders by status, the outbox backlog and its age,
+    /// payments to refund, refunds by status, what needs a human and stock
+    /// balances: for a person to read, or with --json for a machine. Exit 1
+    /// when a queue is missing, the broker cannot be read or stock is not
+    /// conserved.
+    Status(StatusArgs),
     /// List the messages the worker parked (order, attempts, reason, when).
     /// With --replay, send those that are valid timeout messages back to
     /// `queue.ordertimeout` with a fresh attempt count (fix the cause first);
@@ -88,6 +91,14 @@ pub enum Command {
     /// payment notifications behind WeChat Pay's signature, and /healthz and
     /// /readyz. Runs until SIGTERM/SIGINT, finishing the requests in hand.
     Serve(Box<serve::ServeArgs>),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// One JSON object instead of text: the same facts (the metrics gauges
+    /// are read from the same snapshot), plus `ok`.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -275,18 +286,36 @@ pub fn run(cli: &Cli, stop: &Arc<AtomicBool>) -> anyhow::Result<ExitCode> {
                 );
             }
         }
-        Command::Status => {
+        Command::Status(args) => {
             require_schema(&mut conn)?;
-            let ok = status::print(&mut out, &mut conn, &cli.broker.url(), &topology)?;
-            if !ok {
-                return Ok(ExitCode::FAILURE);
-            }
+            return status_cmd(cli, args, &mut conn, &topology, &mut out);
         }
         Command::Declare | Command::Relay(_) | Command::Parked(_) | Command::Serve(_) => {
             unreachable!("handled above")
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn status_cmd(
+    cli: &Cli,
+    args: &StatusArgs,
+    conn: &mut PgConnection,
+    topology: &broker::Topology,
+    out: &mut impl Write,
+) -> anyhow::Result<ExitCode> {
+    let amqp = cli.broker.url();
+    let report = status::Report::gather(conn, &amqp, topology)?;
+    if args.json {
+        report.write_json(out)?;
+    } else {
+        report.write_text(out, &amqp)?;
+    }
+    Ok(if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn declare(cli: &Cli, topology: &broker::Topology) -> anyhow::Result<ExitCode> {

@@ -274,6 +274,24 @@ impl FrontDoor {
         }
     }
 
+    /// `GET /metrics` of the metrics listener (started with
+    /// `--metrics-listen 127.0.0.1:0`): the exposition text.
+    #[must_use]
+    pub fn scrape(&self) -> String {
+        let addr = self
+            .running
+            .as_ref()
+            .and_then(|r| r.metrics_addr)
+            .expect("started with --metrics-listen");
+        let mut resp = self
+            .agent
+            .get(format!("http://{addr}/metrics"))
+            .call()
+            .expect("the metrics listener answers");
+        assert_eq!(resp.status().as_u16(), 200);
+        resp.body_mut().read_to_string().unwrap_or_default()
+    }
+
     /// `POST /v1/orders` for `qty` TEA; the order number.
     #[must_use]
     pub fn order_tea(&self, qty: u32) -> domain::OrderNo {
@@ -378,4 +396,21 @@ pub fn paid_transaction(no: &str, total: i64, transaction_id: &str) -> Value {
         "payer": {"openid": "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"},
         "amount": {"total": total, "payer_total": total, "currency": "CNY", "payer_currency": "CNY"},
     })
+}
+
+/// The value of one sample (`name{labels}` exactly as exposed, or a bare
+/// name) in a Prometheus text exposition, as a count; 0 when absent.
+#[must_use]
+pub fn sample(exposition: &str, series: &str) -> i64 {
+    exposition
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .map_or(0, |v| {
+            let v: f64 = v.trim().parse().expect("a number");
+            v as i64
+        })
 }

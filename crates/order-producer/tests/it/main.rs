@@ -3,6 +3,7 @@
 
 mod cli;
 mod declare;
+mod metrics;
 mod notify;
 mod relay;
 mod serve_binary;
