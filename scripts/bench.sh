@@ -5,7 +5,11 @@
 # between deadline and settlement at a steady 100 orders/s. Everything runs
 # on this machine: PostgreSQL, RabbitMQ, the simulator (in the bench
 # process), the release worker binary. Needs rabbitmqctl (root).
-# Usage: scripts/bench.sh [--orders N] [--lag-seconds S]
+# Usage: scripts/bench.sh [--orders N] [--lag-seconds S] [--metrics-orders N]
+#        [--metrics-pairs P] [--only-metrics]
+# The last part runs the throughput scenario with metrics off and on,
+# alternated, and prints the cost of metrics side by side (orders/s and the
+# worker's CPU per order).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/dev-env.sh

@@ -9,6 +9,12 @@
 //!    relay and the worker running; lag = settlement time - deadline,
 //!    p50/p95/p99.
 //!
+//! 3. Metrics cost: the throughput run (latency 0) with metrics off and on
+//!    (`METRICS_LISTEN`, scraped every second, the collector reading the
+//!    gauges), alternated, side by side: orders/s and the worker's CPU per
+//!    order (from /proc), medians and ratios, with this machine's RSA-2048
+//!    signature rate before and after. `--only-metrics` runs this alone.
+//!
 //! Each run uses a fresh database and vhost and the in-process simulator.
 
 use std::process::{Child, Command, Stdio};
@@ -54,10 +60,14 @@ impl Env {
         }
     }
 
-    fn worker(&self, concurrency: u16) -> Child {
+    fn worker(&self, concurrency: u16, metrics: Option<&str>) -> Child {
         let bin = std::env::var("BENCH_WORKER_BIN")
             .unwrap_or_else(|_| "target/release/order-timeout-worker".into());
-        Command::new(bin)
+        let mut command = Command::new(bin);
+        if let Some(addr) = metrics {
+            command.env("METRICS_LISTEN", addr);
+        }
+        command
             .args(["--concurrency", &concurrency.to_string()])
             .env("DATABASE_URL", self.db.url().expose())
             .env("AMQP_URL", self.vhost.url().expose())
@@ -125,9 +135,67 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
-/// Throughput run: returns (orders/s, peak RSS MiB, closed, paid).
-fn throughput(keys: &SimKeys, n: usize, latency_ms: u64, concurrency: u16) -> (f64, f64, i64, i64) {
-    let env = Env::new(keys, Duration::from_mins(30));
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces): state is 3rd.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // Linux reports in USER_HZ, 100 on every architecture we run on.
+    Some(ticks / 100.0)
+}
+
+/// RSA-2048 SHA256withRSA signatures per second on one thread, now.
+fn signature_rate() -> f64 {
+    let key = openssl::pkey::PKey::from_rsa(openssl::rsa::Rsa::generate(2048).unwrap()).unwrap();
+    let started = Instant::now();
+    let mut n = 0u32;
+    while started.elapsed() < Duration::from_secs(1) {
+        let mut s =
+            openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), &key).unwrap();
+        s.update(b"GET\n/v3/pay/transactions/out-trade-no/x\n1\nnonce\n\n")
+            .unwrap();
+        let _ = s.sign_to_vec().unwrap();
+        n += 1;
+    }
+    f64::from(n) / started.elapsed().as_secs_f64()
+}
+
+/// What one throughput run measured.
+struct Throughput {
+    rate: f64,
+    rss_mib: f64,
+    closed: i64,
+    paid: i64,
+    /// Worker CPU per settled order, ms.
+    cpu_ms: f64,
+}
+
+/// Scrapes `addr`'s /metrics every second until `stop` (as Prometheus would,
+/// more often than its default); returns the scrapes that answered 200.
+fn scraper(addr: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u32> {
+    std::thread::spawn(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(5)))
+            .build()
+            .into();
+        let mut ok = 0;
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok(mut r) = agent.get(format!("http://{addr}/metrics")).call() {
+                let _ = r.body_mut().read_to_string();
+                ok += 1;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        ok
+    })
+}
+
+/// `n` orders whose deadline passed a minute ago (one TEA each, stock
+/// reserved), in the bench mix at the simulator, their messages all in the
+/// consumer queue at once.
+fn expire_together(env: &Env, n: usize, latency_ms: u64) {
     // Orders whose deadline passed a minute ago, one TEA each, stock reserved.
     let mut conn = env.db.conn();
     let tea = domain::SkuCode::parse("TEA").unwrap();
@@ -186,10 +254,33 @@ fn throughput(keys: &SimKeys, n: usize, latency_ms: u64, concurrency: u16) -> (f
     }
     let _ = publisher.close();
     let _ = amqp.close();
+}
 
+/// Throughput run (see the module docs); with `metrics` the worker serves
+/// and counts metrics, scraped every second.
+fn throughput(
+    keys: &SimKeys,
+    n: usize,
+    latency_ms: u64,
+    concurrency: u16,
+    metrics: bool,
+) -> Throughput {
+    let env = Env::new(keys, Duration::from_mins(30));
+    expire_together(&env, n, latency_ms);
+    let metrics_addr = metrics.then(|| {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        format!("127.0.0.1:{port}")
+    });
     let started = Instant::now();
-    let worker = env.worker(concurrency);
+    let worker = env.worker(concurrency, metrics_addr.as_deref());
     let pid = worker.id();
+    let stop_scraping = Arc::new(AtomicBool::new(false));
+    let scraping = metrics_addr
+        .clone()
+        .map(|addr| scraper(addr, Arc::clone(&stop_scraping)));
     let mut peak = 0;
     while env.pending() > 0 {
         peak = peak.max(peak_rss_kib(pid).unwrap_or(0));
@@ -200,19 +291,29 @@ fn throughput(keys: &SimKeys, n: usize, latency_ms: u64, concurrency: u16) -> (f
         std::thread::sleep(Duration::from_millis(50));
     }
     let secs = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(pid).unwrap_or(f64::NAN);
     peak = peak.max(peak_rss_kib(pid).unwrap_or(0));
+    stop_scraping.store(true, Ordering::Relaxed);
+    if let Some(s) = scraping {
+        let scrapes = s.join().unwrap_or(0);
+        assert!(
+            scrapes > 0 || secs < 2.0,
+            "the worker's /metrics never answered"
+        );
+    }
     stop(worker);
     let counts = domain::count_by_status(&mut env.db.conn()).unwrap();
     for b in domain::stock_balances(&mut env.db.conn()).unwrap() {
         // Loaded n, held by paid orders, the rest back in stock.
         assert_eq!(b.stock + b.held, n as i64, "stock not conserved: {b:?}");
     }
-    (
-        n as f64 / secs,
-        peak as f64 / 1024.0,
-        counts[2].1,
-        counts[1].1,
-    )
+    Throughput {
+        rate: n as f64 / secs,
+        rss_mib: peak as f64 / 1024.0,
+        closed: counts[2].1,
+        paid: counts[1].1,
+        cpu_ms: cpu * 1000.0 / n as f64,
+    }
 }
 
 /// Lag run: `rate` orders/s for `secs` s, 1 s window; returns lag percentiles in ms.
@@ -228,7 +329,7 @@ fn lag(keys: &SimKeys, rate: u32, secs: u32, concurrency: u16) -> (f64, f64, f64
         None,
     )
     .unwrap();
-    let worker = env.worker(concurrency);
+    let worker = env.worker(concurrency, None);
     let stop_relay = Arc::new(AtomicBool::new(false));
     let relay_flag = Arc::clone(&stop_relay);
     let mut relay = order_producer::relay::Relay::new(
@@ -281,20 +382,122 @@ fn arg(name: &str, default: usize) -> usize {
         .map_or(default, |v| v.parse().expect("a number"))
 }
 
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// The metrics work the worker does for one settled order, timed alone:
+/// the outcome, the lag, and three WeChat Pay calls (query, close, query)
+/// observed. Nanoseconds per order.
+fn metrics_ns_per_order() -> f64 {
+    use payment_client::{Call, CallObserver, CallResult};
+    let m = service::Metrics::new("bench");
+    let ok = CallResult::Answered {
+        status: 200,
+        code: None,
+    };
+    let took = Duration::from_millis(3);
+    let n = 200_000u32;
+    let started = Instant::now();
+    for _ in 0..n {
+        m.observe(Call::Query, &ok, took);
+        m.observe(Call::Close, &ok, took);
+        m.observe(Call::Query, &ok, took);
+        m.settlement_lag(chrono::TimeDelta::milliseconds(800));
+        m.settlement(service::Outcome::Closed, "message");
+    }
+    let ns = started.elapsed().as_secs_f64() * 1e9 / f64::from(n);
+    assert!(m.encode().contains("order_timeout_settlements_total"));
+    ns
+}
+
+/// Metrics off and on, alternated `pairs` times: medians and ratios.
+fn metrics_cost(keys: &SimKeys, n: usize, pairs: usize) {
+    let sig_before = signature_rate();
+    println!();
+    println!(
+        "metrics cost: {n} orders expiring together, latency 0, --concurrency 16, metrics off / on \
+         (METRICS_LISTEN, scraped every 1 s, collector every 10 s), alternated {pairs} times"
+    );
+    println!("| run | metrics | orders/s | worker CPU per order |");
+    println!("| --- | --- | --- | --- |");
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for i in 0..pairs {
+        // Alternate which goes first, so a drift of the machine hits both.
+        let order = if i % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for metrics in order {
+            let t = throughput(keys, n, 0, 16, metrics);
+            println!(
+                "| {} | {} | {:.0} | {:.3} ms |",
+                i + 1,
+                if metrics { "on" } else { "off" },
+                t.rate,
+                t.cpu_ms
+            );
+            if metrics { &mut on } else { &mut off }.push(t);
+        }
+    }
+    let sig_after = signature_rate();
+    let rate = |v: &[Throughput]| median(v.iter().map(|t| t.rate).collect());
+    let cpu = |v: &[Throughput]| median(v.iter().map(|t| t.cpu_ms).collect());
+    println!();
+    println!("| median | metrics off | metrics on | on / off |");
+    println!("| --- | --- | --- | --- |");
+    println!(
+        "| orders/s | {:.0} | {:.0} | {:.3} |",
+        rate(&off),
+        rate(&on),
+        rate(&on) / rate(&off)
+    );
+    println!(
+        "| worker CPU per order | {:.3} ms | {:.3} ms | {:.3} |",
+        cpu(&off),
+        cpu(&on),
+        cpu(&on) / cpu(&off)
+    );
+    let ns = metrics_ns_per_order();
+    println!(
+        "The metrics work per settled order, timed alone (outcome, lag, 3 WeChat Pay calls observed): \
+         {:.2} us = {:.3}% of the worker's CPU per order with metrics off",
+        ns / 1000.0,
+        ns / 1e6 / cpu(&off) * 100.0
+    );
+    println!(
+        "This machine's RSA-2048 signatures/s on one thread, before / after: {sig_before:.0} / {sig_after:.0}"
+    );
+}
+
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
     let n = arg("--orders", 20_000);
     let lag_secs = arg("--lag-seconds", 30) as u32;
+    let metrics_orders = arg("--metrics-orders", 5_000);
+    let metrics_pairs = arg("--metrics-pairs", 3);
     let keys = SimKeys::generate().unwrap();
     println!(
         "worker benchmark on {} cores; mix 60% never created at WeChat Pay, 30% NOTPAY, 10% paid",
         std::thread::available_parallelism().map_or(0, std::num::NonZero::get)
     );
+    if args.iter().any(|a| a == "--only-metrics") {
+        metrics_cost(&keys, metrics_orders, metrics_pairs);
+        return;
+    }
+    println!(
+        "This machine's RSA-2048 signatures/s on one thread: {:.0}",
+        signature_rate()
+    );
     println!("| scenario | orders | orders/s | worker peak RSS | closed / paid |");
     println!("| --- | --- | --- | --- | --- |");
     for (latency, concurrency) in [(0, 16), (0, 64), (50, 64)] {
-        let (rate, rss, closed, paid) = throughput(&keys, n, latency, concurrency);
+        let t = throughput(&keys, n, latency, concurrency, false);
         println!(
-            "| latency {latency} ms, --concurrency {concurrency} | {n} | {rate:.0} | {rss:.1} MiB | {closed} / {paid} |"
+            "| latency {latency} ms, --concurrency {concurrency} | {n} | {:.0} | {:.1} MiB | {} / {} |",
+            t.rate, t.rss_mib, t.closed, t.paid
         );
     }
     let (p50, p95, p99, count) = lag(&keys, 100, lag_secs, 16);
@@ -303,4 +506,5 @@ fn main() {
     println!("| p50 | p95 | p99 |");
     println!("| --- | --- | --- |");
     println!("| {p50:.0} ms | {p95:.0} ms | {p99:.0} ms |");
+    metrics_cost(&keys, metrics_orders, metrics_pairs);
 }

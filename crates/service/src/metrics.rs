@@ -551,18 +551,23 @@ impl Metrics {
         m.outbox_backlog.set(snapshot.outbox.backlog);
         m.outbox_oldest_age.set(snapshot.outbox.oldest_age_seconds);
         if snapshot.broker_error.is_none() {
-            m.queue_messages.clear();
-            m.queue_consumers.clear();
-            for q in snapshot.queues.iter().filter(|q| q.exists) {
+            // Set in place (a scrape never sees the series missing); a
+            // queue that does not exist has none.
+            for q in &snapshot.queues {
                 let label = QueueLabel {
                     queue: q.name.clone(),
                 };
-                m.queue_messages
-                    .get_or_create(&label)
-                    .set(i64::from(q.messages));
-                m.queue_consumers
-                    .get_or_create(&label)
-                    .set(i64::from(q.consumers));
+                if q.exists {
+                    m.queue_messages
+                        .get_or_create(&label)
+                        .set(i64::from(q.messages));
+                    m.queue_consumers
+                        .get_or_create(&label)
+                        .set(i64::from(q.consumers));
+                } else {
+                    m.queue_messages.remove(&label);
+                    m.queue_consumers.remove(&label);
+                }
             }
         }
         for (status, n) in &snapshot.orders {
