@@ -133,7 +133,9 @@ curl -sf "$API/readyz" >/dev/null || { echo "demo: the front door did not become
 echo "front door at $API (shop API token in $WORK/api.token)"
 producer relay --poll-interval 100ms 2>"$WORK/relay.log" &
 PIDS+=($!)
+METRICS_PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 REFUND_INTERVAL=1s WECHATPAY_REFUND_NOTIFY_URL="$API/wechatpay/notify/refund" \
+    METRICS_LISTEN="127.0.0.1:$METRICS_PORT" METRICS_GAUGE_INTERVAL=1s \
     "$BIN/order-timeout-worker" --concurrency 4 --summary-interval 1h 2>"$WORK/worker.log" &
 WORKER=$!
 PIDS+=($WORKER)
@@ -223,6 +225,10 @@ while [ "$(demo_psql "SELECT (SELECT count(*) FROM orders WHERE (status = 'pendi
     if [ $SECONDS -ge $deadline ]; then echo "demo: orders still pending after 60 s" >&2; break; fi
     sleep 0.5
 done
+# What Prometheus would scrape from the worker now (the gauges are read
+# every second here): kept for the end.
+sleep 1.2
+curl -sf "http://127.0.0.1:$METRICS_PORT/metrics" >"$WORK/metrics.txt" 2>/dev/null || true
 kill -TERM "$WORKER" 2>/dev/null || true
 wait "$WORKER" 2>/dev/null || true
 wait "$TAIL" 2>/dev/null || true
@@ -267,6 +273,10 @@ done <<<"$(demo_psql "SELECT s.code, s.stock,
     FROM skus s ORDER BY s.code")"
 
 parked="$(producer status 2>/dev/null | awk '/queue.ordertimeout.parked/ {print $2}')"
+echo
+echo "== the worker's metrics before it stopped (GET http://127.0.0.1:$METRICS_PORT/metrics, what Prometheus scrapes), non-zero:"
+grep -E '^order_timeout_(settlements_total|parked_total|wechatpay_requests_total|refund_steps_total|orders|refunds|needs_human)[{ ]' \
+    "$WORK/metrics.txt" | grep -v ' 0$' | sed 's/^/  /' || echo "  (metrics unavailable)"
 echo
 echo "parked messages: ${parked:-?}; payments after close: $(demo_psql "SELECT count(*) FROM payments WHERE paid_after_close"), refunded: $(demo_psql "SELECT count(*) FROM refunds WHERE status = 'succeeded'"); orders that need a human: $(demo_psql "SELECT count(*) FROM orders WHERE anomaly IS NOT NULL")"
 echo "(the demo database $DEMO_DB and vhost $DEMO_VHOST stay for a look: DATABASE_URL=$DATABASE_URL order-producer status)"
