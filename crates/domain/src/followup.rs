@@ -87,6 +87,25 @@ pub struct NeedsHuman {
     pub detail: String,
 }
 
+/// Pending orders (without an anomaly) whose deadline is before `now`: how
+/// many, and the earliest deadline among them. Normally a handful, settled
+/// within a second or two; many, or an old one, means settling stalls.
+/// Read-only (the sweep's index on pending deadlines).
+pub fn overdue_pending(
+    conn: &mut PgConnection,
+    now: DateTime<Utc>,
+) -> Result<(i64, Option<DateTime<Utc>>), StoreError> {
+    let overdue = orders::table
+        .filter(orders::status.eq(OrderStatus::PendingPayment.as_str()))
+        .filter(orders::anomaly.is_null())
+        .filter(orders::deadline.lt(now));
+    let count = overdue.count().get_result(conn)?;
+    let oldest = overdue
+        .select(diesel::dsl::min(orders::deadline))
+        .get_result(conn)?;
+    Ok((count, oldest))
+}
+
 /// How many orders carry an anomaly. Read-only.
 pub fn needs_human_count(conn: &mut PgConnection) -> Result<i64, StoreError> {
     Ok(orders::table

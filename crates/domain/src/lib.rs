@@ -33,8 +33,8 @@ pub use db::{
 pub use diesel::PgConnection;
 pub use error::{ConstraintKind, StoreError};
 pub use followup::{
-    defer_check, finish_recheck, needs_human, needs_human_count, record_anomaly, AnomalyOutcome,
-    NeedsHuman,
+    defer_check, finish_recheck, needs_human, needs_human_count, overdue_pending, record_anomaly,
+    AnomalyOutcome, NeedsHuman,
 };
 pub use models::{Order, OrderEvent, OrderItem, Payment, Sku};
 pub use order_no::{OrderNo, OrderNoError};

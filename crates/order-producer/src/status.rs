@@ -166,6 +166,20 @@ impl Report {
             )?;
         }
         writeln!(out)?;
+        write!(
+            out,
+            "overdue (pending past the deadline, anomalies aside): {}",
+            s.overdue.orders
+        )?;
+        if let Some(oldest) = s.overdue.oldest_deadline {
+            write!(
+                out,
+                ", the oldest due {} ({:.0} s ago)",
+                oldest.to_rfc3339_opts(SecondsFormat::Secs, true),
+                s.overdue.oldest_seconds
+            )?;
+        }
+        writeln!(out)?;
         writeln!(
             out,
             "paid after close (each refunded automatically): {}",

@@ -48,6 +48,8 @@ pub const METRIC_NAMES: &[&str] = &[
     "order_timeout_snapshot_timestamp_seconds",
     "order_timeout_outbox_backlog",
     "order_timeout_outbox_oldest_age_seconds",
+    "order_timeout_overdue_orders",
+    "order_timeout_overdue_oldest_seconds",
     "order_timeout_queue_messages",
     "order_timeout_queue_consumers",
     "order_timeout_orders",
@@ -212,6 +214,8 @@ struct Inner {
     snapshot_timestamp: FloatGauge,
     outbox_backlog: Gauge,
     outbox_oldest_age: FloatGauge,
+    overdue_orders: Gauge,
+    overdue_oldest: FloatGauge,
     queue_messages: Family<QueueLabel, Gauge>,
     queue_consumers: Family<QueueLabel, Gauge>,
     orders: Family<StatusLabel, Gauge>,
@@ -300,6 +304,16 @@ impl Inner {
             self.outbox_oldest_age.clone(),
         );
         r.register(
+            "overdue_orders",
+            "Pending orders past their deadline, anomalies aside (settled within seconds normally)",
+            self.overdue_orders.clone(),
+        );
+        r.register(
+            "overdue_oldest_seconds",
+            "How long ago the earliest deadline among the overdue pending orders passed (0 when none)",
+            self.overdue_oldest.clone(),
+        );
+        r.register(
             "queue_messages",
             "Messages ready in each queue of the topology (read from the broker)",
             self.queue_messages.clone(),
@@ -381,6 +395,8 @@ impl Metrics {
             snapshot_timestamp: FloatGauge::default(),
             outbox_backlog: Gauge::default(),
             outbox_oldest_age: FloatGauge::default(),
+            overdue_orders: Gauge::default(),
+            overdue_oldest: FloatGauge::default(),
             queue_messages: Family::default(),
             queue_consumers: Family::default(),
             orders: Family::default(),
@@ -550,6 +566,8 @@ impl Metrics {
             .set(snapshot.taken_at.timestamp_millis() as f64 / 1000.0);
         m.outbox_backlog.set(snapshot.outbox.backlog);
         m.outbox_oldest_age.set(snapshot.outbox.oldest_age_seconds);
+        m.overdue_orders.set(snapshot.overdue.orders);
+        m.overdue_oldest.set(snapshot.overdue.oldest_seconds);
         if snapshot.broker_error.is_none() {
             // Set in place (a scrape never sees the series missing); a
             // queue that does not exist has none.
@@ -594,6 +612,8 @@ impl Metrics {
         m.snapshot_timestamp.set(0.0);
         m.outbox_backlog.set(0);
         m.outbox_oldest_age.set(0.0);
+        m.overdue_orders.set(0);
+        m.overdue_oldest.set(0.0);
         m.queue_messages.clear();
         m.queue_consumers.clear();
         m.orders.clear();
@@ -662,6 +682,11 @@ mod tests {
                 backlog: 0,
                 oldest: None,
                 oldest_age_seconds: 0.0,
+            },
+            overdue: crate::snapshot::Overdue {
+                orders: 0,
+                oldest_deadline: None,
+                oldest_seconds: 0.0,
             },
             payments_after_close: 0,
             refunds: [("succeeded", 1)].into_iter().collect(),

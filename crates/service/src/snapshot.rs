@@ -23,6 +23,7 @@ pub struct Snapshot {
     /// Every status, zeros included.
     pub orders: BTreeMap<&'static str, i64>,
     pub outbox: Outbox,
+    pub overdue: Overdue,
     /// Payments recorded after their order had been closed (each one
     /// refunded automatically).
     pub payments_after_close: i64,
@@ -50,6 +51,17 @@ pub struct Outbox {
     pub oldest: Option<DateTime<Utc>>,
     /// Its age at `taken_at`, in seconds; 0 when the outbox is empty.
     pub oldest_age_seconds: f64,
+}
+
+/// Pending orders past their deadline (anomalies aside): settled within a
+/// second or two normally, so many or an old one means settling stalls.
+#[derive(Debug, Clone, Serialize)]
+pub struct Overdue {
+    pub orders: i64,
+    /// The earliest deadline among them.
+    pub oldest_deadline: Option<DateTime<Utc>>,
+    /// How long ago that deadline was, in seconds; 0 when none is overdue.
+    pub oldest_seconds: f64,
 }
 
 /// What waits for a person.
@@ -112,9 +124,9 @@ impl Snapshot {
             refunds.insert(s.as_str(), n);
         }
         let (backlog, oldest) = domain::outbox_backlog(db)?;
-        let oldest_age_seconds = oldest.map_or(0.0, |t| {
-            (taken_at - t).num_milliseconds().max(0) as f64 / 1000.0
-        });
+        let (overdue, oldest_deadline) = domain::overdue_pending(db, taken_at)?;
+        let age = |t: DateTime<Utc>| (taken_at - t).num_milliseconds().max(0) as f64 / 1000.0;
+        let oldest_age_seconds = oldest.map_or(0.0, age);
         Ok(Self {
             taken_at,
             queues,
@@ -124,6 +136,11 @@ impl Snapshot {
                 backlog,
                 oldest,
                 oldest_age_seconds,
+            },
+            overdue: Overdue {
+                orders: overdue,
+                oldest_deadline,
+                oldest_seconds: oldest_deadline.map_or(0.0, age),
             },
             payments_after_close: domain::paid_after_close_count(db)?,
             refunds,

@@ -177,6 +177,24 @@ fn status_json_has_the_same_facts() {
         .unwrap();
     assert_eq!(tea["conserved"], true, "{out}");
     assert_eq!(tea["held"], 3, "{out}");
+    assert_eq!(report["overdue"]["orders"], 0, "{out}");
+
+    // An order whose deadline passed and nobody settled: overdue.
+    let late = env.orders(1, Duration::from_secs(1));
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = env.ok(&["status", "--json"]);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["overdue"]["orders"], 1, "{out}");
+    assert!(
+        report["overdue"]["oldest_seconds"].as_f64().unwrap() >= 0.4,
+        "{out}"
+    );
+    let text = env.ok(&["status"]);
+    assert!(
+        text.contains("overdue (pending past the deadline, anomalies aside): 1, the oldest due"),
+        "{text}"
+    );
+    assert_eq!(late.len(), 1);
 }
 
 #[test]

@@ -233,6 +233,8 @@ fn assert_gauges(text: &str) {
         1
     );
     assert_eq!(sample(text, "order_timeout_outbox_backlog"), 0);
+    // Every order settled but the one left for a human: none overdue.
+    assert_eq!(sample(text, "order_timeout_overdue_orders"), 0);
     assert_eq!(
         sample(
             text,
