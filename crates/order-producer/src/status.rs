@@ -151,6 +151,29 @@ impl Report {
                 )?;
             }
         }
+        self.write_counts(out)?;
+        self.write_refunds_and_needs_human(out)?;
+        writeln!(
+            out,
+            "stock (available + held by pending/paid orders = loaded):"
+        )?;
+        for b in &self.stock {
+            writeln!(
+                out,
+                "  {:<20} {:>8} + {:>8} = {:>8}  {}",
+                b.sku,
+                b.available,
+                b.held,
+                b.loaded,
+                if b.conserved { "ok" } else { "NOT CONSERVED" }
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Orders by status, the outbox, what is overdue.
+    fn write_counts(&self, out: &mut impl Write) -> anyhow::Result<()> {
+        let s = &self.snapshot;
         let counts: Vec<String> = domain::OrderStatus::ALL
             .iter()
             .map(|st| format!("{st} {}", s.orders_with(*st)))
@@ -180,6 +203,12 @@ impl Report {
             )?;
         }
         writeln!(out)?;
+        Ok(())
+    }
+
+    /// Payments after close, refunds, and what needs a human, listed.
+    fn write_refunds_and_needs_human(&self, out: &mut impl Write) -> anyhow::Result<()> {
+        let s = &self.snapshot;
         writeln!(
             out,
             "paid after close (each refunded automatically): {}",
@@ -226,21 +255,6 @@ impl Report {
             )?;
         }
         more(out, s.needs_human.orders)?;
-        writeln!(
-            out,
-            "stock (available + held by pending/paid orders = loaded):"
-        )?;
-        for b in &self.stock {
-            writeln!(
-                out,
-                "  {:<20} {:>8} + {:>8} = {:>8}  {}",
-                b.sku,
-                b.available,
-                b.held,
-                b.loaded,
-                if b.conserved { "ok" } else { "NOT CONSERVED" }
-            )?;
-        }
         Ok(())
     }
 }
