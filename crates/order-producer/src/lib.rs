@@ -376,14 +376,10 @@ fn relay(
     }
     let metrics = args.metrics.metrics("relay");
     let (listener, collector) = if metrics.is_enabled() {
-        // The relay keeps one connection of its own; readiness pings
-        // through a pool of one beside it.
-        let probe_pool = domain::build_pool(&url, 1, Duration::from_secs(5))
-            .context("is PostgreSQL running and DATABASE_URL right?")?;
         let listener = service::telemetry::start(
             &args.metrics,
             &metrics,
-            service::telemetry::pool_and_broker(probe_pool, metrics.clone()),
+            service::telemetry::database_url_and_broker(url.clone(), metrics.clone()),
             Arc::clone(stop),
         )?;
         let collector = service::collector::spawn(

@@ -159,13 +159,16 @@ async fn serve(
             () = stopped(&stop) => break,
         }
     }
-    let addr = listener.local_addr().ok();
+    let addr = listener
+        .local_addr()
+        .map_or_else(|_| "?".to_owned(), |a| a.to_string());
     drop(listener);
-    log::debug!("{addr:?}: no new connections; finishing the requests in hand");
+    log::info!("http://{addr}: stopping: no new connections; finishing the requests in hand");
     tokio::select! {
-        () = graceful.shutdown() => log::debug!("{addr:?}: all requests finished"),
+        () = graceful.shutdown() => log::info!("http://{addr}: all requests finished"),
         () = tokio::time::sleep(limits.shutdown_grace) => log::warn!(
-            "requests still running after {:?}; stopping anyway", limits.shutdown_grace
+            "http://{addr}: requests still running after {:?}; stopping anyway",
+            limits.shutdown_grace
         ),
     }
     Ok(())

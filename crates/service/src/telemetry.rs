@@ -197,6 +197,21 @@ async fn readyz(State(checks): State<Readiness>) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// The readiness of a process without a pool (the relay): a fresh
+/// database connection answers a query, and the broker connection it
+/// reports through [`Metrics::set_broker_connected`] is up. A connection
+/// per probe (every 10 s or so) rather than one kept for probing, so a
+/// database that is away at start delays nothing.
+#[must_use]
+pub fn database_url_and_broker(url: domain::DatabaseUrl, metrics: Metrics) -> Readiness {
+    Arc::new(move || {
+        let db = domain::connect(&url)
+            .and_then(|mut c| domain::db::ping(&mut c))
+            .is_ok();
+        vec![("database", db), ("broker", metrics.broker_connected())]
+    })
+}
+
 /// The usual readiness of a process with a database pool and a broker
 /// connection it reports through [`Metrics::set_broker_connected`].
 #[must_use]

@@ -268,7 +268,7 @@ impl Running {
         if let Some(t) = self.telemetry {
             t.wait()?;
         }
-        log::info!("stopped: all requests finished; bye");
+        log::info!("the front door stopped");
         served
     }
 }
