@@ -67,22 +67,6 @@ fn postgres_cpu_secs() -> f64 {
         .sum()
 }
 
-/// RSA-2048 SHA256withRSA signatures per second on one thread, now.
-fn signature_rate() -> f64 {
-    let key = openssl::pkey::PKey::from_rsa(openssl::rsa::Rsa::generate(2048).unwrap()).unwrap();
-    let started = Instant::now();
-    let mut n = 0u32;
-    while started.elapsed() < Duration::from_secs(1) {
-        let mut s =
-            openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), &key).unwrap();
-        s.update(b"GET\n/v3/pay/transactions\n1700000000\nnonce\n\n")
-            .unwrap();
-        let _ = s.sign_to_vec().unwrap();
-        n += 1;
-    }
-    f64::from(n) / started.elapsed().as_secs_f64()
-}
-
 struct Server {
     child: Child,
     base: String,
@@ -287,7 +271,7 @@ fn main() {
     });
     assert!(ready, "serve did not start");
 
-    let sig_before = signature_rate();
+    let sig_before = wechatpay_sim::signature_rate();
     println!(
         "front door benchmark on {} cores, {clients} client threads on keep-alive connections, serve's database pool 16",
         std::thread::available_parallelism().map_or(0, std::num::NonZero::get)
@@ -413,7 +397,7 @@ fn main() {
         assert!(out.status.success());
     }
     let per_process_rate = per_process as f64 / started.elapsed().as_secs_f64();
-    let sig_after = signature_rate();
+    let sig_after = wechatpay_sim::signature_rate();
     println!(
         "| `order-producer create-order`, one process per order, sequential | {per_process} | {per_process_rate:.0} | | | |"
     );

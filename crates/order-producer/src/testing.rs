@@ -398,6 +398,28 @@ pub fn paid_transaction(no: &str, total: i64, transaction_id: &str) -> Value {
     })
 }
 
+/// A GET to `http://{addr}{path}` with an optional bearer token: status and
+/// body (any status; 0 and the error when there was no answer).
+#[must_use]
+pub fn http_get(addr: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .into();
+    let mut req = agent.get(format!("http://{addr}{path}"));
+    if let Some(t) = token {
+        req = req.header("Authorization", format!("Bearer {t}"));
+    }
+    match req.call() {
+        Ok(mut resp) => (
+            resp.status().as_u16(),
+            resp.body_mut().read_to_string().unwrap_or_default(),
+        ),
+        Err(e) => (0, e.to_string()),
+    }
+}
+
 /// The value of one sample (`name{labels}` exactly as exposed, or a bare
 /// name) in a Prometheus text exposition, as a count; 0 when absent.
 #[must_use]
@@ -409,8 +431,29 @@ pub fn sample(exposition: &str, series: &str) -> i64 {
             l.strip_prefix(series)
                 .and_then(|rest| rest.strip_prefix(' '))
         })
-        .map_or(0, |v| {
-            let v: f64 = v.trim().parse().expect("a number");
-            v as i64
+        .map_or(0, count)
+}
+
+/// The sum of every sample of `name` whose labels contain all of `labels`
+/// (`key="value"` strings), as a count.
+#[must_use]
+pub fn sum_of(exposition: &str, name: &str, labels: &[&str]) -> i64 {
+    exposition
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+            (n == name && labels.iter().all(|want| rest.contains(want))).then(|| count(value))
         })
+        .sum()
+}
+
+fn count(value: &str) -> i64 {
+    let v: f64 = value
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("not a number: {value:?}"));
+    assert!(v.fract().abs() < f64::EPSILON, "not a count: {value}");
+    v as i64
 }

@@ -146,22 +146,6 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks / 100.0)
 }
 
-/// RSA-2048 SHA256withRSA signatures per second on one thread, now.
-fn signature_rate() -> f64 {
-    let key = openssl::pkey::PKey::from_rsa(openssl::rsa::Rsa::generate(2048).unwrap()).unwrap();
-    let started = Instant::now();
-    let mut n = 0u32;
-    while started.elapsed() < Duration::from_secs(1) {
-        let mut s =
-            openssl::sign::Signer::new(openssl::hash::MessageDigest::sha256(), &key).unwrap();
-        s.update(b"GET\n/v3/pay/transactions/out-trade-no/x\n1\nnonce\n\n")
-            .unwrap();
-        let _ = s.sign_to_vec().unwrap();
-        n += 1;
-    }
-    f64::from(n) / started.elapsed().as_secs_f64()
-}
-
 /// What one throughput run measured.
 struct Throughput {
     rate: f64,
@@ -414,7 +398,7 @@ fn metrics_ns_per_order() -> f64 {
 
 /// Metrics off and on, alternated `pairs` times: medians and ratios.
 fn metrics_cost(keys: &SimKeys, n: usize, pairs: usize) {
-    let sig_before = signature_rate();
+    let sig_before = wechatpay_sim::signature_rate();
     println!();
     println!(
         "metrics cost: {n} orders expiring together, latency 0, --concurrency 16, metrics off / on \
@@ -442,7 +426,7 @@ fn metrics_cost(keys: &SimKeys, n: usize, pairs: usize) {
             if metrics { &mut on } else { &mut off }.push(t);
         }
     }
-    let sig_after = signature_rate();
+    let sig_after = wechatpay_sim::signature_rate();
     let rate = |v: &[Throughput]| median(v.iter().map(|t| t.rate).collect());
     let cpu = |v: &[Throughput]| median(v.iter().map(|t| t.cpu_ms).collect());
     println!();
@@ -489,7 +473,7 @@ fn main() {
     }
     println!(
         "This machine's RSA-2048 signatures/s on one thread: {:.0}",
-        signature_rate()
+        wechatpay_sim::signature_rate()
     );
     println!("| scenario | orders | orders/s | worker peak RSS | closed / paid |");
     println!("| --- | --- | --- | --- | --- |");

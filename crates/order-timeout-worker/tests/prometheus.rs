@@ -22,7 +22,7 @@ use std::time::Duration;
 use clap::Parser;
 use domain::testing::{wait_for, KillOnDrop};
 use serde_json::Value;
-use support::{Stack, TempDir, ORDER_TOTAL_FEN};
+use support::{Stack, TempDir};
 
 const TOKEN: &str = "prometheus-test-token-0123456789";
 
@@ -197,7 +197,7 @@ fn prometheus_scrapes_the_worker_and_the_relay_and_counts_by_outcome() {
         prometheus.query("up", "job")
     );
 
-    create_the_mix(&stack);
+    let _mix = stack.create_mix();
 
     let by_outcome = r#"sum by (outcome) (order_timeout_settlements_total{job="order-timeout-worker", outcome!="not_yet_due"}) > 0"#;
     let expected = vec![
@@ -247,36 +247,13 @@ fn prometheus_scrapes_the_worker_and_the_relay_and_counts_by_outcome() {
 /// The worker, as an operator runs it, with its metrics behind a token.
 fn spawn_worker(stack: &Stack, addr: &str, token_file: &Path) -> KillOnDrop {
     KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_order-timeout-worker"))
-            .env("DATABASE_URL", stack.db.url().expose())
-            .env("AMQP_URL", stack.vhost.url().expose())
-            .env("DELAY_TTL_MS", "300")
-            .env("RETRY_DELAYS", "100ms,200ms,400ms")
-            .env("WECHATPAY_BASE_URL", stack.sim.base_url())
-            .env("WECHATPAY_MCHID", wechatpay_sim::DEFAULT_MCHID)
-            .env(
-                "WECHATPAY_MERCHANT_SERIAL_NO",
-                wechatpay_sim::DEFAULT_MERCHANT_SERIAL_NO,
-            )
-            .env(
-                "WECHATPAY_MERCHANT_KEY_FILE",
-                &stack.files.merchant_key_file,
-            )
-            .env(
-                "WECHATPAY_PUBLIC_KEY_ID",
-                wechatpay_sim::DEFAULT_PUBLIC_KEY_ID,
-            )
-            .env(
-                "WECHATPAY_PUBLIC_KEY_FILE",
-                &stack.files.wechatpay_public_key_file,
-            )
+        stack
+            .worker_command(&[])
             .env("RECHECK_AFTER", "1h")
             .env("METRICS_LISTEN", addr)
             .env("METRICS_TOKEN_FILE", token_file)
             .env("METRICS_GAUGE_INTERVAL", "500ms")
             .env("RUST_LOG", "warn")
-            .env_remove("PAYMENT_WINDOWS")
-            .env_remove("QUEUE_TYPE")
             .stdout(Stdio::null())
             .spawn()
             .unwrap(),
@@ -308,36 +285,6 @@ fn start_relay(
     .unwrap();
     let stop = Arc::clone(stop);
     std::thread::spawn(move || order_producer::run(&cli, &stop).map(|_| ()))
-}
-
-/// 3 orders never at WeChat Pay, 2 unpaid there, 2 paid, 1 paid 1 fen.
-fn create_the_mix(stack: &Stack) {
-    let paid_at_wechat = |tx: &str, fen: i64| wechatpay_sim::Order {
-        trade_state: "SUCCESS".into(),
-        amount_total: fen,
-        transaction_id: Some(tx.into()),
-        success_time: Some("2026-11-26T18:30:00+08:00".into()),
-        ..Default::default()
-    };
-    let _untouched: Vec<_> = (0..3).map(|_| stack.order()).collect();
-    for _ in 0..2 {
-        let no = stack.order();
-        stack.sim_put(&no, "NOTPAY");
-    }
-    for (i, fen) in [ORDER_TOTAL_FEN, ORDER_TOTAL_FEN, 1]
-        .into_iter()
-        .enumerate()
-    {
-        let no = stack.order();
-        stack
-            .sim
-            .admin()
-            .put_order(
-                no.as_str(),
-                &paid_at_wechat(&format!("4200000000202611260000{i}"), fen),
-            )
-            .unwrap();
-    }
 }
 
 /// The alert rules load and evaluate against the real series without error.

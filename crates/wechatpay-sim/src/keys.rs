@@ -318,3 +318,24 @@ fn write(path: &Path, data: &[u8], private: bool) -> Result<(), KeyError> {
     let mut f = opts.open(path).map_err(err)?;
     f.write_all(data).map_err(err)
 }
+
+/// This machine's RSA-2048 SHA256withRSA signatures per second on one
+/// thread, measured now for a second: the figure every benchmark prints
+/// beside its own (RSA signing speed differs several-fold between machines
+/// and between hours on a shared one).
+#[must_use]
+pub fn signature_rate() -> f64 {
+    let key = Rsa::generate(2048)
+        .and_then(PKey::from_rsa)
+        .expect("an RSA-2048 key");
+    let started = std::time::Instant::now();
+    let mut n = 0u32;
+    while started.elapsed() < std::time::Duration::from_secs(1) {
+        let mut s = openssl::sign::Signer::new(MessageDigest::sha256(), &key).expect("a signer");
+        s.update(b"GET\n/v3/pay/transactions\n1700000000\nnonce\n\n")
+            .expect("signing input");
+        let _ = s.sign_to_vec().expect("a signature");
+        n += 1;
+    }
+    f64::from(n) / started.elapsed().as_secs_f64()
+}

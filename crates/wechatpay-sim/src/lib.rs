@@ -48,7 +48,7 @@ mod signing;
 use std::time::Duration;
 
 pub use admin::{AdminClient, AdminError};
-pub use keys::{ApiV3Key, ClientFiles, KeyError, SimKeys, APIV3_KEY_FILE};
+pub use keys::{signature_rate, ApiV3Key, ClientFiles, KeyError, SimKeys, APIV3_KEY_FILE};
 pub use model::{Endpoint, Faults, Order, SimRefund, Stats};
 pub use notify::{
     encrypt_resource, signed_notification, signed_refund_notification, SignedNotification,

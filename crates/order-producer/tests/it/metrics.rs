@@ -5,23 +5,12 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use domain::testing::wait_for;
-use order_producer::testing::{free_port, sample, FrontDoor, TOKEN};
+use order_producer::testing::{free_port, http_get, sample, FrontDoor, TOKEN};
 
 use crate::{Env, KillOnDrop};
 
 fn get(addr: &str, path: &str) -> (u16, String) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(5)))
-        .build()
-        .into();
-    match agent.get(format!("http://{addr}{path}")).call() {
-        Ok(mut r) => (
-            r.status().as_u16(),
-            r.body_mut().read_to_string().unwrap_or_default(),
-        ),
-        Err(e) => (0, e.to_string()),
-    }
+    http_get(addr, path, None)
 }
 
 fn spawn_relay(env: &Env, amqp_url: Option<&str>, addr: &str) -> KillOnDrop {

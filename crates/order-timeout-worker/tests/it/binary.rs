@@ -9,34 +9,7 @@ use domain::OrderStatus;
 use crate::Stack;
 
 pub(crate) fn worker(stack: &Stack, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_order-timeout-worker"));
-    c.args(args)
-        .env("DATABASE_URL", stack.db.url().expose())
-        .env("AMQP_URL", stack.vhost.url().expose())
-        .env("DELAY_TTL_MS", "300")
-        .env("RETRY_DELAYS", "100ms,200ms,400ms")
-        .env("WECHATPAY_BASE_URL", stack.sim.base_url())
-        .env("WECHATPAY_MCHID", wechatpay_sim::DEFAULT_MCHID)
-        .env(
-            "WECHATPAY_MERCHANT_SERIAL_NO",
-            wechatpay_sim::DEFAULT_MERCHANT_SERIAL_NO,
-        )
-        .env(
-            "WECHATPAY_MERCHANT_KEY_FILE",
-            &stack.files.merchant_key_file,
-        )
-        .env(
-            "WECHATPAY_PUBLIC_KEY_ID",
-            wechatpay_sim::DEFAULT_PUBLIC_KEY_ID,
-        )
-        .env(
-            "WECHATPAY_PUBLIC_KEY_FILE",
-            &stack.files.wechatpay_public_key_file,
-        )
-        .env("RUST_LOG", "info")
-        .env_remove("PAYMENT_WINDOWS")
-        .env_remove("QUEUE_TYPE");
-    c
+    stack.worker_command(args)
 }
 
 pub(crate) fn stderr(o: &Output) -> String {

@@ -11,7 +11,9 @@ use domain::testing::{wait_for, KillOnDrop};
 use domain::OrderStatus;
 
 use crate::binary::{stderr, worker};
-use crate::support::{http_get, sample, sum_of, TempDir, ORDER_TOTAL_FEN};
+use order_producer::testing::{http_get, sample, sum_of};
+
+use crate::support::{Mix, TempDir};
 use crate::Stack;
 
 const TOKEN: &str = "metrics-token-0123456789";
@@ -86,38 +88,12 @@ fn the_worker_counts_a_known_mix_and_serves_its_probes() {
     assert_eq!(http_get(&addr, "/healthz", None).0, 200);
 
     // The mix: 3 never at WeChat Pay, 2 unpaid there, 2 paid, 1 paid 1 fen.
-    let untouched: Vec<_> = (0..3).map(|_| stack.order()).collect();
-    let unpaid: Vec<_> = (0..2).map(|_| stack.order()).collect();
-    for no in &unpaid {
-        stack.sim_put(no, "NOTPAY");
-    }
-    let paid_at_wechat = |tx: &str, fen: i64| wechatpay_sim::Order {
-        trade_state: "SUCCESS".into(),
-        amount_total: fen,
-        transaction_id: Some(tx.into()),
-        success_time: Some("2026-11-26T18:30:00+08:00".into()),
-        ..Default::default()
-    };
-    let paid: Vec<_> = (0..2).map(|_| stack.order()).collect();
-    for (i, no) in paid.iter().enumerate() {
-        stack
-            .sim
-            .admin()
-            .put_order(
-                no.as_str(),
-                &paid_at_wechat(&format!("4200000000202611260000{i}"), ORDER_TOTAL_FEN),
-            )
-            .unwrap();
-    }
-    let tampered = stack.order();
-    stack
-        .sim
-        .admin()
-        .put_order(
-            tampered.as_str(),
-            &paid_at_wechat("42000000002026112600009", 1),
-        )
-        .unwrap();
+    let Mix {
+        untouched,
+        unpaid,
+        paid,
+        tampered,
+    } = stack.create_mix();
     stack.relay();
 
     let scrape = || {

@@ -409,59 +409,77 @@ impl RecordingProxy {
     }
 }
 
-/// A GET to `http://{addr}{path}` with an optional bearer token: status and
-/// body (any status).
-pub(crate) fn http_get(addr: &str, path: &str, token: Option<&str>) -> (u16, String) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(5)))
-        .build()
-        .into();
-    let mut req = agent.get(format!("http://{addr}{path}"));
-    if let Some(t) = token {
-        req = req.header("Authorization", format!("Bearer {t}"));
+/// The known mix the metrics tests settle: 3 orders never at WeChat Pay, 2
+/// unpaid there (`NOTPAY`), 2 paid, 1 paid 1 fen (an anomaly).
+pub(crate) struct Mix {
+    pub untouched: Vec<OrderNo>,
+    pub unpaid: Vec<OrderNo>,
+    pub paid: Vec<OrderNo>,
+    pub tampered: OrderNo,
+}
+
+impl Stack {
+    /// Creates the [`Mix`] (orders here, states at the simulator).
+    pub(crate) fn create_mix(&self) -> Mix {
+        let paid_at_wechat = |tx: &str, fen: i64| wechatpay_sim::Order {
+            trade_state: "SUCCESS".into(),
+            amount_total: fen,
+            transaction_id: Some(tx.into()),
+            success_time: Some("2026-11-26T18:30:00+08:00".into()),
+            ..Default::default()
+        };
+        let put = |no: &OrderNo, order: &wechatpay_sim::Order| {
+            let _ = self.sim.admin().put_order(no.as_str(), order).unwrap();
+        };
+        let untouched = (0..3).map(|_| self.order()).collect();
+        let unpaid: Vec<_> = (0..2).map(|_| self.order()).collect();
+        for no in &unpaid {
+            self.sim_put(no, "NOTPAY");
+        }
+        let paid: Vec<_> = (0..2).map(|_| self.order()).collect();
+        for (i, no) in paid.iter().enumerate() {
+            put(
+                no,
+                &paid_at_wechat(&format!("4200000000202611260000{i}"), ORDER_TOTAL_FEN),
+            );
+        }
+        let tampered = self.order();
+        put(&tampered, &paid_at_wechat("42000000002026112600009", 1));
+        Mix {
+            untouched,
+            unpaid,
+            paid,
+            tampered,
+        }
     }
-    match req.call() {
-        Ok(mut resp) => (
-            resp.status().as_u16(),
-            resp.body_mut().read_to_string().unwrap_or_default(),
-        ),
-        Err(e) => (0, e.to_string()),
+
+    /// The `order-timeout-worker` binary pointed at this stack (its
+    /// database, vhost, simulator, the short topology), with `args`.
+    pub(crate) fn worker_command(&self, args: &[&str]) -> std::process::Command {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_order-timeout-worker"));
+        c.args(args)
+            .env("DATABASE_URL", self.db.url().expose())
+            .env("AMQP_URL", self.vhost.url().expose())
+            .env("DELAY_TTL_MS", "300")
+            .env("RETRY_DELAYS", "100ms,200ms,400ms")
+            .env("WECHATPAY_BASE_URL", self.sim.base_url())
+            .env("WECHATPAY_MCHID", wechatpay_sim::DEFAULT_MCHID)
+            .env(
+                "WECHATPAY_MERCHANT_SERIAL_NO",
+                wechatpay_sim::DEFAULT_MERCHANT_SERIAL_NO,
+            )
+            .env("WECHATPAY_MERCHANT_KEY_FILE", &self.files.merchant_key_file)
+            .env(
+                "WECHATPAY_PUBLIC_KEY_ID",
+                wechatpay_sim::DEFAULT_PUBLIC_KEY_ID,
+            )
+            .env(
+                "WECHATPAY_PUBLIC_KEY_FILE",
+                &self.files.wechatpay_public_key_file,
+            )
+            .env("RUST_LOG", "info")
+            .env_remove("PAYMENT_WINDOWS")
+            .env_remove("QUEUE_TYPE");
+        c
     }
-}
-
-/// The value of one sample (`name{labels}` exactly as exposed, or a bare
-/// name) in a Prometheus text exposition, as a count; 0 when absent.
-pub(crate) fn sample(exposition: &str, series: &str) -> i64 {
-    exposition
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|rest| rest.strip_prefix(' '))
-        })
-        .map_or(0, count)
-}
-
-fn count(value: &str) -> i64 {
-    let v: f64 = value
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("not a number: {value:?}"));
-    assert!(v.fract().abs() < f64::EPSILON, "not a count: {value}");
-    v as i64
-}
-
-/// The sum of every sample of `name` whose labels contain all of `labels`
-/// (`key="value"` strings), as a count.
-pub(crate) fn sum_of(exposition: &str, name: &str, labels: &[&str]) -> i64 {
-    exposition
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
-            (n == name && labels.iter().all(|want| rest.contains(want))).then(|| count(value))
-        })
-        .sum()
 }
