@@ -105,7 +105,12 @@ fn the_worker_counts_a_known_mix_and_serves_its_probes() {
         let text = scrape();
         let total = attempts(&text);
         // The gauges come from the collector, a few hundred ms behind.
-        let gauges_caught_up = sample(&text, r#"order_timeout_orders{status="closed"}"#) == 5;
+        // (the parked copy is published after the anomaly is recorded).
+        let gauges_caught_up = sample(&text, r#"order_timeout_orders{status="closed"}"#) == 5
+            && sample(
+                &text,
+                r#"order_timeout_queue_messages{queue="queue.ordertimeout.parked"}"#,
+            ) == 1;
         (total >= 8 && gauges_caught_up).then_some(text)
     });
     let text = settled.unwrap_or_else(|| panic!("not all settled:\n{}", scrape()));
@@ -119,6 +124,7 @@ fn the_worker_counts_a_known_mix_and_serves_its_probes() {
 
     assert_counts(&text);
     assert_gauges(&text);
+    lint_with_promtool(&text);
     refusals_change_nothing(&addr, &scrape);
     stop_with_sigterm(&mut child);
 }
@@ -224,6 +230,34 @@ fn assert_gauges(text: &str) {
             r#"order_timeout_queue_messages{queue="queue.ordertimeout.parked"}"#
         ),
         1
+    );
+}
+
+/// `promtool check metrics`: Prometheus' own linter of an exposition
+/// (names, suffixes, units, help texts) finds nothing to say.
+fn lint_with_promtool(text: &str) {
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package; .ci/run installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool: {said}"
     );
 }
 
