@@ -7,40 +7,115 @@ use std::fmt;
 
 use crate::error::BrokerError;
 
-/// An AMQP URL (`amqp://user:pass@host:port/vhost`, vhost `%2f` for `/`)
-/// whose password never reaches logs, errors or `Debug`.
+/// How a process picks among the nodes of a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NodeOrder {
+    /// Start at a node chosen by the process id, then the others in list
+    /// order: instances given the same list spread over the nodes.
+    #[default]
+    Spread,
+    /// Always start at the first node listed.
+    Listed,
+}
+
+impl NodeOrder {
+    /// `spread` or `listed`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "spread" => Ok(Self::Spread),
+            "listed" => Ok(Self::Listed),
+            other => Err(format!("expected spread or listed, got {other:?}")),
+        }
+    }
+}
+
+/// An AMQP URL (`amqp://user:pass@host:port/vhost`, vhost `%2f` for `/`),
+/// or several separated by commas: the nodes of one cluster, tried in turn
+/// (see [`connect`]). The passwords never reach logs, errors or `Debug`.
 #[derive(Clone, PartialEq, Eq)]
-pub struct AmqpUrl(String);
+pub struct AmqpUrl {
+    raw: String,
+    nodes: Vec<String>,
+    order: NodeOrder,
+}
 
 impl AmqpUrl {
+    /// One URL, or several separated by commas (blanks around them ignored).
     #[must_use]
     pub fn new(url: impl Into<String>) -> Self {
-        Self(url.into())
+        let raw: String = url.into();
+        let mut nodes: Vec<String> = raw
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if nodes.is_empty() {
+            nodes.push(raw.clone());
+        }
+        Self {
+            raw,
+            nodes,
+            order: NodeOrder::default(),
+        }
     }
 
-    /// The full URL, password included: only for handing to amiquip.
+    /// The same nodes, picked in `order`.
+    #[must_use]
+    pub fn with_order(mut self, order: NodeOrder) -> Self {
+        self.order = order;
+        self
+    }
+
+    /// The URL(s) as given, passwords included: only for handing on (to
+    /// amiquip, or to a child process's environment).
     #[must_use]
     pub fn expose(&self) -> &str {
-        &self.0
+        &self.raw
     }
 
-    /// The URL with its password replaced by `***`.
+    /// Each node as a URL of its own, in the order [`connect`] tries them
+    /// from this process.
+    #[must_use]
+    pub fn nodes(&self) -> Vec<AmqpUrl> {
+        let n = self.nodes.len();
+        let start = match self.order {
+            NodeOrder::Listed => 0,
+            NodeOrder::Spread => std::process::id() as usize % n,
+        };
+        (0..n)
+            .map(|i| Self {
+                raw: self.nodes[(start + i) % n].clone(),
+                nodes: vec![self.nodes[(start + i) % n].clone()],
+                order: self.order,
+            })
+            .collect()
+    }
+
+    /// The URL(s) with every password replaced by `***`.
     #[must_use]
     pub fn redacted(&self) -> String {
-        domain::db::redact_password(&self.0)
+        self.nodes
+            .iter()
+            .map(|n| domain::db::redact_password(n))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
-    /// `text` with every occurrence of the password (raw and
+    /// `text` with every occurrence of a node's password (raw and
     /// percent-decoded) replaced by `***`.
     #[must_use]
     pub fn scrub(&self, text: &str) -> String {
-        let Some(pw) = domain::db::password_of(&self.0).filter(|p| !p.is_empty()) else {
-            return text.to_owned();
-        };
-        let mut out = text.replace(pw, "***");
-        let decoded = percent_decode(pw);
-        if !decoded.is_empty() && decoded != pw {
-            out = out.replace(&decoded, "***");
+        let mut out = text.to_owned();
+        for node in &self.nodes {
+            let Some(pw) = domain::db::password_of(node).filter(|p| !p.is_empty()) else {
+                continue;
+            };
+            out = out.replace(pw, "***");
+            let decoded = percent_decode(pw);
+            if !decoded.is_empty() && decoded != pw {
+                out = out.replace(&decoded, "***");
+            }
         }
         out
     }
@@ -115,9 +190,50 @@ impl Connection {
     }
 }
 
-/// Opens a connection (`amqp://` plain, `amqps://` TLS). Errors name the
-/// URL without its password.
+/// Opens a connection (`amqp://` plain, `amqps://` TLS). With several
+/// nodes, to the first that answers, in this process's order
+/// ([`AmqpUrl::nodes`]); each failure is logged and the next node tried.
+/// Errors name the URL(s) without the password.
 pub fn connect(url: &AmqpUrl) -> Result<Connection, BrokerError> {
+    let nodes = url.nodes();
+    let count = nodes.len();
+    let mut last = None;
+    for (i, node) in nodes.into_iter().enumerate() {
+        match connect_node(&node) {
+            Ok(c) => {
+                if i > 0 {
+                    log::warn!("connected to {node}, node {} of {count} tried", i + 1);
+                }
+                return Ok(c);
+            }
+            Err(e) => {
+                if count > 1 {
+                    log::warn!("node {node} did not answer ({e}); trying the next");
+                }
+                last = Some(e);
+            }
+        }
+    }
+    Err(match last {
+        Some(BrokerError::Connection { context, message }) if count > 1 => {
+            BrokerError::Connection {
+                context: format!(
+                    "none of the {count} nodes of {url} answered; the last: {context}"
+                ),
+                message,
+            }
+        }
+        // One node, or the last refused us for a reason of its own (bad
+        // credentials, no such vhost): as it said.
+        Some(e) => e,
+        None => BrokerError::Connection {
+            context: format!("connecting to {url}"),
+            message: "no node given".into(),
+        },
+    })
+}
+
+fn connect_node(url: &AmqpUrl) -> Result<Connection, BrokerError> {
     let result = if url.expose().starts_with("amqps://") {
         amiquip::Connection::open(url.expose())
     } else {
@@ -144,6 +260,56 @@ mod tests {
             url.scrub("failed to connect to amqp://app:s%40cret@mq (s@cret)"),
             "failed to connect to amqp://app:***@mq (***)"
         );
+    }
+
+    #[test]
+    fn several_nodes_are_split_spread_and_redacted() {
+        let url = AmqpUrl::new(
+            "amqp://app:s3cret@mq1:5672/v, amqp://app:s3cret@mq2:5672/v,amqp://app:s3cret@mq3:5672/v",
+        );
+        assert_eq!(
+            url.to_string(),
+            "amqp://app:***@mq1:5672/v,amqp://app:***@mq2:5672/v,amqp://app:***@mq3:5672/v"
+        );
+        assert!(!format!("{url:?}").contains("s3cret"));
+        assert_eq!(url.scrub("x s3cret y"), "x *** y");
+        let listed: Vec<String> = url
+            .clone()
+            .with_order(NodeOrder::Listed)
+            .nodes()
+            .iter()
+            .map(AmqpUrl::to_string)
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                "amqp://app:***@mq1:5672/v",
+                "amqp://app:***@mq2:5672/v",
+                "amqp://app:***@mq3:5672/v"
+            ]
+        );
+        // Spread: a rotation of the list, by the process id.
+        let spread: Vec<String> = url.nodes().iter().map(AmqpUrl::to_string).collect();
+        let start = std::process::id() as usize % 3;
+        assert_eq!(spread[0], listed[start]);
+        assert_eq!(spread[1], listed[(start + 1) % 3]);
+        assert_eq!(AmqpUrl::new("amqp://a@h/v").nodes().len(), 1);
+        assert!(NodeOrder::parse("random").is_err());
+    }
+
+    #[test]
+    fn a_stopped_node_is_skipped_and_when_all_are_down_the_error_names_them() {
+        let url =
+            AmqpUrl::new("amqp://app:hunter2@127.0.0.1:1/%2f,amqp://app:hunter2@127.0.0.1:2/%2f")
+                .with_order(NodeOrder::Listed);
+        let Err(err) = connect(&url) else {
+            panic!("nothing listens on ports 1 and 2");
+        };
+        assert!(err.is_transient(), "{err:?}");
+        let text = format!("{err} {err:?}");
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("none of the 2 nodes"), "{text}");
+        assert!(text.contains("127.0.0.1:2"), "{text}");
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub mod topology;
 pub mod testing;
 
 pub use amiquip::{AmqpProperties, AmqpValue, Delivery, FieldTable};
-pub use connection::{connect, AmqpUrl, Connection};
+pub use connection::{connect, AmqpUrl, Connection, NodeOrder};
 pub use error::{BrokerError, Mismatch};
 pub use lane::{Lane, LaneConsumer, LaneEvent};
 pub use message::{DecodeError, TimeoutMessage};

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use broker::topology::{QueueType, Topology, DEFAULT_RETRY_DELAYS, DEFAULT_TTL};
-use broker::AmqpUrl;
+use broker::{AmqpUrl, NodeOrder};
 use clap::Args;
 use domain::DatabaseUrl;
 
@@ -40,7 +40,10 @@ fn parse_amqp_url(s: &str) -> Result<AmqpUrl, String> {
 /// Where the broker is and what the topology looks like.
 #[derive(Debug, Clone, Args)]
 pub struct BrokerArgs {
-    /// RabbitMQ URL (`%2f` is the vhost `/`). A password in it is never printed.
+    /// RabbitMQ URL (`%2f` is the vhost `/`), or several separated by
+    /// commas, the nodes of one cluster: the first that answers is used
+    /// (see --amqp-node-order), the next on failure. A password in it is
+    /// never printed.
     #[arg(
         long,
         env = "AMQP_URL",
@@ -50,6 +53,12 @@ pub struct BrokerArgs {
         global = true
     )]
     pub amqp_url: AmqpUrl,
+
+    /// With several AMQP URLs: `spread` (start at a node picked by the
+    /// process id, so instances sharing one list spread over the nodes) or
+    /// `listed` (always the first that answers, in list order).
+    #[arg(long, env = "AMQP_NODE_ORDER", default_value = "spread", value_parser = NodeOrder::parse, global = true)]
+    pub amqp_node_order: NodeOrder,
 
     /// TTL of the single delay queue `queue.ordercreate` in milliseconds: the
     /// payment window. Not used when --window is given.
@@ -84,7 +93,7 @@ impl DatabaseArgs {
 impl BrokerArgs {
     #[must_use]
     pub fn url(&self) -> AmqpUrl {
-        self.amqp_url.clone()
+        self.amqp_url.clone().with_order(self.amqp_node_order)
     }
 
     /// The topology these options describe; the error says what is wrong.

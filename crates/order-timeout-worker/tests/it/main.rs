@@ -6,6 +6,7 @@ mod binary;
 mod branches;
 mod delivery;
 mod edges;
+mod failover;
 mod faults;
 mod front_door;
 mod metrics;
