@@ -325,6 +325,46 @@ pub fn settlement_lags_ms(conn: &mut PgConnection) -> Vec<f64> {
     lags
 }
 
+/// Tests: when each settled order was settled (closed, else last update),
+/// in no particular order.
+#[must_use]
+pub fn settlement_times(conn: &mut PgConnection) -> Vec<chrono::DateTime<chrono::Utc>> {
+    #[derive(diesel::QueryableByName)]
+    struct At {
+        #[diesel(sql_type = diesel::sql_types::Timestamptz)]
+        at: chrono::DateTime<chrono::Utc>,
+    }
+    diesel::sql_query(
+        "SELECT COALESCE(closed_at, updated_at) AS at FROM orders WHERE status <> 'pending_payment'",
+    )
+    .load::<At>(conn)
+    .expect("read settlement times")
+    .into_iter()
+    .map(|a| a.at)
+    .collect()
+}
+
+/// Tests: the order numbers with more than one event of `kind` (a close or
+/// a payment recorded twice would show here).
+#[must_use]
+pub fn orders_with_more_than_one_event(conn: &mut PgConnection, kind: &str) -> Vec<String> {
+    #[derive(diesel::QueryableByName)]
+    struct No {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        order_no: String,
+    }
+    diesel::sql_query(
+        "SELECT o.order_no FROM order_events e JOIN orders o ON o.id = e.order_id \
+         WHERE e.kind = $1 GROUP BY o.order_no HAVING count(*) > 1",
+    )
+    .bind::<diesel::sql_types::Text, _>(kind)
+    .load::<No>(conn)
+    .expect("read events")
+    .into_iter()
+    .map(|n| n.order_no)
+    .collect()
+}
+
 /// Polls `probe` every 20 ms until it gives a value or `limit` has passed
 /// (then `None`): the one wait-on-a-condition loop of the tests, instead of
 /// fixed sleeps.

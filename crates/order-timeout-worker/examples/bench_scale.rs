@@ -1,0 +1,359 @@
+//! Scale benchmark (not a test; run by scripts/bench-scale.sh). Prints
+//! figures. For classic queues on the local broker and for quorum queues on
+//! the three-node cluster of scripts/cluster.sh (on this same machine):
+//!
+//! 1. relay rate: N orders (one TEA each, outbox rows) published by the
+//!    relay (batches of 500, publisher confirms) into a delay queue whose
+//!    TTL (1 h) keeps them all pending;
+//! 2. broker memory per million pending messages: the RSS of every node
+//!    (`rabbitmqctl status`), before and after;
+//! 3. expiry together: a policy lowers the delay queue's message TTL to 1 s,
+//!    so all N expire at once; the rate at which they are dead-lettered
+//!    into `queue.ordertimeout` (its depth polled; no consumer yet);
+//! 4. the worker's drain rate: the deadlines moved into the past, the
+//!    release worker binary (`--concurrency 16`) settles them against the
+//!    in-process simulator (none of them exists there: query, then close
+//!    here with the stock back and a recheck published) for a fixed time;
+//!    orders per second, and how long the whole backlog would take.
+//!
+//! Each mode uses a fresh database and vhost, removed at the end; the
+//! cluster is started if it is not up (and then taken down again).
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use broker::{AmqpUrl, NodeOrder, QueueType, Topology};
+use domain::testing::TestDb;
+use wechatpay_sim::{SimKeys, Simulator};
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map_or(default, |v| v.parse().expect("a number"))
+}
+
+fn has_flag(name: &str) -> bool {
+    std::env::args().any(|a| a == name)
+}
+
+fn repo_script(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../scripts")
+        .join(name)
+}
+
+fn cluster(args: &[&str]) -> String {
+    let out = Command::new("bash")
+        .arg(repo_script("cluster.sh"))
+        .args(args)
+        .output()
+        .expect("scripts/cluster.sh");
+    assert!(
+        out.status.success(),
+        "cluster.sh {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// `rabbitmqctl` against `node` (`None`: the machine's own node).
+fn ctl(node: Option<&str>, args: &[&str]) -> String {
+    let mut c = Command::new("rabbitmqctl");
+    c.arg("-q");
+    if let Some(n) = node {
+        c.args(["-n", n]);
+    }
+    let out = c.args(args).output().expect("rabbitmqctl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Where a mode runs: the nodes (for rabbitmqctl) and the vhost's URLs.
+struct Broker {
+    nodes: Vec<Option<String>>,
+    vhost: String,
+    url: AmqpUrl,
+    queue_type: QueueType,
+    label: &'static str,
+}
+
+impl Broker {
+    fn classic() -> Self {
+        let vhost = format!("ot_scale_{}", std::process::id());
+        let _ = ctl(None, &["add_vhost", &vhost]);
+        let _ = ctl(
+            None,
+            &["set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"],
+        );
+        Self {
+            nodes: vec![None],
+            url: AmqpUrl::new(format!("amqp://guest:guest@127.0.0.1:5672/{vhost}")),
+            vhost,
+            queue_type: QueueType::Classic,
+            label: "classic, one node",
+        }
+    }
+
+    fn quorum() -> Self {
+        let vhost = format!("ot_scale_q_{}", std::process::id());
+        let first = "ot-rabbit-1@localhost";
+        let _ = ctl(Some(first), &["add_vhost", &vhost]);
+        let _ = ctl(
+            Some(first),
+            &["set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"],
+        );
+        let urls = cluster(&["urls"]).replace("%2f", &vhost);
+        Self {
+            nodes: (1..=3)
+                .map(|n| Some(format!("ot-rabbit-{n}@localhost")))
+                .collect(),
+            url: AmqpUrl::new(urls).with_order(NodeOrder::Listed),
+            vhost,
+            queue_type: QueueType::Quorum,
+            label: "quorum, three nodes",
+        }
+    }
+
+    /// RSS of every node, bytes.
+    fn memory(&self) -> u64 {
+        self.nodes
+            .iter()
+            .map(|n| {
+                let out = ctl(n.as_deref(), &["status", "--formatter", "json"]);
+                serde_json::from_str::<serde_json::Value>(&out)
+                    .ok()
+                    .and_then(|v| v["memory"]["total"]["rss"].as_u64())
+                    .unwrap_or(0)
+            })
+            .sum()
+    }
+
+    fn depth(&self, queue: &str) -> u64 {
+        let mut conn = broker::connect(&self.url).expect("broker");
+        let topology = Topology::single(Duration::from_hours(1), self.queue_type).unwrap();
+        let depth = topology
+            .depths(&mut conn, &self.url)
+            .unwrap()
+            .into_iter()
+            .find(|d| d.name == queue)
+            .and_then(|d| d.state)
+            .map_or(0, |(ready, _)| u64::from(ready));
+        let _ = conn.close();
+        depth
+    }
+
+    fn expire_delay_queue_now(&self) {
+        let _ = ctl(
+            self.nodes[0].as_deref(),
+            &[
+                "set_policy",
+                "-p",
+                &self.vhost,
+                "--apply-to",
+                "queues",
+                "ot-expire-now",
+                r"^queue\.ordercreate$",
+                r#"{"message-ttl":1000}"#,
+            ],
+        );
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = ctl(self.nodes[0].as_deref(), &["delete_vhost", &self.vhost]);
+    }
+}
+
+/// What one mode measured.
+struct Figures {
+    label: &'static str,
+    relay_per_s: f64,
+    mib_per_million: f64,
+    dead_letter_per_s: f64,
+    dead_lettered: u64,
+    drain_per_s: f64,
+}
+
+fn run_mode(broker: &Broker, keys: &SimKeys, n: usize, drain_secs: u64) -> Figures {
+    let db = TestDb::new();
+    let mut conn = db.conn();
+    let _ = domain::set_stock(
+        &mut conn,
+        &domain::SkuCode::parse("TEA").unwrap(),
+        domain::StockLevel::new(0).unwrap(),
+        Some(domain::Fen::new(100).unwrap()),
+    )
+    .unwrap();
+    // N pending orders with their items and outbox rows, in one statement.
+    diesel_exec(
+        &mut conn,
+        &format!(
+            "WITH o AS (
+               INSERT INTO orders (order_no, status, total_fen, deadline, created_at, updated_at)
+               SELECT 'scale' || lpad(g::text, 10, '0'), 'pending_payment', 100,
+                      now() + interval '1 hour', now(), now()
+                 FROM generate_series(1, {n}) g
+               RETURNING id),
+             i AS (INSERT INTO order_items (order_id, sku_id, quantity, unit_price_fen)
+                   SELECT o.id, s.id, 1, 100 FROM o, skus s WHERE s.code = 'TEA')
+             INSERT INTO outbox (order_id) SELECT id FROM o ORDER BY id"
+        ),
+    );
+    let topology = Topology::single(Duration::from_hours(1), broker.queue_type).unwrap();
+    let memory_before = broker.memory();
+
+    // 1. The relay.
+    let mut relay = order_producer::relay::Relay::new(
+        db.url().clone(),
+        broker.url.clone(),
+        topology.clone(),
+        order_producer::relay::Settings {
+            batch_size: 500,
+            poll_interval: Duration::from_millis(50),
+            confirm_timeout: Duration::from_mins(1),
+            max_backoff: Duration::from_secs(1),
+        },
+    );
+    let started = Instant::now();
+    let stats = relay.drain().expect("relay");
+    let relay_secs = started.elapsed().as_secs_f64();
+    assert_eq!(stats.published, n as u64, "not all published");
+
+    // 2. Memory with N pending (give the broker a moment to settle).
+    std::thread::sleep(Duration::from_secs(3));
+    let memory_after = broker.memory();
+    let pending = broker.depth("queue.ordercreate");
+
+    // 3. All expire together.
+    let started = Instant::now();
+    broker.expire_delay_queue_now();
+    let mut dead_lettered = 0;
+    while started.elapsed() < Duration::from_mins(20) {
+        dead_lettered = broker.depth("queue.ordertimeout");
+        if dead_lettered >= n as u64 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let dl_secs = started.elapsed().as_secs_f64();
+
+    // 4. The worker drains for a while.
+    let drain_per_s = drain(broker, &db, keys, drain_secs);
+
+    Figures {
+        label: broker.label,
+        relay_per_s: n as f64 / relay_secs,
+        mib_per_million: (memory_after.saturating_sub(memory_before)) as f64 / 1_048_576.0
+            * (1_000_000.0 / pending.max(1) as f64),
+        dead_letter_per_s: dead_lettered as f64 / dl_secs,
+        dead_lettered,
+        drain_per_s,
+    }
+}
+
+/// Moves every deadline into the past and lets the release worker settle
+/// for `secs` (counted from its first settlement): settled per second.
+fn drain(broker: &Broker, db: &TestDb, keys: &SimKeys, secs: u64) -> f64 {
+    let mut conn = db.conn();
+    let drain_secs = secs;
+    diesel_exec(
+        &mut conn,
+        "UPDATE orders SET deadline = now() - interval '1 minute', created_at = now() - interval '61 minutes'",
+    );
+    let dir = std::env::temp_dir().join(format!("ot-scale-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let files = keys.write_client_files(&dir).unwrap();
+    let sim = Simulator::start("127.0.0.1:0", keys, wechatpay_sim::SimConfig::default()).unwrap();
+    let bin = std::env::var("BENCH_WORKER_BIN")
+        .unwrap_or_else(|_| "target/release/order-timeout-worker".into());
+    let mut worker = Command::new(bin)
+        .args(["--concurrency", "16"])
+        .args(["--queue-type", broker.queue_type.as_str()])
+        .env("DATABASE_URL", db.url().expose())
+        .env("AMQP_URL", broker.url.expose())
+        .env("AMQP_NODE_ORDER", "listed")
+        .env("DELAY_TTL_MS", "3600000")
+        .env("WECHATPAY_BASE_URL", sim.base_url())
+        .env("WECHATPAY_MCHID", wechatpay_sim::DEFAULT_MCHID)
+        .env(
+            "WECHATPAY_MERCHANT_SERIAL_NO",
+            wechatpay_sim::DEFAULT_MERCHANT_SERIAL_NO,
+        )
+        .env("WECHATPAY_MERCHANT_KEY_FILE", &files.merchant_key_file)
+        .env(
+            "WECHATPAY_PUBLIC_KEY_ID",
+            wechatpay_sim::DEFAULT_PUBLIC_KEY_ID,
+        )
+        .env(
+            "WECHATPAY_PUBLIC_KEY_FILE",
+            &files.wechatpay_public_key_file,
+        )
+        .env("SWEEP_INTERVAL", "1h")
+        .env("RUST_LOG", "error")
+        .env_remove("PAYMENT_WINDOWS")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("the release worker (cargo build --release)");
+    let closed = |conn: &mut domain::PgConnection| domain::count_by_status(conn).unwrap()[2].1;
+    // Counted from the first settlement, so start-up is not in the rate.
+    let first = Instant::now();
+    while closed(&mut conn) == 0 && first.elapsed() < Duration::from_mins(1) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (c0, t0) = (closed(&mut conn), Instant::now());
+    std::thread::sleep(Duration::from_secs(drain_secs));
+    let (c1, t1) = (closed(&mut conn), Instant::now());
+    let _ = Command::new("kill")
+        .args(["-TERM", &worker.id().to_string()])
+        .status();
+    let _ = worker.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    (c1 - c0) as f64 / (t1 - t0).as_secs_f64()
+}
+
+fn diesel_exec(conn: &mut domain::PgConnection, sql: &str) {
+    use diesel::RunQueryDsl;
+    let _ = diesel::sql_query(sql).execute(conn).expect(sql);
+}
+
+fn main() {
+    let n = arg("--orders", 1_000_000);
+    let drain_secs = arg("--drain-seconds", 60) as u64;
+    let keys = SimKeys::generate().unwrap();
+    let sig_before = wechatpay_sim::signature_rate();
+    println!(
+        "scale benchmark: {n} orders per mode, on {} cores; this machine's RSA-2048 signatures/s on one thread: {sig_before:.0}",
+        std::thread::available_parallelism().map_or(0, std::num::NonZero::get)
+    );
+    let mut figures = Vec::new();
+    if !has_flag("--only-quorum") {
+        figures.push(run_mode(&Broker::classic(), &keys, n, drain_secs));
+    }
+    if !has_flag("--only-classic") {
+        let started_here = cluster(&["status"]).contains("not running");
+        cluster(&["up"]);
+        figures.push(run_mode(&Broker::quorum(), &keys, n, drain_secs));
+        if started_here {
+            cluster(&["down"]);
+        }
+    }
+    let sig_after = wechatpay_sim::signature_rate();
+    println!();
+    println!("| queues | relay, published/s | broker RSS per million pending | dead-lettered/s, all expiring together | worker drain, settled/s | whole backlog drained in |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    for f in &figures {
+        println!(
+            "| {} | {:.0} | {:.0} MiB | {:.0} ({} of {n}) | {:.0} | {:.0} min |",
+            f.label,
+            f.relay_per_s,
+            f.mib_per_million,
+            f.dead_letter_per_s,
+            f.dead_lettered,
+            f.drain_per_s,
+            n as f64 / f.drain_per_s.max(1.0) / 60.0
+        );
+    }
+    println!("This machine's RSA-2048 signatures/s on one thread, before / after: {sig_before:.0} / {sig_after:.0}");
+}

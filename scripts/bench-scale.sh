@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Scale benchmark (not a test): N pending delay messages (default 1,000,000)
+# on classic queues (the local broker) and on quorum queues (the three-node
+# cluster of scripts/cluster.sh, on this machine): the relay's publish rate,
+# broker memory per million pending, the rate at which they dead-letter
+# when they all expire together, and the worker's drain rate. Prints a
+# table; needs root (rabbitmqctl, the cluster), about 8 GB of free memory
+# for a million, and half an hour.
+# Usage: scripts/bench-scale.sh [--orders N] [--drain-seconds S]
+#                               [--only-classic | --only-quorum]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/dev-env.sh
+export TEST_DATABASE_URL="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+trap scripts/drop-test-templates.sh EXIT
+cargo build --quiet --release -p order-timeout-worker
+target_dir="${CARGO_TARGET_DIR:-target}"
+case "$target_dir" in /*) ;; *) target_dir="$PWD/$target_dir" ;; esac
+export BENCH_WORKER_BIN="$target_dir/release/order-timeout-worker"
+cargo run --quiet --release -p order-timeout-worker --example bench_scale -- "$@"
