@@ -6,7 +6,7 @@
 # when they all expire together, and the worker's drain rate. Prints a
 # table; needs root (rabbitmqctl, the cluster), about 8 GB of free memory
 # for a million, and half an hour.
-# Usage: scripts/bench-scale.sh [--orders N] [--drain-seconds S]
+# Usage: scripts/bench-scale.sh [--orders N] [--drain-seconds S] [--ttl-seconds T]
 #                               [--only-classic | --only-quorum]
 set -euo pipefail
 cd "$(dirname "$0")/.."
