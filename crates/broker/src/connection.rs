@@ -10,8 +10,10 @@ use crate::error::BrokerError;
 /// How a process picks among the nodes of a cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum NodeOrder {
-    /// Start at a node chosen by the process id, then the others in list
-    /// order: instances given the same list spread over the nodes.
+    /// Start at a node picked at random when the process starts (the same
+    /// one for all its connections), then the others in list order:
+    /// instances given the same list spread over the nodes. (Not by process
+    /// id: in containers every instance has the same one.)
     #[default]
     Spread,
     /// Always start at the first node listed.
@@ -81,7 +83,7 @@ impl AmqpUrl {
         let n = self.nodes.len();
         let start = match self.order {
             NodeOrder::Listed => 0,
-            NodeOrder::Spread => std::process::id() as usize % n,
+            NodeOrder::Spread => spread_start() % n,
         };
         (0..n)
             .map(|i| Self {
@@ -119,6 +121,12 @@ impl AmqpUrl {
         }
         out
     }
+}
+
+/// This process's starting point among the nodes, picked once.
+fn spread_start() -> usize {
+    static START: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *START.get_or_init(|| rand::random::<u16>().into())
 }
 
 impl fmt::Debug for AmqpUrl {
@@ -288,9 +296,17 @@ mod tests {
                 "amqp://app:***@mq3:5672/v"
             ]
         );
-        // Spread: a rotation of the list, by the process id.
+        // Spread: a rotation of the list, the same for every connection of
+        // this process.
         let spread: Vec<String> = url.nodes().iter().map(AmqpUrl::to_string).collect();
-        let start = std::process::id() as usize % 3;
+        assert_eq!(
+            spread,
+            url.nodes()
+                .iter()
+                .map(AmqpUrl::to_string)
+                .collect::<Vec<_>>()
+        );
+        let start = listed.iter().position(|n| *n == spread[0]).unwrap();
         assert_eq!(spread[0], listed[start]);
         assert_eq!(spread[1], listed[(start + 1) % 3]);
         assert_eq!(AmqpUrl::new("amqp://a@h/v").nodes().len(), 1);

@@ -32,6 +32,9 @@ use broker::{AmqpUrl, NodeOrder, QueueType, Topology};
 use domain::testing::TestDb;
 use wechatpay_sim::{SimKeys, Simulator};
 
+/// How long dead-lettering may make no progress before it counts as stalled.
+const STALL: Duration = Duration::from_mins(2);
+
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
     args.iter()
@@ -221,16 +224,29 @@ fn run_mode(broker: &Broker, keys: &SimKeys, n: usize, drain_secs: u64, ttl: Dur
         "the TTL ({ttl:?}) is too short for publishing {n} ({relay_secs:.0} s): raise --ttl-seconds"
     );
 
-    // 3. They expire at the pace they were published.
+    // 3. They expire at the pace they were published. Given up on when
+    // nothing more arrives for STALL after the first should have expired.
+    let due = Instant::now() + ttl.saturating_sub(published_at.elapsed());
     let mut first_seen = None;
     let mut dead_lettered = 0;
-    let deadline = Instant::now() + ttl + Duration::from_secs_f64(relay_secs * 3.0 + 600.0);
-    while Instant::now() < deadline {
-        dead_lettered = broker.depth("queue.ordertimeout");
+    let mut last_growth = due;
+    loop {
+        let now_depth = broker.depth("queue.ordertimeout");
+        if now_depth > dead_lettered {
+            last_growth = Instant::now();
+        }
+        dead_lettered = now_depth;
         if dead_lettered > 0 && first_seen.is_none() {
             first_seen = Some(Instant::now());
         }
         if dead_lettered >= n as u64 {
+            break;
+        }
+        if Instant::now() > last_growth + STALL {
+            println!(
+                "{}: dead-lettering stalled: {dead_lettered} of {n} arrived in queue.ordertimeout, none in the last {STALL:?}",
+                broker.label
+            );
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -326,23 +342,10 @@ fn main() {
         "scale benchmark: {n} orders per mode, on {} cores; this machine's RSA-2048 signatures/s on one thread: {sig_before:.0}",
         std::thread::available_parallelism().map_or(0, std::num::NonZero::get)
     );
-    let mut figures = Vec::new();
-    if !has_flag("--only-quorum") {
-        figures.push(run_mode(&Broker::classic(), &keys, n, drain_secs, ttl));
-    }
-    if !has_flag("--only-classic") {
-        let started_here = cluster(&["status"]).contains("not running");
-        cluster(&["up"]);
-        figures.push(run_mode(&Broker::quorum(), &keys, n, drain_secs, ttl));
-        if started_here {
-            cluster(&["down"]);
-        }
-    }
-    let sig_after = wechatpay_sim::signature_rate();
-    println!();
+    // Each row is printed as soon as it is measured.
     println!("| queues | relay, published/s | broker RSS per million pending | dead-lettered/s, expiring at the publish pace | worker drain, settled/s | whole backlog drained in |");
     println!("| --- | --- | --- | --- | --- | --- |");
-    for f in &figures {
+    let row = |f: &Figures| {
         println!(
             "| {} | {:.0} | {:.0} MiB | {:.0} ({} of {n}) | {:.0} | {:.0} min |",
             f.label,
@@ -353,6 +356,18 @@ fn main() {
             f.drain_per_s,
             n as f64 / f.drain_per_s.max(1.0) / 60.0
         );
+    };
+    if !has_flag("--only-quorum") {
+        row(&run_mode(&Broker::classic(), &keys, n, drain_secs, ttl));
     }
+    if !has_flag("--only-classic") {
+        let started_here = cluster(&["status"]).contains("not running");
+        cluster(&["up"]);
+        row(&run_mode(&Broker::quorum(), &keys, n, drain_secs, ttl));
+        if started_here {
+            cluster(&["down"]);
+        }
+    }
+    let sig_after = wechatpay_sim::signature_rate();
     println!("This machine's RSA-2048 signatures/s on one thread, before / after: {sig_before:.0} / {sig_after:.0}");
 }

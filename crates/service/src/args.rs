@@ -54,8 +54,9 @@ pub struct BrokerArgs {
     )]
     pub amqp_url: AmqpUrl,
 
-    /// With several AMQP URLs: `spread` (start at a node picked by the
-    /// process id, so instances sharing one list spread over the nodes) or
+    /// With several AMQP URLs: `spread` (start at a node picked at random
+    /// when the process starts, so instances sharing one list spread over
+    /// the nodes) or
     /// `listed` (always the first that answers, in list order).
     #[arg(long, env = "AMQP_NODE_ORDER", default_value = "spread", value_parser = NodeOrder::parse, global = true)]
     pub amqp_node_order: NodeOrder,

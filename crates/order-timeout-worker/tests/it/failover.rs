@@ -193,7 +193,8 @@ fn every_command_takes_several_urls_and_skips_a_node_that_is_down() {
     assert_eq!(report.snapshot.broker_error, None);
 
     // The worker binary: `settle` and the consumer take the list from the
-    // environment.
+    // environment (once the order is due).
+    std::thread::sleep(crate::WINDOW + Duration::from_millis(100));
     let settled = stack
         .worker_command(&["settle", orders[0].as_str()])
         .env("AMQP_URL", &urls)
