@@ -241,21 +241,7 @@ fn main() {
             "WECHATPAY_NOTIFY_URL",
             format!("{base}/wechatpay/notify/transaction"),
         )
-        .env("WECHATPAY_BASE_URL", sim.base_url())
-        .env("WECHATPAY_MCHID", wechatpay_sim::DEFAULT_MCHID)
-        .env(
-            "WECHATPAY_MERCHANT_SERIAL_NO",
-            wechatpay_sim::DEFAULT_MERCHANT_SERIAL_NO,
-        )
-        .env("WECHATPAY_MERCHANT_KEY_FILE", &files.merchant_key_file)
-        .env(
-            "WECHATPAY_PUBLIC_KEY_ID",
-            wechatpay_sim::DEFAULT_PUBLIC_KEY_ID,
-        )
-        .env(
-            "WECHATPAY_PUBLIC_KEY_FILE",
-            &files.wechatpay_public_key_file,
-        )
+        .envs(files.worker_env(&sim.base_url()))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())

@@ -289,21 +289,7 @@ fn drain(broker: &Broker, db: &TestDb, keys: &SimKeys, secs: u64, ttl: Duration)
         .env("AMQP_URL", broker.url.expose())
         .env("AMQP_NODE_ORDER", "listed")
         .env("DELAY_TTL_MS", ttl.as_millis().to_string())
-        .env("WECHATPAY_BASE_URL", sim.base_url())
-        .env("WECHATPAY_MCHID", wechatpay_sim::DEFAULT_MCHID)
-        .env(
-            "WECHATPAY_MERCHANT_SERIAL_NO",
-            wechatpay_sim::DEFAULT_MERCHANT_SERIAL_NO,
-        )
-        .env("WECHATPAY_MERCHANT_KEY_FILE", &files.merchant_key_file)
-        .env(
-            "WECHATPAY_PUBLIC_KEY_ID",
-            wechatpay_sim::DEFAULT_PUBLIC_KEY_ID,
-        )
-        .env(
-            "WECHATPAY_PUBLIC_KEY_FILE",
-            &files.wechatpay_public_key_file,
-        )
+        .envs(files.worker_env(&sim.base_url()))
         .env("SWEEP_INTERVAL", "1h")
         .env("RUST_LOG", "error")
         .env_remove("PAYMENT_WINDOWS")

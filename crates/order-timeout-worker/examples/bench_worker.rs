@@ -75,21 +75,7 @@ impl Env {
                 "DELAY_TTL_MS",
                 self.topology.delay_queues()[0].ttl.as_millis().to_string(),
             )
-            .env("WECHATPAY_BASE_URL", self.sim.base_url())
-            .env("WECHATPAY_MCHID", wechatpay_sim::DEFAULT_MCHID)
-            .env(
-                "WECHATPAY_MERCHANT_SERIAL_NO",
-                wechatpay_sim::DEFAULT_MERCHANT_SERIAL_NO,
-            )
-            .env("WECHATPAY_MERCHANT_KEY_FILE", &self.files.merchant_key_file)
-            .env(
-                "WECHATPAY_PUBLIC_KEY_ID",
-                wechatpay_sim::DEFAULT_PUBLIC_KEY_ID,
-            )
-            .env(
-                "WECHATPAY_PUBLIC_KEY_FILE",
-                &self.files.wechatpay_public_key_file,
-            )
+            .envs(self.files.worker_env(&self.sim.base_url()))
             .env("SWEEP_INTERVAL", "1h")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())

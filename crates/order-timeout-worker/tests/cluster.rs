@@ -201,21 +201,7 @@ fn stopping_the_leader_of_each_queue_loses_nothing_and_settles_each_order_once()
                 .args(topology_flags)
                 .env("DATABASE_URL", db.url().expose())
                 .env("AMQP_URL", urls_from(&nodes, first))
-                .env("WECHATPAY_BASE_URL", sim.base_url())
-                .env("WECHATPAY_MCHID", wechatpay_sim::DEFAULT_MCHID)
-                .env(
-                    "WECHATPAY_MERCHANT_SERIAL_NO",
-                    wechatpay_sim::DEFAULT_MERCHANT_SERIAL_NO,
-                )
-                .env("WECHATPAY_MERCHANT_KEY_FILE", &files.merchant_key_file)
-                .env(
-                    "WECHATPAY_PUBLIC_KEY_ID",
-                    wechatpay_sim::DEFAULT_PUBLIC_KEY_ID,
-                )
-                .env(
-                    "WECHATPAY_PUBLIC_KEY_FILE",
-                    &files.wechatpay_public_key_file,
-                )
+                .envs(files.worker_env(&sim.base_url()))
                 .env("RECHECK_AFTER", "1h")
                 .env("SWEEP_INTERVAL", "1h")
                 .env("RUST_LOG", "warn")

@@ -79,6 +79,35 @@ pub struct ClientFiles {
     pub apiv3_key_file: PathBuf,
 }
 
+impl ClientFiles {
+    /// The `WECHATPAY_*` settings of the worker and `serve` for a simulator
+    /// at `base_url` with these files and the default merchant and key ids:
+    /// hand them to a child process with `Command::envs`.
+    #[must_use]
+    pub fn worker_env(&self, base_url: &str) -> Vec<(&'static str, std::ffi::OsString)> {
+        vec![
+            ("WECHATPAY_BASE_URL", base_url.into()),
+            ("WECHATPAY_MCHID", crate::DEFAULT_MCHID.into()),
+            (
+                "WECHATPAY_MERCHANT_SERIAL_NO",
+                crate::DEFAULT_MERCHANT_SERIAL_NO.into(),
+            ),
+            (
+                "WECHATPAY_MERCHANT_KEY_FILE",
+                self.merchant_key_file.clone().into(),
+            ),
+            (
+                "WECHATPAY_PUBLIC_KEY_ID",
+                crate::DEFAULT_PUBLIC_KEY_ID.into(),
+            ),
+            (
+                "WECHATPAY_PUBLIC_KEY_FILE",
+                self.wechatpay_public_key_file.clone().into(),
+            ),
+        ]
+    }
+}
+
 /// The merchant's APIv3 key: exactly 32 bytes, the AES-256-GCM key of
 /// notification resources. `Debug` shows `[redacted]`; `Default` is
 /// [`crate::DEFAULT_APIV3_KEY`].

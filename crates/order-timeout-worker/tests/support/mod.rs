@@ -462,21 +462,7 @@ impl Stack {
             .env("AMQP_URL", self.vhost.url().expose())
             .env("DELAY_TTL_MS", "300")
             .env("RETRY_DELAYS", "100ms,200ms,400ms")
-            .env("WECHATPAY_BASE_URL", self.sim.base_url())
-            .env("WECHATPAY_MCHID", wechatpay_sim::DEFAULT_MCHID)
-            .env(
-                "WECHATPAY_MERCHANT_SERIAL_NO",
-                wechatpay_sim::DEFAULT_MERCHANT_SERIAL_NO,
-            )
-            .env("WECHATPAY_MERCHANT_KEY_FILE", &self.files.merchant_key_file)
-            .env(
-                "WECHATPAY_PUBLIC_KEY_ID",
-                wechatpay_sim::DEFAULT_PUBLIC_KEY_ID,
-            )
-            .env(
-                "WECHATPAY_PUBLIC_KEY_FILE",
-                &self.files.wechatpay_public_key_file,
-            )
+            .envs(self.files.worker_env(&self.sim.base_url()))
             .env("RUST_LOG", "info")
             .env_remove("PAYMENT_WINDOWS")
             .env_remove("QUEUE_TYPE");
