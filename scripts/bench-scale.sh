@@ -3,9 +3,12 @@
 # on classic queues (the local broker) and on quorum queues (the three-node
 # cluster of scripts/cluster.sh, on this machine): the relay's publish rate,
 # broker memory per million pending, the rate at which they dead-letter
-# when they all expire together, and the worker's drain rate. Prints a
-# table; needs root (rabbitmqctl, the cluster), about 8 GB of free memory
-# for a million, and half an hour.
+# when they expire one after the other at the pace they were published (a
+# TTL longer than the publishing: --ttl-seconds, default 300; RabbitMQ fixes
+# a message's expiry when it is enqueued), and the worker's drain rate.
+# Dead-lettering with no progress for 2 minutes is reported as stalled.
+# Prints a table; needs root (rabbitmqctl, the cluster), about 8 GB of free
+# memory for a million, and half an hour.
 # Usage: scripts/bench-scale.sh [--orders N] [--drain-seconds S] [--ttl-seconds T]
 #                               [--only-classic | --only-quorum]
 set -euo pipefail
