@@ -568,7 +568,11 @@ impl Metrics {
         m.outbox_oldest_age.set(snapshot.outbox.oldest_age_seconds);
         m.overdue_orders.set(snapshot.overdue.orders);
         m.overdue_oldest.set(snapshot.overdue.oldest_seconds);
-        if snapshot.broker_error.is_none() {
+        if snapshot.broker_error.is_some() {
+            // Unknown now: no series rather than stale ones.
+            m.queue_messages.clear();
+            m.queue_consumers.clear();
+        } else {
             // Set in place (a scrape never sees the series missing); a
             // queue that does not exist has none.
             for q in &snapshot.queues {
@@ -709,6 +713,53 @@ mod tests {
         expected.sort();
         got.sort();
         assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn queue_depths_go_when_the_broker_cannot_be_read_and_missing_queues_have_none() {
+        let m = Metrics::new("test");
+        exercise_all(&m);
+        let depth = r#"order_timeout_queue_messages{queue="queue.ordertimeout"} 3"#;
+        assert!(m.encode().contains(depth));
+        let mut snapshot = Snapshot {
+            taken_at: chrono::Utc::now(),
+            queues: vec![crate::snapshot::QueueState {
+                name: "queue.ordertimeout".into(),
+                exists: false,
+                messages: 0,
+                consumers: 0,
+            }],
+            broker_error: None,
+            orders: std::collections::BTreeMap::new(),
+            outbox: crate::snapshot::Outbox {
+                backlog: 0,
+                oldest: None,
+                oldest_age_seconds: 0.0,
+            },
+            overdue: crate::snapshot::Overdue {
+                orders: 0,
+                oldest_deadline: None,
+                oldest_seconds: 0.0,
+            },
+            payments_after_close: 0,
+            refunds: std::collections::BTreeMap::new(),
+            needs_human: crate::snapshot::NeedsHuman {
+                orders: 0,
+                refunds: 0,
+            },
+        };
+        m.set_snapshot(&snapshot);
+        assert!(
+            !m.encode().contains("order_timeout_queue_messages{"),
+            "a missing queue has no depth"
+        );
+        exercise_all(&m);
+        snapshot.broker_error = Some("refused".into());
+        m.set_snapshot(&snapshot);
+        let text = m.encode();
+        assert!(!text.contains("order_timeout_queue_messages{"), "{text}");
+        assert!(!text.contains("order_timeout_queue_consumers{"), "{text}");
+        assert!(!m.encode().contains(depth));
     }
 
     #[test]
