@@ -662,26 +662,19 @@ pub fn type_names(exposition: &str) -> Vec<String> {
 mod tests {
     use super::*;
 
-    /// Records one sample in every family.
-    fn exercise_all(m: &Metrics) {
-        m.settlement(Outcome::Closed, "message");
-        m.settlement_lag(chrono::TimeDelta::seconds(1));
-        m.observe(Call::Close, &CallResult::Timeout, Duration::from_millis(1));
-        m.retry(Duration::from_secs(5));
-        m.parked("poison");
-        m.refund_step("request", "processing");
-        m.relayed(1, 0);
-        m.set_broker_connected(true);
-        let snapshot = Snapshot {
+    /// A snapshot with `queue.ordertimeout` (3 ready, 1 consumer when it
+    /// exists) and nothing else.
+    fn snapshot_of_one_queue(exists: bool) -> Snapshot {
+        Snapshot {
             taken_at: chrono::Utc::now(),
             queues: vec![crate::snapshot::QueueState {
                 name: "queue.ordertimeout".into(),
-                exists: true,
-                messages: 3,
-                consumers: 1,
+                exists,
+                messages: if exists { 3 } else { 0 },
+                consumers: u32::from(exists),
             }],
             broker_error: None,
-            orders: [("paid", 1)].into_iter().collect(),
+            orders: std::collections::BTreeMap::new(),
             outbox: crate::snapshot::Outbox {
                 backlog: 0,
                 oldest: None,
@@ -693,12 +686,27 @@ mod tests {
                 oldest_seconds: 0.0,
             },
             payments_after_close: 0,
-            refunds: [("succeeded", 1)].into_iter().collect(),
+            refunds: std::collections::BTreeMap::new(),
             needs_human: crate::snapshot::NeedsHuman {
                 orders: 0,
                 refunds: 0,
             },
-        };
+        }
+    }
+
+    /// Records one sample in every family.
+    fn exercise_all(m: &Metrics) {
+        m.settlement(Outcome::Closed, "message");
+        m.settlement_lag(chrono::TimeDelta::seconds(1));
+        m.observe(Call::Close, &CallResult::Timeout, Duration::from_millis(1));
+        m.retry(Duration::from_secs(5));
+        m.parked("poison");
+        m.refund_step("request", "processing");
+        m.relayed(1, 0);
+        m.set_broker_connected(true);
+        let mut snapshot = snapshot_of_one_queue(true);
+        snapshot.orders = [("paid", 1)].into_iter().collect();
+        snapshot.refunds = [("succeeded", 1)].into_iter().collect();
         m.set_snapshot(&snapshot);
         m.http_request(Cow::Borrowed("/healthz"), 200, Duration::from_millis(1));
     }
@@ -721,33 +729,7 @@ mod tests {
         exercise_all(&m);
         let depth = r#"order_timeout_queue_messages{queue="queue.ordertimeout"} 3"#;
         assert!(m.encode().contains(depth));
-        let mut snapshot = Snapshot {
-            taken_at: chrono::Utc::now(),
-            queues: vec![crate::snapshot::QueueState {
-                name: "queue.ordertimeout".into(),
-                exists: false,
-                messages: 0,
-                consumers: 0,
-            }],
-            broker_error: None,
-            orders: std::collections::BTreeMap::new(),
-            outbox: crate::snapshot::Outbox {
-                backlog: 0,
-                oldest: None,
-                oldest_age_seconds: 0.0,
-            },
-            overdue: crate::snapshot::Overdue {
-                orders: 0,
-                oldest_deadline: None,
-                oldest_seconds: 0.0,
-            },
-            payments_after_close: 0,
-            refunds: std::collections::BTreeMap::new(),
-            needs_human: crate::snapshot::NeedsHuman {
-                orders: 0,
-                refunds: 0,
-            },
-        };
+        let mut snapshot = snapshot_of_one_queue(false);
         m.set_snapshot(&snapshot);
         assert!(
             !m.encode().contains("order_timeout_queue_messages{"),
