@@ -8,11 +8,12 @@ use std::fmt;
 use std::time::Duration;
 
 use diesel::pg::PgConnection;
-use diesel::r2d2::{ConnectionManager, Pool};
+use diesel::r2d2::Pool;
 use diesel::{Connection, RunQueryDsl};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 
 use crate::error::StoreError;
+use crate::pool::{PgManager, RoundTrips, CHECK_IDLE_AFTER};
 
 /// The schema, compiled into every binary that links this crate.
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations");
@@ -21,10 +22,10 @@ pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations")
 const MIGRATION_LOCK_KEY: i64 = 0x6f72_6465_725f_746f; // "order_to"
 
 /// A pool of PostgreSQL connections.
-pub type PgPool = Pool<ConnectionManager<PgConnection>>;
+pub type PgPool = Pool<PgManager>;
 
 /// A connection checked out of a [`PgPool`]; it returns to the pool on drop.
-pub type PooledConnection = diesel::r2d2::PooledConnection<ConnectionManager<PgConnection>>;
+pub type PooledConnection = diesel::r2d2::PooledConnection<PgManager>;
 
 /// A PostgreSQL URL whose password never reaches logs, errors or `Debug`.
 #[derive(Clone, PartialEq, Eq)]
@@ -193,11 +194,23 @@ pub fn connect(url: &DatabaseUrl) -> Result<PgConnection, StoreError> {
 
 /// A pool of at most `max_size` connections. Fails fast (within
 /// `connect_timeout`) when the database is unreachable, naming the URL
-/// without its password.
+/// without its password. A connection idle for
+/// [`CHECK_IDLE_AFTER`](crate::pool::CHECK_IDLE_AFTER) is checked before it
+/// is handed out; one in steady use is not (see [`crate::pool`]).
 pub fn build_pool(
     url: &DatabaseUrl,
     max_size: u32,
     connect_timeout: Duration,
+) -> Result<PgPool, StoreError> {
+    build_counted_pool(url, max_size, connect_timeout, None)
+}
+
+/// [`build_pool`], with `counter` counting what every connection sends.
+pub fn build_counted_pool(
+    url: &DatabaseUrl,
+    max_size: u32,
+    connect_timeout: Duration,
+    counter: Option<&RoundTrips>,
 ) -> Result<PgPool, StoreError> {
     // Try one connection first: r2d2 would only report "timed out" after
     // its wait, hiding libpq's reason (refused, unknown database, ...).
@@ -207,7 +220,11 @@ pub fn build_pool(
         .min_idle(Some(0))
         .connection_timeout(connect_timeout)
         .test_on_check_out(true)
-        .build(ConnectionManager::new(url.expose()))
+        .build(PgManager::new(
+            url.expose(),
+            CHECK_IDLE_AFTER,
+            counter.cloned(),
+        ))
         .map_err(|e| StoreError::Connect(url.scrub(&format!("{}: {e}", url.redacted()))))
 }
 

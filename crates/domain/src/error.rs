@@ -64,7 +64,9 @@ impl StoreError {
             Self::Database(e) => matches!(
                 e,
                 DieselError::DatabaseError(
-                    DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::SerializationFailure,
+                    DatabaseErrorKind::ClosedConnection
+                        | DatabaseErrorKind::UnableToSendCommand
+                        | DatabaseErrorKind::SerializationFailure,
                     _
                 ) | DieselError::BrokenTransactionManager
             ),

@@ -6,12 +6,16 @@
 //! only record what was seen and when to look again.
 
 use chrono::{DateTime, Utc};
+use diesel::pg::Pg;
 use diesel::prelude::*;
+use diesel::query_builder::AstPass;
+use diesel::result::QueryResult;
 
 use crate::error::StoreError;
 use crate::models::corrupt;
 use crate::order_no::OrderNo;
 use crate::orders::record_event;
+use crate::prepared::{unknown_placeholder, Prepared, Statement};
 use crate::schema::{order_events, orders};
 use crate::values::{Anomaly, OrderStatus};
 
@@ -165,30 +169,52 @@ pub fn finish_recheck(
     order_no: &OrderNo,
     found: &str,
 ) -> Result<bool, StoreError> {
-    conn.transaction(|conn| {
-        let now = Utc::now();
-        let done: Option<i64> = diesel::update(
-            orders::table
-                .filter(orders::order_no.eq(order_no.as_str()))
-                .filter(orders::recheck_at.is_not_null()),
-        )
-        .set((
-            orders::recheck_at.eq(None::<DateTime<Utc>>),
-            orders::next_check_at.eq(None::<DateTime<Utc>>),
-            orders::check_failures.eq(0),
-            orders::updated_at.eq(now),
-        ))
-        .returning(orders::id)
-        .get_result(conn)
-        .optional()?;
-        match done {
-            Some(order_id) => {
-                record_event(conn, order_id, "recheck", found)?;
-                Ok(true)
-            }
-            None => Ok(false),
-        }
+    #[derive(diesel::QueryableByName)]
+    struct Done {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let done: Done = Statement(FinishRecheck {
+        now: Utc::now(),
+        order_no: order_no.as_str().to_owned(),
+        found: found.to_owned(),
     })
+    .get_result(conn)?;
+    Ok(done.n == 1)
+}
+
+/// [`finish_recheck`] in one statement (atomic by itself, one round trip).
+const FINISH_RECHECK_SQL: &str = "
+WITH o AS (
+    UPDATE orders SET recheck_at = NULL, next_check_at = NULL, check_failures = 0,
+                      updated_at = $1
+     WHERE order_no = $2 AND recheck_at IS NOT NULL
+ RETURNING id
+), e AS (
+    INSERT INTO order_events (order_id, kind, detail) SELECT id, 'recheck', $3 FROM o
+)
+SELECT count(*) AS n FROM o
+";
+
+/// The binds of [`FINISH_RECHECK_SQL`].
+struct FinishRecheck {
+    now: DateTime<Utc>,
+    order_no: String,
+    found: String,
+}
+
+impl Prepared for FinishRecheck {
+    const SQL: &'static str = FINISH_RECHECK_SQL;
+
+    fn bind<'b>(&'b self, n: usize, out: &mut AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        use diesel::sql_types::{Text, Timestamptz};
+        match n {
+            1 => out.push_bind_param::<Timestamptz, _>(&self.now),
+            2 => out.push_bind_param::<Text, _>(&self.order_no),
+            3 => out.push_bind_param::<Text, _>(&self.found),
+            n => Err(unknown_placeholder(n)),
+        }
+    }
 }
 
 /// Notes that the sweep could not settle the order now: counts the failure

@@ -18,6 +18,7 @@ pub mod models;
 pub mod order_no;
 pub mod orders;
 pub mod outbox;
+pub mod pool;
 mod prepared;
 pub mod refunds;
 pub mod schema;
@@ -27,8 +28,8 @@ pub mod testing;
 pub mod values;
 
 pub use db::{
-    build_pool, checkout, connect, pending_migrations, run_migrations, DatabaseUrl, PgPool,
-    PooledConnection, SweepLock,
+    build_counted_pool, build_pool, checkout, connect, pending_migrations, run_migrations,
+    DatabaseUrl, PgPool, PooledConnection, SweepLock,
 };
 pub use diesel::PgConnection;
 pub use error::{ConstraintKind, StoreError};

@@ -601,7 +601,8 @@ pub enum CloseOutcome {
 }
 
 /// Closes a pending order unpaid: status `closed`, every item's stock given
-/// back and a `closed` event with `reason`, all in one transaction.
+/// back and a `closed` event with `reason`, all in one statement (so one
+/// transaction, and one round trip).
 ///
 /// Only the call that moves the order out of `pending_payment` gives stock
 /// back (invariant 1). A repeated or concurrent call changes nothing and
@@ -619,55 +620,89 @@ pub fn close_unpaid(
     reason: &str,
     recheck_at: Option<DateTime<Utc>>,
 ) -> Result<CloseOutcome, StoreError> {
-    conn.transaction(|conn| {
-        let now = Utc::now();
-        let closed: Option<i64> = diesel::update(
-            orders::table
-                .filter(orders::order_no.eq(order_no.as_str()))
-                .filter(orders::status.eq(OrderStatus::PendingPayment)),
-        )
-        .set((
-            orders::status.eq(OrderStatus::Closed),
-            orders::closed_at.eq(now),
-            orders::updated_at.eq(now),
-            orders::close_reason.eq(reason),
-            orders::recheck_at.eq(recheck_at),
-            orders::anomaly.eq(None::<String>),
-            orders::anomaly_at.eq(None::<DateTime<Utc>>),
-        ))
-        .returning(orders::id)
-        .get_result(conn)
-        .optional()?;
-        let Some(order_id) = closed else {
-            return Ok(match current_status(conn, order_no)? {
-                None => CloseOutcome::NotFound,
-                Some(OrderStatus::Paid) => CloseOutcome::AlreadyPaid,
-                // Pending cannot be seen here: the UPDATE above waited for any
-                // concurrent writer and re-checked the row.
-                Some(OrderStatus::Closed | OrderStatus::PendingPayment) => {
-                    CloseOutcome::AlreadyClosed
-                }
-            });
-        };
-        // Lock SKU rows in id order, like create_order.
-        let items: Vec<(i64, i32)> = order_items::table
-            .filter(order_items::order_id.eq(order_id))
-            .order(order_items::sku_id.asc())
-            .select((order_items::sku_id, order_items::quantity))
-            .load(conn)?;
-        let mut units = 0u64;
-        for (sku_id, qty) in &items {
-            diesel::update(skus::table.find(sku_id))
-                .set((skus::stock.eq(skus::stock + qty), skus::updated_at.eq(now)))
-                .execute(conn)?;
-            units += *qty as u64;
-        }
-        record_event(conn, order_id, "closed", reason)?;
-        Ok(CloseOutcome::Closed {
-            lines: items.len(),
-            units,
-        })
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        closed: i64,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        lines: i64,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        units: i64,
+    }
+    let row: Row = Statement(ClosePending {
+        now: Utc::now(),
+        reason: reason.to_owned(),
+        recheck_at,
+        order_no: order_no.as_str().to_owned(),
     })
+    .get_result(conn)?;
+    if row.closed == 1 {
+        return Ok(CloseOutcome::Closed {
+            lines: usize::try_from(row.lines).unwrap_or_default(),
+            units: u64::try_from(row.units).unwrap_or_default(),
+        });
+    }
+    // Not pending: a second, rare statement (with a snapshot of its own, so
+    // a payment that committed while the close waited for its row is seen).
+    Ok(match current_status(conn, order_no)? {
+        None => CloseOutcome::NotFound,
+        Some(OrderStatus::Paid) => CloseOutcome::AlreadyPaid,
+        // Pending cannot be seen here: the UPDATE waited for any concurrent
+        // writer and re-checked the row.
+        Some(OrderStatus::Closed | OrderStatus::PendingPayment) => CloseOutcome::AlreadyClosed,
+    })
+}
+
+/// [`close_unpaid`] in one statement, atomic by itself (no `BEGIN`/`COMMIT`
+/// round trips): the order leaves `pending_payment`, and only if it did,
+/// its items' stock comes back and a `closed` event is written. The SKU
+/// rows are locked in id order first, like `create_order` locks them, so
+/// that a close and an order for the same SKUs cannot deadlock.
+const CLOSE_PENDING_SQL: &str = "
+WITH o AS (
+    UPDATE orders SET status = 'closed', closed_at = $1, updated_at = $1,
+                      close_reason = $2, recheck_at = $3,
+                      anomaly = NULL, anomaly_at = NULL
+     WHERE order_no = $4 AND status = 'pending_payment'
+ RETURNING id
+), i AS (
+    SELECT sku_id, quantity FROM order_items WHERE order_id IN (SELECT id FROM o)
+), l AS MATERIALIZED (
+    SELECT skus.id FROM skus WHERE skus.id IN (SELECT sku_id FROM i)
+     ORDER BY skus.id FOR UPDATE
+), s AS (
+    UPDATE skus SET stock = skus.stock + i.quantity, updated_at = $1
+      FROM i WHERE skus.id = i.sku_id AND skus.id IN (SELECT id FROM l)
+ RETURNING i.quantity
+), e AS (
+    INSERT INTO order_events (order_id, kind, detail) SELECT id, 'closed', $2 FROM o
+)
+SELECT (SELECT count(*) FROM o) AS closed,
+       (SELECT count(*) FROM s) AS lines,
+       (SELECT coalesce(sum(quantity), 0)::bigint FROM s) AS units
+";
+
+/// The binds of [`CLOSE_PENDING_SQL`].
+struct ClosePending {
+    now: DateTime<Utc>,
+    reason: String,
+    recheck_at: Option<DateTime<Utc>>,
+    order_no: String,
+}
+
+impl Prepared for ClosePending {
+    const SQL: &'static str = CLOSE_PENDING_SQL;
+
+    fn bind<'b>(&'b self, n: usize, out: &mut AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        use diesel::sql_types::{Nullable, Text, Timestamptz};
+        match n {
+            1 => out.push_bind_param::<Timestamptz, _>(&self.now),
+            2 => out.push_bind_param::<Text, _>(&self.reason),
+            3 => out.push_bind_param::<Nullable<Timestamptz>, _>(&self.recheck_at),
+            4 => out.push_bind_param::<Text, _>(&self.order_no),
+            n => Err(unknown_placeholder(n)),
+        }
+    }
 }
 
 fn current_status(

@@ -14,6 +14,7 @@ mod money;
 mod poison;
 mod rechecks;
 mod refunds;
+mod round_trips;
 mod secrets;
 mod sweep;
 mod topology;
