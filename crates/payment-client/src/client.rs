@@ -673,7 +673,7 @@ fn build_agent(config: &Config) -> Result<ureq::Agent, ConfigError> {
         None => None,
     };
 
-    Ok(ureq::Agent::config_builder()
+    let config = ureq::Agent::config_builder()
         .proxy(proxy)
         .timeout_connect(Some(config.connect_timeout))
         .timeout_global(Some(config.timeout))
@@ -691,8 +691,14 @@ fn build_agent(config: &Config) -> Result<ureq::Agent, ConfigError> {
         // per connection would cost megabytes with dozens of threads.
         .input_buffer_size(IO_BUFFER_SIZE)
         .output_buffer_size(IO_BUFFER_SIZE)
-        .build()
-        .into())
+        .build();
+    // ureq resolves the host of every request; its own resolver spawns a
+    // thread per lookup (see `resolve`).
+    Ok(ureq::Agent::with_parts(
+        config,
+        ureq::unversioned::transport::DefaultConnector::default(),
+        crate::resolve::CachingResolver::default(),
+    ))
 }
 
 fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {

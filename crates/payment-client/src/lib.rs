@@ -35,6 +35,7 @@ mod error;
 mod model;
 pub mod notify;
 mod observe;
+pub mod resolve;
 pub mod signing;
 pub mod verify;
 
