@@ -111,7 +111,10 @@ mod tests {
             resolve(&r, "https://[::1]/v3/pay"),
             vec!["[::1]:443".parse::<SocketAddr>().unwrap()]
         );
-        assert!(r.cache.lock().unwrap().is_empty(), "literals are not cached");
+        assert!(
+            r.cache.lock().unwrap().is_empty(),
+            "literals are not cached"
+        );
         let first = resolve(&r, "http://localhost:9/x");
         assert!(!first.is_empty());
         assert_eq!(r.cache.lock().unwrap().len(), 1);
