@@ -12,13 +12,16 @@
 # (postgresql-client; or PGBENCH=/path/to/pgbench).
 # Usage: scripts/bench.sh [--orders N] [--scenarios 0/16,0/64,50/64]
 #        [--pgbench-transactions N] [--lag-seconds S] [--metrics-orders N]
-#        [--metrics-pairs P] [--only-cost | --only-metrics]
+#        [--metrics-pairs P] [--only-cost | --only-metrics | --skip-metrics]
 # --scenarios picks the throughput scenarios, simulator latency ms / worker
 # --concurrency. --only-cost runs the pgbench baseline, the throughput and
 # cost scenarios and the targets only (e.g. scripts/bench.sh --orders 3000
 # --only-cost). The metrics part runs the throughput scenario with metrics
 # off and on, alternated, and prints the cost of metrics side by side
-# (orders/s and the worker's CPU per order); --only-metrics runs it alone.
+# (orders/s and the worker's CPU per order); --only-metrics runs it alone,
+# --skip-metrics leaves it out. The worker binary is the one built here
+# unless BENCH_WORKER_BIN names another (e.g. an older build, for a
+# before/after table).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! command -v "${PGBENCH:-pgbench}" >/dev/null 2>&1; then
@@ -31,5 +34,5 @@ trap scripts/drop-test-templates.sh EXIT
 cargo build --quiet --release -p order-timeout-worker
 target_dir="${CARGO_TARGET_DIR:-target}"
 case "$target_dir" in /*) ;; *) target_dir="$PWD/$target_dir" ;; esac
-export BENCH_WORKER_BIN="$target_dir/release/order-timeout-worker"
+export BENCH_WORKER_BIN="${BENCH_WORKER_BIN:-$target_dir/release/order-timeout-worker}"
 cargo run --quiet --release -p order-timeout-worker --example bench_worker -- "$@"

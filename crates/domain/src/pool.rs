@@ -152,6 +152,19 @@ pub struct Sent {
     pub connections: u64,
 }
 
+impl std::ops::Add for Sent {
+    type Output = Sent;
+
+    fn add(self, other: Sent) -> Sent {
+        Sent {
+            statements: self.statements + other.statements,
+            round_trips: self.round_trips + other.round_trips,
+            transactions: self.transactions + other.transactions,
+            connections: self.connections + other.connections,
+        }
+    }
+}
+
 impl std::ops::Sub for Sent {
     type Output = Sent;
 

@@ -44,6 +44,8 @@ mod crypto;
 mod pgbench;
 #[path = "bench_cost/procfs.rs"]
 mod procfs;
+#[path = "bench_cost/round_trips.rs"]
+mod round_trips;
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -884,9 +886,6 @@ fn print_cost_run(r: &CostRun, baseline: &Pgbench) {
             }
         );
     }
-    // ---- Table slot (issue 15), for another engineer: "PostgreSQL round
-    // trips and statements per settlement by outcome" is printed here, per
-    // scenario, after the tables above. ----
 }
 
 fn print_summary(runs: &[CostRun]) {
@@ -1012,8 +1011,9 @@ fn main() {
         print_cost_run(&r, &baseline);
         runs.push(r);
     }
-    let _ = std::fs::remove_dir_all(&crypto_dir);
     print_summary(&runs);
+    round_trips::print(&keys, &files);
+    let _ = std::fs::remove_dir_all(&crypto_dir);
 
     let lag = (!only_cost).then(|| {
         let sig_before = wechatpay_sim::signature_rate();
@@ -1021,7 +1021,7 @@ fn main() {
         print_lag(&l, lag_secs, (sig_before, wechatpay_sim::signature_rate()));
         l
     });
-    if !only_cost {
+    if !only_cost && !flag("--skip-metrics") {
         metrics_cost(&keys, metrics_orders, metrics_pairs);
     }
     print_targets(&runs, &baseline, lag.as_ref());
