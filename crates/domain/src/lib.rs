@@ -11,6 +11,7 @@
 //! where they change anything, and say in their docs what a repeated call
 //! does.
 
+pub mod close_batch;
 pub mod db;
 pub mod error;
 pub mod followup;

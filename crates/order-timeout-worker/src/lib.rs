@@ -100,6 +100,10 @@ pub struct RunArgs {
     /// Database connections (default: the lanes, at most 16, plus 2 for the sweep).
     #[arg(long, env = "WORKER_DB_POOL_SIZE")]
     pub db_pool_size: Option<u32>,
+    /// Most orders closed by one statement when many lanes close at once
+    /// (each still on its own verified answer; 1 closes every order alone).
+    #[arg(long, env = "WORKER_CLOSE_BATCH", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub close_batch: u16,
     /// How often the sweep looks for overdue pending orders.
     #[arg(long, env = "SWEEP_INTERVAL", default_value = "60s", value_parser = parse_duration)]
     pub sweep_interval: Duration,
@@ -167,6 +171,7 @@ pub fn prepare_with_metrics(cli: &Cli, metrics: service::Metrics) -> anyhow::Res
         .into());
     }
     Ok(Settler::new(pool, Arc::new(client))
+        .with_close_batch(usize::from(cli.run.close_batch))
         .with_metrics(metrics)
         .with_recheck_after(cli.run.recheck_after)
         .with_refund_notify_url(cli.run.refund_notify_url.clone()))

@@ -4,8 +4,9 @@
 //!
 //! The rules that make it safe:
 //!
-//! * stock goes back only through `domain::close_unpaid`, called only after
-//!   WeChat Pay said the payment order is closed (`CLOSED`/`REVOKED`, read
+//! * stock goes back only through `domain::close_unpaid` (or the same close
+//!   in a statement shared with other lanes' closes, `domain::close_batch`),
+//!   called only after WeChat Pay said the payment order is closed (`CLOSED`/`REVOKED`, read
 //!   back after our own close) or never existed (`ORDER_NOT_EXIST`); every
 //!   other answer, and every answer that cannot be verified, leaves the order
 //!   pending (ARCHITECTURE.md, invariant 7);
@@ -22,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use domain::close_batch::{CloseBatcher, DEFAULT_MAX_BATCH};
 use domain::{Anomaly, CloseOutcome, Order, OrderNo, OrderStatus, PgPool, StoreError};
 use payment_client::{QueryOutcome, TradeState, Transaction};
 use service::payments::Recorded;
@@ -184,6 +186,9 @@ impl Settlement {
 #[derive(Debug, Clone)]
 pub struct Settler {
     pool: PgPool,
+    /// Local closes go through it: lanes closing at the same time share a
+    /// statement (`domain::close_batch`).
+    closer: Arc<CloseBatcher>,
     payments: Arc<payment_client::Client>,
     recheck_after: Duration,
     refund_notify_url: Option<String>,
@@ -194,6 +199,7 @@ impl Settler {
     #[must_use]
     pub fn new(pool: PgPool, payments: Arc<payment_client::Client>) -> Self {
         Self {
+            closer: Arc::new(CloseBatcher::new(pool.clone(), DEFAULT_MAX_BATCH)),
             pool,
             payments,
             recheck_after: DEFAULT_RECHECK_AFTER,
@@ -214,6 +220,13 @@ impl Settler {
     #[must_use]
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// At most `max` local closes per statement (1: each alone).
+    #[must_use]
+    pub fn with_close_batch(mut self, max: usize) -> Self {
+        self.closer = Arc::new(CloseBatcher::new(self.pool.clone(), max));
+        self
     }
 
     /// Where WeChat Pay should send refund notifications (the front door's
@@ -377,15 +390,11 @@ impl Settler {
     }
 
     fn close_locally(&self, order: &Order, why: &'static str, recheck: bool) -> Settlement {
-        let mut conn = match self.conn() {
-            Ok(c) => c,
-            Err(e) => return Settlement::from_store_error("no database connection to close", &e),
-        };
         let recheck_after = recheck.then_some(self.recheck_after);
         let recheck_at = recheck_after
             .and_then(|d| chrono::Duration::from_std(d).ok())
             .map(|d| Utc::now() + d);
-        match domain::close_unpaid(&mut conn, &order.order_no, why, recheck_at) {
+        match self.closer.close(&order.order_no, why, recheck_at) {
             Ok(CloseOutcome::Closed { .. }) => {
                 self.metrics.settlement_lag(Utc::now() - order.deadline);
                 Settlement::Closed { why, recheck_after }

@@ -1,6 +1,7 @@
 //! Integration tests of the store against the real PostgreSQL: one fresh
 //! database per test (see `domain::testing`).
 
+mod close_batch;
 mod concurrency;
 mod constraints;
 mod idempotency;
