@@ -208,3 +208,16 @@ fn sigterm_mid_batch_finishes_what_is_in_hand_exits_0_and_loses_nothing() {
     assert_eq!(stack.stock("TEA"), 1000);
     stack.assert_conserved();
 }
+
+#[test]
+fn a_close_batch_out_of_range_exits_2_naming_it() {
+    let stack = Stack::new();
+    for bad in ["0", "1001", "many"] {
+        let out = worker(&stack, &["--close-batch", bad]).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad}: {}", stderr(&out));
+        assert!(stderr(&out).contains("--close-batch"), "{}", stderr(&out));
+    }
+    let help = worker(&stack, &["--help"]).output().unwrap();
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(text.contains("WORKER_CLOSE_BATCH"), "{text}");
+}
