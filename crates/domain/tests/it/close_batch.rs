@@ -217,5 +217,8 @@ fn threads_closing_the_same_orders_through_the_batcher_close_each_exactly_once()
     let (statements, closes) = batcher.batches();
     assert_eq!(closes, 8 * 40);
     eprintln!("{closes} closes in {statements} statements");
-    assert!(statements < closes, "eight threads never shared a statement");
+    assert!(
+        statements < closes,
+        "eight threads never shared a statement"
+    );
 }
