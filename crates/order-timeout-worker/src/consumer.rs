@@ -155,9 +155,7 @@ impl Worker {
                 };
                 sleep_unless_stopped(pause, stop);
             }
-            if let Some(summary) = self.stats.take_summary() {
-                log::info!("{summary}");
-            }
+            self.log_summary();
         });
     }
 
@@ -244,9 +242,16 @@ impl Worker {
             if stop.load(Ordering::Relaxed) {
                 return;
             }
-            if let Some(summary) = self.stats.take_summary() {
-                log::info!("{summary}");
-            }
+            self.log_summary();
+        }
+    }
+
+    /// The summary line of the window, with how the local closes so far
+    /// were grouped into statements (`domain::close_batch`).
+    fn log_summary(&self) {
+        if let Some(summary) = self.stats.take_summary() {
+            let (statements, closes) = self.settler.close_batches();
+            log::info!("{summary}; {closes} local closes so far, in {statements} statements");
         }
     }
 }

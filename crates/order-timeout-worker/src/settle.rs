@@ -229,6 +229,13 @@ impl Settler {
         self
     }
 
+    /// Statements that closed orders here so far, and the closes they
+    /// carried (more closes than statements: lanes shared them).
+    #[must_use]
+    pub fn close_batches(&self) -> (u64, u64) {
+        self.closer.batches()
+    }
+
     /// Where WeChat Pay should send refund notifications (the front door's
     /// `/wechatpay/notify/refund`); without it refunds are followed by
     /// querying only.

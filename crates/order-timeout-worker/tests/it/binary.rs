@@ -186,6 +186,8 @@ fn sigterm_mid_batch_finishes_what_is_in_hand_exits_0_and_loses_nothing() {
     let mut err = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
     assert!(err.contains("worker stopped cleanly"), "{err}");
+    // The last summary says how the closes were grouped into statements.
+    assert!(err.contains("local closes so far, in"), "{err}");
     let done = nos
         .iter()
         .filter(|no| stack.status(no) != OrderStatus::PendingPayment)
