@@ -280,22 +280,23 @@ fn scraper(addr: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u32> 
     })
 }
 
+/// `n` pending orders `bench0000000001`.. whose deadline passed a minute
+/// ago, one TEA each, the stock they hold reserved; their numbers.
+fn overdue_orders(conn: &mut domain::PgConnection, n: usize) -> Vec<String> {
+    let tea = domain::SkuCode::parse("TEA").unwrap();
+    let _ =
+        domain::set_stock(conn, &tea, domain::StockLevel::new(n as u32).unwrap(), None).unwrap();
+    domain::testing::bulk_orders(conn, "TEA", n, true);
+    (1..=n).map(|g| format!("bench{g:010}")).collect()
+}
+
 /// `n` orders whose deadline passed a minute ago (one TEA each, stock
 /// reserved), in the bench mix at the simulator, their messages all in the
 /// consumer queue at once.
 fn expire_together(env: &Env, n: usize, latency_ms: u64) {
     let mut conn = env.db.conn();
-    let tea = domain::SkuCode::parse("TEA").unwrap();
-    let _ = domain::set_stock(
-        &mut conn,
-        &tea,
-        domain::StockLevel::new(n as u32).unwrap(),
-        None,
-    )
-    .unwrap();
-    domain::testing::bulk_orders(&mut conn, "TEA", n, true);
+    let nos = overdue_orders(&mut conn, n);
     let admin = env.sim.admin();
-    let nos: Vec<String> = (1..=n).map(|g| format!("bench{g:010}")).collect();
     for (i, no) in nos.iter().enumerate() {
         match i % 10 {
             0..=5 => {} // never created at WeChat Pay: ORDER_NOT_EXIST

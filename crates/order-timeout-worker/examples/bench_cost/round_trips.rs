@@ -25,19 +25,10 @@ const PER_KIND: usize = 21;
 pub fn print(keys: &SimKeys, files: &ClientFiles) {
     let db = TestDb::new();
     let sim = Simulator::start("127.0.0.1:0", keys, wechatpay_sim::SimConfig::default()).unwrap();
-    let mut conn = db.conn();
-    let tea = domain::SkuCode::parse("TEA").unwrap();
     let n = 3 * PER_KIND;
-    let _ = domain::set_stock(
-        &mut conn,
-        &tea,
-        domain::StockLevel::new(n as u32).unwrap(),
-        None,
-    )
-    .unwrap();
-    domain::testing::bulk_orders(&mut conn, "TEA", n, true);
-    let nos: Vec<OrderNo> = (1..=n)
-        .map(|g| OrderNo::parse(&format!("bench{g:010}")).unwrap())
+    let nos: Vec<OrderNo> = super::overdue_orders(&mut db.conn(), n)
+        .iter()
+        .map(|no| OrderNo::parse(no).unwrap())
         .collect();
     let admin = sim.admin();
     let (untouched, rest) = nos.split_at(PER_KIND);
