@@ -84,6 +84,40 @@ fn two_workers_on_duplicated_messages_give_stock_back_once() {
 }
 
 #[test]
+fn lanes_closing_a_burst_share_statements_and_close_each_order_once() {
+    let stack = Stack::new();
+    // Never created at WeChat Pay: every lane's answer is ORDER_NOT_EXIST,
+    // and every message comes twice.
+    let nos: Vec<_> = (0..120).map(|_| stack.order()).collect();
+    stack.relay();
+    publish_again(&stack, &nos);
+    let settler = stack.settler();
+    let mut settings = stack.settings();
+    settings.concurrency = 16;
+    let worker = stack.start_with(settler.clone(), settings);
+    for no in &nos {
+        assert_eq!(stack.wait_settled(no, LIMIT), OrderStatus::Closed);
+    }
+    stack.wait_depth("queue.ordertimeout", 0, LIMIT);
+    worker.stop();
+    assert_eq!(
+        stack.stock("TEA"),
+        1000,
+        "given back exactly once per order"
+    );
+    assert!(
+        domain::testing::orders_with_more_than_one_event(&mut stack.db.conn(), "closed").is_empty()
+    );
+    stack.assert_conserved();
+    let (statements, closes) = settler.close_batches();
+    assert!(closes >= 120, "{closes} closes");
+    assert!(
+        statements < closes,
+        "16 lanes closing a burst never shared a statement ({statements} for {closes})"
+    );
+}
+
+#[test]
 fn a_redelivery_after_commit_is_a_no_op() {
     // The worker died after its commit and before its ack: the broker hands
     // the message out again. Simulated by settling first, then delivering.

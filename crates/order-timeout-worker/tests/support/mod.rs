@@ -140,8 +140,13 @@ impl Stack {
 
     /// Starts a worker in this process; stop it with [`Running::stop`].
     pub(crate) fn start(&self, settings: ConsumerSettings) -> Running {
+        self.start_with(self.settler(), settings)
+    }
+
+    /// [`Stack::start`] with this settler (keep a clone to look into it).
+    pub(crate) fn start_with(&self, settler: Settler, settings: ConsumerSettings) -> Running {
         let worker = Worker::new(
-            self.settler(),
+            settler,
             self.topology.clone(),
             self.vhost.url().clone(),
             settings,
