@@ -19,6 +19,9 @@
 //!    against its CPU; PostgreSQL's CPU per order against pgbench's per
 //!    transaction; with a latency, the lane bound (lanes / (calls per order
 //!    x latency)) against what was achieved, and what limited it.
+//!    Then, once: PostgreSQL round trips and statements per settlement by
+//!    outcome, counted on the connection while the worker's `Settler`
+//!    settles orders of each kind in this process (`bench_cost/round_trips`).
 //! 3. Lag: orders created at a steady rate with a 1 s payment window, the
 //!    relay and the worker running; lag = settlement time - deadline,
 //!    p50/p95/p99, and the worker's peak RSS.
@@ -31,7 +34,9 @@
 //! Options: `--orders N` (20000), `--scenarios 0/16,0/64,50/64` (latency
 //! ms / concurrency), `--pgbench-transactions N` (4000), `--lag-seconds S`
 //! (30), `--metrics-orders N` (5000), `--metrics-pairs P` (3).
-//! `--only-cost` runs 1, 2 and 5; `--only-metrics` runs 4 alone.
+//! `--only-cost` runs 1, 2 and 5; `--only-metrics` runs 4 alone;
+//! `--skip-metrics` leaves 4 out. `BENCH_WORKER_BIN` names the worker binary
+//! (scripts/bench.sh sets it to the fresh release build unless given).
 //!
 //! Each run uses a fresh database and vhost and the in-process simulator.
 //! This machine's RSA-2048 signature rate (one thread) is printed beside
