@@ -28,7 +28,14 @@ fn the_same_message_twice_gives_stock_back_once() {
     stack.relay();
     publish_again(&stack, &nos); // every message twice, before any worker runs
     let worker = stack.start(stack.settings());
-    for no in &nos {
+    all_closed_once(&stack, &nos, worker);
+}
+
+/// Waits until every order is closed and the queue drained, stops the
+/// worker, and checks each order was closed once and its stock given back
+/// once.
+fn all_closed_once(stack: &Stack, nos: &[domain::OrderNo], worker: crate::support::Running) {
+    for no in nos {
         assert_eq!(stack.wait_settled(no, LIMIT), OrderStatus::Closed);
     }
     stack.wait_depth("queue.ordertimeout", 0, LIMIT);
@@ -38,7 +45,7 @@ fn the_same_message_twice_gives_stock_back_once() {
         1000,
         "given back exactly once per order"
     );
-    for no in &nos {
+    for no in nos {
         let closes = domain::order_events(&mut stack.db.conn(), no)
             .unwrap()
             .iter()
@@ -95,20 +102,7 @@ fn lanes_closing_a_burst_share_statements_and_close_each_order_once() {
     let mut settings = stack.settings();
     settings.concurrency = 16;
     let worker = stack.start_with(settler.clone(), settings);
-    for no in &nos {
-        assert_eq!(stack.wait_settled(no, LIMIT), OrderStatus::Closed);
-    }
-    stack.wait_depth("queue.ordertimeout", 0, LIMIT);
-    worker.stop();
-    assert_eq!(
-        stack.stock("TEA"),
-        1000,
-        "given back exactly once per order"
-    );
-    assert!(
-        domain::testing::orders_with_more_than_one_event(&mut stack.db.conn(), "closed").is_empty()
-    );
-    stack.assert_conserved();
+    all_closed_once(&stack, &nos, worker);
     let (statements, closes) = settler.close_batches();
     assert!(closes >= 120, "{closes} closes");
     assert!(
