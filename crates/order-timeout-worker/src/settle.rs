@@ -6,10 +6,10 @@
 //!
 //! * stock goes back only through `domain::close_unpaid` (or the same close
 //!   in a statement shared with other lanes' closes, `domain::close_batch`),
-//!   called only after WeChat Pay said the payment order is closed (`CLOSED`/`REVOKED`, read
-//!   back after our own close) or never existed (`ORDER_NOT_EXIST`); every
-//!   other answer, and every answer that cannot be verified, leaves the order
-//!   pending (ARCHITECTURE.md, invariant 7);
+//!   called only after WeChat Pay said the payment order is closed
+//!   (`CLOSED`/`REVOKED`, read back after our own close) or never existed
+//!   (`ORDER_NOT_EXIST`); every other answer, and every answer that cannot
+//!   be verified, leaves the order pending (ARCHITECTURE.md, invariant 7);
 //! * a paid answer is recorded only when it matches the order: transaction
 //!   id present and not recorded for another order, total equal to the
 //!   order's, currency CNY, a readable success time. Anything else is an
