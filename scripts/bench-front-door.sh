@@ -8,11 +8,7 @@
 # Usage: scripts/bench-front-door.sh [--orders N] [--clients N] [--create-order-runs N]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/dev-env.sh
-export TEST_DATABASE_URL="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
-trap scripts/drop-test-templates.sh EXIT
+. scripts/bench-env.sh
 cargo build --quiet --release -p order-producer
-target_dir="${CARGO_TARGET_DIR:-target}"
-case "$target_dir" in /*) ;; *) target_dir="$PWD/$target_dir" ;; esac
-export BENCH_PRODUCER_BIN="$target_dir/release/order-producer"
+export BENCH_PRODUCER_BIN="$(release_bin order-producer)"
 cargo run --quiet --release -p order-producer --example bench_front_door -- "$@"

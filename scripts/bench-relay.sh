@@ -6,7 +6,5 @@
 # and rabbitmqctl (root). Usage: scripts/bench-relay.sh [--messages N] [--runs N] [--batch-size N]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/dev-env.sh
-export TEST_DATABASE_URL="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
-trap scripts/drop-test-templates.sh EXIT
+. scripts/bench-env.sh
 cargo run --quiet --release -p order-producer --example bench_relay -- "$@"

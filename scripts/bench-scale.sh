@@ -13,11 +13,7 @@
 #                               [--only-classic | --only-quorum]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/dev-env.sh
-export TEST_DATABASE_URL="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
-trap scripts/drop-test-templates.sh EXIT
+. scripts/bench-env.sh
 cargo build --quiet --release -p order-timeout-worker
-target_dir="${CARGO_TARGET_DIR:-target}"
-case "$target_dir" in /*) ;; *) target_dir="$PWD/$target_dir" ;; esac
-export BENCH_WORKER_BIN="$target_dir/release/order-timeout-worker"
+export BENCH_WORKER_BIN="$(release_bin order-timeout-worker)"
 cargo run --quiet --release -p order-timeout-worker --example bench_scale -- "$@"

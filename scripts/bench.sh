@@ -28,11 +28,7 @@ if ! command -v "${PGBENCH:-pgbench}" >/dev/null 2>&1; then
     echo "bench: pgbench not found: install it (apt-get install postgresql-client-15) or set PGBENCH" >&2
     exit 1
 fi
-scripts/dev-env.sh
-export TEST_DATABASE_URL="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
-trap scripts/drop-test-templates.sh EXIT
+. scripts/bench-env.sh
 cargo build --quiet --release -p order-timeout-worker
-target_dir="${CARGO_TARGET_DIR:-target}"
-case "$target_dir" in /*) ;; *) target_dir="$PWD/$target_dir" ;; esac
-export BENCH_WORKER_BIN="${BENCH_WORKER_BIN:-$target_dir/release/order-timeout-worker}"
+export BENCH_WORKER_BIN="${BENCH_WORKER_BIN:-$(release_bin order-timeout-worker)}"
 cargo run --quiet --release -p order-timeout-worker --example bench_worker -- "$@"

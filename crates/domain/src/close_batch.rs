@@ -34,7 +34,7 @@ use crate::orders::{close_unpaid, CloseOutcome};
 use crate::prepared::{unknown_placeholder, Prepared, Statement};
 
 /// The most closes one statement carries, by default.
-pub const DEFAULT_MAX_BATCH: usize = 64;
+pub const DEFAULT_MAX_BATCH: u16 = 64;
 
 /// One close asked for: the arguments of [`crate::close_unpaid`].
 #[derive(Debug, Clone, PartialEq, Eq)]

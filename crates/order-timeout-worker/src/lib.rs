@@ -102,7 +102,7 @@ pub struct RunArgs {
     pub db_pool_size: Option<u32>,
     /// Most orders closed by one statement when many lanes close at once
     /// (each still on its own verified answer; 1 closes every order alone).
-    #[arg(long, env = "WORKER_CLOSE_BATCH", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    #[arg(long, env = "WORKER_CLOSE_BATCH", default_value_t = domain::close_batch::DEFAULT_MAX_BATCH, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub close_batch: u16,
     /// How often the sweep looks for overdue pending orders.
     #[arg(long, env = "SWEEP_INTERVAL", default_value = "60s", value_parser = parse_duration)]

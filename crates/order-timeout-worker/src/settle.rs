@@ -199,7 +199,10 @@ impl Settler {
     #[must_use]
     pub fn new(pool: PgPool, payments: Arc<payment_client::Client>) -> Self {
         Self {
-            closer: Arc::new(CloseBatcher::new(pool.clone(), DEFAULT_MAX_BATCH)),
+            closer: Arc::new(CloseBatcher::new(
+                pool.clone(),
+                usize::from(DEFAULT_MAX_BATCH),
+            )),
             pool,
             payments,
             recheck_after: DEFAULT_RECHECK_AFTER,
