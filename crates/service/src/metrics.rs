@@ -179,6 +179,26 @@ struct RouteLabel {
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 type FloatGauge = Gauge<f64, AtomicU64>;
 
+/// The empty label set of a gauge that must be able to have no series at
+/// all. A plain `Gauge` always writes a sample, so a process that does not
+/// hold the collector lock would export 0 beside the holder's real value;
+/// as a family of one unlabelled series it exports nothing until set.
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+struct Unlabelled;
+
+impl EncodeLabelSet for Unlabelled {
+    fn encode(
+        &self,
+        _: &mut prometheus_client::encoding::LabelSetEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        Ok(())
+    }
+}
+
+/// A snapshot gauge: one unlabelled series while this process holds the
+/// collector lock, none otherwise.
+type SnapshotGauge<G = Gauge> = Family<Unlabelled, G>;
+
 /// Seconds from a deadline to its settlement: a settlement is due at once,
 /// and a lag of an hour is an outage.
 const LAG_BUCKETS: [f64; 16] = [
@@ -211,15 +231,15 @@ struct Inner {
     relay_refused: Counter,
     broker_connected: Gauge,
     collector: Gauge,
-    snapshot_timestamp: FloatGauge,
-    outbox_backlog: Gauge,
-    outbox_oldest_age: FloatGauge,
-    overdue_orders: Gauge,
-    overdue_oldest: FloatGauge,
+    snapshot_timestamp: SnapshotGauge<FloatGauge>,
+    outbox_backlog: SnapshotGauge,
+    outbox_oldest_age: SnapshotGauge<FloatGauge>,
+    overdue_orders: SnapshotGauge,
+    overdue_oldest: SnapshotGauge<FloatGauge>,
     queue_messages: Family<QueueLabel, Gauge>,
     queue_consumers: Family<QueueLabel, Gauge>,
     orders: Family<StatusLabel, Gauge>,
-    payments_after_close: Gauge,
+    payments_after_close: SnapshotGauge,
     refunds: Family<StatusLabel, Gauge>,
     needs_human: Family<KindLabel, Gauge>,
     http_requests: Family<HttpLabels, Counter>,
@@ -392,15 +412,15 @@ impl Metrics {
             relay_refused: Counter::default(),
             broker_connected: Gauge::default(),
             collector: Gauge::default(),
-            snapshot_timestamp: FloatGauge::default(),
-            outbox_backlog: Gauge::default(),
-            outbox_oldest_age: FloatGauge::default(),
-            overdue_orders: Gauge::default(),
-            overdue_oldest: FloatGauge::default(),
+            snapshot_timestamp: Family::default(),
+            outbox_backlog: Family::default(),
+            outbox_oldest_age: Family::default(),
+            overdue_orders: Family::default(),
+            overdue_oldest: Family::default(),
             queue_messages: Family::default(),
             queue_consumers: Family::default(),
             orders: Family::default(),
-            payments_after_close: Gauge::default(),
+            payments_after_close: Family::default(),
             refunds: Family::default(),
             needs_human: Family::default(),
             http_requests: Family::default(),
@@ -563,11 +583,20 @@ impl Metrics {
         let Some(m) = &self.0 else { return };
         m.collector.set(1);
         m.snapshot_timestamp
+            .get_or_create(&Unlabelled)
             .set(snapshot.taken_at.timestamp_millis() as f64 / 1000.0);
-        m.outbox_backlog.set(snapshot.outbox.backlog);
-        m.outbox_oldest_age.set(snapshot.outbox.oldest_age_seconds);
-        m.overdue_orders.set(snapshot.overdue.orders);
-        m.overdue_oldest.set(snapshot.overdue.oldest_seconds);
+        m.outbox_backlog
+            .get_or_create(&Unlabelled)
+            .set(snapshot.outbox.backlog);
+        m.outbox_oldest_age
+            .get_or_create(&Unlabelled)
+            .set(snapshot.outbox.oldest_age_seconds);
+        m.overdue_orders
+            .get_or_create(&Unlabelled)
+            .set(snapshot.overdue.orders);
+        m.overdue_oldest
+            .get_or_create(&Unlabelled)
+            .set(snapshot.overdue.oldest_seconds);
         if snapshot.broker_error.is_some() {
             // Unknown now: no series rather than stale ones.
             m.queue_messages.clear();
@@ -595,7 +624,9 @@ impl Metrics {
         for (status, n) in &snapshot.orders {
             m.orders.get_or_create(&StatusLabel { status }).set(*n);
         }
-        m.payments_after_close.set(snapshot.payments_after_close);
+        m.payments_after_close
+            .get_or_create(&Unlabelled)
+            .set(snapshot.payments_after_close);
         for (status, n) in &snapshot.refunds {
             m.refunds.get_or_create(&StatusLabel { status }).set(*n);
         }
@@ -608,20 +639,20 @@ impl Metrics {
     }
 
     /// Drops the database and broker gauges: another process holds the
-    /// collector lock now (or none can read them), and stale values must not
-    /// linger beside its fresh ones.
+    /// collector lock now (or none can read them), and neither stale values
+    /// nor zeros may stand beside its fresh ones: no series at all.
     pub fn clear_snapshot(&self) {
         let Some(m) = &self.0 else { return };
         m.collector.set(0);
-        m.snapshot_timestamp.set(0.0);
-        m.outbox_backlog.set(0);
-        m.outbox_oldest_age.set(0.0);
-        m.overdue_orders.set(0);
-        m.overdue_oldest.set(0.0);
+        m.snapshot_timestamp.clear();
+        m.outbox_backlog.clear();
+        m.outbox_oldest_age.clear();
+        m.overdue_orders.clear();
+        m.overdue_oldest.clear();
         m.queue_messages.clear();
         m.queue_consumers.clear();
         m.orders.clear();
-        m.payments_after_close.set(0);
+        m.payments_after_close.clear();
         m.refunds.clear();
         m.needs_human.clear();
     }
@@ -742,6 +773,50 @@ mod tests {
         assert!(!text.contains("order_timeout_queue_messages{"), "{text}");
         assert!(!text.contains("order_timeout_queue_consumers{"), "{text}");
         assert!(!m.encode().contains(depth));
+    }
+
+    /// The gauges read from the database and the broker, as sample names.
+    const SNAPSHOT_GAUGES: [&str; 11] = [
+        "order_timeout_snapshot_timestamp_seconds",
+        "order_timeout_outbox_backlog",
+        "order_timeout_outbox_oldest_age_seconds",
+        "order_timeout_overdue_orders",
+        "order_timeout_overdue_oldest_seconds",
+        "order_timeout_payments_after_close",
+        "order_timeout_queue_messages",
+        "order_timeout_queue_consumers",
+        "order_timeout_orders",
+        "order_timeout_refunds",
+        "order_timeout_needs_human",
+    ];
+
+    /// The snapshot gauges that have at least one sample in `text`.
+    fn snapshot_samples(text: &str) -> Vec<&'static str> {
+        SNAPSHOT_GAUGES
+            .into_iter()
+            .filter(|name| {
+                text.lines().any(|l| {
+                    l.strip_prefix(name)
+                        .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_process_without_the_collector_lock_exports_no_snapshot_gauge() {
+        let m = Metrics::new("relay");
+        assert_eq!(snapshot_samples(&m.encode()), Vec::<&str>::new());
+        exercise_all(&m);
+        assert_eq!(
+            snapshot_samples(&m.encode()),
+            SNAPSHOT_GAUGES.to_vec(),
+            "the holder exports every one"
+        );
+        m.clear_snapshot();
+        let text = m.encode();
+        assert_eq!(snapshot_samples(&text), Vec::<&str>::new(), "{text}");
+        assert!(text.contains("order_timeout_collector 0"), "{text}");
     }
 
     #[test]

@@ -104,6 +104,22 @@ fn two_processes_never_both_report_the_gauges() {
         assert!(collectors(&a) + collectors(&b) <= 1);
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The other exports none of the gauges it does not read (not zeros
+    // beside the holder's real values).
+    let other = if collectors(&a) == 1 { &b } else { &a };
+    let text = get(other, "/metrics").1;
+    for name in [
+        "order_timeout_outbox_backlog",
+        "order_timeout_overdue_orders",
+        "order_timeout_payments_after_close",
+        "order_timeout_snapshot_timestamp_seconds",
+        "order_timeout_orders{",
+    ] {
+        assert!(
+            !text.lines().any(|l| l.starts_with(name)),
+            "{name} exported by the process without the collector lock:\n{text}"
+        );
+    }
     // The holder goes away: the other takes over.
     let holder_was_first = collectors(&a) == 1;
     if holder_was_first {
