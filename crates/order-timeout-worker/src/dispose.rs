@@ -84,7 +84,7 @@ pub fn dispose(
             ..
         }
         | Settlement::Compensated { .. }
-        | Settlement::PaidAfterClose
+        | Settlement::PaidAfterClose { .. }
         | Settlement::Rechecked { .. }
         | Settlement::AlreadySettled(_) => Disposition::Ack,
         Settlement::UnknownOrder => Disposition::Park {
@@ -193,7 +193,12 @@ mod tests {
                 recheck_after: None,
             },
             Settlement::Compensated { refunded: false },
-            Settlement::PaidAfterClose,
+            Settlement::PaidAfterClose {
+                newly_recorded: true,
+            },
+            Settlement::PaidAfterClose {
+                newly_recorded: false,
+            },
             Settlement::Rechecked { found: "x" },
             Settlement::AlreadySettled(OrderStatus::Paid),
         ] {

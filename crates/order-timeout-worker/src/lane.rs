@@ -315,8 +315,17 @@ pub fn log_settlement(order_no: &OrderNo, s: &Settlement, attempt: u32, started:
             let how = if *refunded { " and refunded there" } else { "" };
             log::info!("order {order_no}: compensated, paid at WeChat Pay{how}; {tail}");
         }
-        Settlement::PaidAfterClose => {
+        Settlement::PaidAfterClose {
+            newly_recorded: true,
+        } => {
             log::error!("order {order_no}: paid after close, refund queued; {tail}");
+        }
+        Settlement::PaidAfterClose {
+            newly_recorded: false,
+        } => {
+            log::info!(
+                "order {order_no}: paid after close, already on record (nothing new); {tail}"
+            );
         }
         Settlement::Rechecked { found } => {
             log::info!("order {order_no}: rechecked after close: {found}; {tail}");

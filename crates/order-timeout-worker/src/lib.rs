@@ -231,10 +231,28 @@ pub fn run(cli: &Cli, stop: &Arc<AtomicBool>) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// What the refunds of a payment after close say, in a few words.
+fn refund_summary(refunds: &[domain::Refund]) -> String {
+    match refunds {
+        [] => "no refund on record yet (the worker creates it)".to_owned(),
+        [r] => format!("refund {} is {}", r.out_refund_no, r.status),
+        rs => format!(
+            "refunds: {}",
+            rs.iter()
+                .map(|r| format!("{} {}", r.out_refund_no, r.status))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
 fn settle_now(settler: &Settler, order_no: &OrderNo) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
     let s = settler.settle(order_no, Trigger::Operator, chrono::Utc::now());
     lane::log_settlement(order_no, &s, 1, started);
+    let refunds = domain::checkout(settler.pool())
+        .and_then(|mut c| domain::refunds_of(&mut c, order_no))
+        .context("could not read the order's refunds")?;
     let mut out = std::io::stdout().lock();
     let line = match &s {
         Settlement::Closed { why, recheck_after } => format!(
@@ -255,7 +273,15 @@ fn settle_now(settler: &Settler, order_no: &OrderNo) -> anyhow::Result<ExitCode>
             "paid and refunded at WeChat Pay: marked paid, payment recorded; check the refund"
                 .to_owned()
         }
-        Settlement::PaidAfterClose => "PAID AFTER CLOSE: payment recorded for refund".to_owned(),
+        Settlement::PaidAfterClose {
+            newly_recorded: true,
+        } => "PAID AFTER CLOSE: payment recorded for refund".to_owned(),
+        Settlement::PaidAfterClose {
+            newly_recorded: false,
+        } => format!(
+            "paid after close, already recorded: nothing new recorded; {}",
+            refund_summary(&refunds)
+        ),
         Settlement::Rechecked { found } => format!("closed here; rechecked at WeChat Pay: {found}"),
         Settlement::AlreadySettled(st) => format!("already {st}: nothing to do"),
         Settlement::NotYetDue { remaining } => format!(
@@ -272,9 +298,6 @@ fn settle_now(settler: &Settler, order_no: &OrderNo) -> anyhow::Result<ExitCode>
         Settlement::GiveUp { reason } => format!("not settled: {reason}"),
     };
     writeln!(out, "{order_no}: {}: {line}", s.label())?;
-    let refunds = domain::checkout(settler.pool())
-        .and_then(|mut c| domain::refunds_of(&mut c, order_no))
-        .context("could not read the order's refunds")?;
     for r in refunds {
         writeln!(
             out,

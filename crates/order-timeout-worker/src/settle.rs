@@ -74,8 +74,9 @@ pub enum Settlement {
     /// stays sold. `refunded` when WeChat already shows a refund.
     Compensated { refunded: bool },
     /// Paid at WeChat Pay, but the order had been closed here: the payment
-    /// is recorded for a refund (invariant 2).
-    PaidAfterClose,
+    /// is recorded for a refund (invariant 2). `newly_recorded` is false
+    /// when this payment was on record already (a repeat: nothing changed).
+    PaidAfterClose { newly_recorded: bool },
     /// The recheck of a closed order is done and found no payment; `found`
     /// says what it saw (and whether it closed a payment order created after
     /// our close).
@@ -108,9 +109,15 @@ impl Settlement {
         match self {
             Self::Closed { .. } => "closed",
             Self::Compensated { .. } => "compensated",
-            Self::PaidAfterClose => "paid_after_close",
+            Self::PaidAfterClose {
+                newly_recorded: true,
+            } => "paid_after_close",
             Self::Rechecked { .. } => "rechecked",
-            Self::AlreadySettled(_) => "already_settled",
+            // A payment after close found again: nothing new happened.
+            Self::AlreadySettled(_)
+            | Self::PaidAfterClose {
+                newly_recorded: false,
+            } => "already_settled",
             Self::NotYetDue { .. } => "not_yet_due",
             Self::UnknownOrder => "unknown_order",
             Self::NeedsHuman { .. } => "needs_human",
@@ -126,9 +133,15 @@ impl Settlement {
         match self {
             Self::Closed { .. } => Outcome::Closed,
             Self::Compensated { .. } => Outcome::Paid,
-            Self::PaidAfterClose => Outcome::PaidAfterClose,
+            Self::PaidAfterClose {
+                newly_recorded: true,
+            } => Outcome::PaidAfterClose,
             Self::Rechecked { .. } => Outcome::Rechecked,
-            Self::AlreadySettled(_) => Outcome::AlreadySettled,
+            // A payment after close found again: nothing new to count.
+            Self::AlreadySettled(_)
+            | Self::PaidAfterClose {
+                newly_recorded: false,
+            } => Outcome::AlreadySettled,
             Self::NotYetDue { .. } => Outcome::NotYetDue,
             Self::UnknownOrder | Self::GiveUp { .. } => Outcome::Parked,
             Self::NeedsHuman { .. } => Outcome::Anomaly,
@@ -142,7 +155,7 @@ impl Settlement {
         match self {
             Self::Closed { .. }
             | Self::Compensated { .. }
-            | Self::PaidAfterClose
+            | Self::PaidAfterClose { .. }
             | Self::Rechecked { .. }
             | Self::AlreadySettled(_) => true,
             Self::NotYetDue { .. }
@@ -432,7 +445,9 @@ impl Settler {
                 Settlement::Compensated { refunded }
             }
             Ok(Recorded::AlreadyPaid) => Settlement::AlreadySettled(OrderStatus::Paid),
-            Ok(Recorded::PaidAfterClose { .. }) => Settlement::PaidAfterClose,
+            Ok(Recorded::PaidAfterClose { newly_recorded }) => {
+                Settlement::PaidAfterClose { newly_recorded }
+            }
             Ok(Recorded::NeedsHuman { anomaly, detail }) => {
                 Settlement::NeedsHuman { anomaly, detail }
             }

@@ -112,7 +112,7 @@ impl Worker {
         let not_before = match &s {
             Settlement::Closed { .. }
             | Settlement::Compensated { .. }
-            | Settlement::PaidAfterClose
+            | Settlement::PaidAfterClose { .. }
             | Settlement::Rechecked { .. }
             | Settlement::AlreadySettled(_) => {
                 report.settled += 1;

@@ -49,12 +49,21 @@ pub fn record_payment(
         MarkPaidOutcome::Paid => Ok(Recorded::Paid),
         MarkPaidOutcome::AlreadyPaid => Ok(Recorded::AlreadyPaid),
         MarkPaidOutcome::PaidAfterClose { newly_recorded } => {
-            log::error!(
-                "order {}: PAID AFTER CLOSE: WeChat Pay transaction {} ({}) for an order closed here; the worker refunds it",
-                order.order_no,
-                payment.transaction_id,
-                payment.amount
-            );
+            // Loud once, when it is news; a repeat report changed nothing.
+            if newly_recorded {
+                log::error!(
+                    "order {}: PAID AFTER CLOSE: WeChat Pay transaction {} ({}) for an order closed here; the worker refunds it",
+                    order.order_no,
+                    payment.transaction_id,
+                    payment.amount
+                );
+            } else {
+                log::info!(
+                    "order {}: WeChat Pay transaction {} is already recorded as paid after close; nothing changed",
+                    order.order_no,
+                    payment.transaction_id
+                );
+            }
             Ok(Recorded::PaidAfterClose { newly_recorded })
         }
         MarkPaidOutcome::TransactionOfAnotherOrder { other } => needs_human(

@@ -225,7 +225,12 @@ fn a_late_payment_after_close_is_recorded_for_refund_by_settle() {
         order_timeout_worker::Trigger::Operator,
         chrono::Utc::now(),
     );
-    assert_eq!(s, order_timeout_worker::Settlement::PaidAfterClose);
+    assert_eq!(
+        s,
+        order_timeout_worker::Settlement::PaidAfterClose {
+            newly_recorded: true
+        }
+    );
     let payments = domain::payments_of(&mut stack.db.conn(), &no).unwrap();
     assert_eq!(payments.len(), 1);
     assert!(payments[0].paid_after_close);
@@ -238,7 +243,12 @@ fn a_late_payment_after_close_is_recorded_for_refund_by_settle() {
         order_timeout_worker::Trigger::Operator,
         chrono::Utc::now(),
     );
-    assert_eq!(again, order_timeout_worker::Settlement::PaidAfterClose);
+    assert_eq!(
+        again,
+        order_timeout_worker::Settlement::PaidAfterClose {
+            newly_recorded: false
+        }
+    );
     assert_eq!(
         domain::payments_of(&mut stack.db.conn(), &no)
             .unwrap()

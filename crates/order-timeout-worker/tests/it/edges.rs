@@ -146,3 +146,65 @@ fn settle_prints_why_an_order_needs_a_human_and_exits_1() {
     assert_eq!(stack.stock("TEA"), 998, "stock held");
     stack.assert_conserved();
 }
+
+#[test]
+fn settle_says_a_payment_after_close_is_news_once_then_already_recorded() {
+    let stack = Stack::new();
+    let no = stack.order();
+    std::thread::sleep(crate::WINDOW);
+    // No payment order at WeChat Pay: closed here.
+    let out = worker(&stack, &["settle", no.as_str()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stack.status(&no), OrderStatus::Closed);
+    // Paid later from a stale page.
+    let _ = stack
+        .sim
+        .admin()
+        .put_order(
+            no.as_str(),
+            &wechatpay_sim::Order {
+                trade_state: "SUCCESS".into(),
+                amount_total: crate::support::ORDER_TOTAL_FEN,
+                transaction_id: Some("4200000000000000000000000702".into()),
+                success_time: Some("2026-11-26T18:30:00+08:00".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let first = worker(&stack, &["settle", no.as_str()]).output().unwrap();
+    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
+    assert!(
+        stdout(&first).contains("PAID AFTER CLOSE: payment recorded for refund"),
+        "{}",
+        stdout(&first)
+    );
+    assert!(
+        stderr(&first).contains("PAID AFTER CLOSE"),
+        "{}",
+        stderr(&first)
+    );
+    // Again: nothing new, and it says so, with the refund's state.
+    let again = worker(&stack, &["settle", no.as_str()]).output().unwrap();
+    assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
+    let text = stdout(&again);
+    assert!(
+        !text.contains("PAID AFTER CLOSE") && text.contains("already recorded"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("refund {no}-R")) && text.contains(" is requested"),
+        "{text}"
+    );
+    let log = stderr(&again);
+    assert!(
+        !log.contains("PAID AFTER CLOSE") && !log.contains("ERROR"),
+        "a repeat is not news: {log}"
+    );
+    assert_eq!(
+        domain::payments_of(&mut stack.db.conn(), &no)
+            .unwrap()
+            .len(),
+        1
+    );
+    stack.assert_conserved();
+}

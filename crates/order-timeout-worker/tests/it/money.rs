@@ -398,7 +398,9 @@ fn a_replayed_answer_is_refused_and_the_late_payment_still_found() {
     assert!(order.recheck_at.is_some(), "the recheck is still due");
     assert_eq!(
         settler.settle(&no, Trigger::Recheck, chrono::Utc::now()),
-        Settlement::PaidAfterClose
+        Settlement::PaidAfterClose {
+            newly_recorded: true
+        }
     );
     let payments = domain::payments_of(&mut stack.db.conn(), &no).unwrap();
     assert_eq!(payments.len(), 1);
