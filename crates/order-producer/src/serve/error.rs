@@ -69,6 +69,12 @@ impl ApiError {
                 ),
                 field: Some("items".into()),
             },
+            StoreError::NotForSale(sku) => Self {
+                status: StatusCode::CONFLICT,
+                code: "SKU_NOT_FOR_SALE",
+                message: format!("SKU {sku} is not for sale: it has no price"),
+                field: Some("items".into()),
+            },
             StoreError::EmptyOrder => Self::field("items", "an order needs at least one item"),
             StoreError::QuantityTooLarge(sku) => {
                 Self::field("items", format!("quantity for SKU {sku} is too large"))

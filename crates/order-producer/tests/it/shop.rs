@@ -200,6 +200,46 @@ fn bad_input_is_refused_naming_the_field_and_nothing_is_written() {
     assert_eq!(footprint(&door), before);
 }
 
+/// Defect 2 (issue 21): a SKU priced 0 (created before prices were
+/// required) was sold for 0 fen, an order WeChat Pay can never take.
+#[test]
+fn a_sku_without_a_price_is_refused_naming_it_and_nothing_is_reserved() {
+    let door = FrontDoor::start();
+    let out = std::process::Command::new("psql")
+        .args([
+            door.db.url().expose(),
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-qc",
+            "INSERT INTO skus (code, stock, price_fen) VALUES ('FREE', 5, 0)",
+        ])
+        .output()
+        .expect("psql");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let before = footprint(&door);
+    for body in [
+        r#"{"items":[{"sku":"FREE","quantity":1}]}"#,
+        r#"{"items":[{"sku":"TEA","quantity":1},{"sku":"FREE","quantity":1}]}"#,
+    ] {
+        let a = door.call("POST", "/v1/orders", Some(body));
+        assert_eq!(a.status, 409, "{body}: {}", a.body);
+        let answer = a.json();
+        assert_eq!(answer["code"], "SKU_NOT_FOR_SALE", "{}", a.body);
+        assert_eq!(answer["field"], "items");
+        assert!(
+            answer["message"].as_str().unwrap().contains("FREE"),
+            "{}",
+            a.body
+        );
+    }
+    assert_eq!(footprint(&door), before);
+    assert_eq!(stock(&door, "FREE"), 5);
+}
+
 #[test]
 fn an_oversized_body_is_refused_unread() {
     let door = FrontDoor::start();
