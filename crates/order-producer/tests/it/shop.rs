@@ -248,7 +248,42 @@ fn an_oversized_body_is_refused_unread() {
     let body = format!(r#"{{"items":[{{"sku":"TEA","quantity":1}}],"pad":"{pad}"}}"#);
     let a = door.call("POST", "/v1/orders", Some(&body));
     assert_eq!(a.status, 413, "{}", a.body);
+    // Defect 6 (issue 21): this was `text/plain` "length limit exceeded".
+    assert_json_error(&a, "BODY_TOO_LARGE");
     assert_eq!(footprint(&door), before);
+}
+
+/// An error answer is JSON with this `code` and a message.
+fn assert_json_error(a: &order_producer::testing::Answer, code: &str) {
+    assert_eq!(
+        a.header("content-type"),
+        Some("application/json"),
+        "{}",
+        a.body
+    );
+    let body = a.json();
+    assert_eq!(body["code"], code, "{}", a.body);
+    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+}
+
+/// Defect 6 (issue 21): axum's own answers were plain text or empty.
+#[test]
+fn wrong_methods_and_unknown_routes_answer_json_errors() {
+    let door = FrontDoor::start();
+    for (method, path) in [
+        ("GET", "/wechatpay/notify/transaction"),
+        ("PUT", "/wechatpay/notify/refund"),
+        ("DELETE", "/v1/orders"),
+        ("POST", "/healthz"),
+    ] {
+        let a = door.call(method, path, None);
+        assert_eq!(a.status, 405, "{method} {path}: {}", a.body);
+        assert_json_error(&a, "METHOD_NOT_ALLOWED");
+        assert!(a.header("allow").is_some(), "{method} {path}");
+    }
+    let a = door.call("GET", "/v2/anything", None);
+    assert_eq!(a.status, 404);
+    assert_json_error(&a, "NOT_FOUND");
 }
 
 #[test]
@@ -500,6 +535,12 @@ fn slow_clients_are_timed_out() {
     let mut answer = String::new();
     let _ = s.read_to_string(&mut answer);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    // Defect 6 (issue 21): this was an empty body.
+    assert!(
+        answer.contains("content-type: application/json")
+            && answer.contains(r#""code":"REQUEST_TIMEOUT""#),
+        "{answer}"
+    );
     assert_eq!(rows(&door, "orders"), 0);
 }
 
