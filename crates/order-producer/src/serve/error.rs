@@ -15,12 +15,21 @@ use axum::Json;
 use domain::StoreError;
 use serde::Serialize;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// Every error of the API answers this body (notifications excepted:
+/// `{"code":"FAIL","message"}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ApiError {
     #[serde(skip)]
+    #[schema(ignore)]
     pub status: StatusCode,
+    /// Stable and machine-readable: `INVALID_FIELD`, `UNAUTHORIZED`,
+    /// `UNKNOWN_SKU`, `INSUFFICIENT_STOCK`, `SKU_NOT_FOR_SALE`, ...
+    #[schema(value_type = String, example = "INVALID_FIELD")]
     pub code: &'static str,
+    /// For a person: what is wrong and what to do.
     pub message: String,
+    /// The refused field by its JSON path (`items[1].quantity`), a header
+    /// (`Idempotency-Key`) or `body`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
 }
