@@ -22,8 +22,13 @@ pub struct ApiError {
     #[serde(skip)]
     #[schema(ignore)]
     pub status: StatusCode,
-    /// Stable and machine-readable: `INVALID_FIELD`, `UNAUTHORIZED`,
-    /// `UNKNOWN_SKU`, `INSUFFICIENT_STOCK`, `SKU_NOT_FOR_SALE`, ...
+    /// Stable and machine-readable: `INVALID_FIELD`, `INVALID_REQUEST`,
+    /// `UNAUTHORIZED`, `NOT_FOUND`, `METHOD_NOT_ALLOWED`, `REQUEST_TIMEOUT`,
+    /// `BODY_TOO_LARGE`, `UNKNOWN_SKU`, `INSUFFICIENT_STOCK`,
+    /// `SKU_NOT_FOR_SALE`, `IDEMPOTENCY_KEY_REUSED`, `ORDER_NOT_FOUND`,
+    /// `ORDER_NOT_PENDING`, `DEADLINE_PASSED`, `ORDER_PAID`,
+    /// `ORDER_CLOSED_AT_WECHATPAY`, `WECHATPAY_REFUSED`,
+    /// `WECHATPAY_UNAVAILABLE`, `UNAVAILABLE`, `INTERNAL`.
     #[schema(value_type = String, example = "INVALID_FIELD")]
     pub code: &'static str,
     /// For a person: what is wrong and what to do.
