@@ -30,6 +30,14 @@ pub enum StoreError {
         requested: u32,
         available: u32,
     },
+    #[error(
+        "SKU {0} needs a price of at least 1 fen; give it with `order-producer stock set --sku {0} --quantity N --price-fen P`"
+    )]
+    PriceRequired(SkuCode),
+    #[error(
+        "SKU {0} is not for sale: it has no price; set one with `order-producer stock set --sku {0} --quantity N --price-fen P`"
+    )]
+    NotForSale(SkuCode),
     #[error("quantity for SKU {0} is too large")]
     QuantityTooLarge(SkuCode),
     #[error("order total is too large")]

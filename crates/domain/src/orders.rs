@@ -200,8 +200,10 @@ fn merge_lines(lines: &[OrderLine]) -> Result<BTreeMap<&SkuCode, Quantity>, Stor
 /// deadlock), stock is decremented only if every line is available and the
 /// total is within [`Fen::MAX`], and then the order, its items, the outbox
 /// row and the `created` event are inserted, and the idempotency key (if
-/// any) pointed at the order. When nothing was created, the locked rows it
-/// returns say why: an unknown SKU, the first short one, or the total.
+/// any) pointed at the order. A SKU priced 0 (created before prices were
+/// required) is not for sale: nothing is created. When nothing was created,
+/// the locked rows it returns say why: an unknown SKU, one without a price,
+/// the first short one, or the total.
 const CREATE_ORDER_SQL: &str = "
 WITH want AS (
     SELECT w.code, w.qty FROM unnest($1::text[], $2::int4[]) AS w(code, qty)
@@ -211,7 +213,7 @@ WITH want AS (
      ORDER BY s.id
        FOR UPDATE OF s
 ), ok AS (
-    SELECT count(*) = $3 AND bool_and(stock >= qty)
+    SELECT count(*) = $3 AND bool_and(stock >= qty) AND bool_and(price_fen > 0)
            AND sum(price_fen::numeric * qty) <= $4 AS ok
       FROM locked
 ), upd AS (
@@ -239,7 +241,8 @@ SELECT (SELECT id FROM o) AS order_id,
        (SELECT total_fen FROM o) AS total_fen,
        (SELECT array_agg(code ORDER BY id) FROM locked) AS found_codes,
        (SELECT array_agg(stock ORDER BY id) FROM locked) AS found_stock,
-       (SELECT array_agg(qty ORDER BY id) FROM locked) AS found_qty
+       (SELECT array_agg(qty ORDER BY id) FROM locked) AS found_qty,
+       (SELECT array_agg(price_fen ORDER BY id) FROM locked) AS found_price
 ";
 
 /// The binds of [`CREATE_ORDER_SQL`].
@@ -287,6 +290,8 @@ struct CreateRow {
     found_stock: Option<Vec<i32>>,
     #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Array<diesel::sql_types::Integer>>)]
     found_qty: Option<Vec<i32>>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Array<diesel::sql_types::BigInt>>)]
+    found_price: Option<Vec<i64>>,
 }
 
 /// Reserves the stock and inserts a new order ([`CREATE_ORDER_SQL`]).
@@ -341,12 +346,12 @@ fn insert_order(
 /// An order of one line: no lock order to keep (one SKU row), so no
 /// `SELECT ... FOR UPDATE` before the update, which costs PostgreSQL about a
 /// third of the statement (pgbench here: 3,500 against 5,100 per second).
-/// The stock update's own condition decides; when it matched nothing, a
-/// read says why.
+/// The stock update's own condition decides (a SKU priced 0 is not for
+/// sale); when it matched nothing, a read says why.
 const CREATE_ONE_LINE_SQL: &str = "
 WITH upd AS (
     UPDATE skus SET stock = stock - $1, updated_at = $2
-     WHERE code = $3 AND stock >= $1 AND price_fen * $1 <= $4
+     WHERE code = $3 AND stock >= $1 AND price_fen > 0 AND price_fen * $1 <= $4
  RETURNING id, price_fen
 ), o AS (
     INSERT INTO orders (order_no, status, total_fen, deadline, created_at, updated_at)
@@ -365,7 +370,8 @@ WITH upd AS (
     UPDATE idempotency_keys SET order_id = o.id FROM o WHERE idempotency_keys.key = $8
 )
 SELECT (SELECT id FROM o) AS order_id, (SELECT total_fen FROM o) AS total_fen,
-       NULL::text[] AS found_codes, NULL::int4[] AS found_stock, NULL::int4[] AS found_qty
+       NULL::text[] AS found_codes, NULL::int4[] AS found_stock, NULL::int4[] AS found_qty,
+       NULL::int8[] AS found_price
 ";
 
 /// The binds of [`CREATE_ONE_LINE_SQL`].
@@ -448,6 +454,9 @@ fn insert_one_line(
         else {
             return Err(StoreError::UnknownSku(code.clone()));
         };
+        if price < 1 {
+            return Err(StoreError::NotForSale(code.clone()));
+        }
         if stock < wanted {
             return Err(StoreError::InsufficientStock {
                 sku: code.clone(),
@@ -475,6 +484,13 @@ fn why_not_created(merged: &BTreeMap<&SkuCode, Quantity>, row: &CreateRow) -> St
         .find(|c| !found.iter().any(|f| f == c.as_str()))
     {
         return StoreError::UnknownSku((*unknown).clone());
+    }
+    let price = row.found_price.as_deref().unwrap_or_default();
+    if let Some((code, _)) = found.iter().zip(price).find(|(_, p)| **p < 1) {
+        return match SkuCode::parse(code) {
+            Ok(sku) => StoreError::NotForSale(sku),
+            Err(e) => corrupt("skus.code", e),
+        };
     }
     let stock = row.found_stock.as_deref().unwrap_or_default();
     let qty = row.found_qty.as_deref().unwrap_or_default();

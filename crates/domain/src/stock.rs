@@ -22,36 +22,51 @@ pub struct StockChange {
 }
 
 /// Sets the units of `code` available for sale to `level`, creating the SKU
-/// if it is new (price 0 unless given); `price` replaces the price when
-/// given. Units held by pending or paid orders are not part of `level`.
+/// if it is new; `price` replaces the price when given. A new SKU needs a
+/// price and no price may be 0 ([`StoreError::PriceRequired`]): an order of
+/// a free SKU could never be paid at WeChat Pay. Units held by pending or
+/// paid orders are not part of `level`.
 ///
 /// The change is recorded in `stock_adjustments` (so conservation can be
 /// checked later). Repeat with the same values: nothing changes, no
-/// adjustment is recorded.
+/// adjustment is recorded. A refusal changes nothing.
 pub fn set_stock(
     conn: &mut PgConnection,
     code: &SkuCode,
     level: StockLevel,
     price: Option<Fen>,
 ) -> Result<StockChange, StoreError> {
+    if price.is_some_and(|p| p.get() < 1) {
+        return Err(StoreError::PriceRequired(code.clone()));
+    }
     conn.transaction(|conn| {
-        let created = diesel::insert_into(skus::table)
-            .values((
-                skus::code.eq(code.as_str()),
-                skus::stock.eq(0),
-                skus::price_fen.eq(price.map_or(0, Fen::get)),
-            ))
-            .on_conflict(skus::code)
-            .do_nothing()
-            .execute(conn)?
-            == 1;
+        let created = match price {
+            Some(p) => {
+                diesel::insert_into(skus::table)
+                    .values((
+                        skus::code.eq(code.as_str()),
+                        skus::stock.eq(0),
+                        skus::price_fen.eq(p.get()),
+                    ))
+                    .on_conflict(skus::code)
+                    .do_nothing()
+                    .execute(conn)?
+                    == 1
+            }
+            None => false,
+        };
         // Lock the row so the delta we record is the delta we make, even
         // with orders being created concurrently.
-        let (id, previous): (i64, i32) = skus::table
+        let Some((id, previous)) = skus::table
             .filter(skus::code.eq(code.as_str()))
             .select((skus::id, skus::stock))
             .for_update()
-            .first(conn)?;
+            .first::<(i64, i32)>(conn)
+            .optional()?
+        else {
+            // New, and no price given.
+            return Err(StoreError::PriceRequired(code.clone()));
+        };
         let current = level.get() as i32;
         let now = chrono::Utc::now();
         match price {

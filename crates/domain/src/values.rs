@@ -78,8 +78,24 @@ impl fmt::Display for Fen {
 
 /// A SKU code: 1 to 64 characters of `A-Z a-z 0-9 . _ -`. Also the form the
 /// command line uses in `--item CODE:QTY`, hence no `:`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "String", into = "String")]
 pub struct SkuCode(String);
+
+impl TryFrom<String> for SkuCode {
+    type Error = ValueError;
+    fn try_from(s: String) -> Result<Self, ValueError> {
+        Self::parse(&s)
+    }
+}
+
+impl From<SkuCode> for String {
+    fn from(code: SkuCode) -> String {
+        code.0
+    }
+}
 
 impl SkuCode {
     pub fn parse(s: &str) -> Result<Self, ValueError> {
@@ -106,8 +122,24 @@ impl fmt::Display for SkuCode {
 }
 
 /// How many units of one SKU an order line holds: at least 1.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "u32", into = "u32")]
 pub struct Quantity(u32);
+
+impl TryFrom<u32> for Quantity {
+    type Error = ValueError;
+    fn try_from(n: u32) -> Result<Self, ValueError> {
+        Self::new(n)
+    }
+}
+
+impl From<Quantity> for u32 {
+    fn from(q: Quantity) -> u32 {
+        q.0
+    }
+}
 
 impl Quantity {
     /// Upper bound per line; keeps every sum of lines inside `i32` stock.

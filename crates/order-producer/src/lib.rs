@@ -153,8 +153,8 @@ pub struct StockSetArgs {
     /// Units available for sale (0 or more).
     #[arg(long, value_parser = parse_stock, allow_negative_numbers = true)]
     pub quantity: StockLevel,
-    /// Unit price in fen (1 yuan = 100 fen); unchanged when omitted, 0 for a
-    /// new SKU.
+    /// Unit price in fen (1 yuan = 100 fen), at least 1; required for a new
+    /// SKU, unchanged when omitted.
     #[arg(long, value_parser = parse_fen, allow_negative_numbers = true)]
     pub price_fen: Option<Fen>,
 }
@@ -239,6 +239,13 @@ pub fn run(cli: &Cli, stop: &Arc<AtomicBool>) -> anyhow::Result<ExitCode> {
         Command::Stock(StockCommand::Set(args)) => {
             require_schema(&mut conn)?;
             let change = domain::set_stock(&mut conn, &args.sku, args.quantity, args.price_fen)
+                .map_err(|e| match e {
+                    // A missing or zero --price-fen is bad usage (exit 2).
+                    domain::StoreError::PriceRequired(_) => {
+                        anyhow::Error::new(UsageError(e.to_string()))
+                    }
+                    e => anyhow::Error::new(e),
+                })
                 .with_context(|| format!("failed to set stock of SKU {}", args.sku))?;
             let sku = domain::get_sku(&mut conn, &args.sku)?
                 .with_context(|| format!("SKU {} vanished after being set", args.sku))?;

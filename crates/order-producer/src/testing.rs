@@ -349,6 +349,15 @@ impl FrontDoor {
         self.send("POST", path, &headers, Some(&n.body))
     }
 
+    /// Every (route template, method, status) this front door answered.
+    #[must_use]
+    pub fn observed(&self) -> std::collections::BTreeSet<(String, String, u16)> {
+        self.running
+            .as_ref()
+            .map(Running::observed)
+            .unwrap_or_default()
+    }
+
     /// Raises the stop flag (as SIGTERM does) without waiting.
     pub fn raise_stop(&self) {
         self.stop.store(true, Ordering::Relaxed);

@@ -289,8 +289,13 @@ fn scraper(addr: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u32> 
 /// ago, one TEA each, the stock they hold reserved; their numbers.
 fn overdue_orders(conn: &mut domain::PgConnection, n: usize) -> Vec<String> {
     let tea = domain::SkuCode::parse("TEA").unwrap();
-    let _ =
-        domain::set_stock(conn, &tea, domain::StockLevel::new(n as u32).unwrap(), None).unwrap();
+    let _ = domain::set_stock(
+        conn,
+        &tea,
+        domain::StockLevel::new(n as u32).unwrap(),
+        Some(domain::Fen::new(100).unwrap()),
+    )
+    .unwrap();
     domain::testing::bulk_orders(conn, "TEA", n, true);
     (1..=n).map(|g| format!("bench{g:010}")).collect()
 }
@@ -441,7 +446,7 @@ fn lag(keys: &SimKeys, rate: u32, secs: u32, concurrency: u16) -> Lag {
         &mut env.db.conn(),
         &tea,
         domain::StockLevel::new(total).unwrap(),
-        None,
+        Some(domain::Fen::new(100).unwrap()),
     )
     .unwrap();
     let worker = env.worker(concurrency, None);

@@ -229,3 +229,30 @@ fn create_order_refuses_a_total_past_the_limit_and_writes_nothing() {
     let one = domain::create_order(&mut conn, &[line("GOLD", 1)], WINDOW).unwrap();
     assert_eq!(one.total.get(), domain::Fen::MAX);
 }
+
+/// A SKU priced 0 (created before a price was required) cannot be sold: an
+/// order of it could never be paid at WeChat Pay.
+#[test]
+fn a_sku_without_a_price_is_not_for_sale_and_nothing_is_reserved() {
+    use diesel::RunQueryDsl;
+    let db = TestDb::new();
+    let mut conn = db.conn();
+    load(&mut conn, "TEA", 10, 100);
+    let _ = diesel::sql_query("INSERT INTO skus (code, stock, price_fen) VALUES ('FREE', 10, 0)")
+        .execute(&mut conn)
+        .unwrap();
+    for lines in [vec![line("FREE", 1)], vec![line("TEA", 1), line("FREE", 2)]] {
+        let err = create_order(&mut conn, &lines, WINDOW).unwrap_err();
+        assert!(
+            matches!(&err, StoreError::NotForSale(s) if s.as_str() == "FREE"),
+            "{lines:?}: {err:?}"
+        );
+        assert!(err.to_string().contains("FREE"), "{err}");
+    }
+    assert_eq!(
+        (stock_of(&mut conn, "TEA"), stock_of(&mut conn, "FREE")),
+        (10, 10)
+    );
+    assert_eq!(unpublished_count(&mut conn).unwrap(), 0);
+    assert_eq!(domain::count_by_status(&mut conn).unwrap()[0].1, 0);
+}

@@ -7,7 +7,13 @@ use crate::{load, sku, stock_of};
 fn set_stock_creates_a_sku_then_updates_it_and_records_each_change() {
     let db = TestDb::new();
     let mut conn = db.conn();
-    let first = set_stock(&mut conn, &sku("TEA"), StockLevel::new(10).unwrap(), None).unwrap();
+    let first = set_stock(
+        &mut conn,
+        &sku("TEA"),
+        StockLevel::new(10).unwrap(),
+        Some(Fen::new(350).unwrap()),
+    )
+    .unwrap();
     assert!(first.created);
     assert_eq!((first.previous, first.current), (0, 10));
     let second = set_stock(&mut conn, &sku("TEA"), StockLevel::new(4).unwrap(), None).unwrap();
@@ -92,4 +98,35 @@ fn reading_skus_unknown_is_none_and_the_list_is_sorted_by_code() {
         .map(|s| s.code.to_string())
         .collect();
     assert_eq!(codes, ["ABC", "ZED"]);
+}
+
+#[test]
+fn a_new_sku_needs_a_price_and_no_price_may_be_zero() {
+    use domain::StoreError;
+    let db = TestDb::new();
+    let mut conn = db.conn();
+    let ten = StockLevel::new(10).unwrap();
+    for price in [None, Some(Fen::new(0).unwrap())] {
+        let err = set_stock(&mut conn, &sku("NEW"), ten, price).unwrap_err();
+        assert!(
+            matches!(&err, StoreError::PriceRequired(s) if s.as_str() == "NEW"),
+            "{price:?}: {err:?}"
+        );
+        let message = err.to_string();
+        assert!(
+            message.contains("NEW") && message.contains("--price-fen"),
+            "{message}"
+        );
+    }
+    assert!(list_skus(&mut conn).unwrap().is_empty(), "nothing created");
+    assert!(stock_balances(&mut conn).unwrap().is_empty());
+
+    load(&mut conn, "MUG", 5, 1999);
+    let err = set_stock(&mut conn, &sku("MUG"), ten, Some(Fen::new(0).unwrap())).unwrap_err();
+    assert!(
+        matches!(&err, StoreError::PriceRequired(s) if s.as_str() == "MUG"),
+        "{err:?}"
+    );
+    let mug = get_sku(&mut conn, &sku("MUG")).unwrap().unwrap();
+    assert_eq!((mug.stock, mug.price.get()), (5, 1999), "nothing changed");
 }

@@ -11,9 +11,11 @@
 //! `--shutdown-grace`) and exits 0. With `--metrics-listen` every request is
 //! counted by route and status, and `/metrics` is served on that listener.
 
+pub mod api;
 mod error;
 mod health;
 mod notify;
+pub mod openapi;
 mod shop;
 
 use std::borrow::Cow;
@@ -111,7 +113,15 @@ pub(crate) struct AppState {
     pub(crate) default_window: Duration,
     pub(crate) amqp: broker::AmqpUrl,
     pub(crate) broker_check: health::BrokerCheck,
+    /// Every (route template, method, status) answered, for the test that
+    /// compares them with the OpenAPI document.
+    #[cfg(feature = "test-support")]
+    pub(crate) observed: Observed,
 }
+
+/// (route template, method, status) answered by one front door.
+#[cfg(feature = "test-support")]
+pub type Observed = Arc<std::sync::Mutex<std::collections::BTreeSet<(String, String, u16)>>>;
 
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -198,6 +208,8 @@ fn state(cli: &crate::Cli, args: &ServeArgs, metrics: &Metrics) -> anyhow::Resul
         default_window,
         amqp: cli.broker.url(),
         broker_check: health::BrokerCheck::default(),
+        #[cfg(feature = "test-support")]
+        observed: Observed::default(),
     })
 }
 
@@ -218,14 +230,41 @@ impl ServeArgs {
 /// included).
 pub(crate) fn app(state: Arc<AppState>, args: &ServeArgs, metrics: Metrics) -> Router {
     let probes = service::telemetry::probes(health::readiness(Arc::clone(&state)));
+    #[cfg(feature = "test-support")]
+    let observed = Arc::clone(&state.observed);
     let router = Router::new()
         .merge(shop::routes(Arc::clone(&state)))
+        // No token: the document holds no secret, only the API's shape.
+        .route("/openapi.json", axum::routing::get(openapi::openapi_json))
         .merge(notify::routes())
         .with_state(state)
         .merge(probes)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route") });
-    service::http::layered(router, &args.limits())
-        .layer(middleware::from_fn_with_state(metrics, count_request))
+    let app = service::http::layered(router, &args.limits())
+        .layer(middleware::from_fn_with_state(
+            args.max_body_bytes,
+            error::json_errors,
+        ))
+        .layer(middleware::from_fn_with_state(metrics, count_request));
+    #[cfg(feature = "test-support")]
+    let app = app.layer(middleware::from_fn_with_state(observed, observe));
+    app
+}
+
+/// Records what was answered (see [`Observed`]).
+#[cfg(feature = "test-support")]
+async fn observe(State(observed): State<Observed>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().as_str().to_ascii_lowercase();
+    let response = next.run(request).await;
+    observed
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert((route, method, response.status().as_u16()));
+    response
 }
 
 /// Counts one request by its route template (`unmatched` for none).
@@ -256,9 +295,21 @@ pub struct Running {
     server: service::http::Running,
     telemetry: Option<service::http::Running>,
     collector: Option<std::thread::JoinHandle<()>>,
+    #[cfg(feature = "test-support")]
+    observed: Observed,
 }
 
 impl Running {
+    /// Every (route template, method, status) answered so far.
+    #[cfg(feature = "test-support")]
+    #[must_use]
+    pub fn observed(&self) -> std::collections::BTreeSet<(String, String, u16)> {
+        self.observed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     /// Waits until it has stopped (after `stop` was raised).
     pub fn wait(self) -> anyhow::Result<()> {
         let served = self.server.wait();
@@ -296,6 +347,8 @@ pub fn start(cli: &crate::Cli, args: &ServeArgs, stop: Arc<AtomicBool>) -> anyho
         },
         Arc::clone(&stop),
     )?;
+    #[cfg(feature = "test-support")]
+    let observed = Arc::clone(&state.observed);
     let app = app(state, args, metrics);
     let server = service::http::spawn(
         "serve",
@@ -316,6 +369,8 @@ pub fn start(cli: &crate::Cli, args: &ServeArgs, stop: Arc<AtomicBool>) -> anyho
         server,
         telemetry,
         collector,
+        #[cfg(feature = "test-support")]
+        observed,
     })
 }
 

@@ -25,10 +25,10 @@ use axum::{Json, Router};
 use domain::OrderNo;
 use payment_client::notify::NotifyError;
 use payment_client::TradeState;
-use serde_json::json;
 use service::payments::Recorded;
 
-use super::AppState;
+use super::api::{NotificationEnvelope, NotifyFailure};
+use super::{ApiError, AppState};
 
 pub const PATH: &str = "/wechatpay/notify/transaction";
 /// Refund notifications (`REFUND.SUCCESS`, `REFUND.ABNORMAL`, `REFUND.CLOSED`).
@@ -46,11 +46,34 @@ struct Fail(StatusCode, String);
 
 impl IntoResponse for Fail {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({"code": "FAIL", "message": self.1}))).into_response()
+        let body = NotifyFailure {
+            code: "FAIL",
+            message: self.1,
+        };
+        (self.0, Json(body)).into_response()
     }
 }
 
-async fn transaction(
+/// WeChat Pay's payment notification (`TRANSACTION.SUCCESS`).
+///
+/// Verified (`Wechatpay-Timestamp`, `-Nonce`, `-Serial`, `-Signature`)
+/// and decrypted before anything is done; 204 once recorded (or already).
+#[utoipa::path(
+    post,
+    path = "/wechatpay/notify/transaction",
+    tag = "wechatpay",
+    operation_id = "notify_transaction",
+    request_body(content = NotificationEnvelope, content_type = "application/json"),
+    responses(
+        (status = 204, description = "recorded (or already recorded, or nothing to record)"),
+        (status = 400, description = "undecryptable, unusable, or not our merchant/app; delivered again", body = NotifyFailure),
+        (status = 401, description = "signature missing, wrong, stale, or a signature probe", body = NotifyFailure),
+        (status = 404, description = "no such order here", body = NotifyFailure),
+        (status = 413, description = "`BODY_TOO_LARGE`", body = ApiError),
+        (status = "default", description = "503 (database unavailable) or 500: `FAIL`; delivered again", body = NotifyFailure),
+    )
+)]
+pub(super) async fn transaction(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Bytes,
@@ -66,7 +89,27 @@ async fn transaction(
     }
 }
 
-async fn refund(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+/// WeChat Pay's refund notification (`REFUND.SUCCESS`, `REFUND.ABNORMAL`,
+/// `REFUND.CLOSED`): moves our refund forward at once.
+#[utoipa::path(
+    post,
+    path = "/wechatpay/notify/refund",
+    tag = "wechatpay",
+    operation_id = "notify_refund",
+    request_body(content = NotificationEnvelope, content_type = "application/json"),
+    responses(
+        (status = 204, description = "recorded (or already)"),
+        (status = 400, description = "undecryptable, unusable, or not our merchant; delivered again", body = NotifyFailure),
+        (status = 401, description = "signature missing, wrong, stale, or a signature probe", body = NotifyFailure),
+        (status = 404, description = "no such refund here", body = NotifyFailure),
+        (status = "default", description = "503 (database unavailable) or 500: `FAIL`; delivered again", body = NotifyFailure),
+    )
+)]
+pub(super) async fn refund(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let handled = tokio::task::spawn_blocking(move || handle_refund(&state, &headers, &body)).await;
     match handled {
         Ok(Ok(())) => StatusCode::NO_CONTENT.into_response(),

@@ -2,9 +2,9 @@
 //! (idempotent with `Idempotency-Key`), read it, and create its WeChat Pay
 //! Native prepay whose `time_expire` is the order's deadline.
 //!
-//! Input is parsed by hand from JSON values rather than by serde derive, so
-//! that every refusal names the field (`items[1].quantity`) and nothing is
-//! written on any refusal.
+//! Requests and answers are the types of `api.rs` (the contract, from which
+//! the OpenAPI document is derived); every refusal names the field
+//! (`items[1].quantity`) and nothing is written on any refusal.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,16 +17,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, FixedOffset, SecondsFormat, Utc};
-use domain::{IdempotencyKey, OrderLine, OrderNo, OrderStatus, Quantity, SkuCode};
+use domain::{IdempotencyKey, OrderLine, OrderNo, OrderStatus};
 use payment_client::NativePrepay;
-use serde_json::{json, Map, Value};
 
+use super::api::{
+    time, CreateOrderRequest, EventView, NativePrepayAnswer, OrderCreated, OrderItemView,
+    OrderView, PaymentView, RefundView,
+};
 use super::{blocking, ApiError, AppState};
-
-/// Most lines one order may have.
-pub const MAX_ITEMS: usize = 100;
-/// Shortest payment window accepted.
-pub const MIN_WINDOW: Duration = Duration::from_secs(1);
 /// A prepay needs at least this long before the deadline: WeChat Pay
 /// refuses a `time_expire` that has (nearly) passed.
 pub const PREPAY_MARGIN: Duration = Duration::from_secs(5);
@@ -68,96 +66,6 @@ async fn require_token(
     }
 }
 
-/// A valid create-order request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct CreateRequest {
-    pub lines: Vec<OrderLine>,
-    pub window: Option<Duration>,
-}
-
-/// Parses `{"items":[{"sku","quantity"}],"payment_window"?}`; the error
-/// names the field.
-pub(crate) fn parse_create(body: &[u8]) -> Result<CreateRequest, ApiError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::field("body", format!("not valid JSON: {e}")))?;
-    let Value::Object(mut obj) = value else {
-        return Err(ApiError::field("body", "expected a JSON object"));
-    };
-    let items = obj
-        .remove("items")
-        .ok_or_else(|| ApiError::field("items", "required"))?;
-    let window = match obj.remove("payment_window") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => {
-            let d =
-                service::parse_duration(&s).map_err(|e| ApiError::field("payment_window", e))?;
-            if !(MIN_WINDOW..=domain::MAX_PAYMENT_WINDOW).contains(&d) {
-                return Err(ApiError::field(
-                    "payment_window",
-                    "out of range (1s to 366 days)",
-                ));
-            }
-            Some(d)
-        }
-        Some(_) => {
-            return Err(ApiError::field(
-                "payment_window",
-                "expected a duration string such as \"15m\"",
-            ))
-        }
-    };
-    if let Some(unknown) = obj.keys().next() {
-        return Err(ApiError::field(unknown.clone(), "unknown field"));
-    }
-    let Value::Array(items) = items else {
-        return Err(ApiError::field("items", "expected an array"));
-    };
-    if items.is_empty() {
-        return Err(ApiError::field("items", "an order needs at least one item"));
-    }
-    if items.len() > MAX_ITEMS {
-        return Err(ApiError::field(
-            "items",
-            format!("at most {MAX_ITEMS} lines per order"),
-        ));
-    }
-    let lines = items
-        .into_iter()
-        .enumerate()
-        .map(|(i, item)| parse_line(i, item))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(CreateRequest { lines, window })
-}
-
-fn parse_line(i: usize, item: Value) -> Result<OrderLine, ApiError> {
-    let at = |f: &str| format!("items[{i}].{f}");
-    let Value::Object(mut obj) = item else {
-        return Err(ApiError::field(format!("items[{i}]"), "expected an object"));
-    };
-    let sku = match obj.remove("sku") {
-        Some(Value::String(s)) => {
-            SkuCode::parse(&s).map_err(|e| ApiError::field(at("sku"), e.to_string()))?
-        }
-        Some(_) => return Err(ApiError::field(at("sku"), "expected a string")),
-        None => return Err(ApiError::field(at("sku"), "required")),
-    };
-    let quantity = match obj.remove("quantity") {
-        Some(Value::Number(n)) => {
-            let n = n
-                .as_u64()
-                .and_then(|n| u32::try_from(n).ok())
-                .ok_or_else(|| ApiError::field(at("quantity"), "expected a positive integer"))?;
-            Quantity::new(n).map_err(|e| ApiError::field(at("quantity"), e.to_string()))?
-        }
-        Some(_) => return Err(ApiError::field(at("quantity"), "expected an integer")),
-        None => return Err(ApiError::field(at("quantity"), "required")),
-    };
-    if let Some(unknown) = obj.keys().next() {
-        return Err(ApiError::field(at(unknown), "unknown field"));
-    }
-    Ok(OrderLine { sku, quantity })
-}
-
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(v) = headers.get("idempotency-key") else {
         return Ok(None);
@@ -175,25 +83,53 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(s.to_owned()))
 }
 
-fn time(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
-}
-
-/// `POST /v1/orders`
-async fn create(
+/// Create an order: reserve its stock and start its payment window.
+///
+/// Idempotent with `Idempotency-Key`: the same key and body again answer
+/// the same order (`Idempotent-Replayed: true`), another body 422.
+#[utoipa::path(
+    post,
+    path = "/v1/orders",
+    tag = "shop",
+    operation_id = "create_order",
+    security(("bearer" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, description = "1 to 255 printable characters without spaces")),
+    request_body(content = super::api::CreateOrderRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "created (or replayed)", body = OrderCreated,
+            headers(("Idempotent-Replayed" = String, description = "`true` when an earlier request with this key created it"))),
+        (status = 400, description = "`INVALID_FIELD`: malformed or out of range; `field` names it by its JSON path (`items[1].quantity`)", body = ApiError),
+        (status = 401, description = "`UNAUTHORIZED`: no or wrong bearer token", body = ApiError),
+        (status = 404, description = "`UNKNOWN_SKU` (`field`: `items`)", body = ApiError),
+        (status = 408, description = "`REQUEST_TIMEOUT`: the body did not arrive within API_REQUEST_TIMEOUT", body = ApiError),
+        (status = 409, description = "`INSUFFICIENT_STOCK` or `SKU_NOT_FOR_SALE` (no price) (`field`: `items`); nothing reserved", body = ApiError),
+        (status = 413, description = "`BODY_TOO_LARGE`: above API_MAX_BODY_BYTES", body = ApiError),
+        (status = 422, description = "`IDEMPOTENCY_KEY_REUSED`: the key was used with another body", body = ApiError),
+        (status = "default", description = "`INTERNAL` (500), `UNAVAILABLE` (503: the database; try again), `METHOD_NOT_ALLOWED` (405)", body = ApiError),
+    )
+)]
+pub(super) async fn create(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let request = parse_create(&body)?;
+    let request = CreateOrderRequest::parse(&body)?;
     let key = idempotency_key(&headers)?;
-    let window = request.window.unwrap_or(state.default_window);
+    let window = request.payment_window.map_or(state.default_window, |w| w.0);
+    let lines: Vec<OrderLine> = request
+        .items
+        .into_iter()
+        .map(|super::api::Object(i)| OrderLine {
+            sku: i.sku,
+            quantity: i.quantity,
+        })
+        .collect();
     let pool = state.pool.clone();
     let created = blocking(move || {
         let mut conn = domain::checkout(&pool).map_err(|e| ApiError::from_store(&e))?;
         domain::create_order_idempotent(
             &mut conn,
-            &request.lines,
+            &lines,
             window,
             key.as_deref().map(IdempotencyKey),
         )
@@ -208,13 +144,13 @@ async fn create(
             time(created.order.deadline)
         );
     }
-    let body = json!({
-        "order_no": created.order.order_no.as_str(),
-        "status": created.status.as_str(),
-        "total_fen": created.order.total.get(),
-        "created_at": time(created.order.created_at),
-        "deadline": time(created.order.deadline),
-    });
+    let body = OrderCreated {
+        order_no: created.order.order_no.to_string(),
+        status: created.status.into(),
+        total_fen: created.order.total.get(),
+        created_at: time(created.order.created_at),
+        deadline: time(created.order.deadline),
+    };
     let mut resp = (StatusCode::CREATED, Json(body)).into_response();
     if created.replayed {
         resp.headers_mut()
@@ -235,11 +171,26 @@ fn not_found(no: &OrderNo) -> ApiError {
     )
 }
 
-/// `GET /v1/orders/{order_no}`
-async fn show(
+/// Read an order: status, lines, payments, refunds and audit trail.
+#[utoipa::path(
+    get,
+    path = "/v1/orders/{order_no}",
+    tag = "shop",
+    operation_id = "show_order",
+    security(("bearer" = [])),
+    params(("order_no" = String, Path, description = "the order number (6 to 32 of `0-9 a-z A-Z _ - | *`)")),
+    responses(
+        (status = 200, description = "the order", body = OrderView),
+        (status = 400, description = "`INVALID_FIELD` (`field`: `order_no`)", body = ApiError),
+        (status = 401, description = "`UNAUTHORIZED`", body = ApiError),
+        (status = 404, description = "`ORDER_NOT_FOUND`", body = ApiError),
+        (status = "default", description = "`INTERNAL` (500), `UNAVAILABLE` (503), `METHOD_NOT_ALLOWED` (405)", body = ApiError),
+    )
+)]
+pub(super) async fn show(
     State(state): State<Arc<AppState>>,
     Path(raw): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<OrderView>, ApiError> {
     let no = order_no(&raw)?;
     let pool = state.pool.clone();
     blocking(move || {
@@ -251,80 +202,60 @@ async fn show(
         let items = domain::order_items(&mut conn, &no).map_err(store)?;
         let payments = domain::payments_of(&mut conn, &no).map_err(store)?;
         let events = domain::order_events(&mut conn, &no).map_err(store)?;
-        let refunds: Vec<Value> = domain::refunds_of(&mut conn, &no)
+        let refunds: Vec<RefundView> = domain::refunds_of(&mut conn, &no)
             .map_err(store)?
             .iter()
-            .map(|r| {
-                json!({
-                    "out_refund_no": r.out_refund_no,
-                    "amount_fen": r.amount.get(),
-                    "status": r.status.as_str(),
-                    "refund_id": r.refund_id,
-                    "needs_human": r.needs_human,
-                    "created_at": time(r.created_at),
-                    "finished_at": r.finished_at.map(time),
-                })
+            .map(|r| RefundView {
+                out_refund_no: r.out_refund_no.clone(),
+                amount_fen: r.amount.get(),
+                status: r.status.as_str().to_owned(),
+                refund_id: r.refund_id.clone(),
+                needs_human: r.needs_human.clone(),
+                created_at: time(r.created_at),
+                finished_at: r.finished_at.map(time),
             })
             .collect();
-        let payments: Vec<Value> = payments
+        let payments: Vec<PaymentView> = payments
             .iter()
-            .map(|p| {
-                json!({
-                    "transaction_id": p.transaction_id.as_str(),
-                    "amount_fen": p.amount.get(),
-                    "success_time": time(p.success_time),
-                    "paid_after_close": p.paid_after_close,
-                })
+            .map(|p| PaymentView {
+                transaction_id: p.transaction_id.as_str().to_owned(),
+                amount_fen: p.amount.get(),
+                success_time: time(p.success_time),
+                paid_after_close: p.paid_after_close,
             })
             .collect();
-        let mut body = Map::new();
-        body.insert("order_no".into(), json!(order.order_no.as_str()));
-        body.insert("status".into(), json!(order.status.as_str()));
-        body.insert("total_fen".into(), json!(order.total.get()));
-        body.insert("created_at".into(), json!(time(order.created_at)));
-        body.insert("deadline".into(), json!(time(order.deadline)));
-        body.insert("paid_at".into(), json!(order.paid_at.map(time)));
-        body.insert("closed_at".into(), json!(order.closed_at.map(time)));
-        body.insert("close_reason".into(), json!(order.close_reason));
-        body.insert(
-            "anomaly".into(),
-            json!(order.anomaly.map(domain::Anomaly::as_str)),
-        );
-        body.insert(
-            "items".into(),
-            Value::Array(
-                items
-                    .iter()
-                    .map(|i| {
-                        json!({
-                            "sku": i.sku.as_str(),
-                            "quantity": i.quantity.get(),
-                            "unit_price_fen": i.unit_price.get(),
-                        })
-                    })
-                    .collect(),
-            ),
-        );
-        body.insert(
-            "payment".into(),
-            payments.first().cloned().unwrap_or(Value::Null),
-        );
-        body.insert("payments".into(), Value::Array(payments));
-        body.insert(
-            "refund".into(),
-            refunds.first().cloned().unwrap_or(Value::Null),
-        );
-        body.insert("refunds".into(), Value::Array(refunds));
-        body.insert(
-            "events".into(),
-            Value::Array(
-                events
-                    .iter()
-                    .map(|e| json!({"kind": e.kind, "detail": e.detail, "at": time(e.created_at)}))
-                    .collect(),
-            ),
-        );
-        Ok(Json(Value::Object(body)))
+        let body = OrderView {
+            order_no: order.order_no.to_string(),
+            status: order.status.into(),
+            total_fen: order.total.get(),
+            created_at: time(order.created_at),
+            deadline: time(order.deadline),
+            paid_at: order.paid_at.map(time),
+            closed_at: order.closed_at.map(time),
+            close_reason: order.close_reason,
+            anomaly: order.anomaly.map(|a| a.as_str().to_owned()),
+            items: items
+                .iter()
+                .map(|i| OrderItemView {
+                    sku: i.sku.to_string(),
+                    quantity: i.quantity.get(),
+                    unit_price_fen: i.unit_price.get(),
+                })
+                .collect(),
+            payment: payments.first().cloned(),
+            payments,
+            refund: refunds.first().cloned(),
+            refunds,
+            events: events
+                .iter()
+                .map(|e| EventView {
+                    kind: e.kind.clone(),
+                    detail: e.detail.clone(),
+                    at: time(e.created_at),
+                })
+                .collect(),
+        };
+        Ok(Json(body))
     })
     .await
 }
@@ -349,11 +280,30 @@ fn not_pending(no: &OrderNo, status: OrderStatus) -> ApiError {
     )
 }
 
-/// `POST /v1/orders/{order_no}/wechatpay/native`
-async fn native_prepay(
+/// Create the order's WeChat Pay Native payment (a code to scan) whose
+/// `time_expire` is the order's deadline. Asking again gives the same code.
+#[utoipa::path(
+    post,
+    path = "/v1/orders/{order_no}/wechatpay/native",
+    tag = "shop",
+    operation_id = "native_prepay",
+    security(("bearer" = [])),
+    params(("order_no" = String, Path, description = "the order number")),
+    responses(
+        (status = 200, description = "the code to scan", body = NativePrepayAnswer),
+        (status = 400, description = "`INVALID_FIELD` (`field`: `order_no`)", body = ApiError),
+        (status = 401, description = "`UNAUTHORIZED`", body = ApiError),
+        (status = 404, description = "`ORDER_NOT_FOUND`", body = ApiError),
+        (status = 409, description = "`ORDER_NOT_PENDING`, `DEADLINE_PASSED` (less than 5 s left), `ORDER_PAID` or `ORDER_CLOSED_AT_WECHATPAY`", body = ApiError),
+        (status = 502, description = "`WECHATPAY_REFUSED`: WeChat Pay refused the prepay (a configuration problem)", body = ApiError),
+        (status = 503, description = "`WECHATPAY_UNAVAILABLE`: WeChat Pay did not answer usably; try again", body = ApiError),
+        (status = "default", description = "`WECHATPAY_UNAVAILABLE` (504: WeChat Pay timed out), `INTERNAL` (500), `UNAVAILABLE` (503: the database), `METHOD_NOT_ALLOWED` (405)", body = ApiError),
+    )
+)]
+pub(super) async fn native_prepay(
     State(state): State<Arc<AppState>>,
     Path(raw): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<NativePrepayAnswer>, ApiError> {
     let no = order_no(&raw)?;
     let st = Arc::clone(&state);
     blocking(move || {
@@ -407,7 +357,10 @@ async fn native_prepay(
         if now.status != OrderStatus::PendingPayment {
             return Err(not_pending(&no, now.status));
         }
-        Ok(Json(json!({ "code_url": code_url, "time_expire": expire })))
+        Ok(Json(NativePrepayAnswer {
+            code_url,
+            time_expire: expire,
+        }))
     })
     .await
 }
@@ -460,8 +413,10 @@ fn prepay_error(no: &OrderNo, e: &payment_client::Error) -> ApiError {
 mod tests {
     use super::*;
 
+    use crate::serve::api::MAX_ITEMS;
+
     fn field_of(body: &str) -> String {
-        parse_create(body.as_bytes())
+        CreateOrderRequest::parse(body.as_bytes())
             .unwrap_err()
             .field
             .unwrap_or_default()
@@ -469,14 +424,17 @@ mod tests {
 
     #[test]
     fn a_good_request_parses_with_and_without_a_window() {
-        let r = parse_create(br#"{"items":[{"sku":"TEA","quantity":2}],"payment_window":"15m"}"#)
-            .unwrap();
-        assert_eq!(r.lines.len(), 1);
-        assert_eq!(r.window, Some(Duration::from_mins(15)));
-        let r =
-            parse_create(br#"{"items":[{"sku":"TEA","quantity":1},{"sku":"MUG","quantity":3}]}"#)
-                .unwrap();
-        assert_eq!((r.lines.len(), r.window), (2, None));
+        let r = CreateOrderRequest::parse(
+            br#"{"items":[{"sku":"TEA","quantity":2}],"payment_window":"15m"}"#,
+        )
+        .unwrap();
+        assert_eq!(r.items.len(), 1);
+        assert_eq!(r.payment_window.map(|w| w.0), Some(Duration::from_mins(15)));
+        let r = CreateOrderRequest::parse(
+            br#"{"items":[{"sku":"TEA","quantity":1},{"sku":"MUG","quantity":3}],"payment_window":null}"#,
+        )
+        .unwrap();
+        assert_eq!((r.items.len(), r.payment_window), (2, None));
     }
 
     #[test]
@@ -523,6 +481,56 @@ mod tests {
             field_of(&format!(r#"{{"items":[{}]}}"#, many.join(","))),
             "items"
         );
+    }
+
+    #[test]
+    fn refusals_say_what_is_wrong_in_the_domain_words() {
+        let message = |body: &str| {
+            CreateOrderRequest::parse(body.as_bytes())
+                .unwrap_err()
+                .message
+        };
+        let cases = [
+            ("{", "body: not valid JSON"),
+            (
+                r#"{"items":[{"sku":"TEA","quantity":1}]} x"#,
+                "body: not valid JSON: trailing characters",
+            ),
+            ("[]", "body: invalid type: sequence, expected a JSON object"),
+            (
+                r#"[[{"sku":"TEA","quantity":1}]]"#,
+                "body: invalid type: sequence, expected a JSON object",
+            ),
+            (
+                r#"{"items":[["TEA",1]]}"#,
+                "items[0]: invalid type: sequence, expected a JSON object",
+            ),
+            ("{}", "items: required"),
+            (r#"{"items":[{"quantity":1}]}"#, "items[0].sku: required"),
+            (
+                r#"{"items":[{"sku":"TEA","quantity":0}]}"#,
+                "items[0].quantity: quantity must be a whole number from 1 to 1000000",
+            ),
+            (
+                r#"{"items":[{"sku":"a b","quantity":1}]}"#,
+                "items[0].sku: SKU code must be 1 to 64 characters",
+            ),
+            (
+                r#"{"items":[{"sku":"TEA","quantity":1,"price":1}]}"#,
+                "items[0].price: unknown field",
+            ),
+            (
+                r#"{"items":[{"sku":"TEA","quantity":1}],"payment_window":"400d"}"#,
+                "payment_window: out of range (1s to 366 days)",
+            ),
+        ];
+        for (body, start) in cases {
+            let m = message(body);
+            assert!(m.starts_with(start), "{body}: {m}");
+            // The position helps with a syntax error only.
+            let syntax = start.contains("not valid JSON");
+            assert_eq!(m.contains(" at line "), syntax, "{body}: {m}");
+        }
     }
 
     #[test]

@@ -103,11 +103,21 @@ fn stock_set_then_create_order_prints_only_the_order_number() {
 fn create_order_respects_the_payment_window() {
     let db = TestDb::new();
     let url = db.url().expose().to_owned();
-    assert!(
-        producer(&url, &["stock", "set", "--sku", "TEA", "--quantity", "5"])
-            .status
-            .success()
-    );
+    assert!(producer(
+        &url,
+        &[
+            "stock",
+            "set",
+            "--sku",
+            "TEA",
+            "--quantity",
+            "5",
+            "--price-fen",
+            "100"
+        ],
+    )
+    .status
+    .success());
     let created = producer(
         &url,
         &["create-order", "--item", "TEA:1", "--payment-window", "10s"],
@@ -125,16 +135,36 @@ fn create_order_respects_the_payment_window() {
 fn create_order_beyond_the_stock_fails_naming_the_sku_and_leaves_stock_alone() {
     let db = TestDb::new();
     let url = db.url().expose().to_owned();
-    assert!(
-        producer(&url, &["stock", "set", "--sku", "TEA", "--quantity", "5"])
-            .status
-            .success()
-    );
-    assert!(
-        producer(&url, &["stock", "set", "--sku", "MUG", "--quantity", "1"])
-            .status
-            .success()
-    );
+    assert!(producer(
+        &url,
+        &[
+            "stock",
+            "set",
+            "--sku",
+            "TEA",
+            "--quantity",
+            "5",
+            "--price-fen",
+            "100"
+        ],
+    )
+    .status
+    .success());
+    assert!(producer(
+        &url,
+        &[
+            "stock",
+            "set",
+            "--sku",
+            "MUG",
+            "--quantity",
+            "1",
+            "--price-fen",
+            "100"
+        ],
+    )
+    .status
+    .success());
     let out = producer(
         &url,
         &["create-order", "--item", "TEA:1", "--item", "MUG:2"],
@@ -273,5 +303,88 @@ fn parked_without_a_topology_is_a_configuration_error() {
         stderr(&out).contains("queue.ordertimeout.parked does not exist"),
         "{}",
         stderr(&out)
+    );
+}
+
+/// Defect 2 (issue 21): a SKU without a price could be sold for 0 fen, an
+/// order WeChat Pay can never take.
+#[test]
+fn a_sku_needs_a_price_and_one_without_is_not_for_sale() {
+    let db = TestDb::new();
+    let url = db.url().expose().to_owned();
+    for extra in [&[][..], &["--price-fen", "0"][..]] {
+        let mut args = vec!["stock", "set", "--sku", "NEW", "--quantity", "5"];
+        args.extend_from_slice(extra);
+        let out = producer(&url, &args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains("SKU NEW") && err.contains("--price-fen"),
+            "{err}"
+        );
+    }
+    assert!(domain::list_skus(&mut db.conn()).unwrap().is_empty());
+    let set = producer(
+        &url,
+        &[
+            "stock",
+            "set",
+            "--sku",
+            "TEA",
+            "--quantity",
+            "5",
+            "--price-fen",
+            "350",
+        ],
+    );
+    assert!(set.status.success(), "{}", stderr(&set));
+    let zero = producer(
+        &url,
+        &[
+            "stock",
+            "set",
+            "--sku",
+            "TEA",
+            "--quantity",
+            "9",
+            "--price-fen",
+            "0",
+        ],
+    );
+    assert_eq!(zero.status.code(), Some(2), "{}", stderr(&zero));
+    // Omitted: the price stays.
+    let keep = producer(&url, &["stock", "set", "--sku", "TEA", "--quantity", "6"]);
+    assert!(keep.status.success(), "{}", stderr(&keep));
+    assert_eq!(stdout(&keep).trim(), "SKU TEA: stock 5 -> 6, price 350 fen");
+
+    // A SKU priced 0 before prices were required.
+    psql(
+        &db,
+        "INSERT INTO skus (code, stock, price_fen) VALUES ('FREE', 5, 0)",
+    );
+    let out = producer(
+        &url,
+        &["create-order", "--item", "TEA:1", "--item", "FREE:1"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stdout(&out).is_empty());
+    assert!(
+        stderr(&out).contains("SKU FREE is not for sale"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!((stock(&db, "TEA"), stock(&db, "FREE")), (6, 5));
+    assert_eq!(unpublished_count(&mut db.conn()).unwrap(), 0);
+}
+
+fn psql(db: &TestDb, sql: &str) {
+    let out = std::process::Command::new("psql")
+        .args([db.url().expose(), "-v", "ON_ERROR_STOP=1", "-qc", sql])
+        .output()
+        .expect("psql");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }

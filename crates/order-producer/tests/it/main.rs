@@ -5,6 +5,7 @@ mod cli;
 mod declare;
 mod metrics;
 mod notify;
+mod openapi;
 mod relay;
 mod serve_binary;
 mod shop;

@@ -83,7 +83,16 @@ fn the_setup_script_then_create_order_and_relay_once_give_one_message_per_order(
         "setup-topology.sh failed: {}",
         stderr(&out)
     );
-    env.ok(&["stock", "set", "--sku", "TEA", "--quantity", "10"]);
+    env.ok(&[
+        "stock",
+        "set",
+        "--sku",
+        "TEA",
+        "--quantity",
+        "10",
+        "--price-fen",
+        "100",
+    ]);
     let envs = [("DELAY_TTL_MS", "600000")];
     let mut created = Vec::new();
     for _ in 0..3 {

@@ -200,6 +200,46 @@ fn bad_input_is_refused_naming_the_field_and_nothing_is_written() {
     assert_eq!(footprint(&door), before);
 }
 
+/// Defect 2 (issue 21): a SKU priced 0 (created before prices were
+/// required) was sold for 0 fen, an order WeChat Pay can never take.
+#[test]
+fn a_sku_without_a_price_is_refused_naming_it_and_nothing_is_reserved() {
+    let door = FrontDoor::start();
+    let out = std::process::Command::new("psql")
+        .args([
+            door.db.url().expose(),
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-qc",
+            "INSERT INTO skus (code, stock, price_fen) VALUES ('FREE', 5, 0)",
+        ])
+        .output()
+        .expect("psql");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let before = footprint(&door);
+    for body in [
+        r#"{"items":[{"sku":"FREE","quantity":1}]}"#,
+        r#"{"items":[{"sku":"TEA","quantity":1},{"sku":"FREE","quantity":1}]}"#,
+    ] {
+        let a = door.call("POST", "/v1/orders", Some(body));
+        assert_eq!(a.status, 409, "{body}: {}", a.body);
+        let answer = a.json();
+        assert_eq!(answer["code"], "SKU_NOT_FOR_SALE", "{}", a.body);
+        assert_eq!(answer["field"], "items");
+        assert!(
+            answer["message"].as_str().unwrap().contains("FREE"),
+            "{}",
+            a.body
+        );
+    }
+    assert_eq!(footprint(&door), before);
+    assert_eq!(stock(&door, "FREE"), 5);
+}
+
 #[test]
 fn an_oversized_body_is_refused_unread() {
     let door = FrontDoor::start();
@@ -208,7 +248,42 @@ fn an_oversized_body_is_refused_unread() {
     let body = format!(r#"{{"items":[{{"sku":"TEA","quantity":1}}],"pad":"{pad}"}}"#);
     let a = door.call("POST", "/v1/orders", Some(&body));
     assert_eq!(a.status, 413, "{}", a.body);
+    // Defect 6 (issue 21): this was `text/plain` "length limit exceeded".
+    assert_json_error(&a, "BODY_TOO_LARGE");
     assert_eq!(footprint(&door), before);
+}
+
+/// An error answer is JSON with this `code` and a message.
+fn assert_json_error(a: &order_producer::testing::Answer, code: &str) {
+    assert_eq!(
+        a.header("content-type"),
+        Some("application/json"),
+        "{}",
+        a.body
+    );
+    let body = a.json();
+    assert_eq!(body["code"], code, "{}", a.body);
+    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+}
+
+/// Defect 6 (issue 21): axum's own answers were plain text or empty.
+#[test]
+fn wrong_methods_and_unknown_routes_answer_json_errors() {
+    let door = FrontDoor::start();
+    for (method, path) in [
+        ("GET", "/wechatpay/notify/transaction"),
+        ("PUT", "/wechatpay/notify/refund"),
+        ("DELETE", "/v1/orders"),
+        ("POST", "/healthz"),
+    ] {
+        let a = door.call(method, path, None);
+        assert_eq!(a.status, 405, "{method} {path}: {}", a.body);
+        assert_json_error(&a, "METHOD_NOT_ALLOWED");
+        assert!(a.header("allow").is_some(), "{method} {path}");
+    }
+    let a = door.call("GET", "/v2/anything", None);
+    assert_eq!(a.status, 404);
+    assert_json_error(&a, "NOT_FOUND");
 }
 
 #[test]
@@ -460,6 +535,12 @@ fn slow_clients_are_timed_out() {
     let mut answer = String::new();
     let _ = s.read_to_string(&mut answer);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    // Defect 6 (issue 21): this was an empty body.
+    assert!(
+        answer.contains("content-type: application/json")
+            && answer.contains(r#""code":"REQUEST_TIMEOUT""#),
+        "{answer}"
+    );
     assert_eq!(rows(&door, "orders"), 0);
 }
 

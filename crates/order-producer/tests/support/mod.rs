@@ -80,7 +80,7 @@ impl Env {
                 &mut conn,
                 &line.sku,
                 domain::StockLevel::new(1_000_000).unwrap(),
-                None,
+                Some(domain::Fen::new(100).unwrap()),
             )
             .unwrap();
         }

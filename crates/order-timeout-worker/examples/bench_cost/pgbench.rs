@@ -56,7 +56,7 @@ pub fn run(clients: u32, per_client: u32) -> Pgbench {
             &mut conn,
             &tea,
             domain::StockLevel::new(total as u32).unwrap(),
-            None,
+            Some(domain::Fen::new(100).unwrap()),
         )
         .unwrap();
         domain::testing::bulk_orders(&mut conn, "TEA", total as usize, true);
