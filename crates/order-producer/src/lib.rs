@@ -488,4 +488,13 @@ mod tests {
         use clap::CommandFactory;
         Cli::command().debug_assert();
     }
+
+    #[test]
+    fn the_relay_confirm_timeout_default_is_the_brokers() {
+        let cli = Cli::try_parse_from(["order-producer", "relay"]).unwrap();
+        let Command::Relay(args) = cli.command else {
+            panic!("{cli:?}")
+        };
+        assert_eq!(args.relay_confirm_timeout, broker::DEFAULT_CONFIRM_TIMEOUT);
+    }
 }

@@ -38,7 +38,7 @@ fn parse_amqp_url(s: &str) -> Result<AmqpUrl, String> {
     Ok(AmqpUrl::new(s.to_owned()))
 }
 
-/// Where the broker is and what the topology looks like.
+/// Where the broker is.
 #[derive(Debug, Clone, Args)]
 pub struct BrokerArgs {
     /// RabbitMQ URL (`%2f` is the vhost `/`), or several separated by

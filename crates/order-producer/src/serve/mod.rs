@@ -42,7 +42,7 @@ pub use notify::{PATH as NOTIFY_PATH, REFUND_PATH as REFUND_NOTIFY_PATH};
 /// database, broker and topology, and metrics.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address to listen on. Loopback by default: put a TLS-terminating
+    /// Address to listen on. Keep it on loopback and put a TLS-terminating
     /// proxy in front for WeChat Pay's notifications.
     #[arg(long, env = "API_LISTEN", default_value = "127.0.0.1:8080")]
     pub api_listen: SocketAddr,
