@@ -371,3 +371,28 @@ fn settle_now(settler: &Settler, order_no: &OrderNo) -> anyhow::Result<ExitCode>
         ExitCode::FAILURE
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn the_recheck_default_is_the_settlers() {
+        let cli = Cli::try_parse_from(["order-timeout-worker"]).unwrap();
+        assert_eq!(
+            cli.run.settle.worker_recheck_after,
+            settle::DEFAULT_RECHECK_AFTER
+        );
+        let cli = Cli::try_parse_from(["order-timeout-worker", "settle", "20261126000000000001"])
+            .unwrap();
+        let Some(Command::Settle(args)) = cli.command else {
+            panic!("{cli:?}")
+        };
+        assert_eq!(
+            args.settle.worker_recheck_after,
+            settle::DEFAULT_RECHECK_AFTER
+        );
+    }
+}

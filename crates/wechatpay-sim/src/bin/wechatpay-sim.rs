@@ -12,7 +12,6 @@ use wechatpay_sim::{ApiV3Key, SimConfig, SimKeys, Simulator};
 // simulator includes the file rather than depending on `service` (which
 // depends on the payment client this is a test double for).
 #[path = "../../../service/src/renamed.rs"]
-#[allow(dead_code)] // `plan` and the table are used through `apply`
 mod renamed;
 
 fn main() -> ExitCode {
