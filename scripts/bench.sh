@@ -14,7 +14,7 @@
 #        [--pgbench-transactions N] [--lag-seconds S] [--metrics-orders N]
 #        [--metrics-pairs P] [--only-cost | --only-metrics | --skip-metrics]
 # --scenarios picks the throughput scenarios, simulator latency ms / worker
-# --concurrency. --only-cost runs the pgbench baseline, the throughput and
+# --worker-concurrency. --only-cost runs the pgbench baseline, the throughput and
 # cost scenarios and the targets only (e.g. scripts/bench.sh --orders 3000
 # --only-cost). The metrics part runs the throughput scenario with metrics
 # off and on, alternated, and prints the cost of metrics side by side

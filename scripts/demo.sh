@@ -30,9 +30,9 @@ export DATABASE_URL="postgres://postgres@$PGHOST:$PGPORT/$DEMO_DB"
 export AMQP_URL="amqp://guest:guest@$AMQP_HOST:$AMQP_PORT/$DEMO_VHOST"
 export DELAY_TTL_MS=10000             # the payment window: 10 s
 export RETRY_DELAYS=1s,2s,4s          # quick retries for the demo
-export RECHECK_AFTER=5s               # the recheck after an ORDER_NOT_EXIST close
+export WORKER_RECHECK_AFTER=5s        # the recheck after an ORDER_NOT_EXIST close
 export RUST_LOG="${RUST_LOG:-info}"
-unset PAYMENT_WINDOWS QUEUE_TYPE
+unset DELAY_WINDOWS PAYMENT_WINDOWS QUEUE_TYPE
 WINDOW_S=10
 
 say() { printf '\n== %s\n' "$*"; }
@@ -110,7 +110,8 @@ BEFORE="$(demo_psql "SELECT code, stock FROM skus ORDER BY code")"
 
 say "the WeChat Pay simulator"
 APPID=wxd678efh567hg6787
-"$BIN/wechatpay-sim" --listen 127.0.0.1:0 --appid "$APPID" --key-dir "$WORK/keys" --env-file "$WORK/sim.env" >/dev/null 2>"$WORK/sim.log" &
+"$BIN/wechatpay-sim" --wechatpay-sim-listen 127.0.0.1:0 --wechatpay-sim-appid "$APPID" \
+    --wechatpay-sim-key-dir "$WORK/keys" --wechatpay-sim-env-file "$WORK/sim.env" >/dev/null 2>"$WORK/sim.log" &
 PIDS+=($!)
 for _ in $(seq 50); do [ -s "$WORK/sim.env" ] && break; sleep 0.1; done
 set -a; . "$WORK/sim.env"; set +a
@@ -131,12 +132,12 @@ PIDS+=($!)
 for _ in $(seq 100); do curl -sf "$API/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
 curl -sf "$API/readyz" >/dev/null || { echo "demo: the front door did not become ready:" >&2; cat "$WORK/serve.log" >&2; exit 1; }
 echo "front door at $API (shop API token in $WORK/api.token)"
-producer relay --poll-interval 100ms 2>"$WORK/relay.log" &
+producer relay --relay-poll-interval 100ms 2>"$WORK/relay.log" &
 PIDS+=($!)
 METRICS_PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-REFUND_INTERVAL=1s WECHATPAY_REFUND_NOTIFY_URL="$API/wechatpay/notify/refund" \
+WORKER_REFUND_INTERVAL=1s WECHATPAY_REFUND_NOTIFY_URL="$API/wechatpay/notify/refund" \
     METRICS_LISTEN="127.0.0.1:$METRICS_PORT" METRICS_GAUGE_INTERVAL=1s \
-    "$BIN/order-timeout-worker" --concurrency 4 --summary-interval 1h 2>"$WORK/worker.log" &
+    "$BIN/order-timeout-worker" --worker-concurrency 4 --worker-summary-interval 1h 2>"$WORK/worker.log" &
 WORKER=$!
 PIDS+=($WORKER)
 

@@ -5,7 +5,7 @@
 #
 #   AMQP_URL        default amqp://guest:guest@127.0.0.1:5672/%2f
 #   DELAY_TTL_MS    payment window of queue.ordercreate in ms (default 1800000)
-#   PAYMENT_WINDOWS one delay queue per window instead, e.g. 15m,30m
+#   DELAY_WINDOWS   one delay queue per window instead, e.g. 15m,30m
 #   QUEUE_TYPE      classic (default) or quorum (RabbitMQ cluster)
 #   RETRY_DELAYS    the worker's retry ladder (default 5s,30s,2m,10m)
 #

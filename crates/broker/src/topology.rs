@@ -506,7 +506,7 @@ fn mismatch(err: BrokerError, spec: &QueueSpec, queue_type: QueueType) -> Broker
     let how_to_migrate = match (spec.role, argument) {
         (Role::Delay, "x-message-ttl") => format!(
             "To change a payment window without losing messages: declare the new window as a \
-             queue of its own (`order-producer declare --window ...`), move create-order and the \
+             queue of its own (`order-producer declare --delay-windows ...`), move create-order and the \
              relay to it, wait until {0} is empty (`order-producer status`), then delete it \
              (`rabbitmqctl delete_queue {0}`). Or, if {0} is empty and nothing publishes now, \
              delete it and declare again.",
@@ -668,7 +668,7 @@ mod tests {
                     ("queue.ordercreate", "x-message-ttl")
                 );
                 assert_eq!((there.as_str(), wanted.as_str()), ("1800000", "60000"));
-                assert!(how_to_migrate.contains("--window"));
+                assert!(how_to_migrate.contains("--delay-windows"));
             }
             other => panic!("{other:?}"),
         }

@@ -20,7 +20,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use domain::{Fen, OrderLine, PgConnection, Quantity, SkuCode, StockLevel};
-use service::{parse_duration, BrokerArgs, DatabaseArgs, UsageError};
+use service::{parse_duration, BrokerArgs, DatabaseArgs, MetricsArgs, TopologyArgs, UsageError};
 
 /// Creates orders and loads stock for order-timeout.
 ///
@@ -31,6 +31,10 @@ use service::{parse_duration, BrokerArgs, DatabaseArgs, UsageError};
 /// Typical order: `migrate`, `declare`, `stock set`, then `create-order` as
 /// orders come in and `relay` running beside them.
 ///
+/// Each command takes only the settings it reads (`order-producer
+/// <command> --help`); every setting is a flag or its environment variable
+/// (docs/configuration.md).
+///
 /// Exit codes: 0 success, 2 bad usage or configuration (a schema that is
 /// not migrated, a topology that differs from what the broker holds), 1
 /// anything else (database or broker unreachable, insufficient stock,
@@ -38,12 +42,6 @@ use service::{parse_duration, BrokerArgs, DatabaseArgs, UsageError};
 #[derive(Debug, Parser)]
 #[command(name = "order-producer", version, about, long_about)]
 pub struct Cli {
-    #[command(flatten)]
-    pub database: DatabaseArgs,
-
-    #[command(flatten)]
-    pub broker: BrokerArgs,
-
     #[command(subcommand)]
     pub command: Command,
 }
@@ -52,7 +50,7 @@ pub struct Cli {
 pub enum Command {
     /// Create the database if it does not exist, then create or update its
     /// schema (embedded migrations). A second run changes nothing.
-    Migrate,
+    Migrate(MigrateArgs),
     /// Manage stock.
     #[command(subcommand)]
     Stock(StockCommand),
@@ -65,7 +63,7 @@ pub enum Command {
     /// and the worker's retry queues. Declaring twice changes nothing; a
     /// queue the broker holds with other arguments exits 2 naming the
     /// difference and how to migrate.
-    Declare,
+    Declare(DeclareArgs),
     /// Publish the outbox to the delay queues with publisher confirms, and
     /// mark rows published only once the broker confirmed them. Runs until
     /// SIGTERM/SIGINT (finishing the batch in hand), reconnecting with
@@ -94,11 +92,31 @@ pub enum Command {
 }
 
 #[derive(Debug, Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DeclareArgs {
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    #[command(flatten)]
+    pub topology: TopologyArgs,
+}
+
+#[derive(Debug, Args)]
 pub struct StatusArgs {
     /// One JSON object instead of text: the same facts (the metrics gauges
     /// are read from the same snapshot), plus `ok`.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    #[command(flatten)]
+    pub topology: TopologyArgs,
 }
 
 #[derive(Debug, Args)]
@@ -109,6 +127,8 @@ pub struct ParkedArgs {
     /// Look at most at this many messages.
     #[arg(long, default_value_t = 1000)]
     pub limit: u32,
+    #[command(flatten)]
+    pub broker: BrokerArgs,
 }
 
 #[derive(Debug, Args)]
@@ -119,16 +139,22 @@ pub struct RelayArgs {
     pub once: bool,
     /// Outbox rows claimed and published per batch.
     #[arg(long, env = "RELAY_BATCH_SIZE", default_value_t = 500, value_parser = clap::value_parser!(i64).range(1..=10_000))]
-    pub batch_size: i64,
+    pub relay_batch_size: i64,
     /// How long to wait for new outbox rows when there are none.
     #[arg(long, env = "RELAY_POLL_INTERVAL", default_value = "500ms", value_parser = parse_duration)]
-    pub poll_interval: Duration,
+    pub relay_poll_interval: Duration,
     /// How long to wait for the broker to confirm a batch before treating
-    /// the connection as lost (default 10s, `broker::DEFAULT_CONFIRM_TIMEOUT`).
-    #[arg(long, env = "RELAY_CONFIRM_TIMEOUT", value_parser = parse_duration)]
-    pub confirm_timeout: Option<Duration>,
+    /// the connection as lost.
+    #[arg(long, env = "RELAY_CONFIRM_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub relay_confirm_timeout: Duration,
     #[command(flatten)]
-    pub metrics: service::MetricsArgs,
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    #[command(flatten)]
+    pub topology: TopologyArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -136,6 +162,12 @@ pub struct PublishArgs {
     /// Order numbers to publish again.
     #[arg(required = true, value_parser = parse_order_no)]
     pub order_nos: Vec<domain::OrderNo>,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    #[command(flatten)]
+    pub topology: TopologyArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -157,6 +189,8 @@ pub struct StockSetArgs {
     /// SKU, unchanged when omitted.
     #[arg(long, value_parser = parse_fen, allow_negative_numbers = true)]
     pub price_fen: Option<Fen>,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
 }
 
 #[derive(Debug, Args)]
@@ -164,12 +198,16 @@ pub struct CreateOrderArgs {
     /// An item as CODE:QTY; repeat for several. The same SKU twice is merged.
     #[arg(long = "item", value_name = "CODE:QTY", required = true, value_parser = parse_item)]
     pub items: Vec<OrderLine>,
-    /// How long the buyer has to pay, e.g. 30m, 10s, 1500ms, 2h. Default:
-    /// the delay queue's TTL (`DELAY_TTL_MS`), or the longest of the windows
-    /// (`PAYMENT_WINDOWS`). The relay routes the message to the delay queue
-    /// with the longest TTL within this window.
+    /// How long the buyer has to pay, e.g. 30m, 10s, 1500ms, 2h. When not
+    /// set: the delay queue's TTL (`DELAY_TTL_MS`), or the longest of the
+    /// delay windows (`DELAY_WINDOWS`). The relay routes the message to the
+    /// delay queue with the longest TTL within this window.
     #[arg(long, env = "PAYMENT_WINDOW", value_parser = parse_duration)]
     pub payment_window: Option<Duration>,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub topology: TopologyArgs,
 }
 
 fn parse_order_no(s: &str) -> Result<domain::OrderNo, String> {
@@ -199,32 +237,25 @@ pub fn parse_item(s: &str) -> Result<OrderLine, String> {
 }
 
 /// Runs one command; errors carry context for the user. `stop` is raised
-/// by SIGTERM/SIGINT (the binary registers it); only `relay` watches it.
+/// by SIGTERM/SIGINT (the binary registers it); `relay` and `serve` watch it.
 pub fn run(cli: &Cli, stop: &Arc<AtomicBool>) -> anyhow::Result<ExitCode> {
-    let url = cli.database.url();
-    let topology = cli.broker.topology().map_err(UsageError)?;
-    match &cli.command {
-        Command::Declare => return declare(cli, &topology),
-        Command::Relay(args) => return relay(cli, args, topology, stop),
-        Command::Parked(args) => return parked_cmd(cli, args),
-        Command::Serve(args) => {
-            serve::run(cli, args, stop)?;
-            return Ok(ExitCode::SUCCESS);
-        }
-        _ => {}
-    }
-    if matches!(cli.command, Command::Migrate)
-        && domain::db::create_database_if_missing(&url).context(
-            "could not create the database; is PostgreSQL running and DATABASE_URL right?",
-        )?
-    {
-        log::info!("created database {url}");
-    }
-    let mut conn =
-        domain::connect(&url).context("is PostgreSQL running and DATABASE_URL right?")?;
     let mut out = std::io::stdout().lock();
     match &cli.command {
-        Command::Migrate => {
+        Command::Declare(args) => declare(args),
+        Command::Relay(args) => relay(args, stop),
+        Command::Parked(args) => parked_cmd(args),
+        Command::Serve(args) => {
+            serve::run(args, stop)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate(args) => {
+            let url = args.database.url();
+            if domain::db::create_database_if_missing(&url).context(
+                "could not create the database; is PostgreSQL running and DATABASE_URL right?",
+            )? {
+                log::info!("created database {url}");
+            }
+            let mut conn = connect(&args.database)?;
             let applied = domain::run_migrations(&mut conn).context("migration failed")?;
             if applied.is_empty() {
                 log::info!("schema is up to date; nothing applied");
@@ -235,8 +266,10 @@ pub fn run(cli: &Cli, stop: &Arc<AtomicBool>) -> anyhow::Result<ExitCode> {
                     applied.join(", ")
                 );
             }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Stock(StockCommand::Set(args)) => {
+            let mut conn = connect(&args.database)?;
             require_schema(&mut conn)?;
             let change = domain::set_stock(&mut conn, &args.sku, args.quantity, args.price_fen)
                 .map_err(|e| match e {
@@ -258,8 +291,11 @@ pub fn run(cli: &Cli, stop: &Arc<AtomicBool>) -> anyhow::Result<ExitCode> {
                 sku.price.get(),
                 if change.created { " (new)" } else { "" }
             )?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::CreateOrder(args) => {
+            let topology = args.topology.topology().map_err(UsageError)?;
+            let mut conn = connect(&args.database)?;
             require_schema(&mut conn)?;
             let window = args.payment_window.unwrap_or_else(|| {
                 topology
@@ -277,11 +313,14 @@ pub fn run(cli: &Cli, stop: &Arc<AtomicBool>) -> anyhow::Result<ExitCode> {
                 order.deadline.to_rfc3339()
             );
             writeln!(out, "{}", order.order_no)?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Publish(args) => {
+            let topology = args.topology.topology().map_err(UsageError)?;
+            let mut conn = connect(&args.database)?;
             require_schema(&mut conn)?;
             let report =
-                relay::publish_orders(&mut conn, &cli.broker.url(), &topology, &args.order_nos)?;
+                relay::publish_orders(&mut conn, &args.broker.url(), &topology, &args.order_nos)?;
             for line in &report.lines {
                 writeln!(out, "{line}")?;
             }
@@ -292,26 +331,28 @@ pub fn run(cli: &Cli, stop: &Arc<AtomicBool>) -> anyhow::Result<ExitCode> {
                     args.order_nos.len()
                 );
             }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Status(args) => {
+            let topology = args.topology.topology().map_err(UsageError)?;
+            let mut conn = connect(&args.database)?;
             require_schema(&mut conn)?;
-            return status_cmd(cli, args, &mut conn, &topology, &mut out);
-        }
-        Command::Declare | Command::Relay(_) | Command::Parked(_) | Command::Serve(_) => {
-            unreachable!("handled above")
+            status_cmd(args, &mut conn, &topology, &mut out)
         }
     }
-    Ok(ExitCode::SUCCESS)
+}
+
+fn connect(database: &DatabaseArgs) -> anyhow::Result<PgConnection> {
+    domain::connect(&database.url()).context("is PostgreSQL running and DATABASE_URL right?")
 }
 
 fn status_cmd(
-    cli: &Cli,
     args: &StatusArgs,
     conn: &mut PgConnection,
     topology: &broker::Topology,
     out: &mut impl Write,
 ) -> anyhow::Result<ExitCode> {
-    let amqp = cli.broker.url();
+    let amqp = args.broker.url();
     let report = status::Report::gather(conn, &amqp, topology)?;
     if args.json {
         report.write_json(out)?;
@@ -325,8 +366,9 @@ fn status_cmd(
     })
 }
 
-fn declare(cli: &Cli, topology: &broker::Topology) -> anyhow::Result<ExitCode> {
-    let amqp = cli.broker.url();
+fn declare(args: &DeclareArgs) -> anyhow::Result<ExitCode> {
+    let topology = args.topology.topology().map_err(UsageError)?;
+    let amqp = args.broker.url();
     let mut conn = broker::connect(&amqp).context("is RabbitMQ running and AMQP_URL right?")?;
     let declared = topology
         .declare(&mut conn, &amqp)
@@ -344,9 +386,9 @@ fn declare(cli: &Cli, topology: &broker::Topology) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn parked_cmd(cli: &Cli, args: &ParkedArgs) -> anyhow::Result<ExitCode> {
+fn parked_cmd(args: &ParkedArgs) -> anyhow::Result<ExitCode> {
     let report = parked::parked(
-        &cli.broker.url(),
+        &args.broker.url(),
         args.replay,
         args.limit,
         &mut std::io::stdout().lock(),
@@ -361,23 +403,17 @@ fn parked_cmd(cli: &Cli, args: &ParkedArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn relay(
-    cli: &Cli,
-    args: &RelayArgs,
-    topology: broker::Topology,
-    stop: &Arc<AtomicBool>,
-) -> anyhow::Result<ExitCode> {
+fn relay(args: &RelayArgs, stop: &Arc<AtomicBool>) -> anyhow::Result<ExitCode> {
+    let topology = args.topology.topology().map_err(UsageError)?;
     let settings = relay::Settings {
-        batch_size: args.batch_size,
-        poll_interval: args.poll_interval,
-        confirm_timeout: args
-            .confirm_timeout
-            .unwrap_or(broker::DEFAULT_CONFIRM_TIMEOUT),
+        batch_size: args.relay_batch_size,
+        poll_interval: args.relay_poll_interval,
+        confirm_timeout: args.relay_confirm_timeout,
         max_backoff: Duration::from_secs(5),
     };
-    let url = cli.database.url();
+    let url = args.database.url();
     if args.once {
-        let stats = relay::Relay::new(url, cli.broker.url(), topology, settings).drain()?;
+        let stats = relay::Relay::new(url, args.broker.url(), topology, settings).drain()?;
         log::info!("relay stopped: {} published", stats.published);
         return Ok(ExitCode::SUCCESS);
     }
@@ -393,7 +429,7 @@ fn relay(
             metrics.clone(),
             service::collector::Settings {
                 database: url.clone(),
-                amqp: cli.broker.url(),
+                amqp: args.broker.url(),
                 topology: topology.clone(),
                 interval: args.metrics.metrics_gauge_interval,
             },
@@ -403,7 +439,7 @@ fn relay(
     } else {
         (None, None)
     };
-    let stats = relay::Relay::new(url, cli.broker.url(), topology, settings)
+    let stats = relay::Relay::new(url, args.broker.url(), topology, settings)
         .with_metrics(metrics)
         .run(stop);
     if let Some(c) = collector {
@@ -458,5 +494,14 @@ mod tests {
     fn cli_definition_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_relay_confirm_timeout_default_is_the_brokers() {
+        let cli = Cli::try_parse_from(["order-producer", "relay"]).unwrap();
+        let Command::Relay(args) = cli.command else {
+            panic!("{cli:?}")
+        };
+        assert_eq!(args.relay_confirm_timeout, broker::DEFAULT_CONFIRM_TIMEOUT);
     }
 }

@@ -24,7 +24,7 @@ pub const TOKEN: &str = "test-token-0123456789abcdef";
 /// Price of one TEA or one MUG, in fen: 2 TEA cost the simulator's default
 /// amount (100 fen).
 pub const UNIT_FEN: i64 = 50;
-/// `--max-body-bytes` of the test front door.
+/// `--api-max-body-bytes` of the test front door.
 pub const MAX_BODY: usize = 4096;
 
 /// A temporary directory, removed on drop.
@@ -113,7 +113,8 @@ impl FrontDoor {
         Self::start_with(&[])
     }
 
-    /// Like [`FrontDoor::start`], with more `serve` arguments.
+    /// Like [`FrontDoor::start`], with more `serve` arguments: flag and
+    /// value pairs, a flag given replacing its default.
     #[must_use]
     pub fn start_with(extra: &[&str]) -> Self {
         let db = TestDb::new();
@@ -166,9 +167,8 @@ impl FrontDoor {
         let Command::Serve(args) = &cli.command else {
             unreachable!("built a serve command")
         };
-        door.running = Some(
-            crate::serve::start(&cli, args, Arc::clone(&door.stop)).expect("start the front door"),
-        );
+        door.running =
+            Some(crate::serve::start(args, Arc::clone(&door.stop)).expect("start the front door"));
         door
     }
 
@@ -179,14 +179,14 @@ impl FrontDoor {
         let listen = format!("127.0.0.1:{port}");
         let mut args: Vec<String> = [
             "order-producer",
+            "serve",
             "--database-url",
             self.db.url().expose(),
             "--amqp-url",
             self.vhost.url().expose(),
-            "--ttl-ms",
+            "--delay-ttl-ms",
             "1800000",
-            "serve",
-            "--listen",
+            "--api-listen",
             &listen,
             "--api-token-file",
             token_file.to_str().expect("utf-8 path"),
@@ -213,20 +213,26 @@ impl FrontDoor {
                 .expect("utf-8 path"),
             "--wechatpay-timeout",
             "2s",
-            "--request-timeout",
+            "--api-request-timeout",
             "3s",
-            "--header-timeout",
+            "--api-header-timeout",
             "1s",
-            "--max-body-bytes",
+            "--api-max-body-bytes",
             &MAX_BODY.to_string(),
-            "--db-pool-size",
+            "--api-db-pool-size",
             "8",
-            "--shutdown-grace",
+            "--api-shutdown-grace",
             "5s",
         ]
         .iter()
         .map(|s| (*s).to_owned())
         .collect();
+        // A flag in `extra` replaces the default given above.
+        for pair in extra.chunks(2) {
+            if let Some(at) = args.iter().position(|a| a == pair[0]) {
+                args.drain(at..at + 2);
+            }
+        }
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         Cli::try_parse_from(args).expect("a valid serve command line")
     }

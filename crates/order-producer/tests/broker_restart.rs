@@ -33,11 +33,17 @@ fn a_broker_restart_during_relaying_loses_nothing() {
     let env = Env::new();
     env.ok(&["declare"]);
     let mut relay = support::KillOnDrop(
-        env.command(&["relay", "--batch-size", "50", "--poll-interval", "50ms"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+        env.command(&[
+            "relay",
+            "--relay-batch-size",
+            "50",
+            "--relay-poll-interval",
+            "50ms",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap(),
     );
     let mut orders = env.orders(500, WINDOW);
     std::thread::sleep(Duration::from_millis(200));

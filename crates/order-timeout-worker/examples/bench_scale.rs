@@ -17,7 +17,7 @@
 //!    a message's expiry when it is enqueued, so a policy cannot make
 //!    queued messages expire at once;
 //! 4. the worker's drain rate: the deadlines moved into the past, the
-//!    release worker binary (`--concurrency 16`) settles them against the
+//!    release worker binary (`--worker-concurrency 16`) settles them against the
 //!    in-process simulator (none of them exists there: query, then close
 //!    here with the stock back and a recheck published) for a fixed time;
 //!    orders per second, and how long the whole backlog would take.
@@ -283,16 +283,16 @@ fn drain(broker: &Broker, db: &TestDb, keys: &SimKeys, secs: u64, ttl: Duration)
     let bin = std::env::var("BENCH_WORKER_BIN")
         .unwrap_or_else(|_| "target/release/order-timeout-worker".into());
     let mut worker = Command::new(bin)
-        .args(["--concurrency", "16"])
+        .args(["--worker-concurrency", "16"])
         .args(["--queue-type", broker.queue_type.as_str()])
         .env("DATABASE_URL", db.url().expose())
         .env("AMQP_URL", broker.url.expose())
         .env("AMQP_NODE_ORDER", "listed")
         .env("DELAY_TTL_MS", ttl.as_millis().to_string())
         .envs(files.worker_env(&sim.base_url()))
-        .env("SWEEP_INTERVAL", "1h")
+        .env("WORKER_SWEEP_INTERVAL", "1h")
         .env("RUST_LOG", "error")
-        .env_remove("PAYMENT_WINDOWS")
+        .env_remove("DELAY_WINDOWS")
         .stdout(Stdio::null())
         .spawn()
         .expect("the release worker (cargo build --release)");

@@ -9,7 +9,7 @@
 //!    created at WeChat Pay, 30% NOTPAY, 10% paid; the release worker binary
 //!    settles them; orders/s from its start to the last settlement, and its
 //!    peak RSS (`VmHWM`). Scenarios, simulator latency per call / worker
-//!    `--concurrency` (lanes): 0 ms/16, 0 ms/64, 50 ms/64. Each prints where
+//!    `--worker-concurrency` (lanes): 0 ms/16, 0 ms/64, 50 ms/64. Each prints where
 //!    the CPU went over that interval, from /proc: the worker, PostgreSQL
 //!    (every `postgres` process and the reaped ones), the local RabbitMQ
 //!    broker, the bench process (which runs the simulator) and how busy the
@@ -117,7 +117,7 @@ impl Env {
             command.env("METRICS_LISTEN", addr);
         }
         command
-            .args(["--concurrency", &concurrency.to_string()])
+            .args(["--worker-concurrency", &concurrency.to_string()])
             .env("DATABASE_URL", self.db.url().expose())
             .env("AMQP_URL", self.vhost.url().expose())
             .env(
@@ -125,7 +125,7 @@ impl Env {
                 self.topology.delay_queues()[0].ttl.as_millis().to_string(),
             )
             .envs(self.files.worker_env(&self.sim.base_url()))
-            .env("SWEEP_INTERVAL", "1h")
+            .env("WORKER_SWEEP_INTERVAL", "1h")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
@@ -558,7 +558,7 @@ fn metrics_cost(keys: &SimKeys, n: usize, pairs: usize) {
     let sig_before = wechatpay_sim::signature_rate();
     println!();
     println!(
-        "metrics cost: {n} orders expiring together, latency 0, --concurrency 16, metrics off / on \
+        "metrics cost: {n} orders expiring together, latency 0, --worker-concurrency 16, metrics off / on \
          (METRICS_LISTEN, scraped every 1 s, collector every 10 s), alternated {pairs} times"
     );
     println!("| run | metrics | orders/s | worker CPU per order |");
@@ -627,7 +627,7 @@ struct CostRun {
 impl CostRun {
     fn name(&self) -> String {
         format!(
-            "latency {} ms, --concurrency {}",
+            "latency {} ms, --worker-concurrency {}",
             self.latency_ms, self.concurrency
         )
     }
@@ -927,7 +927,7 @@ fn print_summary(runs: &[CostRun]) {
 fn print_lag(l: &Lag, secs: u32, sig: (f64, f64)) {
     println!();
     println!(
-        "lag, deadline -> settled, steady 100 orders/s for {secs} s ({} orders, 1 s window, relay + worker --concurrency 16); \
+        "lag, deadline -> settled, steady 100 orders/s for {secs} s ({} orders, 1 s window, relay + worker --worker-concurrency 16); \
          RSA-2048 signatures/s on one thread, before / after: {:.0} / {:.0}",
         l.count, sig.0, sig.1
     );

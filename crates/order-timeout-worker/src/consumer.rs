@@ -1,4 +1,4 @@
-//! The consumer's supervisor: one connection's session of `--concurrency`
+//! The consumer's supervisor: one connection's session of `--worker-concurrency`
 //! lanes (each a thread with its own channel, since amiquip's `Channel` is
 //! `Send`, not `Sync`; the lane itself is in [`crate::lane`]), reconnecting
 //! with jittered back-off when the connection or a consumer is lost, plus

@@ -22,7 +22,7 @@ pub mod reason {
     pub const UNKNOWN_ORDER: &str = "unknown_order";
     /// WeChat Pay refused in a way retrying will not fix.
     pub const PERMANENT_ERROR: &str = "permanent_error";
-    /// `--max-attempts` used up.
+    /// `--worker-max-attempts` used up.
     pub const RETRIES_EXHAUSTED: &str = "retries_exhausted";
     /// A retry was wanted but no retry queue is configured.
     pub const NO_RETRY_QUEUE: &str = "no_retry_queue";

@@ -20,7 +20,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use domain::OrderNo;
-use service::{parse_duration, BrokerArgs, DatabaseArgs, UsageError};
+use service::{parse_duration, BrokerArgs, DatabaseArgs, PaymentArgs, TopologyArgs, UsageError};
 
 pub use consumer::{ConsumerSettings, Worker};
 pub use dispose::{dispose, Disposition};
@@ -39,18 +39,29 @@ pub use sweep::SweepReport;
 /// and the message parked); unknown -> change nothing and retry later
 /// through the retry queues (bounded; then the message is parked in
 /// `queue.ordertimeout.parked` with the reason). An order closed because
-/// WeChat Pay had no payment order is rechecked once, --recheck-after later.
+/// WeChat Pay had no payment order is rechecked once, --worker-recheck-after
+/// later.
 /// A periodic sweep settles pending orders whose deadline passed long ago
 /// through the same path.
 ///
 /// SIGTERM/SIGINT: stop taking messages, finish those in hand, close
 /// cleanly, exit 0.
 ///
+/// Every setting is a flag or its environment variable
+/// (docs/configuration.md); `settle` takes only the ones it reads
+/// (`order-timeout-worker settle --help`).
+///
 /// Exit codes: 0 success, 2 bad usage or configuration (missing payment
 /// setting, unloadable key, schema not migrated, topology missing), 1
 /// anything else.
 #[derive(Debug, Parser)]
-#[command(name = "order-timeout-worker", version, about, long_about)]
+#[command(
+    name = "order-timeout-worker",
+    version,
+    about,
+    long_about,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
     #[command(flatten)]
     pub database: DatabaseArgs,
@@ -59,7 +70,10 @@ pub struct Cli {
     pub broker: BrokerArgs,
 
     #[command(flatten)]
-    pub payment: service::PaymentArgs,
+    pub topology: TopologyArgs,
+
+    #[command(flatten)]
+    pub payment: PaymentArgs,
 
     #[command(flatten)]
     pub run: RunArgs,
@@ -77,11 +91,38 @@ pub enum Command {
     /// and print the outcome. On an order already closed here it asks WeChat
     /// Pay again and records a late payment for refund. Exit 0 when the
     /// order is settled, 1 when it could not be (the reason is printed).
-    Settle {
-        /// The order number.
-        #[arg(value_parser = parse_order_no)]
-        order_no: OrderNo,
-    },
+    Settle(SettleArgs),
+}
+
+/// `settle ORDER_NO` and the settings it reads.
+#[derive(Debug, Args)]
+pub struct SettleArgs {
+    /// The order number.
+    #[arg(value_parser = parse_order_no)]
+    pub order_no: OrderNo,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub payment: PaymentArgs,
+    #[command(flatten)]
+    pub settle: SettleSettings,
+}
+
+/// What settling one order reads besides the database and WeChat Pay
+/// settings, in the consumer and in `settle` alike.
+#[derive(Debug, Clone, Args)]
+pub struct SettleSettings {
+    /// How long after closing an order because WeChat Pay had no payment
+    /// order (`ORDER_NOT_EXIST`) to look once more: a payment order created
+    /// later from a stale checkout page is closed there, or, if paid,
+    /// recorded as paid after close.
+    #[arg(long, env = "WORKER_RECHECK_AFTER", default_value = "10m", value_parser = parse_duration)]
+    pub worker_recheck_after: Duration,
+    /// Where WeChat Pay sends refund notifications: the public https URL of
+    /// the front door's `POST /wechatpay/notify/refund`. Optional: without
+    /// it the worker follows refunds by asking WeChat Pay.
+    #[arg(long, env = "WECHATPAY_REFUND_NOTIFY_URL")]
+    pub wechatpay_refund_notify_url: Option<String>,
 }
 
 /// How the consumer runs.
@@ -90,48 +131,40 @@ pub struct RunArgs {
     /// Consumer lanes: threads, each with its own channel, so slow payment
     /// calls overlap.
     #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=512))]
-    pub concurrency: u16,
+    pub worker_concurrency: u16,
     /// Unacked messages the broker may hand each lane.
     #[arg(long, env = "WORKER_PREFETCH", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
-    pub prefetch: u16,
+    pub worker_prefetch: u16,
     /// Settlement attempts of one message before it is parked.
     #[arg(long, env = "WORKER_MAX_ATTEMPTS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub max_attempts: u32,
-    /// Database connections (default: the lanes, at most 16, plus 2 for the sweep).
+    pub worker_max_attempts: u32,
+    /// Database connections. When not set: the lanes, at most 16, plus 2
+    /// for the sweep.
     #[arg(long, env = "WORKER_DB_POOL_SIZE")]
-    pub db_pool_size: Option<u32>,
+    pub worker_db_pool_size: Option<u32>,
     /// Most orders closed by one statement when many lanes close at once
     /// (each still on its own verified answer; 1 closes every order alone).
     #[arg(long, env = "WORKER_CLOSE_BATCH", default_value_t = domain::close_batch::DEFAULT_MAX_BATCH, value_parser = clap::value_parser!(u16).range(1..=1000))]
-    pub close_batch: u16,
+    pub worker_close_batch: u16,
     /// How often the sweep looks for overdue pending orders.
-    #[arg(long, env = "SWEEP_INTERVAL", default_value = "60s", value_parser = parse_duration)]
-    pub sweep_interval: Duration,
+    #[arg(long, env = "WORKER_SWEEP_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub worker_sweep_interval: Duration,
     /// How long past its deadline an order must be before the sweep takes it.
-    #[arg(long, env = "SWEEP_GRACE", default_value = "5m", value_parser = parse_duration)]
-    pub sweep_grace: Duration,
+    #[arg(long, env = "WORKER_SWEEP_GRACE", default_value = "5m", value_parser = parse_duration)]
+    pub worker_sweep_grace: Duration,
     /// Orders per sweep batch.
-    #[arg(long, env = "SWEEP_BATCH", default_value_t = 500, value_parser = clap::value_parser!(i64).range(1..=100_000))]
-    pub sweep_batch: i64,
-    /// How long after closing an order because WeChat Pay had no payment
-    /// order (`ORDER_NOT_EXIST`) to look once more: a payment order created
-    /// later from a stale checkout page is closed there, or, if paid,
-    /// recorded as paid after close.
-    #[arg(long, env = "RECHECK_AFTER", default_value = "10m", value_parser = parse_duration)]
-    pub recheck_after: Duration,
+    #[arg(long, env = "WORKER_SWEEP_BATCH", default_value_t = 500, value_parser = clap::value_parser!(i64).range(1..=100_000))]
+    pub worker_sweep_batch: i64,
     /// How often the summary line (settled per second by outcome, retries,
     /// parked) is logged.
-    #[arg(long, env = "SUMMARY_INTERVAL", default_value = "60s", value_parser = parse_duration)]
-    pub summary_interval: Duration,
+    #[arg(long, env = "WORKER_SUMMARY_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub worker_summary_interval: Duration,
     /// How often refunds of payments after close that are due are requested
     /// at WeChat Pay or followed there.
-    #[arg(long, env = "REFUND_INTERVAL", default_value = "5s", value_parser = parse_duration)]
-    pub refund_interval: Duration,
-    /// Where WeChat Pay sends refund notifications: the public https URL of
-    /// the front door's `POST /wechatpay/notify/refund`. Optional: without
-    /// it the worker follows refunds by asking WeChat Pay.
-    #[arg(long, env = "WECHATPAY_REFUND_NOTIFY_URL")]
-    pub refund_notify_url: Option<String>,
+    #[arg(long, env = "WORKER_REFUND_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub worker_refund_interval: Duration,
+    #[command(flatten)]
+    pub settle: SettleSettings,
 }
 
 fn parse_order_no(s: &str) -> Result<OrderNo, String> {
@@ -146,18 +179,49 @@ pub fn prepare(cli: &Cli) -> anyhow::Result<Settler> {
 
 /// [`prepare`], counting into `metrics` (settlement lag, WeChat Pay requests).
 pub fn prepare_with_metrics(cli: &Cli, metrics: service::Metrics) -> anyhow::Result<Settler> {
-    let payment_config = cli
-        .payment
+    let lanes = u32::from(cli.run.worker_concurrency);
+    let pool_size = cli
+        .run
+        .worker_db_pool_size
+        .unwrap_or(lanes.min(16) + 2)
+        .max(2);
+    settler(
+        &cli.database,
+        &cli.payment,
+        &cli.run.settle,
+        Resources {
+            idle_connections: usize::from(cli.run.worker_concurrency) + 2,
+            pool_size,
+            close_batch: usize::from(cli.run.worker_close_batch),
+        },
+        metrics,
+    )
+}
+
+/// How much of each a settler holds.
+#[derive(Clone, Copy)]
+struct Resources {
+    idle_connections: usize,
+    pool_size: u32,
+    close_batch: usize,
+}
+
+fn settler(
+    database: &DatabaseArgs,
+    payment: &PaymentArgs,
+    settle: &SettleSettings,
+    resources: Resources,
+    metrics: service::Metrics,
+) -> anyhow::Result<Settler> {
+    let payment_config = payment
         .config()
         .map_err(|e| UsageError(e.to_string()))?
-        .with_max_idle_connections(usize::from(cli.run.concurrency) + 2);
+        .with_max_idle_connections(resources.idle_connections);
     let client = payment_client::Client::new(payment_config)
         .map_err(|e| UsageError(format!("WeChat Pay client not usable: {e}")))?
         .with_observer(Arc::new(metrics.clone()));
-    let url = cli.database.url();
-    let lanes = u32::from(cli.run.concurrency);
-    let pool_size = cli.run.db_pool_size.unwrap_or(lanes.min(16) + 2).max(2);
-    let pool = domain::build_pool(&url, pool_size, Duration::from_secs(10))
+    let url = database.url();
+    let pool = domain::build_pool(&url, resources.pool_size, Duration::from_secs(10))
         .context("is PostgreSQL running and DATABASE_URL right?")?;
     let pending = {
         let mut conn = domain::checkout(&pool).context("no database connection")?;
@@ -171,18 +235,29 @@ pub fn prepare_with_metrics(cli: &Cli, metrics: service::Metrics) -> anyhow::Res
         .into());
     }
     Ok(Settler::new(pool, Arc::new(client))
-        .with_close_batch(usize::from(cli.run.close_batch))
+        .with_close_batch(resources.close_batch)
         .with_metrics(metrics)
-        .with_recheck_after(cli.run.recheck_after)
-        .with_refund_notify_url(cli.run.refund_notify_url.clone()))
+        .with_recheck_after(settle.worker_recheck_after)
+        .with_refund_notify_url(settle.wechatpay_refund_notify_url.clone()))
 }
 
 /// Runs the worker (or `settle`). `stop` is raised by SIGTERM/SIGINT.
 pub fn run(cli: &Cli, stop: &Arc<AtomicBool>) -> anyhow::Result<ExitCode> {
-    let topology = cli.broker.topology().map_err(UsageError)?;
-    if let Some(Command::Settle { order_no }) = &cli.command {
-        return settle_now(&prepare(cli)?, order_no);
+    if let Some(Command::Settle(args)) = &cli.command {
+        let settler = settler(
+            &args.database,
+            &args.payment,
+            &args.settle,
+            Resources {
+                idle_connections: 2,
+                pool_size: 2,
+                close_batch: 1,
+            },
+            service::Metrics::disabled(),
+        )?;
+        return settle_now(&settler, &args.order_no);
     }
+    let topology = cli.topology.topology().map_err(UsageError)?;
     let metrics = cli.metrics.metrics("worker");
     let settler = prepare_with_metrics(cli, metrics.clone())?;
     // The topology must exist before we consume: a missing dead-letter
@@ -194,14 +269,14 @@ pub fn run(cli: &Cli, stop: &Arc<AtomicBool>) -> anyhow::Result<ExitCode> {
         .context("the worker needs the topology")?;
     let _ = conn.close();
     let settings = ConsumerSettings {
-        concurrency: usize::from(cli.run.concurrency),
-        prefetch: cli.run.prefetch,
-        max_attempts: cli.run.max_attempts,
-        sweep_interval: cli.run.sweep_interval,
-        sweep_grace: cli.run.sweep_grace,
-        sweep_batch: cli.run.sweep_batch,
-        summary_interval: cli.run.summary_interval,
-        refund_interval: cli.run.refund_interval,
+        concurrency: usize::from(cli.run.worker_concurrency),
+        prefetch: cli.run.worker_prefetch,
+        max_attempts: cli.run.worker_max_attempts,
+        sweep_interval: cli.run.worker_sweep_interval,
+        sweep_grace: cli.run.worker_sweep_grace,
+        sweep_batch: cli.run.worker_sweep_batch,
+        summary_interval: cli.run.worker_summary_interval,
+        refund_interval: cli.run.worker_refund_interval,
     };
     let listener = service::telemetry::start(
         &cli.metrics,
@@ -318,4 +393,29 @@ fn settle_now(settler: &Settler, order_no: &OrderNo) -> anyhow::Result<ExitCode>
     } else {
         ExitCode::FAILURE
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn the_recheck_default_is_the_settlers() {
+        let cli = Cli::try_parse_from(["order-timeout-worker"]).unwrap();
+        assert_eq!(
+            cli.run.settle.worker_recheck_after,
+            settle::DEFAULT_RECHECK_AFTER
+        );
+        let cli = Cli::try_parse_from(["order-timeout-worker", "settle", "20261126000000000001"])
+            .unwrap();
+        let Some(Command::Settle(args)) = cli.command else {
+            panic!("{cli:?}")
+        };
+        assert_eq!(
+            args.settle.worker_recheck_after,
+            settle::DEFAULT_RECHECK_AFTER
+        );
+    }
 }

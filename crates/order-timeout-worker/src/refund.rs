@@ -1,7 +1,7 @@
 //! Refunds of payments after close: the worker asks WeChat Pay to refund
 //! them and follows each to its end.
 //!
-//! The queue is the `refunds` table: every `--refund-interval` each worker
+//! The queue is the `refunds` table: every `--worker-refund-interval` each worker
 //! claims the refunds that are due (a lease, so workers never act on one
 //! refund at once and no transaction is held across a call), then, per
 //! refund: `requested` -> `POST /v3/refund/domestic/refunds` with the

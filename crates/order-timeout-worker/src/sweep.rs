@@ -1,6 +1,6 @@
 //! The sweep: the safety net for lost messages and a stuck outbox. Every
-//! `--sweep-interval` one worker (an advisory lock) pages through the
-//! pending orders whose deadline passed more than `--sweep-grace` ago, and
+//! `--worker-sweep-interval` one worker (an advisory lock) pages through the
+//! pending orders whose deadline passed more than `--worker-sweep-grace` ago, and
 //! through the closed orders whose recheck is that overdue, and settles each
 //! through the same [`Settler::settle`] as messages.
 //!

@@ -20,7 +20,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use domain::testing::{wait_for, KillOnDrop, TestDb};
 use domain::{OrderNo, OrderStatus};
 use wechatpay_sim::{SimKeys, Simulator};
@@ -161,7 +160,7 @@ fn stopping_the_leader_of_each_queue_loses_nothing_and_settles_each_order_once()
     let topology_flags = [
         "--queue-type",
         "quorum",
-        "--ttl-ms",
+        "--delay-ttl-ms",
         "2000",
         "--retry-delays",
         "200ms,500ms,1s,2s",
@@ -179,8 +178,8 @@ fn stopping_the_leader_of_each_queue_loses_nothing_and_settles_each_order_once()
         &relay_urls,
     ];
     argv.extend_from_slice(&topology_flags);
-    argv.extend_from_slice(&["relay", "--poll-interval", "50ms"]);
-    let cli = order_producer::Cli::try_parse_from(argv).unwrap();
+    argv.extend_from_slice(&["relay", "--relay-poll-interval", "50ms"]);
+    let cli = service::cli::try_parse_from::<order_producer::Cli>(argv).unwrap();
     let stop_relay = Arc::new(AtomicBool::new(false));
     let relay = {
         let stop = Arc::clone(&stop_relay);
@@ -197,15 +196,15 @@ fn stopping_the_leader_of_each_queue_loses_nothing_and_settles_each_order_once()
     let worker = |first: usize| {
         KillOnDrop(
             Command::new(env!("CARGO_BIN_EXE_order-timeout-worker"))
-                .args(["--concurrency", "4"])
+                .args(["--worker-concurrency", "4"])
                 .args(topology_flags)
                 .env("DATABASE_URL", db.url().expose())
                 .env("AMQP_URL", urls_from(&nodes, first))
                 .envs(files.worker_env(&sim.base_url()))
-                .env("RECHECK_AFTER", "1h")
-                .env("SWEEP_INTERVAL", "1h")
+                .env("WORKER_RECHECK_AFTER", "1h")
+                .env("WORKER_SWEEP_INTERVAL", "1h")
                 .env("RUST_LOG", "warn")
-                .env_remove("PAYMENT_WINDOWS")
+                .env_remove("DELAY_WINDOWS")
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()

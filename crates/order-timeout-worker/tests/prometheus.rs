@@ -19,7 +19,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
 use domain::testing::{wait_for, KillOnDrop};
 use serde_json::Value;
 use support::{Stack, TempDir};
@@ -249,7 +248,7 @@ fn spawn_worker(stack: &Stack, addr: &str, token_file: &Path) -> KillOnDrop {
     KillOnDrop(
         stack
             .worker_command(&[])
-            .env("RECHECK_AFTER", "1h")
+            .env("WORKER_RECHECK_AFTER", "1h")
             .env("METRICS_LISTEN", addr)
             .env("METRICS_TOKEN_FILE", token_file)
             .env("METRICS_GAUGE_INTERVAL", "500ms")
@@ -266,18 +265,18 @@ fn start_relay(
     addr: &str,
     stop: &Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<anyhow::Result<()>> {
-    let cli = order_producer::Cli::try_parse_from([
+    let cli = service::cli::try_parse_from::<order_producer::Cli>([
         "order-producer",
         "--database-url",
         stack.db.url().expose(),
         "--amqp-url",
         stack.vhost.url().expose(),
-        "--ttl-ms",
+        "--delay-ttl-ms",
         "300",
         "--retry-delays",
         "100ms,200ms,400ms",
         "relay",
-        "--poll-interval",
+        "--relay-poll-interval",
         "50ms",
         "--metrics-listen",
         addr,

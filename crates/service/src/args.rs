@@ -1,11 +1,13 @@
-//! The database and broker arguments every binary takes, so that all of them
-//! read the same flags and environment variables and cannot disagree. The
+//! The database, broker and topology arguments the binaries share, each an
+//! argument group defined once here and flattened into exactly the commands
+//! that use it, so that all of them read the same flags and environment
+//! variables and cannot disagree. The
 //! URLs are held as `DatabaseUrl` / `AmqpUrl` from the moment they are
 //! parsed, so `Debug` of the parsed arguments never shows a password.
 
 use std::time::Duration;
 
-use broker::topology::{QueueType, Topology, DEFAULT_RETRY_DELAYS, DEFAULT_TTL};
+use broker::topology::{QueueType, Topology, DEFAULT_TTL};
 use broker::{AmqpUrl, NodeOrder};
 use clap::Args;
 use domain::DatabaseUrl;
@@ -21,8 +23,7 @@ pub struct DatabaseArgs {
         env = "DATABASE_URL",
         default_value = "postgres://postgres@127.0.0.1:5432/order_timeout",
         hide_env_values = true,
-        value_parser = parse_database_url,
-        global = true
+        value_parser = parse_database_url
     )]
     pub database_url: DatabaseUrl,
 }
@@ -37,7 +38,7 @@ fn parse_amqp_url(s: &str) -> Result<AmqpUrl, String> {
     Ok(AmqpUrl::new(s.to_owned()))
 }
 
-/// Where the broker is and what the topology looks like.
+/// Where the broker is.
 #[derive(Debug, Clone, Args)]
 pub struct BrokerArgs {
     /// RabbitMQ URL (`%2f` is the vhost `/`), or several separated by
@@ -49,8 +50,7 @@ pub struct BrokerArgs {
         env = "AMQP_URL",
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
         hide_env_values = true,
-        value_parser = parse_amqp_url,
-        global = true
+        value_parser = parse_amqp_url
     )]
     pub amqp_url: AmqpUrl,
 
@@ -58,29 +58,34 @@ pub struct BrokerArgs {
     /// when the process starts, so instances sharing one list spread over
     /// the nodes) or
     /// `listed` (always the first that answers, in list order).
-    #[arg(long, env = "AMQP_NODE_ORDER", default_value = "spread", value_parser = NodeOrder::parse, global = true)]
+    #[arg(long, env = "AMQP_NODE_ORDER", default_value = "spread", value_parser = NodeOrder::parse)]
     pub amqp_node_order: NodeOrder,
+}
 
+/// What the topology looks like: the delay queues, their type and the
+/// worker's retry queues. Every process that declares, checks or routes to
+/// the topology must be given the same values.
+#[derive(Debug, Clone, Args)]
+pub struct TopologyArgs {
     /// TTL of the single delay queue `queue.ordercreate` in milliseconds: the
-    /// payment window. Not used when --window is given.
-    #[arg(long, env = "DELAY_TTL_MS", default_value_t = DEFAULT_TTL.as_millis() as u64, global = true)]
-    pub ttl_ms: u64,
+    /// payment window. Not used when --delay-windows is given.
+    #[arg(long, env = "DELAY_TTL_MS", default_value_t = DEFAULT_TTL.as_millis() as u64)]
+    pub delay_ttl_ms: u64,
 
-    /// Payment windows, one delay queue each (`queue.ordercreate.<window>`),
-    /// e.g. `--window 15m --window 30m` or `PAYMENT_WINDOWS=15m,30m`. Replaces
-    /// the single `queue.ordercreate`.
-    #[arg(long = "window", env = "PAYMENT_WINDOWS", value_delimiter = ',', value_parser = parse_duration, global = true)]
-    pub windows: Vec<Duration>,
+    /// The delay queues' windows, one delay queue each
+    /// (`queue.ordercreate.<window>`), e.g. `--delay-windows 15m,30m` or
+    /// `DELAY_WINDOWS=15m,30m`. Replaces the single `queue.ordercreate`.
+    #[arg(long, env = "DELAY_WINDOWS", value_delimiter = ',', value_parser = parse_duration)]
+    pub delay_windows: Vec<Duration>,
 
     /// `classic` (one broker; dead-lettering at most once) or `quorum` (a
     /// cluster; at-least-once dead-lettering).
-    #[arg(long, env = "QUEUE_TYPE", default_value = "classic", value_parser = QueueType::parse, global = true)]
+    #[arg(long, env = "QUEUE_TYPE", default_value = "classic", value_parser = QueueType::parse)]
     pub queue_type: QueueType,
 
     /// The worker's retry back-off ladder, one retry queue per delay
-    /// (`queue.ordertimeout.retry.<delay>`); when not given, 5s,30s,2m,10m
-    /// (`broker::topology::DEFAULT_RETRY_DELAYS`).
-    #[arg(long, env = "RETRY_DELAYS", value_delimiter = ',', value_parser = parse_duration, global = true)]
+    /// (`queue.ordertimeout.retry.<delay>`).
+    #[arg(long, env = "RETRY_DELAYS", value_delimiter = ',', value_parser = parse_duration, default_value = "5s,30s,2m,10m")]
     pub retry_delays: Vec<Duration>,
 }
 
@@ -96,26 +101,25 @@ impl BrokerArgs {
     pub fn url(&self) -> AmqpUrl {
         self.amqp_url.clone().with_order(self.amqp_node_order)
     }
+}
 
+impl TopologyArgs {
     /// The topology these options describe; the error says what is wrong.
     pub fn topology(&self) -> Result<Topology, String> {
-        let topo = if self.windows.is_empty() {
-            Topology::single(Duration::from_millis(self.ttl_ms), self.queue_type)?
+        let topo = if self.delay_windows.is_empty() {
+            Topology::single(Duration::from_millis(self.delay_ttl_ms), self.queue_type)?
         } else {
-            Topology::windows(&self.windows, self.queue_type)?
+            Topology::windows(&self.delay_windows, self.queue_type)?
         };
-        let delays = if self.retry_delays.is_empty() {
-            DEFAULT_RETRY_DELAYS.to_vec()
-        } else {
-            self.retry_delays.clone()
-        };
-        topo.with_retry_delays(&delays)
+        topo.with_retry_delays(&self.retry_delays)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use clap::Parser;
+
+    use broker::topology::DEFAULT_RETRY_DELAYS;
 
     use super::*;
 
@@ -125,6 +129,8 @@ mod tests {
         database: DatabaseArgs,
         #[command(flatten)]
         broker: BrokerArgs,
+        #[command(flatten)]
+        topology: TopologyArgs,
     }
 
     #[test]
@@ -144,12 +150,20 @@ mod tests {
             !debug.contains("db-s3cret") && !debug.contains("mq-s3cret"),
             "{debug}"
         );
-        assert_eq!(cli.broker.topology().unwrap().retry_queues().len(), 2);
+        assert_eq!(cli.topology.topology().unwrap().retry_queues().len(), 2);
         let defaults = Cli::try_parse_from(["x"]).unwrap();
         assert_eq!(
-            defaults.broker.topology().unwrap().retry_queues().len(),
+            defaults.topology.topology().unwrap().retry_queues().len(),
             DEFAULT_RETRY_DELAYS.len()
         );
-        assert_eq!(defaults.broker.ttl_ms, DEFAULT_TTL.as_millis() as u64);
+        // The default written in the attribute is the one the broker crate names.
+        assert_eq!(
+            defaults.topology.retry_delays,
+            DEFAULT_RETRY_DELAYS.to_vec()
+        );
+        assert_eq!(
+            defaults.topology.delay_ttl_ms,
+            DEFAULT_TTL.as_millis() as u64
+        );
     }
 }

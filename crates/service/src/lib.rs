@@ -10,11 +10,15 @@
 //! reads the database and broker gauges ([`collector`], from the same
 //! [`snapshot`] as `order-producer status`).
 //!
+//! Renamed settings keep working through one table ([`renamed`]), applied
+//! by [`cli`] before clap parses.
+//!
 //! A binary's `main` is one line: `service::main(crate::run)`. Everything
 //! it runs lives in libraries that tests call directly.
 
 pub mod args;
 pub mod backoff;
+pub mod cli;
 pub mod collector;
 pub mod duration;
 pub mod exit;
@@ -23,12 +27,13 @@ pub mod logging;
 pub mod metrics;
 pub mod payment_args;
 pub mod payments;
+pub mod renamed;
 pub mod shutdown;
 pub mod snapshot;
 pub mod telemetry;
 pub mod token;
 
-pub use args::{BrokerArgs, DatabaseArgs};
+pub use args::{BrokerArgs, DatabaseArgs, TopologyArgs};
 pub use backoff::Backoff;
 pub use duration::parse_duration;
 pub use exit::{exit_code, main, UsageError};

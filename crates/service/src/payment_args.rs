@@ -10,8 +10,8 @@ use clap::Args;
 /// WeChat Pay settings. The worker and the front door refuse to start without them.
 #[derive(Debug, Clone, Args)]
 pub struct PaymentArgs {
-    /// WeChat Pay API base URL (scheme and host). Default: the real API, with
-    /// its backup domain tried after a connection failure.
+    /// WeChat Pay API base URL (scheme and host). When not set: the real
+    /// API, with its backup domain tried after a connection failure.
     #[arg(long = "wechatpay-base-url", env = "WECHATPAY_BASE_URL")]
     pub base_url: Option<String>,
     /// Merchant id.
@@ -35,22 +35,21 @@ pub struct PaymentArgs {
     /// WeChat Pay public key, PEM, public key mode.
     #[arg(long = "wechatpay-public-key-file", env = "WECHATPAY_PUBLIC_KEY_FILE")]
     pub public_key_file: Option<PathBuf>,
-    /// A platform certificate as SERIAL=FILE (older mode); repeatable.
+    /// Platform certificates as SERIAL=FILE, comma-separated or the flag
+    /// repeated (older mode, instead of the public key).
     #[arg(
-        long = "wechatpay-platform-cert",
+        long = "wechatpay-platform-certs",
         env = "WECHATPAY_PLATFORM_CERTS",
         value_delimiter = ',',
         value_name = "SERIAL=FILE"
     )]
     pub platform_certs: Vec<String>,
-    /// Whole-request timeout of a WeChat Pay call (default 10s,
-    /// `payment_client::DEFAULT_TIMEOUT`).
-    #[arg(long = "wechatpay-timeout", env = "WECHATPAY_TIMEOUT", value_parser = crate::parse_duration)]
-    pub timeout: Option<Duration>,
-    /// Connect timeout of a WeChat Pay call (default 3s,
-    /// `payment_client::DEFAULT_CONNECT_TIMEOUT`).
-    #[arg(long = "wechatpay-connect-timeout", env = "WECHATPAY_CONNECT_TIMEOUT", value_parser = crate::parse_duration)]
-    pub connect_timeout: Option<Duration>,
+    /// Whole-request timeout of a WeChat Pay call.
+    #[arg(long = "wechatpay-timeout", env = "WECHATPAY_TIMEOUT", default_value = "10s", value_parser = crate::parse_duration)]
+    pub timeout: Duration,
+    /// Connect timeout of a WeChat Pay call.
+    #[arg(long = "wechatpay-connect-timeout", env = "WECHATPAY_CONNECT_TIMEOUT", default_value = "3s", value_parser = crate::parse_duration)]
+    pub connect_timeout: Duration,
     /// An HTTP(S) proxy for WeChat Pay calls, e.g. `http://proxy.internal:3128`.
     /// Proxy variables of the environment (`HTTPS_PROXY`, `ALL_PROXY`,
     /// `HTTP_PROXY`) are never followed for WeChat Pay: only this setting
@@ -92,11 +91,8 @@ impl PaymentArgs {
             "WECHATPAY_MERCHANT_KEY_FILE",
             "wechatpay-merchant-key-file",
         )?;
-        let mut config = payment_client::Config::new(mchid, serial, key).with_timeouts(
-            self.connect_timeout
-                .unwrap_or(payment_client::DEFAULT_CONNECT_TIMEOUT),
-            self.timeout.unwrap_or(payment_client::DEFAULT_TIMEOUT),
-        );
+        let mut config = payment_client::Config::new(mchid, serial, key)
+            .with_timeouts(self.connect_timeout, self.timeout);
         match (&self.public_key_id, &self.public_key_file) {
             (Some(id), Some(file)) => config = config.with_public_key(id.clone(), file.clone()),
             (Some(_), None) => {
@@ -116,7 +112,7 @@ impl PaymentArgs {
             (None, None) if self.platform_certs.is_empty() => {
                 return Err(SettingError(
                     "missing payment setting WECHATPAY_PUBLIC_KEY_ID and WECHATPAY_PUBLIC_KEY_FILE \
-                     (or a platform certificate, --wechatpay-platform-cert SERIAL=FILE): \
+                     (or platform certificates, WECHATPAY_PLATFORM_CERTS / --wechatpay-platform-certs SERIAL=FILE): \
                      without a WeChat Pay key no answer can be verified"
                         .into(),
                 ))
@@ -126,7 +122,7 @@ impl PaymentArgs {
         for cert in &self.platform_certs {
             let (serial, file) = cert.split_once('=').ok_or_else(|| {
                 SettingError(format!(
-                    "--wechatpay-platform-cert must be SERIAL=FILE, got {cert:?}"
+                    "WECHATPAY_PLATFORM_CERTS (--wechatpay-platform-certs) must be SERIAL=FILE, got {cert:?}"
                 ))
             })?;
             config = config.with_platform_certificate(serial, file);
@@ -138,5 +134,28 @@ impl PaymentArgs {
             config = config.with_proxy(proxy.clone());
         }
         Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        payment: PaymentArgs,
+    }
+
+    #[test]
+    fn the_default_timeouts_are_the_clients() {
+        let cli = Cli::try_parse_from(["x"]).unwrap();
+        assert_eq!(cli.payment.timeout, payment_client::DEFAULT_TIMEOUT);
+        assert_eq!(
+            cli.payment.connect_timeout,
+            payment_client::DEFAULT_CONNECT_TIMEOUT
+        );
     }
 }

@@ -37,6 +37,7 @@ mod admin;
 mod admin_api;
 mod api;
 mod auth;
+pub mod cli;
 mod http;
 mod keys;
 mod model;

@@ -8,7 +8,7 @@
 //! limit and the cap on requests in flight). Every database call and every
 //! WeChat Pay call (both blocking: diesel, ureq) runs on tokio's blocking
 //! pool. SIGTERM stops accepting, lets the requests in hand finish (up to
-//! `--shutdown-grace`) and exits 0. With `--metrics-listen` every request is
+//! `--api-shutdown-grace`) and exits 0. With `--metrics-listen` every request is
 //! counted by route and status, and `/metrics` is served on that listener.
 
 pub mod api;
@@ -40,32 +40,33 @@ use service::{parse_duration, Metrics, MetricsArgs, PaymentArgs, UsageError};
 pub use error::ApiError;
 pub use notify::{PATH as NOTIFY_PATH, REFUND_PATH as REFUND_NOTIFY_PATH};
 
-/// The front door's settings (besides the database, broker and WeChat Pay
-/// ones every command shares).
+/// The front door's settings: its own (`API_*`), the WeChat Pay ones, the
+/// database, broker and topology, and metrics.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address to listen on. Loopback by default: put a TLS-terminating
+    /// Address to listen on. Keep it on loopback and put a TLS-terminating
     /// proxy in front for WeChat Pay's notifications.
     #[arg(long, env = "API_LISTEN", default_value = "127.0.0.1:8080")]
-    pub listen: SocketAddr,
-    /// File holding the shop's API token (at least 16 characters; one
-    /// trailing newline ignored). Requests to /v1/ must send
+    pub api_listen: SocketAddr,
+    /// Required. File holding the shop's API token (at least 16
+    /// characters; one trailing newline ignored). Requests to /v1/ must send
     /// `Authorization: Bearer <token>`. Never printed.
     #[arg(long, env = "API_TOKEN_FILE")]
-    pub api_token_file: PathBuf,
-    /// The app id (`appid`) the Native prepay is created for; notifications
-    /// naming another are refused.
+    pub api_token_file: Option<PathBuf>,
+    /// Required. The app id (`appid`) the Native prepay is created for;
+    /// notifications naming another are refused.
     #[arg(long = "wechatpay-appid", env = "WECHATPAY_APPID")]
-    pub appid: String,
-    /// File holding the APIv3 key (32 bytes) that decrypts notifications.
-    /// Never printed.
+    pub appid: Option<String>,
+    /// Required. File holding the APIv3 key (32 bytes) that decrypts
+    /// notifications. Never printed.
     #[arg(long = "wechatpay-apiv3-key-file", env = "WECHATPAY_APIV3_KEY_FILE")]
-    pub apiv3_key_file: PathBuf,
-    /// The public https URL WeChat Pay sends payment notifications to (it
-    /// must reach `POST /wechatpay/notify/transaction` here). Plain http is
-    /// accepted only for a loopback host (a local simulator).
+    pub apiv3_key_file: Option<PathBuf>,
+    /// Required. The public https URL WeChat Pay sends payment
+    /// notifications to (it must reach `POST /wechatpay/notify/transaction`
+    /// here). Plain http is accepted only for a loopback host (a local
+    /// simulator).
     #[arg(long = "wechatpay-notify-url", env = "WECHATPAY_NOTIFY_URL")]
-    pub notify_url: String,
+    pub notify_url: Option<String>,
     /// Accept a plain-http notify URL to any host: only for a simulator on
     /// another host (the Docker stack). WeChat Pay itself refuses them.
     #[arg(
@@ -73,33 +74,50 @@ pub struct ServeArgs {
         env = "WECHATPAY_ALLOW_HTTP_NOTIFY_URL"
     )]
     pub allow_http_notify_url: bool,
-    /// The payment window of an order that names none. Default: the delay
-    /// queue's TTL (`DELAY_TTL_MS`), or the longest of the windows
-    /// (`PAYMENT_WINDOWS`), like `create-order`.
+    /// The payment window of an order that names none. When not set: the
+    /// delay queue's TTL (`DELAY_TTL_MS`), or the longest of the delay
+    /// windows (`DELAY_WINDOWS`), like `create-order`.
     #[arg(long, env = "PAYMENT_WINDOW", value_parser = parse_duration)]
     pub payment_window: Option<Duration>,
     /// Longest a request may take, body included (a slow client gets 408).
     #[arg(long, env = "API_REQUEST_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
-    pub request_timeout: Duration,
+    pub api_request_timeout: Duration,
     /// Longest a client may take to send a request's headers.
     #[arg(long, env = "API_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
-    pub header_timeout: Duration,
+    pub api_header_timeout: Duration,
     /// Largest request body accepted (413 above it).
     #[arg(long, env = "API_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
-    pub max_body_bytes: usize,
+    pub api_max_body_bytes: usize,
     /// Requests handled at once; more wait their turn.
     #[arg(long, env = "API_MAX_IN_FLIGHT", default_value_t = 256)]
-    pub max_in_flight: usize,
+    pub api_max_in_flight: usize,
     /// Database connections.
     #[arg(long, env = "API_DB_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=512))]
-    pub db_pool_size: u32,
+    pub api_db_pool_size: u32,
     /// How long SIGTERM waits for requests in hand before exiting anyway.
     #[arg(long, env = "API_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
-    pub shutdown_grace: Duration,
+    pub api_shutdown_grace: Duration,
     #[command(flatten)]
     pub payment: PaymentArgs,
     #[command(flatten)]
+    pub database: service::DatabaseArgs,
+    #[command(flatten)]
+    pub broker: service::BrokerArgs,
+    #[command(flatten)]
+    pub topology: service::TopologyArgs,
+    #[command(flatten)]
     pub metrics: MetricsArgs,
+}
+
+/// A setting serve cannot start without, or a usage error naming it by its
+/// environment variable (what users set) and its flag.
+fn required<'a, T: ?Sized>(
+    value: Option<&'a T>,
+    var: &str,
+    flag: &str,
+    what: &str,
+) -> Result<&'a T, UsageError> {
+    value.ok_or_else(|| UsageError(format!("missing setting {var} (or --{flag}): {what}")))
 }
 
 /// Everything a handler needs, shared by all of them.
@@ -162,17 +180,41 @@ fn check_notify_url(url: &str, allow_http: bool) -> Result<(), UsageError> {
 }
 
 /// Builds the shared state: settings checked, keys loaded, pool opened.
-fn state(cli: &crate::Cli, args: &ServeArgs, metrics: &Metrics) -> anyhow::Result<AppState> {
-    let token = BearerToken::load(&args.api_token_file, "API_TOKEN_FILE")?;
-    if args.appid.is_empty() || !args.appid.bytes().all(|b| b.is_ascii_alphanumeric()) {
+fn state(args: &ServeArgs, metrics: &Metrics) -> anyhow::Result<AppState> {
+    let token_file = required(
+        args.api_token_file.as_deref(),
+        "API_TOKEN_FILE",
+        "api-token-file",
+        "the file holding the bearer token the shop sends to /v1/",
+    )?;
+    let appid = required(
+        args.appid.as_deref(),
+        "WECHATPAY_APPID",
+        "wechatpay-appid",
+        "the app id Native prepays are created for",
+    )?;
+    let apiv3_key_file = required(
+        args.apiv3_key_file.as_deref(),
+        "WECHATPAY_APIV3_KEY_FILE",
+        "wechatpay-apiv3-key-file",
+        "the file holding the APIv3 key that decrypts WeChat Pay's notifications",
+    )?;
+    let notify_url = required(
+        args.notify_url.as_deref(),
+        "WECHATPAY_NOTIFY_URL",
+        "wechatpay-notify-url",
+        "the public https URL of POST /wechatpay/notify/transaction",
+    )?;
+    let token = BearerToken::load(token_file, "API_TOKEN_FILE")?;
+    if appid.is_empty() || !appid.bytes().all(|b| b.is_ascii_alphanumeric()) {
         return Err(UsageError(
             "WECHATPAY_APPID must be the app id (letters and digits, e.g. wx8888888888888888)"
                 .into(),
         )
         .into());
     }
-    check_notify_url(&args.notify_url, args.allow_http_notify_url)?;
-    let apiv3 = ApiV3Key::load(&args.apiv3_key_file)
+    check_notify_url(notify_url, args.allow_http_notify_url)?;
+    let apiv3 = ApiV3Key::load(apiv3_key_file)
         .map_err(|e| UsageError(format!("WECHATPAY_APIV3_KEY_FILE: {e}")))?;
     let config = args
         .payment
@@ -182,7 +224,7 @@ fn state(cli: &crate::Cli, args: &ServeArgs, metrics: &Metrics) -> anyhow::Resul
         .map_err(|e| UsageError(format!("WeChat Pay client not usable: {e}")))?
         .with_observer(Arc::new(metrics.clone()));
     let verifier = NotificationVerifier::new(payments.key_store().clone(), apiv3);
-    let topology = cli.broker.topology().map_err(UsageError)?;
+    let topology = args.topology.topology().map_err(UsageError)?;
     let default_window = args.payment_window.unwrap_or_else(|| {
         topology
             .delay_queues()
@@ -191,8 +233,8 @@ fn state(cli: &crate::Cli, args: &ServeArgs, metrics: &Metrics) -> anyhow::Resul
             .ttl
     });
 
-    let url = cli.database.url();
-    let pool = domain::build_pool(&url, args.db_pool_size, Duration::from_secs(5))
+    let url = args.database.url();
+    let pool = domain::build_pool(&url, args.api_db_pool_size, Duration::from_secs(5))
         .context("is PostgreSQL running and DATABASE_URL right?")?;
     {
         let mut conn = domain::checkout(&pool)?;
@@ -203,10 +245,10 @@ fn state(cli: &crate::Cli, args: &ServeArgs, metrics: &Metrics) -> anyhow::Resul
         token,
         payments,
         verifier,
-        appid: args.appid.clone(),
-        notify_url: args.notify_url.clone(),
+        appid: appid.to_owned(),
+        notify_url: notify_url.to_owned(),
         default_window,
-        amqp: cli.broker.url(),
+        amqp: args.broker.url(),
         broker_check: health::BrokerCheck::default(),
         #[cfg(feature = "test-support")]
         observed: Observed::default(),
@@ -216,11 +258,11 @@ fn state(cli: &crate::Cli, args: &ServeArgs, metrics: &Metrics) -> anyhow::Resul
 impl ServeArgs {
     fn limits(&self) -> Limits {
         Limits {
-            header_timeout: self.header_timeout,
-            request_timeout: self.request_timeout,
-            max_body_bytes: self.max_body_bytes,
-            max_in_flight: self.max_in_flight,
-            shutdown_grace: self.shutdown_grace,
+            header_timeout: self.api_header_timeout,
+            request_timeout: self.api_request_timeout,
+            max_body_bytes: self.api_max_body_bytes,
+            max_in_flight: self.api_max_in_flight,
+            shutdown_grace: self.api_shutdown_grace,
         }
     }
 }
@@ -288,7 +330,7 @@ async fn count_request(State(metrics): State<Metrics>, request: Request, next: N
 /// listener and collector when `--metrics-listen` is set).
 #[derive(Debug)]
 pub struct Running {
-    /// Where it listens (the port is known even when `--listen` said 0).
+    /// Where it listens (the port is known even when `--api-listen` said 0).
     pub addr: SocketAddr,
     /// Where its metrics and probes listen, when they do.
     pub metrics_addr: Option<SocketAddr>,
@@ -327,10 +369,10 @@ impl Running {
 /// Checks the settings, opens the pool, binds the listener and starts
 /// serving on a thread of its own until `stop` is raised. Errors in the
 /// settings are [`UsageError`]s (exit 2).
-pub fn start(cli: &crate::Cli, args: &ServeArgs, stop: Arc<AtomicBool>) -> anyhow::Result<Running> {
+pub fn start(args: &ServeArgs, stop: Arc<AtomicBool>) -> anyhow::Result<Running> {
     let metrics = args.metrics.metrics("serve");
-    let state = Arc::new(state(cli, args, &metrics)?);
-    let listener = service::http::bind(args.listen, "API_LISTEN")?;
+    let state = Arc::new(state(args, &metrics)?);
+    let listener = service::http::bind(args.api_listen, "API_LISTEN")?;
     let telemetry = service::telemetry::start(
         &args.metrics,
         &metrics,
@@ -340,9 +382,9 @@ pub fn start(cli: &crate::Cli, args: &ServeArgs, stop: Arc<AtomicBool>) -> anyho
     let collector = service::collector::spawn(
         metrics.clone(),
         service::collector::Settings {
-            database: cli.database.url(),
-            amqp: cli.broker.url(),
-            topology: cli.broker.topology().map_err(UsageError)?,
+            database: args.database.url(),
+            amqp: args.broker.url(),
+            topology: args.topology.topology().map_err(UsageError)?,
             interval: args.metrics.metrics_gauge_interval,
         },
         Arc::clone(&stop),
@@ -361,7 +403,7 @@ pub fn start(cli: &crate::Cli, args: &ServeArgs, stop: Arc<AtomicBool>) -> anyho
     log::info!(
         "serving the shop API and WeChat Pay notifications on http://{} (notify URL {})",
         server.addr,
-        args.notify_url
+        args.notify_url.as_deref().unwrap_or_default()
     );
     Ok(Running {
         addr: server.addr,
@@ -375,8 +417,8 @@ pub fn start(cli: &crate::Cli, args: &ServeArgs, stop: Arc<AtomicBool>) -> anyho
 }
 
 /// Runs the front door until `stop` is raised.
-pub fn run(cli: &crate::Cli, args: &ServeArgs, stop: &Arc<AtomicBool>) -> anyhow::Result<()> {
-    start(cli, args, Arc::clone(stop))?.wait()
+pub fn run(args: &ServeArgs, stop: &Arc<AtomicBool>) -> anyhow::Result<()> {
+    start(args, Arc::clone(stop))?.wait()
 }
 
 /// Runs blocking work (database, WeChat Pay) on the blocking pool.

@@ -23,7 +23,7 @@ fn declare_prints_what_it_declared_and_is_idempotent() {
 fn a_changed_ttl_exits_2_naming_queue_argument_and_both_values() {
     let env = Env::new();
     env.ok(&["declare"]);
-    let out = env.run(&["declare", "--ttl-ms", "60000"]);
+    let out = env.run(&["declare", "--delay-ttl-ms", "60000"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(
@@ -42,7 +42,13 @@ fn a_changed_ttl_exits_2_naming_queue_argument_and_both_values() {
 #[test]
 fn several_windows_get_a_delay_queue_each() {
     let env = Env::new();
-    let out = env.ok(&["declare", "--window", "15m", "--window", "30m"]);
+    let out = env.ok(&[
+        "declare",
+        "--delay-windows",
+        "15m",
+        "--delay-windows",
+        "30m",
+    ]);
     assert!(
         out.contains("queue.ordercreate.15m") && out.contains("queue.ordercreate.30m"),
         "{out}"

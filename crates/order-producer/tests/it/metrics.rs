@@ -14,7 +14,7 @@ fn get(addr: &str, path: &str) -> (u16, String) {
 }
 
 fn spawn_relay(env: &Env, amqp_url: Option<&str>, addr: &str) -> KillOnDrop {
-    let mut c = env.command(&["relay", "--poll-interval", "50ms"]);
+    let mut c = env.command(&["relay", "--relay-poll-interval", "50ms"]);
     c.env("METRICS_LISTEN", addr)
         .env("METRICS_GAUGE_INTERVAL", "100ms")
         .stdout(Stdio::null())

@@ -56,7 +56,7 @@ fn signal(child: &Child, sig: &str) {
 fn relay_once_puts_one_confirmed_message_per_order_into_the_delay_queue() {
     let env = Env::new();
     let orders = env.orders(25, WINDOW);
-    env.ok(&["relay", "--once", "--batch-size", "10"]);
+    env.ok(&["relay", "--once", "--relay-batch-size", "10"]);
     assert_eq!(unpublished(&env), 0);
     assert_eq!(sorted(env.drain_ids("queue.ordercreate")), sorted(orders));
     // Nothing left to do: a second run publishes nothing more.
@@ -118,7 +118,7 @@ fn orders_go_to_the_delay_queue_of_their_window() {
     let env = Env::new();
     let short = env.orders(3, Duration::from_mins(1));
     let long = env.orders(2, WINDOW);
-    env.ok(&["relay", "--once", "--window", "1m", "--window", "30m"]);
+    env.ok(&["relay", "--once", "--delay-windows", "1m,30m"]);
     assert_eq!(sorted(env.drain_ids("queue.ordercreate.1m")), sorted(short));
     assert_eq!(sorted(env.drain_ids("queue.ordercreate.30m")), sorted(long));
 }
@@ -169,7 +169,7 @@ fn a_relay_killed_mid_stream_loses_nothing() {
     let env = Env::new();
     let orders = env.orders(3000, WINDOW);
     env.ok(&["declare"]);
-    let mut relay = spawn_relay(&env, &["--batch-size", "50"]);
+    let mut relay = spawn_relay(&env, &["--relay-batch-size", "50"]);
     let started = Instant::now();
     while env.depth("queue.ordercreate") < 100 {
         assert!(
@@ -204,8 +204,8 @@ fn two_relays_at_once_publish_each_row_once() {
     env.ok(&["declare"]);
     let quiet =
         |args: &[&str]| KillOnDrop(env.command(args).stderr(Stdio::null()).spawn().unwrap());
-    let mut a = quiet(&["relay", "--once", "--batch-size", "100"]);
-    let mut b = quiet(&["relay", "--once", "--batch-size", "100"]);
+    let mut a = quiet(&["relay", "--once", "--relay-batch-size", "100"]);
+    let mut b = quiet(&["relay", "--once", "--relay-batch-size", "100"]);
     assert!(wait_with_timeout(&mut a, Duration::from_mins(1)).success());
     assert!(wait_with_timeout(&mut b, Duration::from_mins(1)).success());
     assert_eq!(unpublished(&env), 0);
@@ -239,7 +239,7 @@ fn sigterm_stops_a_running_relay_cleanly_with_exit_0() {
 #[test]
 fn the_relay_survives_a_lost_connection() {
     let env = Env::new();
-    let mut relay = spawn_relay(&env, &["--poll-interval", "50ms"]);
+    let mut relay = spawn_relay(&env, &["--relay-poll-interval", "50ms"]);
     let first = env.orders(5, WINDOW);
     let started = Instant::now();
     while unpublished(&env) > 0 {
@@ -445,7 +445,7 @@ fn parked_lists_and_replays_what_the_worker_gave_up_on() {
 #[test]
 fn a_relay_whose_delay_queue_is_deleted_declares_it_again_and_loses_nothing() {
     let env = Env::new();
-    let mut relay = spawn_relay(&env, &["--poll-interval", "50ms"]);
+    let mut relay = spawn_relay(&env, &["--relay-poll-interval", "50ms"]);
     let first = env.orders(3, WINDOW);
     let started = Instant::now();
     while unpublished(&env) > 0 {

@@ -112,7 +112,33 @@ fn bad_settings_exit_2_naming_the_setting_without_echoing_secrets() {
             "no mchid",
             "WECHATPAY_MCHID",
             String::new(),
-            "WECHATPAY_MCHID",
+            "missing payment setting WECHATPAY_MCHID (or --wechatpay-mchid)",
+        ),
+        // Required settings are named by their variable first (what users
+        // set), then the flag; clap used to name only the flag.
+        (
+            "token file unset",
+            "API_TOKEN_FILE",
+            String::new(),
+            "missing setting API_TOKEN_FILE (or --api-token-file)",
+        ),
+        (
+            "appid unset",
+            "WECHATPAY_APPID",
+            String::new(),
+            "missing setting WECHATPAY_APPID (or --wechatpay-appid)",
+        ),
+        (
+            "APIv3 key file unset",
+            "WECHATPAY_APIV3_KEY_FILE",
+            String::new(),
+            "missing setting WECHATPAY_APIV3_KEY_FILE (or --wechatpay-apiv3-key-file)",
+        ),
+        (
+            "notify URL unset",
+            "WECHATPAY_NOTIFY_URL",
+            String::new(),
+            "missing setting WECHATPAY_NOTIFY_URL (or --wechatpay-notify-url)",
         ),
     ];
     for (what, var, value, needle) in cases {

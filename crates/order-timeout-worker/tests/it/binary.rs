@@ -131,6 +131,101 @@ fn settle_settles_one_order_now_and_prints_the_outcome() {
     stack.assert_conserved();
 }
 
+/// Defect 3 of issue 21: the missing-setting error tells the user to pass
+/// `--wechatpay-mchid`, and `settle ORDER_NO --wechatpay-mchid ...` was
+/// refused (`unexpected argument`).
+#[test]
+fn settle_takes_the_settings_it_reads_after_the_subcommand() {
+    let stack = Stack::new();
+    let no = stack.order();
+    stack.sim_put(&no, "NOTPAY");
+    std::thread::sleep(crate::WINDOW + Duration::from_millis(100));
+    let mchid = wechatpay_sim::DEFAULT_MCHID;
+    let out = worker(&stack, &["settle", no.as_str(), "--wechatpay-mchid", mchid])
+        .env_remove("WECHATPAY_MCHID")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with(&format!("{no}: closed")), "{text}");
+    assert_eq!(stack.status(&no), OrderStatus::Closed);
+
+    // The old place, before the subcommand, still works.
+    let out = worker(&stack, &["--wechatpay-mchid", mchid, "settle", no.as_str()])
+        .env_remove("WECHATPAY_MCHID")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // Without it, the error names the variable first, then the flag.
+    let out = worker(&stack, &["settle", no.as_str()])
+        .env_remove("WECHATPAY_MCHID")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("missing payment setting WECHATPAY_MCHID (or --wechatpay-mchid)"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A consumer setting after `settle` is refused, naming it.
+    let out = worker(
+        &stack,
+        &["settle", no.as_str(), "--worker-concurrency", "4"],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("--worker-concurrency"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// Renamed settings: the old flag and the old variable still work, each
+/// with one warning naming the new name; old and new both set to different
+/// values is refused naming both.
+#[test]
+fn old_setting_names_still_work_with_a_warning() {
+    let stack = Stack::new();
+    // Unknown at WeChat Pay: closed with a recheck due --worker-recheck-after later.
+    let no = stack.order();
+    std::thread::sleep(crate::WINDOW + Duration::from_millis(100));
+    let out = worker(&stack, &["--recheck-after", "1h", "settle", no.as_str()])
+        .env("REFUND_INTERVAL", "7s")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(
+        err.matches("--recheck-after is deprecated, use --worker-recheck-after")
+            .count(),
+        1,
+        "{err}"
+    );
+    assert!(
+        err.contains("REFUND_INTERVAL is deprecated, use WORKER_REFUND_INTERVAL"),
+        "{err}"
+    );
+    // The old flag's value was used: the recheck is due in an hour.
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("recheck is due in 3600 s"), "{text}");
+
+    let out = worker(&stack, &["settle", no.as_str()])
+        .env("RECHECK_AFTER", "1h")
+        .env("WORKER_RECHECK_AFTER", "2h")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("RECHECK_AFTER and WORKER_RECHECK_AFTER"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 #[test]
 fn sigterm_mid_batch_finishes_what_is_in_hand_exits_0_and_loses_nothing() {
     let stack = Stack::new();
@@ -148,7 +243,7 @@ fn sigterm_mid_batch_finishes_what_is_in_hand_exits_0_and_loses_nothing() {
         })
         .unwrap();
     let mut child = KillOnDrop(
-        worker(&stack, &["--concurrency", "4"])
+        worker(&stack, &["--worker-concurrency", "4"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -215,9 +310,15 @@ fn sigterm_mid_batch_finishes_what_is_in_hand_exits_0_and_loses_nothing() {
 fn a_close_batch_out_of_range_exits_2_naming_it() {
     let stack = Stack::new();
     for bad in ["0", "1001", "many"] {
-        let out = worker(&stack, &["--close-batch", bad]).output().unwrap();
+        let out = worker(&stack, &["--worker-close-batch", bad])
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(2), "{bad}: {}", stderr(&out));
-        assert!(stderr(&out).contains("--close-batch"), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("--worker-close-batch"),
+            "{}",
+            stderr(&out)
+        );
     }
     let help = worker(&stack, &["--help"]).output().unwrap();
     let text = String::from_utf8_lossy(&help.stdout);

@@ -100,10 +100,10 @@ fn a_worker_whose_node_stops_goes_on_with_the_next_and_settles_everything_once()
     let urls = format!("{},{}", via(&stack, first.port), stack.vhost.url().expose());
     let mut worker = KillOnDrop(
         stack
-            .worker_command(&["--concurrency", "4"])
+            .worker_command(&["--worker-concurrency", "4"])
             .env("AMQP_URL", &urls)
             .env("AMQP_NODE_ORDER", "listed")
-            .env("RECHECK_AFTER", "1h")
+            .env("WORKER_RECHECK_AFTER", "1h")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -157,7 +157,6 @@ fn a_worker_whose_node_stops_goes_on_with_the_next_and_settles_everything_once()
 
 #[test]
 fn every_command_takes_several_urls_and_skips_a_node_that_is_down() {
-    use clap::Parser;
     let stack = Stack::new();
     // Nothing listens on port 1: a node that is down, listed first.
     let urls = format!("{},{}", via(&stack, 1), stack.vhost.url().expose());
@@ -170,13 +169,13 @@ fn every_command_takes_several_urls_and_skips_a_node_that_is_down() {
             &urls,
             "--amqp-node-order",
             "listed",
-            "--ttl-ms",
+            "--delay-ttl-ms",
             "300",
             "--retry-delays",
             "100ms,200ms,400ms",
         ];
         argv.extend_from_slice(args);
-        let cli = order_producer::Cli::try_parse_from(argv).unwrap();
+        let cli = service::cli::try_parse_from::<order_producer::Cli>(argv).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         order_producer::run(&cli, &stop).unwrap()
     };

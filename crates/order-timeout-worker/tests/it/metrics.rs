@@ -68,7 +68,7 @@ fn the_worker_counts_a_known_mix_and_serves_its_probes() {
             .env("METRICS_LISTEN", &addr)
             .env("METRICS_TOKEN_FILE", &token_file)
             .env("METRICS_GAUGE_INTERVAL", "200ms")
-            .env("RECHECK_AFTER", "1h")
+            .env("WORKER_RECHECK_AFTER", "1h")
             .env("WORKER_CONCURRENCY", "4")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -34,7 +34,7 @@ fn a_worker_at_trace_level_prints_no_secret() {
     stack.sim_put(&no, "NOTPAY");
     let log_path = std::env::temp_dir().join(format!("ot-secrets-{}.log", std::process::id()));
     let mut child = KillOnDrop(
-        worker(&stack, &["--concurrency", "2"])
+        worker(&stack, &["--worker-concurrency", "2"])
             .env("RUST_LOG", "trace")
             .env("AMQP_URL", amqp_user.url.expose())
             .env("DATABASE_URL", &db_url)

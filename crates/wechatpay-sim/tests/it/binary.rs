@@ -1,4 +1,4 @@
-//! The `wechatpay-sim` binary: keys in --key-dir, env lines on stdout.
+//! The `wechatpay-sim` binary: keys in --wechatpay-sim-key-dir, env lines on stdout.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -22,7 +22,11 @@ fn run_with(
     check: impl FnOnce(&HashMap<String, String>),
 ) -> HashMap<String, String> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_wechatpay-sim"))
-        .args(["--listen", "127.0.0.1:0", "--key-dir"])
+        .args([
+            "--wechatpay-sim-listen",
+            "127.0.0.1:0",
+            "--wechatpay-sim-key-dir",
+        ])
         .arg(key_dir)
         .args(extra)
         .env("RUST_LOG", "warn")
@@ -102,7 +106,11 @@ fn an_unusable_key_dir_exits_with_2() {
     let file = scratch("bin-bad").join("not-a-dir");
     std::fs::write(&file, "x").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_wechatpay-sim"))
-        .args(["--listen", "127.0.0.1:0", "--key-dir"])
+        .args([
+            "--wechatpay-sim-listen",
+            "127.0.0.1:0",
+            "--wechatpay-sim-key-dir",
+        ])
         .arg(&file)
         .output()
         .unwrap();
@@ -120,11 +128,11 @@ fn the_appid_apiv3_key_and_notify_schedule_flags_are_used() {
     let env = run_with(
         &dir.join("keys"),
         &[
-            "--appid",
+            "--wechatpay-sim-appid",
             "wx9999999999999999",
-            "--apiv3-key-file",
+            "--wechatpay-sim-apiv3-key-file",
             key_arg,
-            "--notify-schedule",
+            "--wechatpay-sim-notify-schedule",
             "10ms,20ms",
         ],
         |env| {
@@ -172,11 +180,15 @@ fn a_bad_apiv3_key_or_schedule_exits_with_2_without_showing_the_key() {
     let key_file = dir.join("short.key");
     std::fs::write(&key_file, "SECRETSECRET-too-short").unwrap();
     for extra in [
-        vec!["--apiv3-key-file", key_file.to_str().unwrap()],
-        vec!["--notify-schedule", "15s,soon"],
+        vec!["--wechatpay-sim-apiv3-key-file", key_file.to_str().unwrap()],
+        vec!["--wechatpay-sim-notify-schedule", "15s,soon"],
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_wechatpay-sim"))
-            .args(["--listen", "127.0.0.1:0", "--key-dir"])
+            .args([
+                "--wechatpay-sim-listen",
+                "127.0.0.1:0",
+                "--wechatpay-sim-key-dir",
+            ])
             .arg(dir.join("keys"))
             .args(&extra)
             .output()
