@@ -284,7 +284,7 @@ pub(crate) fn app(state: Arc<AppState>, args: &ServeArgs, metrics: Metrics) -> R
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route") });
     let app = service::http::layered(router, &args.limits())
         .layer(middleware::from_fn_with_state(
-            args.max_body_bytes,
+            args.api_max_body_bytes,
             error::json_errors,
         ))
         .layer(middleware::from_fn_with_state(metrics, count_request));
