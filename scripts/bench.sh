@@ -6,7 +6,7 @@
 # the worker's crypto share, PostgreSQL against a pgbench baseline of the
 # same writes, the lane bound at 50 ms, and the lag between deadline and
 # settlement at a steady 100 orders/s; then a table of the targets, met or
-# not. Markdown tables, fit for the README. Everything runs on this machine:
+# not. Markdown tables, fit for docs/benchmarks.md. Everything runs on this machine:
 # PostgreSQL, RabbitMQ, the simulator (in the bench process), the release
 # worker binary, pgbench. Needs rabbitmqctl (root) and pgbench
 # (postgresql-client; or PGBENCH=/path/to/pgbench).

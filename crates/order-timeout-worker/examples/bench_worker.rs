@@ -1,5 +1,5 @@
 //! Worker benchmark (not a test; run by scripts/bench.sh). Prints figures as
-//! markdown tables, fit to paste into the README.
+//! markdown tables, fit to paste into docs/benchmarks.md.
 //!
 //! 1. PostgreSQL baseline: pgbench doing only the writes of the mix's
 //!    settlements, one settlement per transaction (scripts/pgbench/), 2

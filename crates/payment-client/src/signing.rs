@@ -6,7 +6,7 @@
 //! final newline). Signing is SHA256withRSA with PKCS#1 v1.5 padding through
 //! OpenSSL: it is the CPU hot spot of the whole system (two or three
 //! signatures per settled order) and OpenSSL is the fastest implementation
-//! measured on our machines (see the README benchmark table).
+//! measured on our machines (see docs/benchmarks.md).
 
 use std::fmt;
 use std::path::Path;

@@ -4,7 +4,7 @@
 //! [`Metrics`] is a cheap handle: clone it into every thread. A disabled
 //! handle (no `--metrics-listen`) records nothing at all, so a process that
 //! is not scraped pays nothing but a branch. Each process registers every
-//! family, so one name table ([`METRIC_NAMES`] and the README) serves them
+//! family, so one name table ([`METRIC_NAMES`] and docs/metrics.md) serves them
 //! all; a family a process never touches simply has no samples.
 //!
 //! Counters and histograms are per process (sum them in queries); the gauges

@@ -42,7 +42,7 @@ fn main() -> ExitCode {
 struct ConfigProblem(String);
 
 fn run(args: &Args) -> anyhow::Result<()> {
-    // Read before the key directory is written to: --apiv3-key-file may
+    // Read before the key directory is written to: --wechatpay-sim-apiv3-key-file may
     // point into it.
     let key_dir = args.key_dir.as_ref().ok_or_else(|| {
         ConfigProblem(
