@@ -368,7 +368,14 @@ impl Topology {
         for spec in self.queue_specs() {
             let channel = open_channel(conn, url)?;
             if let Err(e) = channel.queue_declare_passive(spec.name.clone()) {
-                return Err(missing_or(url, format!("queue {}", spec.name), e));
+                let err = missing_or(url, format!("queue {}", spec.name), e);
+                // The exchange and the queues before it exist (they are
+                // checked first): a missing retry queue means the ladder
+                // asked for is not the one declared.
+                if spec.role == Role::Retry && matches!(err, BrokerError::TopologyMissing { .. }) {
+                    return Err(self.retry_delays_differ(conn, url, &spec.name)?);
+                }
+                return Err(err);
             }
             let _ = channel.close();
             let channel = open_channel(conn, url)?;
@@ -395,6 +402,64 @@ impl Topology {
             }
         }
         Ok(())
+    }
+
+    /// The error for a wanted retry queue `missing` that does not exist:
+    /// the setting and the retry queues that do exist. Without the
+    /// management API the broker cannot list its queues, so the candidates
+    /// are the default ladder's names and the setting's, looked up
+    /// passively (each on a channel of its own: a 404 closes it).
+    fn retry_delays_differ(
+        &self,
+        conn: &mut Connection,
+        url: &AmqpUrl,
+        missing: &str,
+    ) -> Result<BrokerError, BrokerError> {
+        let mut candidates: Vec<Duration> = DEFAULT_RETRY_DELAYS
+            .iter()
+            .copied()
+            .chain(self.retry_queues.iter().map(|q| q.ttl))
+            .collect();
+        candidates.sort();
+        candidates.dedup();
+        let mut found = Vec::new();
+        for delay in candidates {
+            let name = format!("{RETRY_QUEUE_PREFIX}{}", duration_label(delay));
+            let channel = open_channel(conn, url)?;
+            match channel.queue_declare_passive(name.clone()) {
+                Ok(_) => {
+                    let _ = channel.close();
+                    found.push(format!("{name} ({})", duration_label(delay)));
+                }
+                Err(amiquip::Error::ServerClosedChannel { code: 404, .. }) => {}
+                Err(e) => {
+                    return Err(BrokerError::from_amiquip(
+                        url,
+                        &format!("failed to check queue {name}"),
+                        e,
+                    ))
+                }
+            }
+        }
+        Ok(BrokerError::RetryDelaysDiffer {
+            setting: self.retry_delays_label(),
+            missing: missing.to_owned(),
+            found: if found.is_empty() {
+                "none".to_owned()
+            } else {
+                found.join(", ")
+            },
+        })
+    }
+
+    /// The retry ladder as `RETRY_DELAYS` spells it, e.g. `5s,30s`.
+    #[must_use]
+    pub fn retry_delays_label(&self) -> String {
+        self.retry_queues
+            .iter()
+            .map(|q| duration_label(q.ttl))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// How many messages wait in every queue of the topology.

@@ -167,9 +167,9 @@ impl Worker {
         if let Err(e) = self.topology.check(&mut conn, &self.amqp_url) {
             let _ = conn.close();
             return Err(match e {
-                BrokerError::TopologyMissing { .. } | BrokerError::TopologyMismatch(_) => {
-                    SessionEnd::Topology(e.to_string())
-                }
+                BrokerError::TopologyMissing { .. }
+                | BrokerError::TopologyMismatch(_)
+                | BrokerError::RetryDelaysDiffer { .. } => SessionEnd::Topology(e.to_string()),
                 other => SessionEnd::Lost(other),
             });
         }
