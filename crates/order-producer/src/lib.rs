@@ -261,6 +261,9 @@ pub fn run(cli: &Cli, stop: &Arc<AtomicBool>) -> anyhow::Result<ExitCode> {
                     .expect("a topology has at least one delay queue")
                     .ttl
             });
+            topology
+                .check_window(window)
+                .map_err(|e| UsageError(format!("--payment-window: {e}")))?;
             let order = domain::create_order(&mut conn, &args.items, window)
                 .context("order not created, stock untouched")?;
             log::info!(

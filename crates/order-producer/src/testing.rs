@@ -227,6 +227,11 @@ impl FrontDoor {
         .iter()
         .map(|s| (*s).to_owned())
         .collect();
+        if !extra.contains(&"--window") {
+            // Delay queues of 1 s and 30 min, so that every window the tests
+            // ask for (1s to 15m) can be served; the default stays 30 min.
+            args.extend(["--window", "1s", "--window", "30m"].map(str::to_owned));
+        }
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         Cli::try_parse_from(args).expect("a valid serve command line")
     }

@@ -109,6 +109,8 @@ pub(crate) struct AppState {
     pub(crate) appid: String,
     pub(crate) notify_url: String,
     pub(crate) default_window: Duration,
+    /// The declared delay queues: which payment windows can be served.
+    pub(crate) topology: broker::Topology,
     pub(crate) amqp: broker::AmqpUrl,
     pub(crate) broker_check: health::BrokerCheck,
 }
@@ -180,6 +182,11 @@ fn state(cli: &crate::Cli, args: &ServeArgs, metrics: &Metrics) -> anyhow::Resul
             .expect("a topology has at least one delay queue")
             .ttl
     });
+    // A default window no delay queue can serve would make every order
+    // without a window of its own come out after its deadline.
+    topology
+        .check_window(default_window)
+        .map_err(|e| UsageError(format!("PAYMENT_WINDOW: {e}")))?;
 
     let url = cli.database.url();
     let pool = domain::build_pool(&url, args.db_pool_size, Duration::from_secs(5))
@@ -196,6 +203,7 @@ fn state(cli: &crate::Cli, args: &ServeArgs, metrics: &Metrics) -> anyhow::Resul
         appid: args.appid.clone(),
         notify_url: args.notify_url.clone(),
         default_window,
+        topology,
         amqp: cli.broker.url(),
         broker_check: health::BrokerCheck::default(),
     })

@@ -188,6 +188,11 @@ async fn create(
     let request = parse_create(&body)?;
     let key = idempotency_key(&headers)?;
     let window = request.window.unwrap_or(state.default_window);
+    // A window shorter than every delay queue would settle late: refused.
+    state
+        .topology
+        .check_window(window)
+        .map_err(|e| ApiError::field("payment_window", e))?;
     let pool = state.pool.clone();
     let created = blocking(move || {
         let mut conn = domain::checkout(&pool).map_err(|e| ApiError::from_store(&e))?;
