@@ -222,11 +222,16 @@ impl Worker {
                 );
             }
             SuccessorKind::Retry => {
-                self.stats.retry();
                 // A message that came early waits in a retry queue too, but
-                // is no retry.
-                if let (Some(delay), Settled::Retry) = (successor.delay, settled) {
-                    metrics.retry(delay);
+                // is no retry: one meaning of "retry" in the summary and the
+                // metric.
+                if settled == Settled::Retry {
+                    self.stats.retry();
+                    if let Some(delay) = successor.delay {
+                        metrics.retry(delay);
+                    }
+                } else {
+                    self.stats.not_yet_due();
                 }
             }
             SuccessorKind::Recheck => {}

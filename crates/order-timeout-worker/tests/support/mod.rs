@@ -325,6 +325,11 @@ impl Running {
         self.stats.total(label)
     }
 
+    /// The summary line of what happened since the last one.
+    pub(crate) fn summary(&self) -> Option<String> {
+        self.stats.take_summary()
+    }
+
     pub(crate) fn stop(mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(h) = self.handle.take() {
