@@ -4,6 +4,7 @@
 
 mod binary;
 mod branches;
+mod deadlines;
 mod delivery;
 mod edges;
 mod failover;
