@@ -29,16 +29,18 @@ pub enum BrokerError {
     /// the topology does.
     #[error(
         "RETRY_DELAYS ({setting}) differs from the declared topology: {missing} does not exist; \
-         retry queues found on the broker: {found}. Set RETRY_DELAYS to the declared delays, \
-         or declare this ladder first (`order-producer declare` with the same RETRY_DELAYS; \
-         the old retry queues can be deleted once empty)"
+         of the default ladder's and this setting's retry queues, the broker has: {found} \
+         (`rabbitmqctl list_queues name` lists them all). Set RETRY_DELAYS to the declared \
+         delays, or declare this ladder first (`order-producer declare` with the same \
+         RETRY_DELAYS; the old retry queues can be deleted once empty)"
     )]
     RetryDelaysDiffer {
         /// The setting, e.g. `5s,30s`.
         setting: String,
         /// The first wanted retry queue that does not exist.
         missing: String,
-        /// The retry queues that exist, with their delays, or `none`.
+        /// The retry queues looked for (the default ladder's and the
+        /// setting's) that exist, with their delays, or `none`.
         found: String,
     },
     /// Publisher confirms did not all arrive in time.

@@ -198,7 +198,7 @@ fn check_names_a_retry_ladder_that_differs_from_the_declared_one() {
     );
     assert!(
         text.contains(
-            "retry queues found on the broker: queue.ordertimeout.retry.5s (5s), \
+            "the broker has: queue.ordertimeout.retry.5s (5s), \
              queue.ordertimeout.retry.30s (30s), queue.ordertimeout.retry.2m (2m), \
              queue.ordertimeout.retry.10m (10m)"
         ),

@@ -80,6 +80,27 @@ fn a_missing_topology_or_schema_exits_2() {
     );
     assert!(!stderr(&out).contains("guest:guest"));
 
+    // A retry ladder other than the declared one (100ms,200ms,400ms): said
+    // as such, with both, not as a topology to declare.
+    let out = worker(&stack, &[])
+        .env("RETRY_DELAYS", "100ms,300ms")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(
+            "RETRY_DELAYS (100ms,300ms) differs from the declared topology: \
+             queue.ordertimeout.retry.300ms does not exist"
+        ) && stderr(&out).contains("the broker has: queue.ordertimeout.retry.100ms (100ms)"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !stderr(&out).contains("declare the topology first"),
+        "{}",
+        stderr(&out)
+    );
+
     let empty = domain::testing::TestDb::empty();
     let out = worker(&stack, &[])
         .env("DATABASE_URL", empty.url().expose())
