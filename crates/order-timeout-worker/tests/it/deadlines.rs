@@ -89,3 +89,23 @@ fn a_window_between_two_queues_settles_at_its_deadline_and_its_waits_are_no_retr
     worker.stop();
     stack.assert_conserved();
 }
+
+#[test]
+fn an_overdue_order_is_published_straight_to_the_worker() {
+    let stack = Stack::new();
+    let no = stack.order(); // 300 ms window, 300 ms delay queue
+    stack.sim_put(&no, "NOTPAY");
+    std::thread::sleep(Duration::from_millis(1500));
+    // Past its deadline when the relay publishes: through exchange.ordertimeout
+    // into queue.ordertimeout at once, not through a delay queue.
+    stack.relay();
+    assert_eq!(stack.depth(broker::topology::TIMEOUT_QUEUE), 1);
+    assert_eq!(stack.depth(broker::topology::DELAY_QUEUE), 0);
+    let worker = stack.start(stack.settings());
+    assert_eq!(
+        stack.wait_settled(&no, Duration::from_secs(10)),
+        OrderStatus::Closed
+    );
+    worker.stop();
+    stack.assert_conserved();
+}
