@@ -24,6 +24,25 @@ pub enum BrokerError {
     /// Part of the topology does not exist.
     #[error("{what} does not exist on the broker; declare the topology first (`order-producer declare` or scripts/setup-topology.sh)")]
     TopologyMissing { what: String },
+    /// The retry ladder asked for (`RETRY_DELAYS`) is not the one declared
+    /// on the broker: one of its queues does not exist while the rest of
+    /// the topology does.
+    #[error(
+        "RETRY_DELAYS ({setting}) differs from the declared topology: {missing} does not exist; \
+         of the default ladder's and this setting's retry queues, the broker has: {found} \
+         (`rabbitmqctl list_queues name` lists them all). Set RETRY_DELAYS to the declared \
+         delays, or declare this ladder first (`order-producer declare` with the same \
+         RETRY_DELAYS; the old retry queues can be deleted once empty)"
+    )]
+    RetryDelaysDiffer {
+        /// The setting, e.g. `5s,30s`.
+        setting: String,
+        /// The first wanted retry queue that does not exist.
+        missing: String,
+        /// The retry queues looked for (the default ladder's and the
+        /// setting's) that exist, with their delays, or `none`.
+        found: String,
+    },
     /// Publisher confirms did not all arrive in time.
     #[error("the broker did not confirm {unconfirmed} message(s) within {waited_ms} ms")]
     ConfirmTimeout { unconfirmed: usize, waited_ms: u128 },

@@ -12,9 +12,11 @@ use crate::connection::{AmqpUrl, Connection};
 use crate::error::BrokerError;
 use crate::message::TimeoutMessage;
 
-/// One message to publish to the default exchange, routed to `queue`.
+/// One message to publish to `exchange` (`""`: the default exchange, which
+/// routes to the queue named `queue`) with routing key `queue`.
 #[derive(Debug, Clone)]
 pub struct Outgoing<'a> {
+    pub exchange: &'a str,
     pub queue: &'a str,
     pub message: &'a TimeoutMessage,
 }
@@ -89,7 +91,12 @@ impl ConfirmedPublisher {
         let first_tag = self.next_tag;
         for item in batch {
             let body = item.message.body();
-            self.publish_raw(item.queue, &body, item.message.properties(now))?;
+            self.publish_raw(
+                item.exchange,
+                item.queue,
+                &body,
+                item.message.properties(now),
+            )?;
         }
         let mut outcomes: Vec<Option<Outcome>> = vec![None; batch.len()];
         let mut pending = batch.len();
@@ -164,7 +171,7 @@ impl ConfirmedPublisher {
         properties: AmqpProperties,
     ) -> Result<Outcome, BrokerError> {
         let tag = self.next_tag;
-        self.publish_raw(queue, body, properties.with_delivery_mode(2))?;
+        self.publish_raw("", queue, body, properties.with_delivery_mode(2))?;
         let deadline = Instant::now() + self.confirm_timeout;
         let mut outcome = None;
         while outcome.is_none() {
@@ -205,13 +212,14 @@ impl ConfirmedPublisher {
 
     fn publish_raw(
         &mut self,
+        exchange: &str,
         queue: &str,
         body: &[u8],
         properties: AmqpProperties,
     ) -> Result<(), BrokerError> {
         self.channel
             .basic_publish(
-                "",
+                exchange,
                 Publish {
                     body,
                     routing_key: queue.to_owned(),
@@ -221,7 +229,8 @@ impl ConfirmedPublisher {
                 },
             )
             .map_err(|e| {
-                BrokerError::from_amiquip(&self.url, &format!("failed to publish to {queue}"), e)
+                let to = if exchange.is_empty() { queue } else { exchange };
+                BrokerError::from_amiquip(&self.url, &format!("failed to publish to {to}"), e)
             })?;
         self.next_tag += 1;
         Ok(())

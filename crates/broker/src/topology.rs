@@ -48,6 +48,50 @@ pub const DEFAULT_RETRY_DELAYS: [Duration; 4] = [
     Duration::from_mins(10),
 ];
 
+/// How much longer than the time left until an order's deadline a delay
+/// queue's TTL may be and still be chosen at publish time.
+///
+/// Why not 0: the relay publishes a few hundred milliseconds after the order
+/// is written (it polls the outbox every 500 ms by default), so the time
+/// left is always a little shorter than the window. Routed strictly, an
+/// order whose window is exactly a delay queue's TTL (the usual case) could
+/// never use that queue and would crawl up to its deadline through the retry
+/// ladder instead. With this tolerance a message published on time arrives
+/// at most this much after the deadline; one published late (outbox stuck,
+/// relay down) goes to a shorter queue and arrives before it.
+pub const ROUTE_TOLERANCE: Duration = Duration::from_secs(1);
+
+/// Where a delay message goes at publish time (see [`Topology::route_remaining`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route<'a> {
+    /// A delay queue.
+    Delay(&'a DelayQueue),
+    /// A retry queue (no delay queue is short enough).
+    Retry(&'a DelayQueue),
+    /// Straight to [`EXCHANGE`]: the deadline is (nearly) here or past.
+    Now,
+}
+
+impl<'a> Route<'a> {
+    /// The exchange and routing key to publish to.
+    #[must_use]
+    pub fn target(self) -> (&'a str, &'a str) {
+        match self {
+            Self::Delay(q) | Self::Retry(q) => ("", q.name.as_str()),
+            Self::Now => (EXCHANGE, ""),
+        }
+    }
+
+    /// What to call the target in logs and operator output.
+    #[must_use]
+    pub fn name(self) -> &'a str {
+        match self {
+            Self::Delay(q) | Self::Retry(q) => q.name.as_str(),
+            Self::Now => EXCHANGE,
+        }
+    }
+}
+
 /// Classic queues dead-letter at most once; quorum queues (on a cluster)
 /// can do it at least once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -211,6 +255,64 @@ impl Topology {
         longest_within(&self.delay_queues, window)
     }
 
+    /// Where a delay message goes when `remaining` is left until its
+    /// deadline (deadline - now, at publish time): the delay queue with the
+    /// longest TTL <= `remaining` + [`ROUTE_TOLERANCE`]; if none, the retry
+    /// queue with the longest delay <= the same; if none (or the deadline
+    /// has passed), straight to the exchange, so the worker sees it at once.
+    /// A message that comes out before the deadline waits out the rest in
+    /// the worker's not-yet-due path.
+    #[must_use]
+    pub fn route_remaining(&self, remaining: Duration) -> Route<'_> {
+        fn fits(queues: &[DelayQueue], within: Duration) -> Option<&DelayQueue> {
+            queues.iter().rev().find(|q| q.ttl <= within)
+        }
+        if remaining.is_zero() {
+            return Route::Now;
+        }
+        let within = remaining.saturating_add(ROUTE_TOLERANCE);
+        if let Some(q) = fits(&self.delay_queues, within) {
+            return Route::Delay(q);
+        }
+        if let Some(q) = fits(&self.retry_queues, within) {
+            return Route::Retry(q);
+        }
+        Route::Now
+    }
+
+    /// The shortest payment window a declared delay queue can serve: the
+    /// shortest delay queue's TTL.
+    #[must_use]
+    pub fn shortest_window(&self) -> Duration {
+        self.delay_queues[0].ttl
+    }
+
+    /// Refuses a payment window shorter than every delay queue's TTL (its
+    /// message could only come out after the deadline); the message names
+    /// the windows that can be served, for an API answer or a usage error.
+    pub fn check_window(&self, window: Duration) -> Result<(), String> {
+        let shortest = self.shortest_window();
+        if window >= shortest {
+            return Ok(());
+        }
+        let queues: Vec<String> = self
+            .delay_queues
+            .iter()
+            .map(|q| format!("{} ({})", q.name, duration_label(q.ttl)))
+            .collect();
+        Err(format!(
+            "a payment window of {} cannot be served: the shortest delay queue holds messages \
+             {}; windows of {} or longer can be served (delay queues: {}); choose a longer \
+             window, or declare a delay queue for this one (PAYMENT_WINDOWS, \
+             `order-producer declare --window {}`)",
+            duration_label(window),
+            duration_label(shortest),
+            duration_label(shortest),
+            queues.join(", "),
+            duration_label(window),
+        ))
+    }
+
     /// The retry queue for a wish to look again after `delay`, chosen like
     /// [`Topology::route`]. `None` when there is no retry ladder.
     #[must_use]
@@ -368,7 +470,14 @@ impl Topology {
         for spec in self.queue_specs() {
             let channel = open_channel(conn, url)?;
             if let Err(e) = channel.queue_declare_passive(spec.name.clone()) {
-                return Err(missing_or(url, format!("queue {}", spec.name), e));
+                let err = missing_or(url, format!("queue {}", spec.name), e);
+                // The exchange and the queues before it exist (they are
+                // checked first): a missing retry queue means the ladder
+                // asked for is not the one declared.
+                if spec.role == Role::Retry && matches!(err, BrokerError::TopologyMissing { .. }) {
+                    return Err(self.retry_delays_differ(conn, url, &spec.name)?);
+                }
+                return Err(err);
             }
             let _ = channel.close();
             let channel = open_channel(conn, url)?;
@@ -395,6 +504,64 @@ impl Topology {
             }
         }
         Ok(())
+    }
+
+    /// The error for a wanted retry queue `missing` that does not exist:
+    /// the setting and the retry queues that do exist. Without the
+    /// management API the broker cannot list its queues, so the candidates
+    /// are the default ladder's names and the setting's, looked up
+    /// passively (each on a channel of its own: a 404 closes it).
+    fn retry_delays_differ(
+        &self,
+        conn: &mut Connection,
+        url: &AmqpUrl,
+        missing: &str,
+    ) -> Result<BrokerError, BrokerError> {
+        let mut candidates: Vec<Duration> = DEFAULT_RETRY_DELAYS
+            .iter()
+            .copied()
+            .chain(self.retry_queues.iter().map(|q| q.ttl))
+            .collect();
+        candidates.sort();
+        candidates.dedup();
+        let mut found = Vec::new();
+        for delay in candidates {
+            let name = format!("{RETRY_QUEUE_PREFIX}{}", duration_label(delay));
+            let channel = open_channel(conn, url)?;
+            match channel.queue_declare_passive(name.clone()) {
+                Ok(_) => {
+                    let _ = channel.close();
+                    found.push(format!("{name} ({})", duration_label(delay)));
+                }
+                Err(amiquip::Error::ServerClosedChannel { code: 404, .. }) => {}
+                Err(e) => {
+                    return Err(BrokerError::from_amiquip(
+                        url,
+                        &format!("failed to check queue {name}"),
+                        e,
+                    ))
+                }
+            }
+        }
+        Ok(BrokerError::RetryDelaysDiffer {
+            setting: self.retry_delays_label(),
+            missing: missing.to_owned(),
+            found: if found.is_empty() {
+                "none".to_owned()
+            } else {
+                found.join(", ")
+            },
+        })
+    }
+
+    /// The retry ladder as `RETRY_DELAYS` spells it, e.g. `5s,30s`.
+    #[must_use]
+    pub fn retry_delays_label(&self) -> String {
+        self.retry_queues
+            .iter()
+            .map(|q| duration_label(q.ttl))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// How many messages wait in every queue of the topology.
@@ -612,6 +779,44 @@ mod tests {
             single.route(Duration::from_secs(1)).name,
             "queue.ordercreate"
         );
+    }
+
+    #[test]
+    fn publish_routes_by_the_time_left_and_never_past_the_deadline() {
+        let t = Topology::windows(
+            &[Duration::from_secs(20), Duration::from_mins(1)],
+            QueueType::Classic,
+        )
+        .unwrap(); // retry ladder 5s, 30s, 2m, 10m
+        let name = |r: Duration| t.route_remaining(r).name().to_owned();
+        // On time: the window's own queue, despite the publish lag.
+        assert_eq!(name(Duration::from_millis(59_700)), "queue.ordercreate.1m");
+        // Published 30 s late: the shorter delay queue.
+        assert_eq!(name(Duration::from_secs(30)), "queue.ordercreate.20s");
+        // Shorter than every delay queue: a retry queue that fits.
+        assert_eq!(name(Duration::from_secs(12)), "queue.ordertimeout.retry.5s");
+        assert!(matches!(
+            t.route_remaining(Duration::from_secs(12)),
+            Route::Retry(_)
+        ));
+        // Shorter than everything, or overdue: straight to the exchange.
+        assert_eq!(name(Duration::from_secs(3)), EXCHANGE);
+        assert_eq!(t.route_remaining(Duration::ZERO), Route::Now);
+        assert_eq!(Route::Now.target(), (EXCHANGE, ""));
+    }
+
+    #[test]
+    fn a_window_shorter_than_every_delay_queue_is_refused_naming_what_can_be_served() {
+        let t = Topology::single(Duration::from_secs(20), QueueType::Classic).unwrap();
+        let err = t.check_window(Duration::from_secs(3)).unwrap_err();
+        assert!(
+            err.contains("a payment window of 3s cannot be served")
+                && err.contains("windows of 20s or longer can be served")
+                && err.contains("queue.ordercreate (20s)"),
+            "{err}"
+        );
+        assert!(t.check_window(Duration::from_secs(20)).is_ok());
+        assert!(t.check_window(Duration::from_mins(15)).is_ok());
     }
 
     #[test]

@@ -69,6 +69,7 @@ fn bare_run(n: usize, batch: usize) -> f64 {
         let out: Vec<Outgoing<'_>> = chunk
             .iter()
             .map(|message| Outgoing {
+                exchange: "",
                 queue: "queue.ordercreate",
                 message,
             })

@@ -268,53 +268,8 @@ pub fn run(cli: &Cli, stop: &Arc<AtomicBool>) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Stock(StockCommand::Set(args)) => {
-            let mut conn = connect(&args.database)?;
-            require_schema(&mut conn)?;
-            let change = domain::set_stock(&mut conn, &args.sku, args.quantity, args.price_fen)
-                .map_err(|e| match e {
-                    // A missing or zero --price-fen is bad usage (exit 2).
-                    domain::StoreError::PriceRequired(_) => {
-                        anyhow::Error::new(UsageError(e.to_string()))
-                    }
-                    e => anyhow::Error::new(e),
-                })
-                .with_context(|| format!("failed to set stock of SKU {}", args.sku))?;
-            let sku = domain::get_sku(&mut conn, &args.sku)?
-                .with_context(|| format!("SKU {} vanished after being set", args.sku))?;
-            writeln!(
-                out,
-                "SKU {}: stock {} -> {}, price {} fen{}",
-                sku.code,
-                change.previous,
-                change.current,
-                sku.price.get(),
-                if change.created { " (new)" } else { "" }
-            )?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::CreateOrder(args) => {
-            let topology = args.topology.topology().map_err(UsageError)?;
-            let mut conn = connect(&args.database)?;
-            require_schema(&mut conn)?;
-            let window = args.payment_window.unwrap_or_else(|| {
-                topology
-                    .delay_queues()
-                    .last()
-                    .expect("a topology has at least one delay queue")
-                    .ttl
-            });
-            let order = domain::create_order(&mut conn, &args.items, window)
-                .context("order not created, stock untouched")?;
-            log::info!(
-                "created order {} ({}), payment deadline {}",
-                order.order_no,
-                order.total,
-                order.deadline.to_rfc3339()
-            );
-            writeln!(out, "{}", order.order_no)?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Stock(StockCommand::Set(args)) => stock_set(args, &mut out),
+        Command::CreateOrder(args) => create_order(args, &mut out),
         Command::Publish(args) => {
             let topology = args.topology.topology().map_err(UsageError)?;
             let mut conn = connect(&args.database)?;
@@ -340,6 +295,58 @@ pub fn run(cli: &Cli, stop: &Arc<AtomicBool>) -> anyhow::Result<ExitCode> {
             status_cmd(args, &mut conn, &topology, &mut out)
         }
     }
+}
+
+/// `stock set`: one SKU's stock (and price), printed as it now is.
+fn stock_set(args: &StockSetArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    let mut conn = connect(&args.database)?;
+    require_schema(&mut conn)?;
+    let change = domain::set_stock(&mut conn, &args.sku, args.quantity, args.price_fen)
+        .map_err(|e| match e {
+            // A missing or zero --price-fen is bad usage (exit 2).
+            domain::StoreError::PriceRequired(_) => anyhow::Error::new(UsageError(e.to_string())),
+            e => anyhow::Error::new(e),
+        })
+        .with_context(|| format!("failed to set stock of SKU {}", args.sku))?;
+    let sku = domain::get_sku(&mut conn, &args.sku)?
+        .with_context(|| format!("SKU {} vanished after being set", args.sku))?;
+    writeln!(
+        out,
+        "SKU {}: stock {} -> {}, price {} fen{}",
+        sku.code,
+        change.previous,
+        change.current,
+        sku.price.get(),
+        if change.created { " (new)" } else { "" }
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `create-order`: one order, its number alone on stdout.
+fn create_order(args: &CreateOrderArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    let topology = args.topology.topology().map_err(UsageError)?;
+    let mut conn = connect(&args.database)?;
+    require_schema(&mut conn)?;
+    let window = args.payment_window.unwrap_or_else(|| {
+        topology
+            .delay_queues()
+            .last()
+            .expect("a topology has at least one delay queue")
+            .ttl
+    });
+    topology
+        .check_window(window)
+        .map_err(|e| UsageError(format!("--payment-window: {e}")))?;
+    let order = domain::create_order(&mut conn, &args.items, window)
+        .context("order not created, stock untouched")?;
+    log::info!(
+        "created order {} ({}), payment deadline {}",
+        order.order_no,
+        order.total,
+        order.deadline.to_rfc3339()
+    );
+    writeln!(out, "{}", order.order_no)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn connect(database: &DatabaseArgs) -> anyhow::Result<PgConnection> {

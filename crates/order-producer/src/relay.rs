@@ -271,23 +271,22 @@ fn to_message(m: &OutboxMessage) -> TimeoutMessage {
     }
 }
 
-/// The payment window of an order: what picks its delay queue.
-fn window(
-    created_at: chrono::DateTime<chrono::Utc>,
-    deadline: chrono::DateTime<chrono::Utc>,
-) -> Duration {
-    (deadline - created_at).to_std().unwrap_or(Duration::ZERO)
-}
-
-/// Each message addressed to the delay queue of its order's payment window.
+/// Each message addressed by the time left until its deadline, now (see
+/// [`Topology::route_remaining`]): a publish delayed by a stuck outbox or a
+/// relay that was down goes to a shorter queue, or straight to the worker,
+/// and never comes out a whole queue TTL after its deadline.
 fn routed<'a>(topology: &'a Topology, messages: &'a [TimeoutMessage]) -> Vec<Outgoing<'a>> {
+    let now = chrono::Utc::now();
     messages
         .iter()
-        .map(|message| Outgoing {
-            queue: &topology
-                .route(window(message.created_at, message.deadline))
-                .name,
-            message,
+        .map(|message| {
+            let remaining = (message.deadline - now).to_std().unwrap_or(Duration::ZERO);
+            let (exchange, queue) = topology.route_remaining(remaining).target();
+            Outgoing {
+                exchange,
+                queue,
+                message,
+            }
         })
         .collect()
 }
@@ -375,7 +374,12 @@ pub fn publish_orders(
         match outcome {
             Outcome::Confirmed => out.lines.push(format!(
                 "{}: published to {}",
-                item.message.order_no, item.queue
+                item.message.order_no,
+                if item.exchange.is_empty() {
+                    item.queue
+                } else {
+                    item.exchange
+                }
             )),
             Outcome::Nacked => {
                 out.lines.push(format!(

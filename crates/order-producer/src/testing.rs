@@ -227,6 +227,11 @@ impl FrontDoor {
         .iter()
         .map(|s| (*s).to_owned())
         .collect();
+        if !extra.contains(&"--delay-windows") {
+            // Delay queues of 1 s and 30 min, so that every window the tests
+            // ask for (1s to 15m) can be served; the default stays 30 min.
+            args.extend(["--delay-windows", "1s", "--delay-windows", "30m"].map(str::to_owned));
+        }
         // A flag in `extra` replaces the default given above.
         for pair in extra.chunks(2) {
             if let Some(at) = args.iter().position(|a| a == pair[0]) {

@@ -344,6 +344,7 @@ fn expire_together(env: &Env, n: usize, latency_ms: u64) {
         let out: Vec<Outgoing<'_>> = chunk
             .iter()
             .map(|message| Outgoing {
+                exchange: "",
                 queue: "queue.ordertimeout",
                 message,
             })

@@ -52,6 +52,45 @@ pub struct ConsumerSettings {
     pub refund_interval: Duration,
 }
 
+/// Waits until the broker answers, then checks the topology once: what the
+/// worker does at start. A broker that cannot be reached (down, restarting,
+/// the vhost not there yet) is an outage: it is retried with jittered
+/// back-off, logged at WARN, as the relay does, while readiness stays false.
+/// A topology that is missing or differs is configuration: returned as the
+/// error (exit 2). `Ok(false)`: `stop` was raised while waiting.
+pub fn await_topology(
+    topology: &Topology,
+    url: &AmqpUrl,
+    stop: &AtomicBool,
+) -> Result<bool, BrokerError> {
+    let mut backoff = Backoff::new(Duration::from_millis(200), MAX_RECONNECT_BACKOFF);
+    while !stop.load(Ordering::Relaxed) {
+        let outage = match broker::connect(url) {
+            Ok(mut conn) => {
+                let checked = topology.check(&mut conn, url);
+                let _ = conn.close();
+                match checked {
+                    Ok(()) => return Ok(true),
+                    Err(
+                        e @ (BrokerError::TopologyMissing { .. }
+                        | BrokerError::TopologyMismatch(_)
+                        | BrokerError::RetryDelaysDiffer { .. }),
+                    ) => return Err(e),
+                    Err(other) => other,
+                }
+            }
+            Err(e) => e,
+        };
+        let pause = backoff.next_delay();
+        log::warn!(
+            "waiting for the broker at {url}: {outage}; trying again in {pause:?} \
+             (not ready meanwhile; is RabbitMQ running and AMQP_URL right?)"
+        );
+        sleep_unless_stopped(pause, stop);
+    }
+    Ok(false)
+}
+
 /// The settling worker: consumer lanes, the sweep and the summary.
 #[derive(Debug)]
 pub struct Worker {
@@ -167,9 +206,9 @@ impl Worker {
         if let Err(e) = self.topology.check(&mut conn, &self.amqp_url) {
             let _ = conn.close();
             return Err(match e {
-                BrokerError::TopologyMissing { .. } | BrokerError::TopologyMismatch(_) => {
-                    SessionEnd::Topology(e.to_string())
-                }
+                BrokerError::TopologyMissing { .. }
+                | BrokerError::TopologyMismatch(_)
+                | BrokerError::RetryDelaysDiffer { .. } => SessionEnd::Topology(e.to_string()),
                 other => SessionEnd::Lost(other),
             });
         }

@@ -132,6 +132,34 @@ pub fn dispose(
     }
 }
 
+/// The longest a lane waits, in place, for a deadline that is that close.
+pub const IN_LANE_WAIT_MAX: Duration = Duration::from_secs(1);
+
+/// The not-yet-due rule, for a message that came `remaining` before its
+/// deadline (or its recheck): it waits out the rest in the retry queue with
+/// the longest delay <= `remaining` (no attempt used; see [`dispose`] and
+/// `Topology::retry_route`); this returns `Some(remaining)`, meaning "wait
+/// here, then settle", when no retry delay is that short and `remaining` is
+/// at most [`IN_LANE_WAIT_MAX`].
+///
+/// Why in the lane: the next retry queue would bring the message back a
+/// whole retry delay later (up to 5 s past the deadline with the default
+/// ladder, when the message came 10 ms early); holding the lane for at most
+/// a second costs less than that, and settling before the deadline is never
+/// an option (the buyer may still pay). A longer remainder shorter than
+/// every retry delay still goes to the shortest retry queue: it overshoots
+/// by less than that delay minus one second, and holding a lane longer would
+/// stall every message behind it.
+#[must_use]
+pub fn wait_in_lane(settlement: &Settlement, topology: &Topology) -> Option<Duration> {
+    let Settlement::NotYetDue { remaining } = settlement else {
+        return None;
+    };
+    let shortest = topology.retry_queues().first().map(|q| q.ttl);
+    let no_queue_fits = shortest.is_none_or(|d| *remaining < d);
+    (no_queue_fits && *remaining <= IN_LANE_WAIT_MAX).then_some(*remaining)
+}
+
 /// The steps of the retry ladder (the default one when the topology has
 /// none): also the sweep's back-off per order.
 #[must_use]
@@ -306,6 +334,31 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn only_a_remainder_shorter_than_every_retry_delay_and_a_second_is_waited_in_the_lane() {
+        let t = topology(); // 5s, 30s, 2m, 10m
+        let early = |ms| Settlement::NotYetDue {
+            remaining: Duration::from_millis(ms),
+        };
+        assert_eq!(
+            wait_in_lane(&early(300), &t),
+            Some(Duration::from_millis(300))
+        );
+        assert_eq!(wait_in_lane(&early(1000), &t), Some(IN_LANE_WAIT_MAX));
+        assert_eq!(wait_in_lane(&early(1001), &t), None);
+        assert_eq!(wait_in_lane(&early(7000), &t), None);
+        assert_eq!(wait_in_lane(&retry("503"), &t), None);
+        // A ladder whose shortest step fits the remainder: the queue, not the lane.
+        let fine = topology()
+            .with_retry_delays(&[Duration::from_millis(100)])
+            .unwrap();
+        assert_eq!(wait_in_lane(&early(300), &fine), None);
+        assert_eq!(
+            wait_in_lane(&early(60), &fine),
+            Some(Duration::from_millis(60))
+        );
     }
 
     #[test]

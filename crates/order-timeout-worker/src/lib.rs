@@ -260,14 +260,26 @@ pub fn run(cli: &Cli, stop: &Arc<AtomicBool>) -> anyhow::Result<ExitCode> {
     let topology = cli.topology.topology().map_err(UsageError)?;
     let metrics = cli.metrics.metrics("worker");
     let settler = prepare_with_metrics(cli, metrics.clone())?;
-    // The topology must exist before we consume: a missing dead-letter
-    // exchange would drop expiring messages silently.
     let amqp = cli.broker.url();
-    let mut conn = broker::connect(&amqp).context("is RabbitMQ running and AMQP_URL right?")?;
-    topology
-        .check(&mut conn, &amqp)
+    // Listening first: /readyz says "not ready" while the broker is away.
+    let listener = service::telemetry::start(
+        &cli.metrics,
+        &metrics,
+        service::telemetry::pool_and_broker(settler.pool().clone(), metrics.clone()),
+        Arc::clone(stop),
+    )?;
+    // The topology must exist before we consume: a missing dead-letter
+    // exchange would drop expiring messages silently. A broker that is away
+    // is waited for; a topology missing or different is exit 2.
+    let ready = consumer::await_topology(&topology, &amqp, stop)
         .context("the worker needs the topology")?;
-    let _ = conn.close();
+    if !ready {
+        if let Some(l) = listener {
+            l.wait()?;
+        }
+        log::info!("stopped while waiting for the broker");
+        return Ok(ExitCode::SUCCESS);
+    }
     let settings = ConsumerSettings {
         concurrency: usize::from(cli.run.worker_concurrency),
         prefetch: cli.run.worker_prefetch,
@@ -278,12 +290,6 @@ pub fn run(cli: &Cli, stop: &Arc<AtomicBool>) -> anyhow::Result<ExitCode> {
         summary_interval: cli.run.worker_summary_interval,
         refund_interval: cli.run.worker_refund_interval,
     };
-    let listener = service::telemetry::start(
-        &cli.metrics,
-        &metrics,
-        service::telemetry::pool_and_broker(settler.pool().clone(), metrics.clone()),
-        Arc::clone(stop),
-    )?;
     let collector = service::collector::spawn(
         metrics,
         service::collector::Settings {

@@ -1,4 +1,10 @@
-//! Counters for the periodic summary line.
+//! Counters for the periodic summary line. Its words are the metrics'
+//! names: `retries` are what `order_timeout_retries_total` counts (an
+//! attempt whose payment state was unknown, sent to a retry queue to be
+//! tried again); `not_yet_due` are the messages that came before their
+//! deadline and were sent to a retry queue to wait out the rest, which
+//! `order_timeout_settlements_total{outcome="not_yet_due"}` counts and
+//! which are no retry (they use no attempt).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -17,6 +23,7 @@ struct Window {
     started: Instant,
     outcomes: BTreeMap<&'static str, u64>,
     retries: u64,
+    not_yet_due: u64,
     parked: u64,
 }
 
@@ -26,6 +33,7 @@ impl Default for Window {
             started: Instant::now(),
             outcomes: BTreeMap::new(),
             retries: 0,
+            not_yet_due: 0,
             parked: 0,
         }
     }
@@ -53,8 +61,16 @@ impl Stats {
             .unwrap_or(0)
     }
 
+    /// An attempt whose payment state was unknown, sent to a retry queue
+    /// (one `order_timeout_retries_total`).
     pub fn retry(&self) {
         self.lock().retries += 1;
+    }
+
+    /// A message that came before its deadline, sent to a retry queue to
+    /// wait out the rest: no retry.
+    pub fn not_yet_due(&self) {
+        self.lock().not_yet_due += 1;
     }
 
     pub fn parked(&self) {
@@ -72,7 +88,7 @@ impl Stats {
     pub fn take_summary(&self) -> Option<String> {
         let w = std::mem::take(&mut *self.lock());
         let total: u64 = w.outcomes.values().sum();
-        if total == 0 && w.retries == 0 && w.parked == 0 {
+        if total == 0 && w.retries == 0 && w.not_yet_due == 0 && w.parked == 0 {
             return None;
         }
         let secs = w
@@ -82,11 +98,36 @@ impl Stats {
             .as_secs_f64();
         let by: Vec<String> = w.outcomes.iter().map(|(k, v)| format!("{k} {v}")).collect();
         Some(format!(
-            "last {secs:.0} s: {total} settlement attempts ({:.1}/s): {}; {} retries scheduled, {} parked",
+            "last {secs:.0} s: {total} settlement attempts ({:.1}/s): {}; sent to a retry queue: \
+             {} retries (order_timeout_retries_total), {} not yet due (waiting out the rest, \
+             no attempt used); {} parked",
             total as f64 / secs,
             by.join(", "),
             w.retries,
+            w.not_yet_due,
             w.parked
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_and_waits_for_the_deadline_are_counted_apart() {
+        let s = Stats::default();
+        s.outcome("retry_later");
+        s.retry();
+        s.outcome("not_yet_due");
+        s.not_yet_due();
+        s.outcome("not_yet_due");
+        s.not_yet_due();
+        let line = s.take_summary().unwrap();
+        assert!(
+            line.contains("1 retries (order_timeout_retries_total), 2 not yet due"),
+            "{line}"
+        );
+        assert!(s.take_summary().is_none());
     }
 }

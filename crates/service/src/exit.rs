@@ -22,7 +22,11 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
         e.downcast_ref::<UsageError>().is_some()
             || matches!(
                 e.downcast_ref::<BrokerError>(),
-                Some(BrokerError::TopologyMismatch(_) | BrokerError::TopologyMissing { .. })
+                Some(
+                    BrokerError::TopologyMismatch(_)
+                        | BrokerError::TopologyMissing { .. }
+                        | BrokerError::RetryDelaysDiffer { .. }
+                )
             )
     });
     if usage {

@@ -271,7 +271,7 @@ impl Inner {
         );
         r.register(
             "retries",
-            "Messages sent to a retry queue, by the queue's delay",
+            "Settlement attempts retried later (payment state unknown) through a retry queue, by the queue's delay (messages that came before their deadline wait there too, counted as settlements with outcome not_yet_due)",
             self.retries.clone(),
         );
         r.register(

@@ -31,6 +31,7 @@ fn a_300ms_delay_message_comes_out_of_the_timeout_queue_dead_lettered() {
     let sent_at = Instant::now();
     let outcomes = publisher
         .publish_all(&[Outgoing {
+            exchange: "",
             queue: &topo.route(Duration::from_millis(300)).name,
             message: &msg,
         }])
@@ -96,14 +97,17 @@ fn an_unroutable_message_is_reported_returned_not_confirmed() {
     let outcomes = publisher
         .publish_all(&[
             Outgoing {
+                exchange: "",
                 queue: "queue.ordercreate",
                 message: &a,
             },
             Outgoing {
+                exchange: "",
                 queue: "queue.does-not-exist",
                 message: &b,
             },
             Outgoing {
+                exchange: "",
                 queue: "queue.ordercreate",
                 message: &c,
             },
@@ -118,6 +122,7 @@ fn an_unroutable_message_is_reported_returned_not_confirmed() {
     // A second batch on the same channel keeps its own tags straight.
     let again = publisher
         .publish_all(&[Outgoing {
+            exchange: "",
             queue: "queue.ordercreate",
             message: &b,
         }])
@@ -144,6 +149,7 @@ fn a_lost_connection_is_a_transient_error() {
     let m = message("orderLOST");
     let err = publisher
         .publish_all(&[Outgoing {
+            exchange: "",
             queue: "queue.ordercreate",
             message: &m,
         }])

@@ -173,3 +173,45 @@ fn check_reports_a_missing_topology() {
     let depths = topo.depths(&mut conn, vhost.url()).unwrap();
     assert!(depths.iter().all(|d| d.state.is_none()));
 }
+
+#[test]
+fn check_names_a_retry_ladder_that_differs_from_the_declared_one() {
+    let vhost = TestVhost::new();
+    let mut conn = connect(vhost.url()).unwrap();
+    // Declared with the default ladder (5s, 30s, 2m, 10m) ...
+    let declared = Topology::single(DEFAULT_TTL, QueueType::Classic).unwrap();
+    declared.declare(&mut conn, vhost.url()).unwrap();
+    // ... checked with RETRY_DELAYS=5s,45s.
+    let wanted = declared
+        .clone()
+        .with_retry_delays(&[Duration::from_secs(5), Duration::from_secs(45)])
+        .unwrap();
+    let err = wanted.check(&mut conn, vhost.url()).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(&err, BrokerError::RetryDelaysDiffer { missing, .. } if missing == "queue.ordertimeout.retry.45s"),
+        "{err:?}"
+    );
+    assert!(
+        text.contains("RETRY_DELAYS (5s,45s) differs from the declared topology"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "the broker has: queue.ordertimeout.retry.5s (5s), \
+             queue.ordertimeout.retry.30s (30s), queue.ordertimeout.retry.2m (2m), \
+             queue.ordertimeout.retry.10m (10m)"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("declare the topology first"), "{text}");
+    // Nothing was created by the check.
+    assert!(!queue_args(&vhost).contains_key("queue.ordertimeout.retry.45s"));
+    // A topology missing as a whole is still reported as missing.
+    let fresh = TestVhost::new();
+    let mut conn = connect(fresh.url()).unwrap();
+    assert!(matches!(
+        wanted.check(&mut conn, fresh.url()).unwrap_err(),
+        BrokerError::TopologyMissing { .. }
+    ));
+}

@@ -129,6 +129,8 @@ pub(crate) struct AppState {
     pub(crate) appid: String,
     pub(crate) notify_url: String,
     pub(crate) default_window: Duration,
+    /// The declared delay queues: which payment windows can be served.
+    pub(crate) topology: broker::Topology,
     pub(crate) amqp: broker::AmqpUrl,
     pub(crate) broker_check: health::BrokerCheck,
     /// Every (route template, method, status) answered, for the test that
@@ -232,6 +234,11 @@ fn state(args: &ServeArgs, metrics: &Metrics) -> anyhow::Result<AppState> {
             .expect("a topology has at least one delay queue")
             .ttl
     });
+    // A default window no delay queue can serve would make every order
+    // without a window of its own come out after its deadline.
+    topology
+        .check_window(default_window)
+        .map_err(|e| UsageError(format!("PAYMENT_WINDOW: {e}")))?;
 
     let url = args.database.url();
     let pool = domain::build_pool(&url, args.api_db_pool_size, Duration::from_secs(5))
@@ -248,6 +255,7 @@ fn state(args: &ServeArgs, metrics: &Metrics) -> anyhow::Result<AppState> {
         appid: appid.to_owned(),
         notify_url: notify_url.to_owned(),
         default_window,
+        topology,
         amqp: args.broker.url(),
         broker_check: health::BrokerCheck::default(),
         #[cfg(feature = "test-support")]

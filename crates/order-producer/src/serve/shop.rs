@@ -124,6 +124,11 @@ pub(super) async fn create(
             quantity: i.quantity,
         })
         .collect();
+    // A window shorter than every delay queue would settle late: refused.
+    state
+        .topology
+        .check_window(window)
+        .map_err(|e| ApiError::field("payment_window", e))?;
     let pool = state.pool.clone();
     let created = blocking(move || {
         let mut conn = domain::checkout(&pool).map_err(|e| ApiError::from_store(&e))?;

@@ -114,14 +114,38 @@ fn create_order_respects_the_payment_window() {
             "5",
             "--price-fen",
             "100"
-        ],
+        ]
     )
     .status
     .success());
-    let created = producer(
-        &url,
-        &["create-order", "--item", "TEA:1", "--payment-window", "10s"],
+    // A 10 s window needs a delay queue of 10 s or less.
+    let create = |window: &str, ttl_ms: &str| {
+        Command::new(env!("CARGO_BIN_EXE_order-producer"))
+            .args([
+                "create-order",
+                "--item",
+                "TEA:1",
+                "--payment-window",
+                window,
+            ])
+            .env("DATABASE_URL", &url)
+            .env("DELAY_TTL_MS", ttl_ms)
+            .env_remove("DELAY_WINDOWS")
+            .env_remove("PAYMENT_WINDOWS")
+            .output()
+            .expect("run order-producer")
+    };
+    // Shorter than the only delay queue (20 s): refused, exit 2, nothing made.
+    let refused = create("3s", "20000");
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("--payment-window: a payment window of 3s cannot be served")
+            && stderr(&refused).contains("windows of 20s or longer can be served"),
+        "{}",
+        stderr(&refused)
     );
+    assert_eq!(stock(&db, "TEA"), 5);
+    let created = create("10s", "10000");
     assert!(created.status.success(), "{}", stderr(&created));
     let no = OrderNo::parse(stdout(&created).trim()).unwrap();
     let order = domain::find_order(&mut db.conn(), &no).unwrap().unwrap();

@@ -160,6 +160,32 @@ fn bad_settings_exit_2_naming_the_setting_without_echoing_secrets() {
 }
 
 #[test]
+fn a_default_window_no_delay_queue_can_serve_exits_2() {
+    let s = setup();
+    let log = s.dir.0.join("refused.log");
+    let mut child = KillOnDrop(
+        serve(&s, free_port())
+            .env("DELAY_TTL_MS", "20000")
+            .env_remove("DELAY_WINDOWS")
+            .env_remove("PAYMENT_WINDOWS")
+            .env("PAYMENT_WINDOW", "3s")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    // Started anyway, it would serve until killed: wait a bounded time.
+    let status = wait_for(Duration::from_secs(20), || child.try_wait().unwrap());
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.and_then(|s| s.code()), Some(2), "{err}");
+    assert!(
+        err.contains("PAYMENT_WINDOW: a payment window of 3s cannot be served")
+            && err.contains("windows of 20s or longer"),
+        "{err}"
+    );
+}
+
+#[test]
 fn sigterm_exits_0_and_the_log_holds_no_secret() {
     let s = setup();
     let port = free_port();

@@ -118,6 +118,34 @@ fn without_the_token_nothing_is_served_and_nothing_written() {
 }
 
 #[test]
+fn a_payment_window_no_delay_queue_can_serve_is_refused_naming_the_windows_that_can() {
+    // One delay queue of 20 s: a 3 s window would come out 17 s late.
+    let door = FrontDoor::start_with(&["--delay-windows", "20s"]);
+    let before = footprint(&door);
+    let a = door.call(
+        "POST",
+        "/v1/orders",
+        Some(r#"{"items":[{"sku":"TEA","quantity":1}],"payment_window":"3s"}"#),
+    );
+    assert_eq!(a.status, 400, "{}", a.body);
+    assert_eq!(a.json()["code"], "INVALID_FIELD", "{}", a.body);
+    assert_eq!(a.json()["field"], "payment_window", "{}", a.body);
+    let message = a.json()["message"].as_str().unwrap().to_owned();
+    assert!(
+        message.contains("a payment window of 3s cannot be served")
+            && message.contains("windows of 20s or longer can be served"),
+        "{message}"
+    );
+    assert_eq!(footprint(&door), before, "nothing written");
+    let ok = door.call(
+        "POST",
+        "/v1/orders",
+        Some(r#"{"items":[{"sku":"TEA","quantity":1}],"payment_window":"25s"}"#),
+    );
+    assert_eq!(ok.status, 201, "{}", ok.body);
+}
+
+#[test]
 fn bad_input_is_refused_naming_the_field_and_nothing_is_written() {
     let door = FrontDoor::start();
     let before = footprint(&door);

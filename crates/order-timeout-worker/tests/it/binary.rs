@@ -80,6 +80,27 @@ fn a_missing_topology_or_schema_exits_2() {
     );
     assert!(!stderr(&out).contains("guest:guest"));
 
+    // A retry ladder other than the declared one (100ms,200ms,400ms): said
+    // as such, with both, not as a topology to declare.
+    let out = worker(&stack, &[])
+        .env("RETRY_DELAYS", "100ms,300ms")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(
+            "RETRY_DELAYS (100ms,300ms) differs from the declared topology: \
+             queue.ordertimeout.retry.300ms does not exist"
+        ) && stderr(&out).contains("the broker has: queue.ordertimeout.retry.100ms (100ms)"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !stderr(&out).contains("declare the topology first"),
+        "{}",
+        stderr(&out)
+    );
+
     let empty = domain::testing::TestDb::empty();
     let out = worker(&stack, &[])
         .env("DATABASE_URL", empty.url().expose())
@@ -323,4 +344,118 @@ fn a_close_batch_out_of_range_exits_2_naming_it() {
     let help = worker(&stack, &["--help"]).output().unwrap();
     let text = String::from_utf8_lossy(&help.stdout);
     assert!(text.contains("WORKER_CLOSE_BATCH"), "{text}");
+}
+
+/// A vhost deleted on drop (made by the test itself, later than the worker).
+struct DropVhost(String);
+
+impl Drop for DropVhost {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["delete_vhost", &self.0])
+            .output();
+    }
+}
+
+/// Sends SIGTERM and asserts an exit 0 within `limit`.
+fn terminate(child: &mut KillOnDrop, limit: Duration) {
+    let signalled = Instant::now();
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            signalled.elapsed() < limit,
+            "no exit within {limit:?} of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn a_broker_that_is_away_at_start_is_waited_for_not_an_exit() {
+    let stack = Stack::new();
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let log = stack.files.merchant_key_file.with_file_name("worker.log");
+    let metrics = format!("127.0.0.1:{}", free());
+
+    // Nothing listens on the AMQP port: the worker waits, not ready, and a
+    // SIGTERM meanwhile ends it at once with exit 0.
+    let mut child = KillOnDrop(
+        worker(&stack, &[])
+            .env(
+                "AMQP_URL",
+                format!("amqp://guest:guest@127.0.0.1:{}/%2f", free()),
+            )
+            .env("METRICS_LISTEN", &metrics)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let waiting = domain::testing::wait_for(Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        (text.matches("waiting for the broker").count() >= 2).then_some(())
+    });
+    assert!(
+        waiting.is_some(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the worker exited: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let (status, body) = order_producer::testing::http_get(&metrics, "/readyz", None);
+    assert_ne!(status, 200, "ready without a broker: {body}");
+    terminate(&mut child, Duration::from_secs(3));
+
+    // A vhost that does not exist yet: the worker waits until it is made
+    // and its topology declared, then settles.
+    let vhost = format!("{}_later", stack.vhost.name());
+    let host = std::env::var("TEST_AMQP_HOST").unwrap_or_else(|_| "127.0.0.1:5672".into());
+    let url = broker::AmqpUrl::new(format!("amqp://guest:guest@{host}/{vhost}"));
+    let mut child = KillOnDrop(
+        worker(&stack, &[])
+            .env("AMQP_URL", url.expose())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let _cleanup = DropVhost(vhost.clone());
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(child.try_wait().unwrap().is_none(), "the worker exited");
+    let _ = broker::testing::rabbitmqctl(&["add_vhost", &vhost]);
+    let _ =
+        broker::testing::rabbitmqctl(&["set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"]);
+    let mut conn = broker::connect(&url).unwrap();
+    stack.topology.declare(&mut conn, &url).unwrap();
+    let _ = conn.close();
+    let no = stack.order();
+    stack.sim_put(&no, "NOTPAY");
+    std::thread::sleep(crate::WINDOW);
+    stack.dead_letter_to(&url, &no);
+    assert_eq!(
+        stack.wait_settled(&no, Duration::from_secs(20)),
+        OrderStatus::Closed
+    );
+    terminate(&mut child, Duration::from_secs(10));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("waiting for the broker"), "{text}");
+    assert!(!text.contains("guest:guest"), "{text}");
+    stack.assert_conserved();
 }

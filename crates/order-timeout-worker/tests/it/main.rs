@@ -5,6 +5,7 @@
 mod binary;
 mod branches;
 mod configuration;
+mod deadlines;
 mod delivery;
 mod edges;
 mod failover;

@@ -197,6 +197,11 @@ impl Stack {
     /// as if it had just been dead-lettered, without declaring anything (the
     /// relay would declare the topology again).
     pub(crate) fn dead_letter(&self, no: &OrderNo) {
+        self.dead_letter_to(self.vhost.url(), no);
+    }
+
+    /// [`Stack::dead_letter`] on the broker at `url`.
+    pub(crate) fn dead_letter_to(&self, url: &broker::AmqpUrl, no: &OrderNo) {
         let order = domain::find_order(&mut self.db.conn(), no)
             .unwrap()
             .unwrap();
@@ -205,10 +210,9 @@ impl Stack {
             created_at: order.created_at,
             deadline: order.deadline,
         };
-        let mut conn = broker::connect(self.vhost.url()).unwrap();
+        let mut conn = broker::connect(url).unwrap();
         let mut publisher =
-            broker::ConfirmedPublisher::open(&mut conn, self.vhost.url(), Duration::from_secs(10))
-                .unwrap();
+            broker::ConfirmedPublisher::open(&mut conn, url, Duration::from_secs(10)).unwrap();
         let outcome = publisher
             .publish_one(
                 broker::topology::TIMEOUT_QUEUE,
@@ -323,6 +327,11 @@ impl Running {
 
     pub(crate) fn outcomes(&self, label: &str) -> u64 {
         self.stats.total(label)
+    }
+
+    /// The summary line of what happened since the last one.
+    pub(crate) fn summary(&self) -> Option<String> {
+        self.stats.take_summary()
     }
 
     pub(crate) fn stop(mut self) {
