@@ -156,9 +156,15 @@ impl FrontDoor {
             notify_url,
             stop: Arc::new(AtomicBool::new(false)),
             running: None,
+            // No pooled connections: a refusal answered before its body was
+            // read may close the connection, and a request sent on it in
+            // that moment fails in the client ("Peer disconnected"), which
+            // is no answer of the front door's to test.
             agent: ureq::Agent::config_builder()
                 .http_status_as_error(false)
                 .timeout_global(Some(Duration::from_secs(20)))
+                .max_idle_connections(0)
+                .max_idle_connections_per_host(0)
                 .build()
                 .into(),
             dir,
