@@ -287,6 +287,20 @@ impl Topology {
         self.delay_queues[0].ttl
     }
 
+    /// The window of an order: `given`, else the longest delay queue's TTL,
+    /// refused (as [`Topology::check_window`]) when no delay queue can
+    /// serve it.
+    pub fn window_or_default(&self, given: Option<Duration>) -> Result<Duration, String> {
+        let window = given.unwrap_or_else(|| {
+            self.delay_queues
+                .last()
+                .expect("a topology has at least one delay queue")
+                .ttl
+        });
+        self.check_window(window)?;
+        Ok(window)
+    }
+
     /// Refuses a payment window shorter than every delay queue's TTL (its
     /// message could only come out after the deadline); the message names
     /// the windows that can be served, for an API answer or a usage error.
@@ -303,8 +317,8 @@ impl Topology {
         Err(format!(
             "a payment window of {} cannot be served: the shortest delay queue holds messages \
              {}; windows of {} or longer can be served (delay queues: {}); choose a longer \
-             window, or declare a delay queue for this one (PAYMENT_WINDOWS, \
-             `order-producer declare --window {}`)",
+             window, or declare a delay queue for this one (DELAY_WINDOWS, \
+             `order-producer declare --delay-windows {}`)",
             duration_label(window),
             duration_label(shortest),
             duration_label(shortest),
@@ -812,11 +826,19 @@ mod tests {
         assert!(
             err.contains("a payment window of 3s cannot be served")
                 && err.contains("windows of 20s or longer can be served")
-                && err.contains("queue.ordercreate (20s)"),
+                && err.contains("queue.ordercreate (20s)")
+                && err.contains("DELAY_WINDOWS, `order-producer declare --delay-windows 3s`"),
             "{err}"
         );
         assert!(t.check_window(Duration::from_secs(20)).is_ok());
         assert!(t.check_window(Duration::from_mins(15)).is_ok());
+        // No window given: the longest delay queue's, checked like any.
+        assert_eq!(t.window_or_default(None), Ok(Duration::from_secs(20)));
+        assert_eq!(
+            t.window_or_default(Some(Duration::from_mins(1))),
+            Ok(Duration::from_mins(1))
+        );
+        assert!(t.window_or_default(Some(Duration::from_secs(3))).is_err());
     }
 
     #[test]

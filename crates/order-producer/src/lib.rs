@@ -327,15 +327,8 @@ fn create_order(args: &CreateOrderArgs, out: &mut impl Write) -> anyhow::Result<
     let topology = args.topology.topology().map_err(UsageError)?;
     let mut conn = connect(&args.database)?;
     require_schema(&mut conn)?;
-    let window = args.payment_window.unwrap_or_else(|| {
-        topology
-            .delay_queues()
-            .last()
-            .expect("a topology has at least one delay queue")
-            .ttl
-    });
-    topology
-        .check_window(window)
+    let window = topology
+        .window_or_default(args.payment_window)
         .map_err(|e| UsageError(format!("--payment-window: {e}")))?;
     let order = domain::create_order(&mut conn, &args.items, window)
         .context("order not created, stock untouched")?;

@@ -227,17 +227,10 @@ fn state(args: &ServeArgs, metrics: &Metrics) -> anyhow::Result<AppState> {
         .with_observer(Arc::new(metrics.clone()));
     let verifier = NotificationVerifier::new(payments.key_store().clone(), apiv3);
     let topology = args.topology.topology().map_err(UsageError)?;
-    let default_window = args.payment_window.unwrap_or_else(|| {
-        topology
-            .delay_queues()
-            .last()
-            .expect("a topology has at least one delay queue")
-            .ttl
-    });
     // A default window no delay queue can serve would make every order
     // without a window of its own come out after its deadline.
-    topology
-        .check_window(default_window)
+    let default_window = topology
+        .window_or_default(args.payment_window)
         .map_err(|e| UsageError(format!("PAYMENT_WINDOW: {e}")))?;
 
     let url = args.database.url();
