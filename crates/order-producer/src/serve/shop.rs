@@ -301,8 +301,8 @@ fn not_pending(no: &OrderNo, status: OrderStatus) -> ApiError {
         (status = 404, description = "`ORDER_NOT_FOUND`", body = ApiError),
         (status = 409, description = "`ORDER_NOT_PENDING`, `DEADLINE_PASSED` (less than 5 s left), `ORDER_PAID` or `ORDER_CLOSED_AT_WECHATPAY`", body = ApiError),
         (status = 502, description = "`WECHATPAY_REFUSED`: WeChat Pay refused the prepay (a configuration problem)", body = ApiError),
-        (status = 503, description = "`WECHATPAY_UNAVAILABLE`: WeChat Pay did not answer usably; try again", body = ApiError),
-        (status = "default", description = "`WECHATPAY_UNAVAILABLE` (504: WeChat Pay timed out), `INTERNAL` (500), `UNAVAILABLE` (503: the database), `METHOD_NOT_ALLOWED` (405)", body = ApiError),
+        (status = 503, description = "`WECHATPAY_UNAVAILABLE`: WeChat Pay did not answer usably; or `UNAVAILABLE`: the database is away; try again", body = ApiError),
+        (status = "default", description = "`WECHATPAY_UNAVAILABLE` (504: WeChat Pay timed out), `INTERNAL` (500), `METHOD_NOT_ALLOWED` (405)", body = ApiError),
     )
 )]
 pub(super) async fn native_prepay(
