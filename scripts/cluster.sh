@@ -60,7 +60,15 @@ EOF
 }
 
 wait_node() {
-    local n=$1
+    local n=$1 i
+    # `-detached` returns while the node is still in its prelaunch phase,
+    # not yet known to epmd under its name, and `await_startup` fails at once
+    # on a node it cannot find (seen on a loaded machine): wait until it
+    # answers a ping first.
+    for ((i = 0; i < 240; i++)); do
+        ctl "$n" ping >/dev/null 2>&1 && break
+        sleep 0.5
+    done
     if ! ctl "$n" await_startup --timeout 120 >/dev/null; then
         say "$(node "$n") did not start; its log: $DIR/node$n/log"
         return 1

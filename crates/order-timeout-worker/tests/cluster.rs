@@ -61,8 +61,11 @@ struct Cluster {
 impl Cluster {
     fn up() -> Self {
         let started_here = cluster(&["status"]).contains("not running");
+        // Built before `up`, so that nodes this test started are taken down
+        // even when `up` fails half way.
+        let cluster_guard = Self { started_here };
         cluster(&["up"]);
-        Self { started_here }
+        cluster_guard
     }
 }
 
