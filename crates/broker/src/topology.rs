@@ -317,8 +317,9 @@ impl Topology {
         Err(format!(
             "a payment window of {} cannot be served: the shortest delay queue holds messages \
              {}; windows of {} or longer can be served (delay queues: {}); choose a longer \
-             window, or declare a delay queue for this one (DELAY_WINDOWS, \
-             `order-producer declare --delay-windows {}`)",
+             window, or add a delay queue of {} or less to DELAY_WINDOWS in the settings of \
+             every process and run `order-producer declare` (docs/operations.md, \
+             \"Changing the payment window\")",
             duration_label(window),
             duration_label(shortest),
             duration_label(shortest),
@@ -827,7 +828,7 @@ mod tests {
             err.contains("a payment window of 3s cannot be served")
                 && err.contains("windows of 20s or longer can be served")
                 && err.contains("queue.ordercreate (20s)")
-                && err.contains("DELAY_WINDOWS, `order-producer declare --delay-windows 3s`"),
+                && err.contains("add a delay queue of 3s or less to DELAY_WINDOWS"),
             "{err}"
         );
         assert!(t.check_window(Duration::from_secs(20)).is_ok());

@@ -200,8 +200,9 @@ pub struct CreateOrderArgs {
     pub items: Vec<OrderLine>,
     /// How long the buyer has to pay, e.g. 30m, 10s, 1500ms, 2h. When not
     /// set: the delay queue's TTL (`DELAY_TTL_MS`), or the longest of the
-    /// delay windows (`DELAY_WINDOWS`). The relay routes the message to the
-    /// delay queue with the longest TTL within this window.
+    /// delay windows (`DELAY_WINDOWS`). A window shorter than every delay
+    /// queue is refused (exit 2). The relay routes the message by the time
+    /// left until the deadline when it publishes.
     #[arg(long, env = "PAYMENT_WINDOW", value_parser = parse_duration)]
     pub payment_window: Option<Duration>,
     #[command(flatten)]

@@ -430,17 +430,19 @@ impl Settler {
     }
 
     fn compensate(&self, order: &Order, tx: &Transaction, refunded: bool) -> Settlement {
-        if refunded {
-            log::warn!(
-                "order {}: WeChat Pay reports it paid and then refunded (REFUND); recorded as paid, check the refund",
-                order.order_no
-            );
-        }
         let recorded = self
             .conn()
             .and_then(|mut c| service::payments::record_payment(&mut c, order, tx));
         match recorded {
             Ok(Recorded::Paid) => {
+                // Said only when it is so: a refund of a payment after close
+                // is our own, and that order stays closed.
+                if refunded {
+                    log::warn!(
+                        "order {}: WeChat Pay reports it paid and then refunded (REFUND); recorded as paid, check the refund",
+                        order.order_no
+                    );
+                }
                 self.metrics.settlement_lag(Utc::now() - order.deadline);
                 Settlement::Compensated { refunded }
             }
