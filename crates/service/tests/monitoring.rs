@@ -188,7 +188,7 @@ fn metric_identifiers(text: &str) -> Vec<String> {
 /// `outbox_oldest_age_seconds` and `snapshot_timestamp_seconds`, are always
 /// declared).
 fn histograms() -> BTreeSet<String> {
-    let encoded = Metrics::new("worker").encode();
+    let encoded = populated().encode();
     let declared: BTreeMap<&str, &str> = encoded
         .lines()
         .filter_map(|line| line.strip_prefix("# TYPE "))
@@ -196,12 +196,52 @@ fn histograms() -> BTreeSet<String> {
         .collect();
     METRIC_NAMES
         .iter()
-        .filter(|name| match declared.get(*name) {
-            Some(kind) => *kind == "histogram",
-            None => name.ends_with("_seconds"),
-        })
+        .filter(|name| declared.get(*name) == Some(&"histogram"))
         .map(|name| (*name).to_owned())
         .collect()
+}
+
+/// A worker's metrics with a series in every family: a family without one
+/// is not declared at all (no `# TYPE` line), which would leave its kind
+/// unknown (the histogram families, and the snapshot gauges of a process
+/// that does not hold the collector lock).
+fn populated() -> Metrics {
+    use payment_client::CallObserver as _;
+    use service::snapshot::{NeedsHuman, Outbox, Overdue, Snapshot};
+    let m = Metrics::new("worker");
+    m.observe(
+        payment_client::Call::Query,
+        &payment_client::CallResult::Timeout,
+        std::time::Duration::from_millis(1),
+    );
+    m.http_request(
+        std::borrow::Cow::Borrowed("/healthz"),
+        200,
+        std::time::Duration::from_millis(1),
+    );
+    m.set_snapshot(&Snapshot {
+        taken_at: chrono::Utc::now(),
+        queues: Vec::new(),
+        broker_error: None,
+        orders: BTreeMap::new(),
+        outbox: Outbox {
+            backlog: 0,
+            oldest: None,
+            oldest_age_seconds: 0.0,
+        },
+        overdue: Overdue {
+            orders: 0,
+            oldest_deadline: None,
+            oldest_seconds: 0.0,
+        },
+        payments_after_close: 0,
+        refunds: BTreeMap::new(),
+        needs_human: NeedsHuman {
+            orders: 0,
+            refunds: 0,
+        },
+    });
+    m
 }
 
 /// The names among `names` that no process exports: not in
