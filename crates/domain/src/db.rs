@@ -321,8 +321,21 @@ pub fn ping(conn: &mut PgConnection) -> Result<(), StoreError> {
 }
 
 /// Versions of embedded migrations not yet applied: empty when the schema is
-/// current. Binaries check this at start-up instead of failing later.
+/// current. Binaries check this at start-up instead of failing later. Writes
+/// nothing: on a database never migrated, every migration is pending (diesel's
+/// own look creates its bookkeeping table first, which a read-only check
+/// must not, and which a role without CREATE cannot).
 pub fn pending_migrations(conn: &mut PgConnection) -> Result<Vec<String>, StoreError> {
+    use diesel::migration::MigrationSource;
+    let bookkept = diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(
+        "to_regclass('__diesel_schema_migrations') IS NOT NULL",
+    ))
+    .get_result::<bool>(conn)?;
+    if !bookkept {
+        return MigrationSource::<diesel::pg::Pg>::migrations(&MIGRATIONS)
+            .map(|ms| ms.iter().map(|m| m.name().to_string()).collect())
+            .map_err(|e| StoreError::Migration(e.to_string()));
+    }
     conn.pending_migrations(MIGRATIONS)
         .map(|ms| ms.iter().map(|m| m.name().to_string()).collect())
         .map_err(|e| StoreError::Migration(e.to_string()))

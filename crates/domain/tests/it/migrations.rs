@@ -76,3 +76,26 @@ fn the_template_drop_script_knows_the_in_use_lock() {
     let key = domain::testing::TEMPLATE_IN_USE_KEY.to_string();
     assert!(script.contains(&format!("in_use_key={key}")), "{key}");
 }
+
+#[test]
+fn asking_what_is_pending_writes_nothing() {
+    #[derive(diesel::QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let db = TestDb::empty();
+    let mut conn = db.conn();
+    assert_eq!(
+        pending_migrations(&mut conn).unwrap().len(),
+        migration_count()
+    );
+    // A check at start-up (the worker's, serve's) on a database never
+    // migrated leaves it as it was: no bookkeeping table either.
+    let tables = diesel::sql_query(
+        "SELECT count(*) AS n FROM information_schema.tables WHERE table_schema = 'public'",
+    )
+    .get_result::<Count>(&mut conn)
+    .unwrap();
+    assert_eq!(tables.n, 0, "the check created a table");
+}
