@@ -21,6 +21,23 @@ pub struct Outgoing<'a> {
     pub message: &'a TimeoutMessage,
 }
 
+impl Outgoing<'_> {
+    /// Where it goes, for logs and operators: the exchange, or the queue
+    /// the default exchange routes to.
+    #[must_use]
+    pub fn target(&self) -> &str {
+        target_name(self.exchange, self.queue)
+    }
+}
+
+fn target_name<'a>(exchange: &'a str, queue: &'a str) -> &'a str {
+    if exchange.is_empty() {
+        queue
+    } else {
+        exchange
+    }
+}
+
 /// What became of one published message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -229,7 +246,7 @@ impl ConfirmedPublisher {
                 },
             )
             .map_err(|e| {
-                let to = if exchange.is_empty() { queue } else { exchange };
+                let to = target_name(exchange, queue);
                 BrokerError::from_amiquip(&self.url, &format!("failed to publish to {to}"), e)
             })?;
         self.next_tag += 1;

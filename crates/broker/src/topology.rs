@@ -247,14 +247,6 @@ impl Topology {
         &self.retry_queues
     }
 
-    /// The delay queue for an order with this payment window: the longest
-    /// TTL not exceeding it (the message comes out at or before the deadline
-    /// and the worker waits out any remainder), else the shortest.
-    #[must_use]
-    pub fn route(&self, window: Duration) -> &DelayQueue {
-        longest_within(&self.delay_queues, window)
-    }
-
     /// Where a delay message goes when `remaining` is left until its
     /// deadline (deadline - now, at publish time): the delay queue with the
     /// longest TTL <= `remaining` + [`ROUTE_TOLERANCE`]; if none, the retry
@@ -766,33 +758,15 @@ mod tests {
     }
 
     #[test]
-    fn routes_pick_the_longest_ttl_within_the_window() {
+    fn a_retry_picks_the_longest_delay_within_the_wish() {
         let t = Topology::windows(
             &[Duration::from_mins(15), Duration::from_mins(30)],
             QueueType::Classic,
         )
         .unwrap();
         assert_eq!(
-            t.route(Duration::from_mins(30)).name,
-            "queue.ordercreate.30m"
-        );
-        assert_eq!(
-            t.route(Duration::from_mins(20)).name,
-            "queue.ordercreate.15m"
-        );
-        // Shorter than every window: the shortest queue (the worker waits out the rest).
-        assert_eq!(
-            t.route(Duration::from_mins(1)).name,
-            "queue.ordercreate.15m"
-        );
-        assert_eq!(
             t.retry_route(Duration::from_secs(40)).unwrap().name,
             "queue.ordertimeout.retry.30s"
-        );
-        let single = Topology::single(DEFAULT_TTL, QueueType::Classic).unwrap();
-        assert_eq!(
-            single.route(Duration::from_secs(1)).name,
-            "queue.ordercreate"
         );
     }
 

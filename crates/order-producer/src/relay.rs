@@ -375,11 +375,7 @@ pub fn publish_orders(
             Outcome::Confirmed => out.lines.push(format!(
                 "{}: published to {}",
                 item.message.order_no,
-                if item.exchange.is_empty() {
-                    item.queue
-                } else {
-                    item.exchange
-                }
+                item.target()
             )),
             Outcome::Nacked => {
                 out.lines.push(format!(

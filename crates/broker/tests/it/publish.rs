@@ -32,7 +32,7 @@ fn a_300ms_delay_message_comes_out_of_the_timeout_queue_dead_lettered() {
     let outcomes = publisher
         .publish_all(&[Outgoing {
             exchange: "",
-            queue: &topo.route(Duration::from_millis(300)).name,
+            queue: &topo.delay_queues()[0].name,
             message: &msg,
         }])
         .unwrap();
