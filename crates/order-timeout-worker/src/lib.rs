@@ -7,7 +7,7 @@ pub mod consumer;
 pub mod dispose;
 pub mod lane;
 pub mod refund;
-pub mod settle;
+pub use service::settle;
 pub mod stats;
 pub mod sweep;
 

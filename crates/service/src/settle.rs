@@ -22,12 +22,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::payments::Recorded;
+use crate::{Metrics, Outcome};
 use chrono::{DateTime, Utc};
 use domain::close_batch::{CloseBatcher, DEFAULT_MAX_BATCH};
 use domain::{Anomaly, CloseOutcome, Order, OrderNo, OrderStatus, PgPool, StoreError};
 use payment_client::{QueryOutcome, TradeState, Transaction};
-use service::payments::Recorded;
-use service::{Metrics, Outcome};
 
 /// How long after a close on `ORDER_NOT_EXIST` the recheck looks again.
 pub const DEFAULT_RECHECK_AFTER: Duration = Duration::from_mins(10);
@@ -432,7 +432,7 @@ impl Settler {
     fn compensate(&self, order: &Order, tx: &Transaction, refunded: bool) -> Settlement {
         let recorded = self
             .conn()
-            .and_then(|mut c| service::payments::record_payment(&mut c, order, tx));
+            .and_then(|mut c| crate::payments::record_payment(&mut c, order, tx));
         match recorded {
             Ok(Recorded::Paid) => {
                 // Said only when it is so: a refund of a payment after close
