@@ -46,6 +46,10 @@ pub enum StoreError {
     IdempotencyKeyReused(String),
     #[error("payment window of {0:?} is out of range (at most 366 days)")]
     InvalidWindow(std::time::Duration),
+    /// An operator's decision that does not apply to the case as it stands
+    /// (unknown, already decided, the wrong kind): nothing was changed.
+    #[error("refused: {0}")]
+    Refused(String),
     #[error("the database rejected the change: {kind:?} constraint {constraint} ({message})")]
     Constraint {
         kind: ConstraintKind,

@@ -13,6 +13,7 @@
 
 pub mod close_batch;
 pub mod db;
+pub mod decisions;
 pub mod error;
 pub mod followup;
 pub mod models;
@@ -31,6 +32,10 @@ pub mod values;
 pub use db::{
     build_counted_pool, build_pool, checkout, connect, pending_migrations, run_migrations,
     DatabaseUrl, PgPool, PooledConnection, SweepLock,
+};
+pub use decisions::{
+    accept_payment, claim_refund, confirm_refund, note_decision, open_anomaly, parked_refund,
+    refund_payment, reopen_refund, Decision, RefundQueued,
 };
 pub use diesel::PgConnection;
 pub use error::{ConstraintKind, StoreError};

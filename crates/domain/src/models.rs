@@ -69,6 +69,9 @@ pub struct OrderEvent {
     pub kind: String,
     pub detail: String,
     pub created_at: DateTime<Utc>,
+    /// Who decided (an operator's `--by`, on `decision` events); `None`
+    /// for the system's own events.
+    pub actor: Option<String>,
 }
 
 pub(crate) fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
@@ -189,6 +192,7 @@ pub(crate) struct EventRow {
     kind: String,
     detail: String,
     created_at: DateTime<Utc>,
+    actor: Option<String>,
 }
 
 impl From<EventRow> for OrderEvent {
@@ -197,6 +201,7 @@ impl From<EventRow> for OrderEvent {
             kind: r.kind,
             detail: r.detail,
             created_at: r.created_at,
+            actor: r.actor,
         }
     }
 }

@@ -966,6 +966,7 @@ fn mark_paid_tx(
                         order_no,
                         payment_id,
                         payment.amount,
+                        "paid after close",
                     )?
                 } else {
                     String::from("(nothing to refund: 0 fen)")

@@ -165,6 +165,7 @@ pub(crate) fn create_refund(
     order_no: &OrderNo,
     payment_id: i64,
     amount: Fen,
+    why: &str,
 ) -> Result<String, StoreError> {
     let no = out_refund_no(order_no, payment_id);
     diesel::insert_into(refunds::table)
@@ -179,7 +180,7 @@ pub(crate) fn create_refund(
         conn,
         order_id,
         "refund",
-        &format!("refund {no} of {amount} requested (paid after close)"),
+        &format!("refund {no} of {amount} requested ({why})"),
     )?;
     Ok(no)
 }

@@ -7,6 +7,7 @@ diesel::table! {
         kind -> Text,
         detail -> Text,
         created_at -> Timestamptz,
+        actor -> Nullable<Text>,
     }
 }
 

@@ -4,6 +4,7 @@
 //! the broker, re-publishing delay messages and a status report (on the
 //! `broker` crate).
 
+pub mod cases;
 pub mod parked;
 pub mod relay;
 pub mod serve;
@@ -84,6 +85,14 @@ pub enum Command {
     /// `queue.ordertimeout` with a fresh attempt count (fix the cause first);
     /// poison stays parked.
     Parked(ParkedArgs),
+    /// Everything that waits for a human (orders whose payment did not
+    /// match, refunds WeChat Pay refused or reports ABNORMAL, parked
+    /// messages), oldest first, with what each side says and the decisions
+    /// that apply; and one subcommand per decision (`cases accept --help`,
+    /// ...). Each decision asks WeChat Pay first, changes the store in one
+    /// transaction and records who decided (--by) and why (--reason); one
+    /// that does not apply is refused with exit 2 and changes nothing.
+    Cases(Box<cases::CasesArgs>),
     /// The front door: the shop's HTTP API (create and read orders, create
     /// the WeChat Pay Native prepay) behind a bearer token, WeChat Pay's
     /// payment notifications behind WeChat Pay's signature, and /healthz and
@@ -245,6 +254,7 @@ pub fn run(cli: &Cli, stop: &Arc<AtomicBool>) -> anyhow::Result<ExitCode> {
         Command::Declare(args) => declare(args),
         Command::Relay(args) => relay(args, stop),
         Command::Parked(args) => parked_cmd(args),
+        Command::Cases(args) => cases::run(args, &mut out),
         Command::Serve(args) => {
             serve::run(args, stop)?;
             Ok(ExitCode::SUCCESS)

@@ -202,23 +202,6 @@ impl FrontDoor {
             self.files.apiv3_key_file.to_str().expect("utf-8 path"),
             "--wechatpay-notify-url",
             &self.notify_url,
-            "--wechatpay-base-url",
-            &self.sim.base_url(),
-            "--wechatpay-mchid",
-            wechatpay_sim::DEFAULT_MCHID,
-            "--wechatpay-merchant-serial-no",
-            wechatpay_sim::DEFAULT_MERCHANT_SERIAL_NO,
-            "--wechatpay-merchant-key-file",
-            self.files.merchant_key_file.to_str().expect("utf-8 path"),
-            "--wechatpay-public-key-id",
-            wechatpay_sim::DEFAULT_PUBLIC_KEY_ID,
-            "--wechatpay-public-key-file",
-            self.files
-                .wechatpay_public_key_file
-                .to_str()
-                .expect("utf-8 path"),
-            "--wechatpay-timeout",
-            "2s",
             "--api-request-timeout",
             "3s",
             "--api-header-timeout",
@@ -233,6 +216,7 @@ impl FrontDoor {
         .iter()
         .map(|s| (*s).to_owned())
         .collect();
+        args.extend(self.wechatpay_args());
         if !extra.contains(&"--delay-windows") {
             // Delay queues of 1 s and 30 min, so that every window the tests
             // ask for (1s to 15m) can be served; the default stays 30 min.
@@ -246,6 +230,30 @@ impl FrontDoor {
         }
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         Cli::try_parse_from(args).expect("a valid serve command line")
+    }
+
+    /// The settings that reach the simulator as this merchant (base URL,
+    /// merchant id and key, WeChat Pay's public key), as flag and value
+    /// pairs: what every command that asks WeChat Pay takes.
+    #[must_use]
+    pub fn wechatpay_args(&self) -> Vec<String> {
+        let path = |p: &std::path::Path| p.to_str().expect("utf-8 path").to_owned();
+        vec![
+            "--wechatpay-base-url".into(),
+            self.sim.base_url(),
+            "--wechatpay-mchid".into(),
+            wechatpay_sim::DEFAULT_MCHID.into(),
+            "--wechatpay-merchant-serial-no".into(),
+            wechatpay_sim::DEFAULT_MERCHANT_SERIAL_NO.into(),
+            "--wechatpay-merchant-key-file".into(),
+            path(&self.files.merchant_key_file),
+            "--wechatpay-public-key-id".into(),
+            wechatpay_sim::DEFAULT_PUBLIC_KEY_ID.into(),
+            "--wechatpay-public-key-file".into(),
+            path(&self.files.wechatpay_public_key_file),
+            "--wechatpay-timeout".into(),
+            "2s".into(),
+        ]
     }
 
     /// A request with the shop's token.

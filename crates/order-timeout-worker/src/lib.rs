@@ -335,49 +335,12 @@ fn settle_now(settler: &Settler, order_no: &OrderNo) -> anyhow::Result<ExitCode>
         .and_then(|mut c| domain::refunds_of(&mut c, order_no))
         .context("could not read the order's refunds")?;
     let mut out = std::io::stdout().lock();
-    let line = match &s {
-        Settlement::Closed { why, recheck_after } => format!(
-            "closed, stock given back: {why}{}",
-            recheck_after
-                .map(|d| {
-                    format!(
-                        " (a recheck is due in {} s; the sweep does it if no worker does)",
-                        d.as_secs()
-                    )
-                })
-                .unwrap_or_default()
-        ),
-        Settlement::Compensated { refunded: false } => {
-            "paid at WeChat Pay: marked paid, payment recorded".to_owned()
-        }
-        Settlement::Compensated { refunded: true } => {
-            "paid and refunded at WeChat Pay: marked paid, payment recorded; check the refund"
-                .to_owned()
-        }
-        Settlement::PaidAfterClose {
-            newly_recorded: true,
-        } => "PAID AFTER CLOSE: payment recorded for refund".to_owned(),
-        Settlement::PaidAfterClose {
-            newly_recorded: false,
-        } => format!(
-            "paid after close, already recorded: nothing new recorded; {}",
-            refund_summary(&refunds)
-        ),
-        Settlement::Rechecked { found } => format!("closed here; rechecked at WeChat Pay: {found}"),
-        Settlement::AlreadySettled(st) => format!("already {st}: nothing to do"),
-        Settlement::NotYetDue { remaining } => format!(
-            "not settled: its payment deadline is {}s away",
-            remaining.as_secs()
-        ),
-        Settlement::UnknownOrder => "not settled: no such order".to_owned(),
-        Settlement::NeedsHuman { anomaly, detail } => format!(
-            "NOT SETTLED, NEEDS A HUMAN ({anomaly}): {detail}; nothing paid, nothing closed, stock held"
-        ),
-        Settlement::RetryLater { reason, .. } => {
-            format!("not settled, payment state unknown: {reason}; try again later")
-        }
-        Settlement::GiveUp { reason } => format!("not settled: {reason}"),
-    };
+    let mut line = s.describe();
+    if s == (Settlement::PaidAfterClose {
+        newly_recorded: false,
+    }) {
+        line = format!("{line}; {}", refund_summary(&refunds));
+    }
     writeln!(out, "{order_no}: {}: {line}", s.label())?;
     for r in refunds {
         writeln!(

@@ -14,8 +14,9 @@ use broker::BrokerError;
 pub struct UsageError(pub String);
 
 /// The exit code for an error: 2 when bad usage or configuration caused it
-/// (a [`UsageError`] anywhere in its chain, or a topology the broker lacks or
-/// holds with other arguments), 1 for anything else.
+/// (a [`UsageError`] anywhere in its chain, a topology the broker lacks or
+/// holds with other arguments, or an operator's decision refused as not
+/// applying), 1 for anything else.
 #[must_use]
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     let usage = err.chain().any(|e| {
@@ -27,6 +28,10 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
                         | BrokerError::TopologyMissing { .. }
                         | BrokerError::RetryDelaysDiffer { .. }
                 )
+            )
+            || matches!(
+                e.downcast_ref::<domain::StoreError>(),
+                Some(domain::StoreError::Refused(_))
             )
     });
     if usage {

@@ -126,7 +126,26 @@ fn needs_human(
 /// that forbids recording it: every field that moves money must be there
 /// and match the order (invariant 11).
 pub fn payment_record(order: &Order, tx: &Transaction) -> Result<PaymentRecord, (Anomaly, String)> {
+    checked_payment(Some(order.total.get()), tx)
+}
+
+/// The payment WeChat Pay reports, complete (a usable transaction id, an
+/// amount in CNY, an RFC 3339 success time) but whatever its amount: what
+/// an operator's `cases accept` or `cases refund` records, after deciding
+/// that a payment which does not match its order is genuine. The error
+/// says which field is missing or unusable (no decision can record it).
+pub fn reported_payment(tx: &Transaction) -> Result<PaymentRecord, (Anomaly, String)> {
+    checked_payment(None, tx)
+}
+
+/// Every field that moves money, checked; the total against the order's
+/// when `order_total` is given.
+fn checked_payment(
+    order_total: Option<i64>,
+    tx: &Transaction,
+) -> Result<PaymentRecord, (Anomaly, String)> {
     let state = tx.trade_state;
+    let ours = order_total.map_or_else(String::new, |t| format!("; the order's total is {t} fen"));
     let transaction_id = tx
         .transaction_id
         .as_deref()
@@ -152,25 +171,30 @@ pub fn payment_record(order: &Order, tx: &Transaction) -> Result<PaymentRecord, 
             None => {
                 return Err((
                     Anomaly::MissingAmount,
-                    format!("WeChat Pay reports transaction {transaction_id} ({state}) without amount.total; the order's total is {} fen", order.total.get()),
+                    format!("WeChat Pay reports transaction {transaction_id} ({state}) without amount.total{ours}"),
                 ))
             }
         },
         None => {
             return Err((
                 Anomaly::MissingAmount,
-                format!("WeChat Pay reports transaction {transaction_id} ({state}) without an amount; the order's total is {} fen", order.total.get()),
+                format!("WeChat Pay reports transaction {transaction_id} ({state}) without an amount{ours}"),
             ))
         }
     };
-    if total != order.total.get() || currency != Some("CNY") {
+    if order_total.is_some_and(|t| t != total) || currency != Some("CNY") {
         return Err((
             Anomaly::AmountMismatch,
-            format!(
-                "WeChat Pay reports transaction {transaction_id} ({state}) for {total} fen in {}, the order's total is {} fen in CNY",
-                currency.unwrap_or("(no currency)"),
-                order.total.get()
-            ),
+            match order_total {
+                Some(t) => format!(
+                    "WeChat Pay reports transaction {transaction_id} ({state}) for {total} fen in {}, the order's total is {t} fen in CNY",
+                    currency.unwrap_or("(no currency)"),
+                ),
+                None => format!(
+                    "WeChat Pay reports transaction {transaction_id} ({state}) for {total} fen in {}: only CNY can be recorded",
+                    currency.unwrap_or("(no currency)"),
+                ),
+            },
         ));
     }
     let amount = Fen::new(total).map_err(|e| (Anomaly::AmountMismatch, e.to_string()))?;

@@ -103,6 +103,52 @@ pub enum Settlement {
 }
 
 impl Settlement {
+    /// The settlement in words, for an operator (`settle ORDER_NO`, `cases
+    /// recheck`): what was found and what was done.
+    #[must_use]
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Closed { why, recheck_after } => format!(
+                "closed, stock given back: {why}{}",
+                recheck_after
+                    .map(|d| {
+                        format!(
+                            " (a recheck is due in {} s; the sweep does it if no worker does)",
+                            d.as_secs()
+                        )
+                    })
+                    .unwrap_or_default()
+            ),
+            Self::Compensated { refunded: false } => {
+                "paid at WeChat Pay: marked paid, payment recorded".to_owned()
+            }
+            Self::Compensated { refunded: true } => {
+                "paid and refunded at WeChat Pay: marked paid, payment recorded; check the refund"
+                    .to_owned()
+            }
+            Self::PaidAfterClose {
+                newly_recorded: true,
+            } => "PAID AFTER CLOSE: payment recorded for refund".to_owned(),
+            Self::PaidAfterClose {
+                newly_recorded: false,
+            } => "paid after close, already recorded: nothing new recorded".to_owned(),
+            Self::Rechecked { found } => format!("closed here; rechecked at WeChat Pay: {found}"),
+            Self::AlreadySettled(st) => format!("already {st}: nothing to do"),
+            Self::NotYetDue { remaining } => format!(
+                "not settled: its payment deadline is {}s away",
+                remaining.as_secs()
+            ),
+            Self::UnknownOrder => "not settled: no such order".to_owned(),
+            Self::NeedsHuman { anomaly, detail } => format!(
+                "NOT SETTLED, NEEDS A HUMAN ({anomaly}): {detail}; nothing paid, nothing closed, stock held"
+            ),
+            Self::RetryLater { reason, .. } => {
+                format!("not settled, payment state unknown: {reason}; try again later")
+            }
+            Self::GiveUp { reason } => format!("not settled: {reason}"),
+        }
+    }
+
     /// A short name for logs and counters.
     #[must_use]
     pub fn label(&self) -> &'static str {

@@ -261,9 +261,12 @@ pub struct RefundView {
 /// One entry of an order's audit trail.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct EventView {
-    /// `created`, `prepay`, `paid`, `closed`, ...
+    /// `created`, `prepay`, `paid`, `closed`, `decision` (an operator's,
+    /// through `order-producer cases`), ...
     pub kind: String,
     pub detail: String,
+    /// Who decided, on `decision` events; `null` for the system's own.
+    pub by: Option<String>,
     #[schema(format = DateTime)]
     pub at: String,
 }

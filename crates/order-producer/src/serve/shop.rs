@@ -256,6 +256,7 @@ pub(super) async fn show(
                 .map(|e| EventView {
                     kind: e.kind.clone(),
                     detail: e.detail.clone(),
+                    by: e.actor.clone(),
                     at: time(e.created_at),
                 })
                 .collect(),

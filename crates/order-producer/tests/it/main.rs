@@ -1,6 +1,7 @@
 //! The `order-producer` binary as a user runs it, against the real
 //! PostgreSQL and RabbitMQ (a fresh database and vhost per test).
 
+mod cases;
 mod cli;
 mod declare;
 mod metrics;

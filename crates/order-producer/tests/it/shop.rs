@@ -74,6 +74,7 @@ fn an_order_is_created_with_stock_and_outbox_and_can_be_read() {
     );
     assert_eq!(order["payment"], Value::Null);
     assert_eq!(order["events"][0]["kind"], "created");
+    assert_eq!(order["events"][0]["by"], serde_json::Value::Null);
 
     // Without a window: the delay queue's TTL (30 min here).
     let a = door.call(

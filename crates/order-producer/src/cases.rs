@@ -1,0 +1,669 @@
+//! `order-producer cases`: everything that waits for a human, and one
+//! command per decision.
+//!
+//! Listing reads the store (orders with an anomaly, refunds parked for a
+//! human) and the parking queue. Each decision goes through `domain` in one
+//! transaction with the invariants of the automatic paths and a `decision`
+//! event naming the operator and the reason; what it rests on comes from
+//! WeChat Pay, asked at that moment, never from the operator's word alone:
+//!
+//! * `accept` / `refund` an order whose payment did not match: WeChat Pay
+//!   must report the order paid (`SUCCESS`) with every field a payment
+//!   needs; the payment is then recorded as reported and the order paid, or
+//!   recorded as one to give back with its full refund queued and the order
+//!   closed, stock back;
+//! * `recheck` an order: the worker's own code path (`service::settle`);
+//! * `retry-refund` a refund WeChat Pay refused: asked again at once with
+//!   its fixed `out_refund_no` (`service::refund`);
+//! * `refund-done` a refund settled in the merchant platform: recorded
+//!   succeeded only when WeChat Pay, asked, reports it `SUCCESS` for its
+//!   amount;
+//! * `replay` / `drop` the parked messages of one order.
+//!
+//! A decision that does not apply (unknown, already decided, the wrong
+//! kind of case) is refused with `StoreError::Refused` (exit 2) and changes
+//! nothing; run twice, the second run is refused as already decided.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use clap::{Args, Subcommand};
+use domain::{Decision, OrderNo, PgConnection, StoreError};
+use payment_client::{QueryOutcome, TradeState};
+use serde::Serialize;
+use service::refund::{RefundStep, REFUND_LEASE};
+use service::settle::{Settler, Trigger};
+use service::{BrokerArgs, DatabaseArgs, PaymentArgs, UsageError};
+
+use crate::require_schema;
+
+/// `order-producer cases [--json]` and its decisions.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct CasesArgs {
+    #[command(subcommand)]
+    pub action: Option<CaseCommand>,
+    /// One JSON object instead of text (the list only).
+    #[arg(long)]
+    pub json: bool,
+    /// Show at most this many cases of each kind (the counts are complete).
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(i64).range(1..=100_000))]
+    pub limit: i64,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+}
+
+/// One decision on one case.
+#[derive(Debug, Subcommand)]
+pub enum CaseCommand {
+    /// An order whose payment did not match: the payment is genuine and
+    /// right. Asks WeChat Pay; when it reports the order paid (SUCCESS, with
+    /// a transaction id, an amount in CNY and a success time), records that
+    /// payment as reported and marks the order paid, in one transaction.
+    Accept(OrderDecision),
+    /// An order whose payment did not match: give the payment back. Asks
+    /// WeChat Pay; when it reports the order paid, records the payment as
+    /// one to refund, queues its full refund (the worker's refund loop asks
+    /// WeChat Pay, with a fixed `out_refund_no`), closes the order and gives
+    /// its stock back, in one transaction.
+    Refund(OrderDecision),
+    /// An order that needs a human: ask WeChat Pay again and settle it as
+    /// the worker would (paid, closed, or still a case). Exit 0 when it is
+    /// settled, 1 when it is not.
+    Recheck(OrderDecision),
+    /// A refund WeChat Pay refused (`NOT_ENOUGH`, ...): ask again now, with
+    /// the same `out_refund_no`, after fixing the cause (topping up the
+    /// balance). Exit 0 when WeChat Pay took it, 1 when not (the refund
+    /// then waits for the worker or a human again, as the answer says).
+    RetryRefund(RefundDecision),
+    /// A refund that needs a human and was settled through the merchant
+    /// platform (the abnormal-refund flow): record it succeeded. Asks
+    /// WeChat Pay; refused unless it reports this refund SUCCESS for its
+    /// amount.
+    RefundDone(RefundDecision),
+}
+
+/// Who decides and why.
+#[derive(Debug, Args)]
+pub struct Who {
+    /// Why: written into the order's `decision` event. Required.
+    #[arg(long, required = true)]
+    pub reason: String,
+    /// Who decides (default: the OS user, $USER or $LOGNAME).
+    #[arg(long, value_name = "NAME")]
+    pub by: Option<String>,
+}
+
+impl Who {
+    /// The decision, or bad usage (exit 2) naming what is wrong.
+    fn decision(&self) -> Result<Decision, UsageError> {
+        let by = match &self.by {
+            Some(by) => by.clone(),
+            None => ["USER", "LOGNAME"]
+                .iter()
+                .find_map(|v| std::env::var(v).ok().filter(|s| !s.trim().is_empty()))
+                .ok_or_else(|| {
+                    UsageError(
+                        "no operator name: give --by NAME ($USER and $LOGNAME are unset)".into(),
+                    )
+                })?,
+        };
+        Decision::new(&by, &self.reason).map_err(UsageError)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct OrderDecision {
+    /// The order number.
+    #[arg(value_parser = parse_order_no)]
+    pub order_no: OrderNo,
+    #[command(flatten)]
+    pub who: Who,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub payment: PaymentArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RefundDecision {
+    /// The refund's `out_refund_no` (`cases` lists it).
+    pub out_refund_no: String,
+    #[command(flatten)]
+    pub who: Who,
+    /// Where WeChat Pay sends the refund's notification (the front door's
+    /// `/wechatpay/notify/refund`, public https), as the worker sends it.
+    #[arg(long, env = "WECHATPAY_REFUND_NOTIFY_URL")]
+    pub wechatpay_refund_notify_url: Option<String>,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub payment: PaymentArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ParkedDecision {
+    /// The order number.
+    #[arg(value_parser = parse_order_no)]
+    pub order_no: OrderNo,
+    #[command(flatten)]
+    pub who: Who,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+}
+
+fn parse_order_no(s: &str) -> Result<OrderNo, String> {
+    OrderNo::parse(s).map_err(|e| e.to_string())
+}
+
+/// Runs `cases` (the list) or one decision, writing what it did on `out`.
+pub fn run(args: &CasesArgs, out: &mut impl Write) -> anyhow::Result<std::process::ExitCode> {
+    use std::process::ExitCode;
+    let settled = match &args.action {
+        None => return list(args, out).map(|()| ExitCode::SUCCESS),
+        Some(CaseCommand::Accept(d)) => accept(d, out)?,
+        Some(CaseCommand::Refund(d)) => refund(d, out)?,
+        Some(CaseCommand::Recheck(d)) => recheck(d, out)?,
+        Some(CaseCommand::RetryRefund(d)) => retry_refund(d, out)?,
+        Some(CaseCommand::RefundDone(d)) => refund_done(d, out)?,
+    };
+    Ok(if settled {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn connect(database: &DatabaseArgs) -> anyhow::Result<PgConnection> {
+    let mut conn = domain::connect(&database.url())
+        .context("is PostgreSQL running and DATABASE_URL right?")?;
+    require_schema(&mut conn)?;
+    Ok(conn)
+}
+
+fn client(payment: &PaymentArgs) -> anyhow::Result<payment_client::Client> {
+    let config = payment.config().map_err(|e| UsageError(e.to_string()))?;
+    Ok(payment_client::Client::new(config)
+        .map_err(|e| UsageError(format!("WeChat Pay client not usable: {e}")))?)
+}
+
+/// What WeChat Pay reports for an order an operator is about to accept or
+/// refund: the payment, complete, or a refusal saying why it cannot be
+/// recorded (nothing changed). A failure to ask is an error (exit 1).
+fn reported_payment(
+    payment: &PaymentArgs,
+    order_no: &OrderNo,
+) -> anyhow::Result<domain::PaymentRecord> {
+    let client = client(payment)?;
+    let tx = match client
+        .query_by_out_trade_no(order_no.as_str())
+        .with_context(|| format!("could not ask WeChat Pay about order {order_no}; nothing changed, try again"))?
+    {
+        QueryOutcome::Found(tx) => tx,
+        QueryOutcome::NotFound => {
+            return Err(StoreError::Refused(format!(
+                "WeChat Pay has no payment order {order_no} (ORDER_NOT_EXIST): there is no payment to record; \
+                 `cases recheck {order_no}` settles the order as the worker would"
+            ))
+            .into())
+        }
+    };
+    match tx.trade_state {
+        TradeState::Success => {}
+        TradeState::Refund => {
+            return Err(StoreError::Refused(format!(
+                "WeChat Pay reports order {order_no} REFUND: it was (partly) refunded outside this system, \
+                 so how much to record and give back is not known here; nothing changed"
+            ))
+            .into())
+        }
+        state => {
+            return Err(StoreError::Refused(format!(
+                "WeChat Pay reports order {order_no} {state}, not paid: there is no payment to record; \
+                 `cases recheck {order_no}` settles it as the worker would"
+            ))
+            .into())
+        }
+    }
+    service::payments::reported_payment(&tx).map_err(|(anomaly, detail)| {
+        StoreError::Refused(format!(
+            "WeChat Pay's answer cannot be recorded as a payment ({anomaly}): {detail}; nothing changed"
+        ))
+        .into()
+    })
+}
+
+fn accept(d: &OrderDecision, out: &mut impl Write) -> anyhow::Result<bool> {
+    let decision = d.who.decision()?;
+    let mut conn = connect(&d.database)?;
+    let anomaly = domain::open_anomaly(&mut conn, &d.order_no)?;
+    let payment = reported_payment(&d.payment, &d.order_no)?;
+    domain::accept_payment(&mut conn, &d.order_no, &payment, &decision)?;
+    log::info!(
+        "order {}: payment {} of {} accepted by {} ({anomaly}); order paid",
+        d.order_no,
+        payment.transaction_id,
+        payment.amount,
+        decision.by()
+    );
+    writeln!(
+        out,
+        "{}: accepted: payment {} of {} recorded, order paid (was {anomaly}); decided by {}",
+        d.order_no,
+        payment.transaction_id,
+        payment.amount,
+        decision.by()
+    )?;
+    Ok(true)
+}
+
+fn refund(d: &OrderDecision, out: &mut impl Write) -> anyhow::Result<bool> {
+    let decision = d.who.decision()?;
+    let mut conn = connect(&d.database)?;
+    let anomaly = domain::open_anomaly(&mut conn, &d.order_no)?;
+    let payment = reported_payment(&d.payment, &d.order_no)?;
+    let queued = domain::refund_payment(&mut conn, &d.order_no, &payment, &decision)?;
+    log::info!(
+        "order {}: payment {} of {} to be refunded as {} by {}'s decision ({anomaly}); order closed",
+        d.order_no,
+        payment.transaction_id,
+        payment.amount,
+        queued.out_refund_no,
+        decision.by()
+    );
+    writeln!(
+        out,
+        "{}: refund {} of {} queued (the worker asks WeChat Pay within WORKER_REFUND_INTERVAL); \
+         order closed, {} unit(s) over {} line(s) back in stock (was {anomaly}); decided by {}",
+        d.order_no,
+        queued.out_refund_no,
+        payment.amount,
+        queued.units,
+        queued.lines,
+        decision.by()
+    )?;
+    Ok(true)
+}
+
+fn recheck(d: &OrderDecision, out: &mut impl Write) -> anyhow::Result<bool> {
+    let decision = d.who.decision()?;
+    let url = d.database.url();
+    let pool = domain::build_pool(&url, 2, Duration::from_secs(10))
+        .context("is PostgreSQL running and DATABASE_URL right?")?;
+    let mut conn = domain::checkout(&pool).context("no database connection")?;
+    require_schema(&mut conn)?;
+    let anomaly = domain::open_anomaly(&mut conn, &d.order_no)?;
+    let settler = Settler::new(pool.clone(), Arc::new(client(&d.payment)?)).with_close_batch(1);
+    let s = settler.settle(&d.order_no, Trigger::Operator, Utc::now());
+    let what = format!(
+        "asked WeChat Pay again (was {anomaly}): {}: {}",
+        s.label(),
+        s.describe()
+    );
+    domain::note_decision(&mut conn, &d.order_no, "recheck", &what, &decision)
+        .context("the recheck ran, but its decision event could not be written")?;
+    log::info!(
+        "order {}: recheck by {}: {}",
+        d.order_no,
+        decision.by(),
+        s.describe()
+    );
+    writeln!(out, "{}: {}: {}", d.order_no, s.label(), s.describe())?;
+    let settled = matches!(
+        s,
+        service::settle::Settlement::Closed { .. }
+            | service::settle::Settlement::Compensated { .. }
+            | service::settle::Settlement::AlreadySettled(_)
+    );
+    Ok(settled)
+}
+
+fn retry_refund(d: &RefundDecision, out: &mut impl Write) -> anyhow::Result<bool> {
+    let decision = d.who.decision()?;
+    let url = d.database.url();
+    let pool = domain::build_pool(&url, 2, Duration::from_secs(10))
+        .context("is PostgreSQL running and DATABASE_URL right?")?;
+    let mut conn = domain::checkout(&pool).context("no database connection")?;
+    require_schema(&mut conn)?;
+    // Settings first: a client that cannot be built changes nothing.
+    let settler = Settler::new(pool.clone(), Arc::new(client(&d.payment)?))
+        .with_refund_notify_url(d.wechatpay_refund_notify_url.clone());
+    domain::reopen_refund(&mut conn, &d.out_refund_no, &decision)?;
+    let claimed = domain::claim_refund(&mut conn, &d.out_refund_no, Utc::now(), REFUND_LEASE)?;
+    let Some(refund) = claimed else {
+        writeln!(
+            out,
+            "refund {}: back with the worker, which is asking WeChat Pay about it now; `cases` shows it if it needs a human again",
+            d.out_refund_no
+        )?;
+        return Ok(true);
+    };
+    // An empty ladder: a transient failure is asked again by the worker
+    // after its default wait.
+    let step = settler.refund_step(&refund, &[]);
+    let (line, ok) = match &step {
+        RefundStep::Now(status) => (format!("WeChat Pay now says {status}"), true),
+        RefundStep::Retry { delay, why } => (
+            format!(
+                "no answer from WeChat Pay ({why}); the worker asks again in {}s",
+                delay.as_secs()
+            ),
+            false,
+        ),
+        RefundStep::Parked(why) => (format!("NEEDS A HUMAN again: {why}"), false),
+    };
+    log::info!(
+        "refund {} of order {}: asked again by {}: {line}",
+        d.out_refund_no,
+        refund.order_no,
+        decision.by()
+    );
+    writeln!(
+        out,
+        "refund {} of order {} ({}): asked again: {line}",
+        d.out_refund_no, refund.order_no, refund.amount
+    )?;
+    Ok(ok)
+}
+
+fn refund_done(d: &RefundDecision, out: &mut impl Write) -> anyhow::Result<bool> {
+    let decision = d.who.decision()?;
+    let mut conn = connect(&d.database)?;
+    let ours = domain::parked_refund(&mut conn, &d.out_refund_no)?;
+    let client = client(&d.payment)?;
+    let answer = client
+        .query_refund(&d.out_refund_no)
+        .with_context(|| {
+            format!(
+                "could not ask WeChat Pay about refund {}; nothing changed, try again",
+                d.out_refund_no
+            )
+        })?
+        .ok_or_else(|| {
+            StoreError::Refused(format!(
+                "WeChat Pay knows no refund {}: it was never made there; `cases retry-refund {}` asks for it",
+                d.out_refund_no, d.out_refund_no
+            ))
+        })?;
+    if answer.status != payment_client::RefundStatus::Success {
+        return Err(StoreError::Refused(format!(
+            "WeChat Pay reports refund {} {}, not SUCCESS: finish it in the merchant platform first \
+             (Transactions -> Refunds, abnormal refund); nothing changed",
+            d.out_refund_no,
+            answer.status.as_str()
+        ))
+        .into());
+    }
+    service::payments::check_refund_amount(&ours, answer.refund_fen)
+        .map_err(|why| StoreError::Refused(format!("{why}; nothing changed")))?;
+    domain::confirm_refund(
+        &mut conn,
+        &d.out_refund_no,
+        answer.refund_id.as_deref(),
+        &decision,
+    )?;
+    log::info!(
+        "refund {} of order {} confirmed SUCCESS at WeChat Pay by {}; recorded succeeded",
+        d.out_refund_no,
+        ours.order_no,
+        decision.by()
+    );
+    writeln!(
+        out,
+        "refund {} of order {} ({}): WeChat Pay reports SUCCESS{}; recorded succeeded",
+        d.out_refund_no,
+        ours.order_no,
+        ours.amount,
+        answer
+            .user_received_account
+            .map(|a| format!(" (to {a})"))
+            .unwrap_or_default()
+    )?;
+    Ok(true)
+}
+
+/// One case that waits for a human.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Case {
+    /// `order` (a payment that did not match), `refund` (a refund WeChat
+    /// Pay refused or reports `ABNORMAL`), `parked` (a message the worker
+    /// gave up on).
+    pub kind: &'static str,
+    /// What the decision commands take: the order number, or the refund's
+    /// `out_refund_no`.
+    pub id: String,
+    pub order_no: Option<String>,
+    /// Since when it waits (for a parked message: when it was parked, as
+    /// its header says; absent when unreadable).
+    pub since: Option<DateTime<Utc>>,
+    /// The anomaly, the refund's status, or the parking reason code.
+    pub reason: String,
+    /// What this system holds.
+    pub ours: String,
+    /// What WeChat Pay (or the worker, for a parked message) said.
+    pub theirs: String,
+    /// The decisions that apply, as commands.
+    pub actions: Vec<String>,
+}
+
+/// Everything that waits for a human, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Cases {
+    pub cases: Vec<Case>,
+    /// How many of each kind wait in all (the list may be cut at `--limit`).
+    pub orders: i64,
+    pub refunds: i64,
+    pub parked: i64,
+    /// Why the parking queue could not be read, if it could not (the
+    /// other cases are still listed).
+    pub parked_error: Option<String>,
+}
+
+fn action(verb: &str, id: &str) -> String {
+    format!("order-producer cases {verb} {id} --reason \"...\"")
+}
+
+/// Reads every case (at most `limit` of each kind), oldest first.
+pub fn gather(
+    conn: &mut PgConnection,
+    amqp_url: &broker::AmqpUrl,
+    limit: i64,
+) -> anyhow::Result<Cases> {
+    let mut cases = Cases {
+        orders: domain::needs_human_count(conn)?,
+        refunds: domain::refunds_needing_human_count(conn)?,
+        ..Cases::default()
+    };
+    for n in domain::needs_human(conn, limit)? {
+        let order = domain::find_order(conn, &n.order_no)?;
+        let no = n.order_no.to_string();
+        let actions = if n.anomaly == domain::Anomaly::DuplicateTransaction {
+            vec![action("recheck", &no)]
+        } else {
+            ["accept", "refund", "recheck"]
+                .iter()
+                .map(|v| action(v, &no))
+                .collect()
+        };
+        cases.cases.push(Case {
+            kind: "order",
+            id: no.clone(),
+            order_no: Some(no),
+            since: Some(n.since),
+            reason: n.anomaly.to_string(),
+            ours: match order {
+                Some(o) => format!(
+                    "{}, total {}, deadline {}; nothing paid or closed, stock held",
+                    o.status,
+                    o.total,
+                    o.deadline
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                ),
+                None => n.status.to_string(),
+            },
+            theirs: n.detail,
+            actions,
+        });
+    }
+    for r in domain::refunds_needing_human(conn, limit)? {
+        let actions = if r.status == domain::RefundStatus::Abnormal {
+            vec![action("refund-done", &r.out_refund_no)]
+        } else {
+            vec![
+                action("retry-refund", &r.out_refund_no),
+                action("refund-done", &r.out_refund_no),
+            ]
+        };
+        cases.cases.push(Case {
+            kind: "refund",
+            id: r.out_refund_no.clone(),
+            order_no: Some(r.order_no.to_string()),
+            since: Some(r.created_at),
+            reason: r.status.to_string(),
+            ours: format!(
+                "refund {} of {} for transaction {}, {} attempt(s)",
+                r.status, r.amount, r.transaction_id, r.attempts
+            ),
+            theirs: r.needs_human.unwrap_or_default(),
+            actions,
+        });
+    }
+    match parked_cases(conn, amqp_url, limit) {
+        Ok((waiting, parked)) => {
+            cases.parked = i64::from(waiting);
+            cases.cases.extend(parked);
+        }
+        Err(e) => cases.parked_error = Some(format!("{e:#}")),
+    }
+    // Oldest first; those without a time last, in the order found.
+    cases.cases.sort_by_key(|c| (c.since.is_none(), c.since));
+    Ok(cases)
+}
+
+fn list(args: &CasesArgs, out: &mut impl Write) -> anyhow::Result<()> {
+    let mut conn = connect(&args.database)?;
+    let cases = gather(&mut conn, &args.broker.url(), args.limit)?;
+    if args.json {
+        serde_json::to_writer(&mut *out, &cases)?;
+        writeln!(out)?;
+    } else {
+        write_text(&cases, out)?;
+    }
+    Ok(())
+}
+
+/// The cases for a person to read.
+pub fn write_text(cases: &Cases, out: &mut impl Write) -> std::io::Result<()> {
+    let parked = match &cases.parked_error {
+        Some(e) => format!("parked messages: unknown ({e})"),
+        None => format!("{} parked message(s)", cases.parked),
+    };
+    writeln!(
+        out,
+        "{} order(s), {} refund(s), {parked} wait for a human",
+        cases.orders, cases.refunds
+    )?;
+    for c in &cases.cases {
+        let since = c.since.map_or_else(
+            || "-".to_owned(),
+            |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        );
+        writeln!(out)?;
+        writeln!(out, "{} {}  {}  since {since}", c.kind, c.id, c.reason)?;
+        if c.kind == "refund" {
+            if let Some(no) = &c.order_no {
+                writeln!(out, "  {:<11} {no}", "order:")?;
+            }
+        }
+        writeln!(out, "  {:<11} {}", "ours:", c.ours)?;
+        let theirs = if c.kind == "parked" {
+            "worker:"
+        } else {
+            "WeChat Pay:"
+        };
+        writeln!(out, "  {theirs:<11} {}", c.theirs)?;
+        for (i, a) in c.actions.iter().enumerate() {
+            writeln!(out, "  {:<11} {a}", if i == 0 { "decide:" } else { "or:" })?;
+        }
+    }
+    let shown = cases.cases.len() as i64;
+    let all = cases.orders + cases.refunds + cases.parked;
+    if shown < all {
+        writeln!(out)?;
+        writeln!(out, "({shown} of {all} shown; raise --limit for more)")?;
+    }
+    Ok(())
+}
+
+/// The parked messages as cases (the waiting count, at most `limit`),
+/// read without taking them away. Poison (no order number) is listed under
+/// its body size: nothing can be decided about it but by hand at the broker.
+fn parked_cases(
+    conn: &mut PgConnection,
+    amqp_url: &broker::AmqpUrl,
+    limit: i64,
+) -> anyhow::Result<(u32, Vec<Case>)> {
+    use broker::headers;
+    let mut broker =
+        broker::connect(amqp_url).context("is RabbitMQ running and AMQP_URL right?")?;
+    let reader = broker.parked()?;
+    let waiting = reader.waiting();
+    let mut cases = Vec::new();
+    for _ in 0..u64::from(waiting).min(u64::try_from(limit).unwrap_or(0)) {
+        let Some(d) = reader.next()? else { break };
+        let text = |key| headers::text_of(&d.properties, key);
+        let reason = text(headers::REASON).unwrap_or_else(|| "-".to_owned());
+        let since = text(headers::PARKED_AT)
+            .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+            .map(|t| t.with_timezone(&Utc));
+        let attempts = text(headers::ATTEMPT).unwrap_or_else(|| "-".to_owned());
+        let recheck = if headers::is_recheck(&d.properties) {
+            " (recheck after close)"
+        } else {
+            ""
+        };
+        let theirs = format!(
+            "{reason}: {}",
+            text(headers::DETAIL).unwrap_or_else(|| "-".to_owned())
+        );
+        let Ok(message) = broker::TimeoutMessage::decode(&d.body) else {
+            cases.push(Case {
+                kind: "parked",
+                id: format!("(poison, {} bytes)", d.body.len()),
+                order_no: None,
+                since,
+                reason,
+                ours: "not a timeout message: it stays parked".into(),
+                theirs,
+                actions: Vec::new(),
+            });
+            continue;
+        };
+        let no = message.order_no;
+        let ours = match domain::find_order(conn, &no)? {
+            Some(o) => format!("order {}{recheck}, {attempts} attempt(s)", o.status),
+            None => format!("no such order here{recheck}"),
+        };
+        cases.push(Case {
+            kind: "parked",
+            id: no.to_string(),
+            order_no: Some(no.to_string()),
+            since,
+            reason,
+            ours,
+            theirs,
+            actions: vec![action("replay", no.as_str()), action("drop", no.as_str())],
+        });
+    }
+    // Unacked: every message goes back to the parking queue.
+    reader.close();
+    let _ = broker.close();
+    Ok((waiting, cases))
+}
