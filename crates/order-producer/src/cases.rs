@@ -85,7 +85,7 @@ pub enum CaseCommand {
     /// platform (the abnormal-refund flow): record it succeeded. Asks
     /// WeChat Pay; refused unless it reports this refund SUCCESS for its
     /// amount.
-    RefundDone(RefundDecision),
+    RefundDone(RefundCheck),
 }
 
 /// Who decides and why.
@@ -140,6 +140,18 @@ pub struct RefundDecision {
     /// `/wechatpay/notify/refund`, public https), as the worker sends it.
     #[arg(long, env = "WECHATPAY_REFUND_NOTIFY_URL")]
     pub wechatpay_refund_notify_url: Option<String>,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub payment: PaymentArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RefundCheck {
+    /// The refund's `out_refund_no` (`cases` lists it).
+    pub out_refund_no: String,
+    #[command(flatten)]
+    pub who: Who,
     #[command(flatten)]
     pub database: DatabaseArgs,
     #[command(flatten)]
@@ -373,7 +385,7 @@ fn retry_refund(d: &RefundDecision, out: &mut impl Write) -> anyhow::Result<bool
     Ok(ok)
 }
 
-fn refund_done(d: &RefundDecision, out: &mut impl Write) -> anyhow::Result<bool> {
+fn refund_done(d: &RefundCheck, out: &mut impl Write) -> anyhow::Result<bool> {
     let decision = d.who.decision()?;
     let mut conn = connect(&d.database)?;
     let ours = domain::parked_refund(&mut conn, &d.out_refund_no)?;

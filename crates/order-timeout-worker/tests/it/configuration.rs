@@ -29,6 +29,11 @@ fn commands() -> Vec<(String, Command)> {
     let mut out = Vec::new();
     for sub in order_producer::Cli::command().get_subcommands() {
         if sub.has_subcommands() {
+            // A command that also runs by itself (`cases` lists) reads its
+            // own settings too.
+            if sub.get_arguments().any(|a| a.get_env().is_some()) {
+                out.push((sub.get_name().to_owned(), sub.clone()));
+            }
             for inner in sub.get_subcommands() {
                 out.push((
                     format!("{} {}", sub.get_name(), inner.get_name()),
