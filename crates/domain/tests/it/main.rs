@@ -4,6 +4,7 @@
 mod close_batch;
 mod concurrency;
 mod constraints;
+mod decisions;
 mod idempotency;
 mod migrations;
 mod orders;
