@@ -255,6 +255,12 @@ impl Report {
             )?;
         }
         more(out, s.needs_human.orders)?;
+        if s.needs_human.orders + s.needs_human.refunds > 0 {
+            writeln!(
+                out,
+                "  (decide with `order-producer cases`: both sides and the commands that apply)"
+            )?;
+        }
         Ok(())
     }
 }

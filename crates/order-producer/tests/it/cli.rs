@@ -412,3 +412,39 @@ fn psql(db: &TestDb, sql: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_decision_that_does_not_apply_exits_2_and_names_why() {
+    let db = TestDb::new();
+    let url = db.url().expose().to_owned();
+    let out = producer(
+        &url,
+        &[
+            "cases",
+            "accept",
+            "NOSUCHORDER1",
+            "--by",
+            "alice",
+            "--reason",
+            "a test",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("refused: no order NOSUCHORDER1"),
+        "{}",
+        stderr(&out)
+    );
+    // No reason: bad usage before anything is read.
+    let out = producer(&url, &["cases", "accept", "NOSUCHORDER1", "--by", "alice"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--reason"), "{}", stderr(&out));
+    // The list of an empty store.
+    let out = producer(&url, &["cases", "--amqp-url", "amqp://guest:guest@127.0.0.1:1/%2f"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).starts_with("0 order(s), 0 refund(s), parked messages: unknown"),
+        "{}",
+        stdout(&out)
+    );
+}
