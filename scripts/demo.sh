@@ -171,7 +171,7 @@ new_order D "paid at once" paid MUG:2
 new_order E "paid at once, notification lost" paid CAKE:1
 new_order F "tries to pay 2 s after the deadline" closed TEA:3
 new_order G "payment failed (PAYERROR)" closed MUG:1
-new_order H "paid 1 fen instead of the total (a tampered payment)" needs-human TEA:1
+new_order H "paid 1 fen instead of the total (a tampered payment), a human refunds it" closed TEA:1
 new_order I "no payment order at the deadline, pays 2 s later from a stale page (refunded)" closed TEA:1
 for no in "${ORDERS[@]}"; do printf '  %s  %-14s %s\n' "$no" "${ITEMS[$no]}" "${LABEL[$no]}"; done
 
@@ -224,6 +224,22 @@ deadline=$((SECONDS + 60))
 while [ "$(demo_psql "SELECT (SELECT count(*) FROM orders WHERE (status = 'pending_payment' AND anomaly IS NULL) OR recheck_at IS NOT NULL)
                            + (SELECT count(*) FROM refunds WHERE status IN ('requested', 'processing'))")" != 0 ]; do
     if [ $SECONDS -ge $deadline ]; then echo "demo: orders still pending after 60 s" >&2; break; fi
+    sleep 0.5
+done
+
+say "a human decides (order-producer cases)"
+# H paid 1 fen for a 350 fen order: neither paid nor closed, stock held,
+# listed with what each side says and the decisions that apply.
+producer cases | sed 's/^/  /'
+# The decision: give the 1 fen back. One transaction: the payment recorded
+# as one to refund, its refund queued, the order closed, its stock back;
+# the decision event names who and why. The worker makes the refund.
+producer cases refund "$H" --by demo --reason "paid 1 fen for a 350 fen order: give it back, the buyer orders again" | sed 's/^/  /'
+# Its parked message has nothing left to settle.
+producer cases drop "$H" --by demo --reason "decided by refund" | sed 's/^/  /'
+deadline=$((SECONDS + 30))
+while [ "$(demo_psql "SELECT count(*) FROM refunds WHERE status IN ('requested', 'processing')")" != 0 ]; do
+    if [ $SECONDS -ge $deadline ]; then echo "demo: refunds still open after 30 s" >&2; break; fi
     sleep 0.5
 done
 # What Prometheus would scrape from the worker now (the gauges are read
