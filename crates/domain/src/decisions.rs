@@ -104,12 +104,12 @@ fn record_decision(
     Ok(())
 }
 
-/// The order, locked, when it still waits for a human: pending with an
+/// The order, locked, when it carries an anomaly: its id, status and
 /// anomaly. Refused otherwise, saying what it is.
-fn lock_open_anomaly(
+fn lock_anomaly(
     conn: &mut PgConnection,
     order_no: &OrderNo,
-) -> Result<(i64, Anomaly), StoreError> {
+) -> Result<(i64, OrderStatus, Anomaly), StoreError> {
     let row: Option<(i64, OrderStatus, Option<String>)> = orders::table
         .filter(orders::order_no.eq(order_no.as_str()))
         .select((orders::id, orders::status, orders::anomaly))
@@ -118,23 +118,27 @@ fn lock_open_anomaly(
         .optional()?;
     match row {
         None => Err(refused(format!("no order {order_no}"))),
-        Some((id, OrderStatus::PendingPayment, Some(anomaly))) => Ok((
+        Some((id, status, Some(anomaly))) => Ok((
             id,
+            status,
             Anomaly::parse(&anomaly).map_err(|e| corrupt("orders.anomaly", e))?,
         )),
         Some((_, OrderStatus::PendingPayment, None)) => Err(refused(format!(
             "order {order_no} does not wait for a human: it is pending without an anomaly (the worker settles it at its deadline)"
         ))),
-        Some((_, status, _)) => Err(refused(format!(
-            "order {order_no} is already {status}: nothing left to decide"
+        Some((_, status, None)) => Err(refused(format!(
+            "order {order_no} is already {status} and waits for no human: nothing left to decide"
         ))),
     }
 }
 
-/// The order's anomaly, when it still waits for a human; refused (nothing
-/// to decide) otherwise. Read-only: a check before asking WeChat Pay.
-pub fn open_anomaly(conn: &mut PgConnection, order_no: &OrderNo) -> Result<Anomaly, StoreError> {
-    conn.transaction(|conn| lock_open_anomaly(conn, order_no).map(|(_, a)| a))
+/// The order's status and anomaly, when it waits for a human; refused
+/// (nothing to decide) otherwise. A check before asking WeChat Pay.
+pub fn open_anomaly(
+    conn: &mut PgConnection,
+    order_no: &OrderNo,
+) -> Result<(OrderStatus, Anomaly), StoreError> {
+    conn.transaction(|conn| lock_anomaly(conn, order_no).map(|(_, st, a)| (st, a)))
 }
 
 /// Refuses a transaction id already recorded (for this or another order):
@@ -176,6 +180,21 @@ fn insert_payment(
         .get_result(conn)?)
 }
 
+/// Whether a payment can be accepted for an order in `status` that waits
+/// for a human: only a pending one (a closed order's stock is back, a paid
+/// one has its payment); refused, with what applies instead, otherwise.
+pub fn acceptable(order_no: &OrderNo, status: OrderStatus) -> Result<(), StoreError> {
+    match status {
+        OrderStatus::PendingPayment => Ok(()),
+        OrderStatus::Closed => Err(refused(format!(
+            "order {order_no} is closed here and its stock given back: a payment for it can only be given back (`cases refund {order_no}`)"
+        ))),
+        OrderStatus::Paid => Err(refused(format!(
+            "order {order_no} is already paid: another payment for it can only be given back (`cases refund {order_no}`)"
+        ))),
+    }
+}
+
 /// `cases accept`: the payment WeChat Pay reports for an order that needs a
 /// human is genuine and right. One transaction: the order turns paid, the
 /// payment is recorded as WeChat Pay reported it (its amount, even where it
@@ -191,7 +210,8 @@ pub fn accept_payment(
     decision: &Decision,
 ) -> Result<(), StoreError> {
     conn.transaction(|conn| {
-        let (order_id, anomaly) = lock_open_anomaly(conn, order_no)?;
+        let (order_id, status, anomaly) = lock_anomaly(conn, order_no)?;
+        acceptable(order_no, status)?;
         check_transaction_free(conn, payment)?;
         let now = Utc::now();
         diesel::update(orders::table.find(order_id))
@@ -233,8 +253,9 @@ pub struct RefundQueued {
 }
 
 /// `cases refund`: the payment WeChat Pay reports for an order that needs a
-/// human is to be given back. One transaction: the order is closed and its
-/// stock given back (the same statement as every close), the payment is
+/// human is to be given back. One transaction: a pending order is closed
+/// and its stock given back (the same statement as every close; an order
+/// already closed or paid stays as it is, its anomaly cleared), the payment is
 /// recorded as one to refund (`paid_after_close`, like every payment this
 /// system refunds), its full refund is queued for the worker's refund loop
 /// (fixed `out_refund_no`, one per payment), and `closed`, `refund` and
@@ -255,21 +276,36 @@ pub fn refund_payment(
         )));
     }
     conn.transaction(|conn| {
-        let (order_id, anomaly) = lock_open_anomaly(conn, order_no)?;
+        let (order_id, status, anomaly) = lock_anomaly(conn, order_no)?;
         check_transaction_free(conn, payment)?;
-        let (lines, units) = match close_unpaid(
-            conn,
-            order_no,
-            &format!(
-                "closed by an operator's decision: payment {} ({anomaly}) refunded",
-                payment.transaction_id
-            ),
-            None,
-        )? {
-            CloseOutcome::Closed { lines, units } => (lines, units),
-            // The row is locked and pending: cannot happen, but never
-            // record a refund for an order this call did not close.
-            other => return Err(refused(format!("order {order_no}: {other:?}"))),
+        let (lines, units) = if status == OrderStatus::PendingPayment {
+            match close_unpaid(
+                conn,
+                order_no,
+                &format!(
+                    "closed by an operator's decision: payment {} ({anomaly}) refunded",
+                    payment.transaction_id
+                ),
+                None,
+            )? {
+                CloseOutcome::Closed { lines, units } => (lines, units),
+                // The row is locked and pending: cannot happen, but never
+                // record a refund for an order this call did not close.
+                other => return Err(refused(format!("order {order_no}: {other:?}"))),
+            }
+        } else {
+            // Closed (its stock back already) or paid (this is another
+            // payment): only the payment is given back. A closed order's
+            // pending recheck has found what it was looking for.
+            diesel::update(orders::table.find(order_id))
+                .set((
+                    orders::anomaly.eq(None::<String>),
+                    orders::anomaly_at.eq(None::<DateTime<Utc>>),
+                    orders::recheck_at.eq(None::<DateTime<Utc>>),
+                    orders::updated_at.eq(Utc::now()),
+                ))
+                .execute(conn)?;
+            (0, 0)
         };
         let payment_id = insert_payment(conn, order_id, payment, true)?;
         let out_refund_no = crate::refunds::create_refund(
@@ -284,10 +320,17 @@ pub fn refund_payment(
             conn,
             order_id,
             "refund",
-            &format!(
-                "payment {} of {} ({anomaly}) to be refunded as {out_refund_no}; order closed, {units} unit(s) of stock back",
-                payment.transaction_id, payment.amount
-            ),
+            &if status == OrderStatus::PendingPayment {
+                format!(
+                    "payment {} of {} ({anomaly}) to be refunded as {out_refund_no}; order closed, {units} unit(s) of stock back",
+                    payment.transaction_id, payment.amount
+                )
+            } else {
+                format!(
+                    "payment {} of {} ({anomaly}) to be refunded as {out_refund_no}; order stays {status}",
+                    payment.transaction_id, payment.amount
+                )
+            },
             decision,
         )?;
         Ok(RefundQueued {
@@ -315,6 +358,30 @@ pub fn note_decision(
         .optional()?;
     let order_id = order_id.ok_or_else(|| refused(format!("no order {order_no}")))?;
     record_decision(conn, order_id, action, what, decision)
+}
+
+/// Ends an order's case after a recheck found it settled (WeChat Pay's
+/// answer now matches what is recorded, or the worker's code path settled
+/// it): the anomaly is cleared, with the `decision` event saying `what`.
+/// Refused when the order carries no anomaly (already decided).
+pub fn clear_anomaly(
+    conn: &mut PgConnection,
+    order_no: &OrderNo,
+    action: &str,
+    what: &str,
+    decision: &Decision,
+) -> Result<(), StoreError> {
+    conn.transaction(|conn| {
+        let (order_id, _, _) = lock_anomaly(conn, order_no)?;
+        diesel::update(orders::table.find(order_id))
+            .set((
+                orders::anomaly.eq(None::<String>),
+                orders::anomaly_at.eq(None::<DateTime<Utc>>),
+                orders::updated_at.eq(Utc::now()),
+            ))
+            .execute(conn)?;
+        record_decision(conn, order_id, action, what, decision)
+    })
 }
 
 /// The refund, locked, with its order id, when it waits for a human;

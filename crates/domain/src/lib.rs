@@ -34,8 +34,8 @@ pub use db::{
     DatabaseUrl, PgPool, PooledConnection, SweepLock,
 };
 pub use decisions::{
-    accept_payment, claim_refund, confirm_refund, note_decision, open_anomaly, parked_refund,
-    refund_payment, reopen_refund, Decision, RefundQueued,
+    accept_payment, acceptable, claim_refund, clear_anomaly, confirm_refund, note_decision,
+    open_anomaly, parked_refund, refund_payment, reopen_refund, Decision, RefundQueued,
 };
 pub use diesel::PgConnection;
 pub use error::{ConstraintKind, StoreError};

@@ -255,7 +255,8 @@ fn reported_payment(
 fn accept(d: &OrderDecision, out: &mut impl Write) -> anyhow::Result<bool> {
     let decision = d.who.decision()?;
     let mut conn = connect(&d.database)?;
-    let anomaly = domain::open_anomaly(&mut conn, &d.order_no)?;
+    let (status, anomaly) = domain::open_anomaly(&mut conn, &d.order_no)?;
+    domain::acceptable(&d.order_no, status)?;
     let payment = reported_payment(&d.payment, &d.order_no)?;
     domain::accept_payment(&mut conn, &d.order_no, &payment, &decision)?;
     log::info!(
@@ -279,62 +280,137 @@ fn accept(d: &OrderDecision, out: &mut impl Write) -> anyhow::Result<bool> {
 fn refund(d: &OrderDecision, out: &mut impl Write) -> anyhow::Result<bool> {
     let decision = d.who.decision()?;
     let mut conn = connect(&d.database)?;
-    let anomaly = domain::open_anomaly(&mut conn, &d.order_no)?;
+    let (status, anomaly) = domain::open_anomaly(&mut conn, &d.order_no)?;
     let payment = reported_payment(&d.payment, &d.order_no)?;
     let queued = domain::refund_payment(&mut conn, &d.order_no, &payment, &decision)?;
     log::info!(
-        "order {}: payment {} of {} to be refunded as {} by {}'s decision ({anomaly}); order closed",
+        "order {}: payment {} of {} to be refunded as {} by {}'s decision ({anomaly})",
         d.order_no,
         payment.transaction_id,
         payment.amount,
         queued.out_refund_no,
         decision.by()
     );
+    let order = if status == domain::OrderStatus::PendingPayment {
+        format!(
+            "order closed, {} unit(s) over {} line(s) back in stock",
+            queued.units, queued.lines
+        )
+    } else {
+        format!("order stays {status}")
+    };
     writeln!(
         out,
         "{}: refund {} of {} queued (the worker asks WeChat Pay within WORKER_REFUND_INTERVAL); \
-         order closed, {} unit(s) over {} line(s) back in stock (was {anomaly}); decided by {}",
+         {order} (was {anomaly}); decided by {}",
         d.order_no,
         queued.out_refund_no,
         payment.amount,
-        queued.units,
-        queued.lines,
         decision.by()
     )?;
     Ok(true)
 }
 
 fn recheck(d: &OrderDecision, out: &mut impl Write) -> anyhow::Result<bool> {
+    use service::settle::Settlement;
     let decision = d.who.decision()?;
     let url = d.database.url();
     let pool = domain::build_pool(&url, 2, Duration::from_secs(10))
         .context("is PostgreSQL running and DATABASE_URL right?")?;
     let mut conn = domain::checkout(&pool).context("no database connection")?;
     require_schema(&mut conn)?;
-    let anomaly = domain::open_anomaly(&mut conn, &d.order_no)?;
-    let settler = Settler::new(pool.clone(), Arc::new(client(&d.payment)?)).with_close_batch(1);
-    let s = settler.settle(&d.order_no, Trigger::Operator, Utc::now());
-    let what = format!(
-        "asked WeChat Pay again (was {anomaly}): {}: {}",
-        s.label(),
-        s.describe()
-    );
-    domain::note_decision(&mut conn, &d.order_no, "recheck", &what, &decision)
-        .context("the recheck ran, but its decision event could not be written")?;
+    let (status, anomaly) = domain::open_anomaly(&mut conn, &d.order_no)?;
+    let client = Arc::new(client(&d.payment)?);
+    let (label, what, resolved) = if status == domain::OrderStatus::Paid {
+        // The worker never asks about a paid order: look at WeChat Pay's
+        // answer here. It ends the case only when it is the payment
+        // already recorded.
+        recheck_paid(&mut conn, &client, &d.order_no)?
+    } else {
+        let settler = Settler::new(pool.clone(), client).with_close_batch(1);
+        let s = settler.settle(&d.order_no, Trigger::Operator, Utc::now());
+        let resolved = matches!(
+            s,
+            Settlement::Closed { .. }
+                | Settlement::Compensated { .. }
+                | Settlement::PaidAfterClose { .. }
+                | Settlement::Rechecked { .. }
+                | Settlement::AlreadySettled(_)
+        );
+        (s.label().to_owned(), s.describe(), resolved)
+    };
+    let what = format!("asked WeChat Pay again (was {anomaly}): {label}: {what}");
+    let still_open = domain::open_anomaly(&mut conn, &d.order_no).is_ok();
+    if resolved && still_open {
+        // Settled, but the order is not pending (the settlement did not
+        // clear it): the case ends with the decision.
+        domain::clear_anomaly(&mut conn, &d.order_no, "recheck", &what, &decision)
+    } else {
+        domain::note_decision(&mut conn, &d.order_no, "recheck", &what, &decision)
+    }
+    .context("the recheck ran, but its decision could not be written")?;
     log::info!(
-        "order {}: recheck by {}: {}",
+        "order {}: recheck by {}: {label}: {what}",
         d.order_no,
-        decision.by(),
-        s.describe()
+        decision.by()
     );
-    writeln!(out, "{}: {}: {}", d.order_no, s.label(), s.describe())?;
-    let settled = matches!(
-        s,
-        service::settle::Settlement::Closed { .. }
-            | service::settle::Settlement::Compensated { .. }
-            | service::settle::Settlement::AlreadySettled(_)
-    );
-    Ok(settled)
+    writeln!(out, "{}: {what}", d.order_no)?;
+    Ok(resolved)
+}
+
+/// A paid order's recheck: WeChat Pay's answer, and whether it is the
+/// payment recorded here (same transaction id and amount).
+fn recheck_paid(
+    conn: &mut PgConnection,
+    client: &payment_client::Client,
+    order_no: &OrderNo,
+) -> anyhow::Result<(String, String, bool)> {
+    let tx = match client.query_by_out_trade_no(order_no.as_str()) {
+        Ok(QueryOutcome::Found(tx)) => tx,
+        Ok(QueryOutcome::NotFound) => {
+            return Ok((
+                "needs_human".into(),
+                "WeChat Pay has no payment order for this paid order (ORDER_NOT_EXIST): look in the merchant platform".into(),
+                false,
+            ))
+        }
+        Err(e) => {
+            return Ok((
+                "retry".into(),
+                format!("could not ask WeChat Pay: {e}; try again"),
+                false,
+            ))
+        }
+    };
+    let recorded = domain::payments_of(conn, order_no)?;
+    let same = recorded.iter().any(|p| {
+        Some(p.transaction_id.as_str()) == tx.transaction_id.as_deref()
+            && tx.amount.as_ref().and_then(|a| a.total) == Some(p.amount.get())
+    });
+    Ok(
+        if same && matches!(tx.trade_state, TradeState::Success | TradeState::Refund) {
+            (
+                "already_settled".into(),
+                format!(
+                    "WeChat Pay reports {} {}, the payment recorded here: nothing else to do",
+                    tx.trade_state,
+                    tx.transaction_id.unwrap_or_default()
+                ),
+                true,
+            )
+        } else {
+            (
+            "needs_human".into(),
+            format!(
+                "WeChat Pay reports {} {:?} for {:?} fen, which is not a payment recorded here; `cases refund` gives it back",
+                tx.trade_state,
+                tx.transaction_id,
+                tx.amount.and_then(|a| a.total)
+            ),
+            false,
+        )
+        },
+    )
 }
 
 fn retry_refund(d: &RefundDecision, out: &mut impl Write) -> anyhow::Result<bool> {
@@ -496,14 +572,14 @@ pub fn gather(
     for n in domain::needs_human(conn, limit)? {
         let order = domain::find_order(conn, &n.order_no)?;
         let no = n.order_no.to_string();
-        let actions = if n.anomaly == domain::Anomaly::DuplicateTransaction {
-            vec![action("recheck", &no)]
-        } else {
-            ["accept", "refund", "recheck"]
-                .iter()
-                .map(|v| action(v, &no))
-                .collect()
+        let verbs: &[&str] = match (n.anomaly, n.status) {
+            // The transaction is another order's: nothing to record here.
+            (domain::Anomaly::DuplicateTransaction, _) => &["recheck"],
+            (_, domain::OrderStatus::PendingPayment) => &["accept", "refund", "recheck"],
+            // Closed (stock back) or paid already: only given back.
+            _ => &["refund", "recheck"],
         };
+        let actions = verbs.iter().map(|v| action(v, &no)).collect();
         cases.cases.push(Case {
             kind: "order",
             id: no.clone(),

@@ -571,3 +571,60 @@ fn the_list_shows_every_kind_with_both_sides_and_the_decisions_as_json_too() {
     assert_eq!(v["cases"][0]["actions"].as_array().unwrap().len(), 3);
     invariants(&door);
 }
+
+#[test]
+fn a_mismatched_payment_after_close_can_only_be_given_back() {
+    let door = FrontDoor::start();
+    let a = door.call(
+        "POST",
+        "/v1/orders",
+        Some(r#"{"items":[{"sku":"TEA","quantity":2}],"payment_window":"1s"}"#),
+    );
+    let no = OrderNo::parse(a.json()["order_no"].as_str().unwrap()).unwrap();
+    let deadline = domain::find_order(&mut door.db.conn(), &no)
+        .unwrap()
+        .unwrap()
+        .deadline;
+    while Utc::now() <= deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // No payment order at WeChat Pay: closed here, stock back.
+    let s = settler(&door);
+    let closed = s.settle(&no, Trigger::Sweep, Utc::now());
+    assert!(matches!(closed, Settlement::Closed { .. }), "{closed:?}");
+    let stock = tea_stock(&door);
+    // A stale page pays 1 fen: recorded for a human, on a closed order.
+    paid_at_sim(&door, &no, 1, TX);
+    let late = s.settle(&no, Trigger::Operator, Utc::now());
+    assert!(matches!(late, Settlement::NeedsHuman { .. }), "{late:?}");
+    let (code, out) = cases(&door, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("cases refund {no}")), "{out}");
+    assert!(!out.contains(&format!("cases accept {no}")), "{out}");
+
+    let before = snapshot(&door, &no);
+    let (code, out) = decide(&door, "accept", no.as_str(), "alice");
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("can only be given back"), "{out}");
+    assert_eq!(snapshot(&door, &no), before);
+
+    let (code, out) = decide(&door, "refund", no.as_str(), "alice");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("order stays closed"), "{out}");
+    let order = domain::find_order(&mut door.db.conn(), &no)
+        .unwrap()
+        .unwrap();
+    assert_eq!(order.status, OrderStatus::Closed);
+    assert_eq!(order.anomaly, None);
+    assert_eq!(
+        tea_stock(&door),
+        stock,
+        "stock was given back once, at the close"
+    );
+    let refunds = domain::refunds_of(&mut door.db.conn(), &no).unwrap();
+    assert_eq!(refunds.len(), 1);
+    assert_eq!(refunds[0].amount.get(), 1);
+    let (code, out) = cases(&door, &[]);
+    assert!(out.starts_with("0 order(s), 0 refund(s)"), "{code} {out}");
+    invariants(&door);
+}

@@ -440,7 +440,10 @@ fn a_decision_that_does_not_apply_exits_2_and_names_why() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("--reason"), "{}", stderr(&out));
     // The list of an empty store.
-    let out = producer(&url, &["cases", "--amqp-url", "amqp://guest:guest@127.0.0.1:1/%2f"]);
+    let out = producer(
+        &url,
+        &["cases", "--amqp-url", "amqp://guest:guest@127.0.0.1:1/%2f"],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         stdout(&out).starts_with("0 order(s), 0 refund(s), parked messages: unknown"),
