@@ -8,8 +8,8 @@
 //! `env_logger`'s own line) and `json`, one object per line:
 //! `{"ts":"2026-12-06T22:19:23.123456Z","level":"INFO","target":"...","msg":"...",...}`
 //! followed by the record's key-values (`log::info!(order_no = no.as_str(),
-//! outcome = label; "...")`), numbers and booleans as such, anything else as
-//! a string. The text format leaves key-values out: what they say is in the
+//! outcome = label; "...")`), numbers and booleans as such, `None` left
+//! out, anything else as a string. The text format leaves key-values out: what they say is in the
 //! message already. Key-values carry identifiers and labels only, never a
 //! secret.
 //!
@@ -189,7 +189,8 @@ fn push_str(out: &mut String, s: &str) {
     out.push_str(&serde_json::to_string(s).unwrap_or_default());
 }
 
-/// Appends `,"key":value` for each key-value, once per key.
+/// Appends `,"key":value` for each key-value, once per key; a key whose
+/// value is empty (`None`) is left out.
 struct Fields {
     out: String,
     seen: Vec<String>,
@@ -201,21 +202,78 @@ impl<'kvs> VisitSource<'kvs> for Fields {
         if RESERVED.contains(&key) || self.seen.iter().any(|k| k == key) {
             return Ok(());
         }
+        let mut json = JsonValue(None);
+        value.visit(&mut json)?;
+        let Some(json) = json.0 else {
+            return Ok(());
+        };
         self.seen.push(key.to_owned());
         self.out.push(',');
         push_str(&mut self.out, key);
         self.out.push(':');
-        if let Some(b) = value.to_bool() {
-            self.out.push_str(if b { "true" } else { "false" });
-        } else if let Some(n) = value.to_u64() {
-            self.out.push_str(&n.to_string());
-        } else if let Some(n) = value.to_i64() {
-            self.out.push_str(&n.to_string());
-        } else if let Some(s) = value.to_borrowed_str() {
-            push_str(&mut self.out, s);
-        } else {
-            push_str(&mut self.out, &value.to_string());
+        self.out.push_str(&json);
+        Ok(())
+    }
+}
+
+/// One key-value's value as JSON: numbers and booleans as such, `None` as
+/// nothing, anything else as the string of its `Display`.
+struct JsonValue(Option<String>);
+
+impl JsonValue {
+    fn string(&mut self, s: &str) {
+        let mut out = String::with_capacity(s.len() + 2);
+        push_str(&mut out, s);
+        self.0 = Some(out);
+    }
+}
+
+impl kv::VisitValue<'_> for JsonValue {
+    fn visit_any(&mut self, value: kv::Value<'_>) -> Result<(), kv::Error> {
+        self.string(&value.to_string());
+        Ok(())
+    }
+
+    fn visit_null(&mut self) -> Result<(), kv::Error> {
+        self.0 = None;
+        Ok(())
+    }
+
+    fn visit_u64(&mut self, value: u64) -> Result<(), kv::Error> {
+        self.0 = Some(value.to_string());
+        Ok(())
+    }
+
+    fn visit_i64(&mut self, value: i64) -> Result<(), kv::Error> {
+        self.0 = Some(value.to_string());
+        Ok(())
+    }
+
+    fn visit_u128(&mut self, value: u128) -> Result<(), kv::Error> {
+        self.0 = Some(value.to_string());
+        Ok(())
+    }
+
+    fn visit_i128(&mut self, value: i128) -> Result<(), kv::Error> {
+        self.0 = Some(value.to_string());
+        Ok(())
+    }
+
+    fn visit_f64(&mut self, value: f64) -> Result<(), kv::Error> {
+        match serde_json::Number::from_f64(value) {
+            Some(n) => self.0 = Some(n.to_string()),
+            None => self.string(&value.to_string()),
         }
+        Ok(())
+    }
+
+    fn visit_bool(&mut self, value: bool) -> Result<(), kv::Error> {
+        self.0 = Some(value.to_string());
+        Ok(())
+    }
+
+    fn visit_str(&mut self, value: &str) -> Result<(), kv::Error> {
+        self.string(value);
         Ok(())
     }
 }
@@ -288,6 +346,9 @@ mod tests {
                     ("outcome", kv::Value::from("closed")),
                     ("attempt", kv::Value::from(3_u32)),
                     ("msg", kv::Value::from("not the message")),
+                    ("reason", kv::ToValue::to_value(&None::<&str>)),
+                    ("refunded", kv::Value::from(true)),
+                    ("order_no", kv::Value::from("a second order_no")),
                 ])
                 .build(),
         );
@@ -303,7 +364,10 @@ mod tests {
         assert_eq!(v["order_no"], "OT20261206abc");
         assert_eq!(v["outcome"], "closed");
         assert_eq!(v["attempt"], 3);
-        assert_eq!(v.as_object().unwrap().len(), 7, "{v}");
+        assert_eq!(v["refunded"], true);
+        // No `reason` (None), one `order_no`, the record's own `msg`.
+        assert_eq!(v.as_object().unwrap().len(), 8, "{v}");
+        assert_eq!(out.matches("order_no").count(), 1, "{out}");
     }
 
     #[test]
