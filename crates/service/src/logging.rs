@@ -19,6 +19,7 @@
 
 use std::fmt;
 use std::io::Write as _;
+use std::sync::OnceLock;
 
 use log::kv::{self, VisitSource};
 use log::{Level, Log, Metadata, Record};
@@ -32,6 +33,9 @@ const QUIET_ABOVE_INFO: [&str; 1] = ["amiquip"];
 
 /// Fields every JSON line has; a key-value of the same name is left out.
 const RESERVED: [&str; 4] = ["ts", "level", "target", "msg"];
+
+/// The format installed by the first [`init_as`].
+static INSTALLED: OnceLock<Format> = OnceLock::new();
 
 /// How each record is written to stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -142,6 +146,9 @@ pub fn init() -> Result<(), FormatError> {
 
 /// Installs the logger (stderr) in `format`. A second call does nothing.
 pub fn init_as(format: Format) {
+    if INSTALLED.set(format).is_err() {
+        return;
+    }
     let mut builder =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
     configure(&mut builder, format);
@@ -150,6 +157,33 @@ pub fn init_as(format: Format) {
     if log::set_boxed_logger(Box::new(Guarded(logger))).is_ok() {
         log::set_max_level(max);
     }
+}
+
+/// The error a process ends with, on stderr, whatever `RUST_LOG` says: in
+/// the text format (or before [`init`]) `{prefix}: {message}` as always; in
+/// the JSON format one `ERROR` line whose target is the program's name, so
+/// that every line of a process's stderr is JSON.
+pub fn fatal(prefix: &str, message: &str) {
+    let line = match INSTALLED.get() {
+        Some(Format::Json) => {
+            let program = std::env::args_os()
+                .next()
+                .as_deref()
+                .and_then(|p| std::path::Path::new(p).file_name())
+                .map_or_else(|| prefix.to_owned(), |n| n.to_string_lossy().into_owned());
+            json_line(
+                &Record::builder()
+                    .level(Level::Error)
+                    .target(&program)
+                    .args(format_args!("{message}"))
+                    .build(),
+                chrono::Utc::now(),
+            )
+        }
+        _ => format!("{prefix}: {message}"),
+    };
+    // Nothing to do if stderr is gone.
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 /// One record as a JSON object (no newline): `ts` (RFC 3339, UTC,

@@ -36,7 +36,7 @@ fn main() -> ExitCode {
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("wechatpay-sim: {e:#}");
+            logging::fatal("wechatpay-sim", &format!("{e:#}"));
             ExitCode::from(e.downcast_ref::<ConfigProblem>().map_or(1, |_| 2))
         }
     }
