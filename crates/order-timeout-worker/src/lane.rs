@@ -177,6 +177,8 @@ impl Worker {
                         break;
                     };
                     log::debug!(
+                        order_no:% = message.order_no,
+                        attempt = attempt + 1;
                         "order {}: not due for {} ms, waiting in the lane",
                         message.order_no,
                         wait.as_millis()
@@ -231,20 +233,7 @@ impl Worker {
                         .as_deref()
                         .unwrap_or("unknown"),
                 );
-                // The message id is the order number (the message contract).
-                let id = delivery.properties.message_id().as_deref();
-                let reason = headers::text_of(&successor.properties, headers::REASON);
-                let attempt = headers::attempt_of(&successor.properties);
-                log::error!(
-                    order_no = id,
-                    outcome = Settled::Parked.as_str(),
-                    reason = reason.as_deref(),
-                    attempt = attempt;
-                    "PARKED message {} in {PARKED_QUEUE} after {attempt} attempt(s): {}: {}",
-                    id.unwrap_or("(no message id)"),
-                    reason.as_deref().unwrap_or_default(),
-                    headers::text_of(&successor.properties, headers::DETAIL).unwrap_or_default(),
-                );
+                log_parked(&delivery.properties, &successor.properties);
             }
             SuccessorKind::Retry => {
                 // A message that came early waits in a retry queue too, but
@@ -328,6 +317,26 @@ impl Worker {
             } => Some(park(*attempt, reason, detail)),
         }
     }
+}
+
+/// The loud line of a parked message (`properties` the original's,
+/// `parked` the copy's): key-values `order_no` (the message id, the order
+/// number by the message contract), `outcome` (`parked`), `reason` (the
+/// parking reason's code) and `attempt`.
+fn log_parked(properties: &AmqpProperties, parked: &AmqpProperties) {
+    let id = properties.message_id().as_deref();
+    let reason = headers::text_of(parked, headers::REASON);
+    let attempt = headers::attempt_of(parked);
+    log::error!(
+        order_no = id,
+        outcome = Settled::Parked.as_str(),
+        reason = reason.as_deref(),
+        attempt = attempt;
+        "PARKED message {} in {PARKED_QUEUE} after {attempt} attempt(s): {}: {}",
+        id.unwrap_or("(no message id)"),
+        reason.as_deref().unwrap_or_default(),
+        headers::text_of(parked, headers::DETAIL).unwrap_or_default(),
+    );
 }
 
 /// Logs one line per settlement attempt: order, outcome, attempt, time.

@@ -80,6 +80,13 @@ fn json_logs_are_one_object_a_line_and_settlement_lines_name_the_order() {
         stack.wait_settled(&no, Duration::from_secs(20)),
         OrderStatus::Closed
     );
+    // A poison message, parked: its line says so, with the reason.
+    stack.vhost.publish_raw(
+        "queue.ordertimeout",
+        b"not json at all",
+        broker::AmqpProperties::default().with_message_id("POISON0000001".into()),
+    );
+    stack.wait_depth("queue.ordertimeout.parked", 1, Duration::from_secs(10));
     terminate(&mut child);
     let log = std::fs::read_to_string(&log_path).unwrap();
     let _ = std::fs::remove_file(&log_path);
@@ -95,6 +102,13 @@ fn json_logs_are_one_object_a_line_and_settlement_lines_name_the_order() {
     assert_eq!(settled["attempt"], 1, "{settled}");
     assert_eq!(settled["level"], "INFO", "{settled}");
     assert_eq!(settled["target"], "order_timeout_worker::lane", "{settled}");
+    let parked = line_with(&lines, "PARKED message POISON0000001");
+    assert_eq!(parked["level"], "ERROR", "{parked}");
+    assert_eq!(parked["order_no"], "POISON0000001", "{parked}");
+    assert_eq!(parked["outcome"], "parked", "{parked}");
+    assert_eq!(parked["reason"], "poison", "{parked}");
+    // As the text says: poison is parked before any settlement attempt.
+    assert_eq!(parked["attempt"], 0, "{parked}");
     // At trace, others' debug lines are there; amiquip's are not.
     assert!(lines.iter().any(|v| v["level"] == "TRACE"), "{log}");
     let amiquip_debug = lines.iter().find(|v| {
