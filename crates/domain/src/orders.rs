@@ -959,19 +959,25 @@ fn mark_paid_tx(
                 )?;
                 // The refund is born with the payment it gives back: it can
                 // never be forgotten, and never doubled (one per payment).
-                let refund = if payment.amount.get() > 0 {
-                    crate::refunds::create_refund(
+                let out_refund_no = if payment.amount.get() > 0 {
+                    Some(crate::refunds::create_refund(
                         conn,
                         order_id,
                         order_no,
                         payment_id,
                         payment.amount,
                         "paid after close",
-                    )?
+                    )?)
                 } else {
-                    String::from("(nothing to refund: 0 fen)")
+                    None
                 };
+                let refund = out_refund_no
+                    .as_deref()
+                    .unwrap_or("(nothing to refund: 0 fen)");
                 log::warn!(
+                    order_no:% = order_no,
+                    outcome = "paid_after_close",
+                    out_refund_no = out_refund_no.as_deref();
                     "order {order_no} was paid after it had been closed (transaction {}, {}): refund {refund} queued",
                     payment.transaction_id,
                     payment.amount

@@ -260,6 +260,7 @@ fn accept(d: &OrderDecision, out: &mut impl Write) -> anyhow::Result<bool> {
     let payment = reported_payment(&d.payment, &d.order_no)?;
     domain::accept_payment(&mut conn, &d.order_no, &payment, &decision)?;
     log::info!(
+        order_no:% = d.order_no, outcome = "accepted";
         "order {}: payment {} of {} accepted by {} ({anomaly}); order paid",
         d.order_no,
         payment.transaction_id,
@@ -284,6 +285,7 @@ fn refund(d: &OrderDecision, out: &mut impl Write) -> anyhow::Result<bool> {
     let payment = reported_payment(&d.payment, &d.order_no)?;
     let queued = domain::refund_payment(&mut conn, &d.order_no, &payment, &decision)?;
     log::info!(
+        order_no:% = d.order_no, outcome = "refund_queued", out_refund_no = queued.out_refund_no.as_str();
         "order {}: payment {} of {} to be refunded as {} by {}'s decision ({anomaly})",
         d.order_no,
         payment.transaction_id,
@@ -350,7 +352,8 @@ fn recheck(d: &OrderDecision, out: &mut impl Write) -> anyhow::Result<bool> {
     }
     .context("the recheck ran, but its decision could not be written")?;
     log::info!(
-        "order {}: recheck by {}: {label}: {what}",
+        order_no:% = d.order_no, outcome = label.as_str();
+        "order {}: recheck by {}: {what}",
         d.order_no,
         decision.by()
     );
@@ -448,6 +451,7 @@ fn retry_refund(d: &RefundDecision, out: &mut impl Write) -> anyhow::Result<bool
         RefundStep::Parked(why) => (format!("NEEDS A HUMAN again: {why}"), false),
     };
     log::info!(
+        order_no:% = refund.order_no, out_refund_no = d.out_refund_no.as_str(), outcome = if ok { "refund_asked" } else { "refund_not_taken" };
         "refund {} of order {}: asked again by {}: {line}",
         d.out_refund_no,
         refund.order_no,
@@ -498,6 +502,7 @@ fn refund_done(d: &RefundCheck, out: &mut impl Write) -> anyhow::Result<bool> {
         &decision,
     )?;
     log::info!(
+        order_no:% = ours.order_no, out_refund_no = d.out_refund_no.as_str(), outcome = "succeeded";
         "refund {} of order {} confirmed SUCCESS at WeChat Pay by {}; recorded succeeded",
         d.out_refund_no,
         ours.order_no,

@@ -177,6 +177,8 @@ impl Worker {
                         break;
                     };
                     log::debug!(
+                        order_no:% = message.order_no,
+                        attempt = attempt + 1;
                         "order {}: not due for {} ms, waiting in the lane",
                         message.order_no,
                         wait.as_millis()
@@ -185,7 +187,13 @@ impl Worker {
                     settlement = self.settler.settle(&message.order_no, trigger, Utc::now());
                 }
                 self.stats.outcome(settlement.label());
-                log_settlement(&message.order_no, &settlement, attempt + 1, started);
+                log_settlement(
+                    &message.order_no,
+                    &settlement,
+                    settlement.outcome(),
+                    attempt + 1,
+                    started,
+                );
                 let settled = settlement.outcome();
                 (self.dispose(settlement, attempt), settled)
             }
@@ -225,17 +233,7 @@ impl Worker {
                         .as_deref()
                         .unwrap_or("unknown"),
                 );
-                log::error!(
-                    "PARKED message {} in {PARKED_QUEUE} after {} attempt(s): {}: {}",
-                    delivery
-                        .properties
-                        .message_id()
-                        .as_deref()
-                        .unwrap_or("(no message id)"),
-                    headers::attempt_of(&successor.properties),
-                    headers::text_of(&successor.properties, headers::REASON).unwrap_or_default(),
-                    headers::text_of(&successor.properties, headers::DETAIL).unwrap_or_default(),
-                );
+                log_parked(&delivery.properties, &successor.properties);
             }
             SuccessorKind::Retry => {
                 // A message that came early waits in a retry queue too, but
@@ -321,54 +319,108 @@ impl Worker {
     }
 }
 
+/// The loud line of a parked message (`properties` the original's,
+/// `parked` the copy's): key-values `order_no` (the message id, the order
+/// number by the message contract), `outcome` (`parked`), `reason` (the
+/// parking reason's code) and `attempt`.
+fn log_parked(properties: &AmqpProperties, parked: &AmqpProperties) {
+    let id = properties.message_id().as_deref();
+    let reason = headers::text_of(parked, headers::REASON);
+    let attempt = headers::attempt_of(parked);
+    log::error!(
+        order_no = id,
+        outcome = Settled::Parked.as_str(),
+        reason = reason.as_deref(),
+        attempt = attempt;
+        "PARKED message {} in {PARKED_QUEUE} after {attempt} attempt(s): {}: {}",
+        id.unwrap_or("(no message id)"),
+        reason.as_deref().unwrap_or_default(),
+        headers::text_of(parked, headers::DETAIL).unwrap_or_default(),
+    );
+}
+
 /// Logs one line per settlement attempt: order, outcome, attempt, time.
-pub fn log_settlement(order_no: &OrderNo, s: &Settlement, attempt: u32, started: Instant) {
+/// Key-values for `LOG_FORMAT=json`: `order_no`, `outcome` (the label the
+/// caller counts this attempt under in the metrics) and `attempt`.
+pub fn log_settlement(
+    order_no: &OrderNo,
+    s: &Settlement,
+    outcome: Settled,
+    attempt: u32,
+    started: Instant,
+) {
     let ms = started.elapsed().as_millis();
     let tail = format!("attempt {attempt}, {ms} ms");
+    let outcome = outcome.as_str();
+    macro_rules! line {
+        ($level:ident, $($message:tt)+) => {
+            log::$level!(order_no:% = order_no, outcome = outcome, attempt = attempt; $($message)+)
+        };
+    }
     match s {
         Settlement::Closed { why, recheck_after } => {
             let recheck = recheck_after
                 .map(|d| format!("; recheck in {} s", d.as_secs()))
                 .unwrap_or_default();
-            log::info!("order {order_no}: closed, stock given back ({why}{recheck}); {tail}");
+            line!(
+                info,
+                "order {order_no}: closed, stock given back ({why}{recheck}); {tail}"
+            );
         }
         Settlement::Compensated { refunded } => {
             let how = if *refunded { " and refunded there" } else { "" };
-            log::info!("order {order_no}: compensated, paid at WeChat Pay{how}; {tail}");
+            line!(
+                info,
+                "order {order_no}: compensated, paid at WeChat Pay{how}; {tail}"
+            );
         }
         Settlement::PaidAfterClose {
             newly_recorded: true,
         } => {
-            log::error!("order {order_no}: paid after close, refund queued; {tail}");
+            line!(
+                error,
+                "order {order_no}: paid after close, refund queued; {tail}"
+            );
         }
         Settlement::PaidAfterClose {
             newly_recorded: false,
         } => {
-            log::info!(
+            line!(
+                info,
                 "order {order_no}: paid after close, already on record (nothing new); {tail}"
             );
         }
         Settlement::Rechecked { found } => {
-            log::info!("order {order_no}: rechecked after close: {found}; {tail}");
+            line!(
+                info,
+                "order {order_no}: rechecked after close: {found}; {tail}"
+            );
         }
         Settlement::AlreadySettled(st) => {
-            log::info!("order {order_no}: already {st}, nothing to do; {tail}");
+            line!(
+                info,
+                "order {order_no}: already {st}, nothing to do; {tail}"
+            );
         }
         Settlement::NotYetDue { remaining } => {
-            log::info!(
+            line!(
+                info,
                 "order {order_no}: not due for {} ms, waiting; {tail}",
                 remaining.as_millis()
             );
         }
-        Settlement::UnknownOrder => log::warn!("order {order_no}: unknown order; {tail}"),
+        Settlement::UnknownOrder => line!(warn, "order {order_no}: unknown order; {tail}"),
         Settlement::NeedsHuman { anomaly, detail } => {
-            log::error!("order {order_no}: needs a human ({anomaly}: {detail}); {tail}");
+            line!(
+                error,
+                "order {order_no}: needs a human ({anomaly}: {detail}); {tail}"
+            );
         }
         Settlement::RetryLater { reason, .. } => {
-            log::warn!("order {order_no}: retry later ({reason}); {tail}");
+            line!(warn, "order {order_no}: retry later ({reason}); {tail}");
         }
         Settlement::GiveUp { reason } => {
-            log::error!("order {order_no}: cannot settle ({reason}); {tail}");
+            line!(error, "order {order_no}: cannot settle ({reason}); {tail}");
         }
     }
 }

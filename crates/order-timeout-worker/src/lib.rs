@@ -330,7 +330,7 @@ fn refund_summary(refunds: &[domain::Refund]) -> String {
 fn settle_now(settler: &Settler, order_no: &OrderNo) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
     let s = settler.settle(order_no, Trigger::Operator, chrono::Utc::now());
-    lane::log_settlement(order_no, &s, 1, started);
+    lane::log_settlement(order_no, &s, s.outcome(), 1, started);
     let refunds = domain::checkout(settler.pool())
         .and_then(|mut c| domain::refunds_of(&mut c, order_no))
         .context("could not read the order's refunds")?;

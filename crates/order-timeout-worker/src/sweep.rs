@@ -107,7 +107,13 @@ impl Worker {
             o => o,
         };
         self.settler.metrics().settlement(outcome, trigger.as_str());
-        log_settlement(&order.order_no, &s, order.check_failures + 1, started);
+        log_settlement(
+            &order.order_no,
+            &s,
+            outcome,
+            order.check_failures + 1,
+            started,
+        );
         report.looked_at += 1;
         let not_before = match &s {
             Settlement::Closed { .. }
@@ -126,6 +132,8 @@ impl Worker {
             Settlement::RetryLater { not_before, .. } => *not_before,
             Settlement::GiveUp { reason } => {
                 log::error!(
+                    order_no:% = order.order_no,
+                    outcome = outcome.as_str();
                     "sweep cannot settle order {}: {reason}; a human must look (asked again at most every {:?})",
                     order.order_no,
                     ladder(&self.topology).last().copied().unwrap_or_default()

@@ -43,27 +43,34 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
 
 /// The whole `main` of a binary: parses the command line (renamed settings
 /// mapped, see [`crate::cli::parse`]; clap exits 2 on bad usage), sets up
-/// logging and logs each deprecated name used, sets up the stop flag, runs
-/// `run`, and prints an error's chain (`error: ...: ...`) with its exit code.
+/// logging (an unknown `LOG_FORMAT` exits 2) and logs each deprecated name used, sets up the stop flag, runs
+/// `run`, and prints an error's chain (`error: ...: ...`, or a JSON line
+/// with `LOG_FORMAT=json`) with its exit code.
 pub fn main<C: clap::Parser>(
     run: impl FnOnce(&C, &Arc<AtomicBool>) -> anyhow::Result<ExitCode>,
 ) -> ExitCode {
     let (cli, deprecated) = crate::cli::parse::<C>();
-    crate::logging::init();
+    if let Err(e) = crate::logging::init() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     for warning in deprecated {
         log::warn!("{warning}");
     }
     let stop = match crate::shutdown::stop_flag() {
         Ok(stop) => stop,
         Err(e) => {
-            eprintln!("error: could not install the SIGTERM/SIGINT handlers: {e}");
+            crate::logging::fatal(
+                "error",
+                &format!("could not install the SIGTERM/SIGINT handlers: {e}"),
+            );
             return ExitCode::FAILURE;
         }
     };
     match run(&cli, &stop) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            crate::logging::fatal("error", &format!("{err:#}"));
             ExitCode::from(exit_code(&err))
         }
     }

@@ -52,6 +52,8 @@ pub fn record_payment(
             // Loud once, when it is news; a repeat report changed nothing.
             if newly_recorded {
                 log::error!(
+                    order_no:% = order.order_no,
+                    outcome = crate::Outcome::PaidAfterClose.as_str();
                     "order {}: PAID AFTER CLOSE: WeChat Pay transaction {} ({}) for an order closed here; the worker refunds it",
                     order.order_no,
                     payment.transaction_id,
@@ -59,6 +61,8 @@ pub fn record_payment(
                 );
             } else {
                 log::info!(
+                    order_no:% = order.order_no,
+                    outcome = crate::Outcome::AlreadySettled.as_str();
                     "order {}: WeChat Pay transaction {} is already recorded as paid after close; nothing changed",
                     order.order_no,
                     payment.transaction_id
@@ -113,6 +117,8 @@ fn needs_human(
     match domain::record_anomaly(conn, &order.order_no, anomaly, &detail)? {
         AnomalyOutcome::Recorded | AnomalyOutcome::AlreadyRecorded => {
             log::error!(
+                order_no:% = order.order_no,
+                outcome = crate::Outcome::Anomaly.as_str();
                 "order {}: NEEDS A HUMAN ({anomaly}): {detail}; nothing paid, nothing closed, stock held",
                 order.order_no
             );

@@ -137,6 +137,10 @@ impl Settler {
                     .max(step_wait(refund.attempts));
                 let why = e.to_string();
                 log::warn!(
+                    out_refund_no = refund.out_refund_no.as_str(),
+                    order_no:% = refund.order_no,
+                    outcome = "retry",
+                    attempt = refund.attempts;
                     "refund {} of order {}: {why}; trying again in {delay:?}",
                     refund.out_refund_no,
                     refund.order_no
@@ -146,6 +150,8 @@ impl Settler {
                     .with_conn(|c| domain::retry_refund_later(c, &refund.out_refund_no, at, &why))
                 {
                     log::warn!(
+                        out_refund_no = refund.out_refund_no.as_str(),
+                        order_no:% = refund.order_no;
                         "refund {}: recording the retry failed: {e}",
                         refund.out_refund_no
                     );
@@ -172,12 +178,21 @@ impl Settler {
     /// Leaves the refund to a human, with the reason.
     fn park(&self, refund: &Refund, why: String) -> RefundStep {
         log::error!(
+            out_refund_no = refund.out_refund_no.as_str(),
+            order_no:% = refund.order_no,
+            outcome = "parked",
+            attempt = refund.attempts;
             "refund {} of order {} NEEDS A HUMAN: {why}",
             refund.out_refund_no,
             refund.order_no
         );
         if let Err(e) = self.with_conn(|c| domain::park_refund(c, &refund.out_refund_no, &why)) {
-            log::warn!("refund {}: parking failed: {e}", refund.out_refund_no);
+            log::warn!(
+                out_refund_no = refund.out_refund_no.as_str(),
+                order_no:% = refund.order_no;
+                "refund {}: parking failed: {e}",
+                refund.out_refund_no
+            );
         }
         RefundStep::Parked(why)
     }
@@ -210,10 +225,18 @@ impl Settler {
                     "refund {} of order {} ({}): {from} -> {status}",
                     refund.out_refund_no, refund.order_no, refund.amount
                 );
+                let (no, order_no) = (refund.out_refund_no.as_str(), &refund.order_no);
+                let (outcome, attempt) = (status.as_str(), refund.attempts);
                 if status == RefundStatus::Abnormal {
-                    log::error!("{line}: NEEDS A HUMAN (the buyer's account cannot take it back)");
+                    log::error!(
+                        out_refund_no = no, order_no:% = order_no, outcome = outcome, attempt = attempt;
+                        "{line}: NEEDS A HUMAN (the buyer's account cannot take it back)"
+                    );
                 } else {
-                    log::info!("{line}");
+                    log::info!(
+                        out_refund_no = no, order_no:% = order_no, outcome = outcome, attempt = attempt;
+                        "{line}"
+                    );
                 }
                 RefundStep::Now(status)
             }
@@ -221,6 +244,10 @@ impl Settler {
             Ok(RefundUpdate::NotFound) => RefundStep::Parked("the refund row vanished".into()),
             Err(e) => {
                 log::warn!(
+                    out_refund_no = refund.out_refund_no.as_str(),
+                    order_no:% = refund.order_no,
+                    outcome = "retry",
+                    attempt = refund.attempts;
                     "refund {}: recording {status} failed (asked again after the lease): {e}",
                     refund.out_refund_no
                 );

@@ -485,6 +485,7 @@ impl Settler {
                 // is our own, and that order stays closed.
                 if refunded {
                     log::warn!(
+                        order_no:% = order.order_no;
                         "order {}: WeChat Pay reports it paid and then refunded (REFUND); recorded as paid, check the refund",
                         order.order_no
                     );
@@ -525,6 +526,7 @@ impl Settler {
             }
             TradeState::NotPay | TradeState::UserPaying | TradeState::PayError => {
                 log::warn!(
+                    order_no:% = order.order_no;
                     "order {}: a payment order ({}) exists at WeChat Pay for an order closed here; closing it there",
                     order.order_no,
                     tx.trade_state

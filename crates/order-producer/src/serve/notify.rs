@@ -143,6 +143,7 @@ fn handle_refund(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<(
     let status = service::payments::refund_status(notice.status);
     let unavailable = |e: &domain::StoreError| {
         log::warn!(
+            out_refund_no = notice.out_refund_no.as_str();
             "refund notification {} for {} not recorded: {e}",
             notification.id,
             notice.out_refund_no
@@ -157,6 +158,7 @@ fn handle_refund(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<(
         domain::find_refund(&mut conn, &notice.out_refund_no).map_err(|e| unavailable(&e))?
     else {
         log::error!(
+            out_refund_no = notice.out_refund_no.as_str();
             "refund notification {} names refund {}, which is not ours",
             notification.id,
             notice.out_refund_no
@@ -168,6 +170,9 @@ fn handle_refund(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<(
     };
     if let Err(why) = service::payments::check_refund_amount(&ours, notice.refund_fen) {
         log::error!(
+            out_refund_no = notice.out_refund_no.as_str(),
+            order_no:% = ours.order_no,
+            outcome = "parked";
             "refund {} NEEDS A HUMAN: {why} (notification {})",
             notice.out_refund_no,
             notification.id
@@ -190,16 +195,25 @@ fn handle_refund(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<(
                 "refund {} ({} notification {}): {from} -> {status}",
                 notice.out_refund_no, notification.event_type, notification.id
             );
+            let (no, order_no) = (notice.out_refund_no.as_str(), &ours.order_no);
+            let outcome = status.as_str();
             if status == domain::RefundStatus::Abnormal {
-                log::error!("{line}: NEEDS A HUMAN (the buyer's account cannot take it back)");
+                log::error!(
+                    out_refund_no = no, order_no:% = order_no, outcome = outcome;
+                    "{line}: NEEDS A HUMAN (the buyer's account cannot take it back)"
+                );
             } else {
-                log::info!("{line}");
+                log::info!(
+                    out_refund_no = no, order_no:% = order_no, outcome = outcome;
+                    "{line}"
+                );
             }
             Ok(())
         }
         Ok(domain::RefundUpdate::Unchanged { .. }) => Ok(()),
         Ok(domain::RefundUpdate::NotFound) => {
             log::error!(
+                out_refund_no = notice.out_refund_no.as_str();
                 "refund notification {} names refund {}, which is not ours",
                 notification.id,
                 notice.out_refund_no
@@ -256,6 +270,7 @@ fn handle(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<(), Fail
     })?;
     if tx.trade_state != TradeState::Success {
         log::info!(
+            order_no = tx.out_trade_no.as_deref();
             "payment notification {} ({}) reports {} for {}: nothing to record",
             notification.id,
             notification.event_type,
@@ -273,6 +288,7 @@ fn handle(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<(), Fail
     })?;
     let unavailable = |e: &domain::StoreError| {
         log::warn!(
+            order_no:% = no;
             "payment notification {} for {no} not recorded: {e}",
             notification.id
         );
@@ -284,6 +300,7 @@ fn handle(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<(), Fail
     let mut conn = domain::checkout(&state.pool).map_err(|e| unavailable(&e))?;
     let Some(order) = domain::find_order(&mut conn, &no).map_err(|e| unavailable(&e))? else {
         log::error!(
+            order_no:% = no;
             "payment notification {} names order {no}, which is not ours",
             notification.id
         );
@@ -292,6 +309,8 @@ fn handle(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<(), Fail
     match service::payments::record_payment(&mut conn, &order, &tx) {
         Ok(Recorded::Paid) => {
             log::info!(
+                order_no:% = no,
+                outcome = service::Outcome::Paid.as_str();
                 "order {no} paid (notification {}, transaction {})",
                 notification.id,
                 tx.transaction_id.as_deref().unwrap_or("?")
@@ -304,7 +323,11 @@ fn handle(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<(), Fail
                 newly_recorded: false,
             },
         ) => {
-            log::debug!("order {no}: duplicate notification {}", notification.id);
+            log::debug!(
+                order_no:% = no;
+                "order {no}: duplicate notification {}",
+                notification.id
+            );
             Ok(())
         }
         // Logged (PAID AFTER CLOSE / NEEDS A HUMAN) where recorded.

@@ -143,6 +143,7 @@ pub(super) async fn create(
     .await?;
     if !created.replayed {
         log::info!(
+            order_no:% = created.order.order_no;
             "created order {} ({}), payment deadline {}",
             created.order.order_no,
             created.order.total,
@@ -391,7 +392,7 @@ fn prepay_error(no: &OrderNo, e: &payment_client::Error) -> ApiError {
         _ => {}
     }
     if e.is_transient() {
-        log::warn!("order {no}: Native prepay failed, retryable: {e}");
+        log::warn!(order_no:% = no; "order {no}: Native prepay failed, retryable: {e}");
         let status = if matches!(e, payment_client::Error::Timeout { .. }) {
             StatusCode::GATEWAY_TIMEOUT
         } else {
@@ -403,7 +404,7 @@ fn prepay_error(no: &OrderNo, e: &payment_client::Error) -> ApiError {
             "WeChat Pay did not answer usably; try again",
         )
     } else {
-        log::error!("order {no}: WeChat Pay refused the Native prepay: {e}");
+        log::error!(order_no:% = no; "order {no}: WeChat Pay refused the Native prepay: {e}");
         ApiError::new(
             StatusCode::BAD_GATEWAY,
             "WECHATPAY_REFUSED",

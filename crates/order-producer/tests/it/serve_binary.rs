@@ -58,6 +58,7 @@ fn serve(s: &Setup, port: u16) -> Command {
             &s.files.wechatpay_public_key_file,
         )
         .env("RUST_LOG", "trace")
+        .env_remove("LOG_FORMAT")
         .env_remove("PAYMENT_WINDOW");
     c
 }
@@ -187,11 +188,45 @@ fn a_default_window_no_delay_queue_can_serve_exits_2() {
 
 #[test]
 fn sigterm_exits_0_and_the_log_holds_no_secret() {
+    let log = serve_until_sigterm(None);
+    assert!(log.contains("finishing the requests in hand"), "{log}");
+}
+
+/// `LOG_FORMAT=json`: every line of the front door's log (at trace level,
+/// hyper, tokio and ureq included) is one JSON object.
+#[test]
+fn log_format_json_makes_every_line_a_json_object() {
+    let log = serve_until_sigterm(Some("json"));
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    for v in &lines {
+        for field in ["ts", "level", "target", "msg"] {
+            assert!(v[field].is_string(), "{field}: {v}");
+        }
+    }
+    assert!(
+        lines.iter().any(|v| v["msg"]
+            .as_str()
+            .unwrap()
+            .contains("finishing the requests in hand")),
+        "{log}"
+    );
+}
+
+/// Runs `serve` (in `format`, or the default), asks it a few things, stops
+/// it with SIGTERM (exit 0) and returns its log, checked for secrets.
+fn serve_until_sigterm(format: Option<&str>) -> String {
     let s = setup();
     let port = free_port();
     // A file, not a pipe: at trace level the log would fill a pipe nobody reads.
     let log_path = s.dir.0.join("serve.log");
-    let child = serve(&s, port)
+    let mut command = serve(&s, port);
+    if let Some(format) = format {
+        command.env("LOG_FORMAT", format);
+    }
+    let child = command
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log_path).unwrap())
         .spawn()
@@ -228,9 +263,9 @@ fn sigterm_exits_0_and_the_log_holds_no_secret() {
         .expect("serve exits after SIGTERM");
     assert_eq!(status.code(), Some(0));
     let log = std::fs::read_to_string(&log_path).unwrap();
-    assert!(log.contains("finishing the requests in hand"), "{log}");
     let apiv3 = std::fs::read_to_string(&s.files.apiv3_key_file).unwrap();
     for secret in [TOKEN, apiv3.trim_end()] {
         assert!(!log.contains(secret), "a secret in the log");
     }
+    log
 }

@@ -36,6 +36,7 @@ impl Env {
             .env("DATABASE_URL", self.db.url().expose())
             .env("AMQP_URL", self.vhost.url().expose())
             .env("RUST_LOG", "info")
+            .env_remove("LOG_FORMAT")
             .env_remove("DELAY_WINDOWS")
             .env_remove("DELAY_TTL_MS")
             .env_remove("QUEUE_TYPE");

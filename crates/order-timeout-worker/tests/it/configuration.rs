@@ -13,6 +13,17 @@ use clap::{Args, Command, CommandFactory};
 
 /// Variables the examples set that are not ours.
 const NOT_OURS: &[&str] = &["RUST_LOG", "RUST_LOG_STYLE"];
+
+/// Our settings without a flag (read before the command line), with their
+/// defaults: documented with `—` as the flag.
+fn env_only() -> BTreeMap<String, String> {
+    [(
+        service::logging::FORMAT_VAR.to_owned(),
+        service::logging::Format::NAMES[0].to_owned(),
+    )]
+    .into_iter()
+    .collect()
+}
 const NOT_OURS_PREFIXES: &[&str] = &["POSTGRES_", "RABBITMQ_", "GF_"];
 
 fn root() -> PathBuf {
@@ -204,9 +215,29 @@ fn disagreements(text: &str) -> Vec<String> {
             bad.push(format!("{env} holds a secret: say \"never printed\""));
         }
     }
-    for env in rows.keys() {
-        if !settings.contains_key(env) {
-            bad.push(format!("{env} is documented but no command reads it"));
+    let env_only = env_only();
+    for (env, row) in &rows {
+        match env_only.get(env) {
+            Some(default) => {
+                if row.flag != "—" {
+                    bad.push(format!("{env} has no flag; documented {}", row.flag));
+                }
+                if &row.default != default {
+                    bad.push(format!(
+                        "{env}: documented default {:?}, real {default:?}",
+                        row.default
+                    ));
+                }
+            }
+            None if !settings.contains_key(env) => {
+                bad.push(format!("{env} is documented but no command reads it"));
+            }
+            None => {}
+        }
+    }
+    for env in env_only.keys() {
+        if !rows.contains_key(env) {
+            bad.push(format!("{env} (environment only) is not documented"));
         }
     }
     let table: BTreeSet<(String, String)> = service::renamed::ENV
@@ -254,6 +285,19 @@ fn a_wrong_entry_in_the_reference_is_caught() {
     assert!(disagreements(&invented)
         .iter()
         .any(|d| d.contains("WORKER_NAPS")));
+    let wrong_env_only = text.replacen(
+        "| `LOG_FORMAT` | — | `text` |",
+        "| `LOG_FORMAT` | `--log-format` | `json` |",
+        1,
+    );
+    assert_ne!(wrong_env_only, text, "the LOG_FORMAT row was not found");
+    assert_eq!(
+        disagreements(&wrong_env_only)
+            .iter()
+            .filter(|d| d.starts_with("LOG_FORMAT"))
+            .count(),
+        2
+    );
 }
 
 fn is_ours(var: &str) -> bool {
@@ -314,7 +358,11 @@ fn the_systemd_and_compose_examples_set_only_documented_settings() {
             "{var} in order-timeout.env.example is not documented"
         );
         // "A commented-out variable takes the default shown."
-        if let (true, Some(default)) = (*commented, &settings[var].default) {
+        let default = settings
+            .get(var)
+            .and_then(|s| s.default.clone())
+            .or_else(|| env_only().get(var).cloned());
+        if let (true, Some(default)) = (*commented, &default) {
             assert_eq!(
                 value, default,
                 "{var} in order-timeout.env.example: the default shown is not the default"

@@ -11,6 +11,7 @@ mod edges;
 mod failover;
 mod faults;
 mod front_door;
+mod logs;
 mod metrics;
 mod money;
 mod poison;

@@ -478,6 +478,7 @@ impl Stack {
             .env("RETRY_DELAYS", "100ms,200ms,400ms")
             .envs(self.files.worker_env(&self.sim.base_url()))
             .env("RUST_LOG", "info")
+            .env_remove("LOG_FORMAT")
             .env_remove("DELAY_WINDOWS")
             .env_remove("QUEUE_TYPE");
         c

@@ -13,6 +13,9 @@ use wechatpay_sim::{ApiV3Key, SimConfig, SimKeys, Simulator};
 // depends on the payment client this is a test double for).
 #[path = "../../../service/src/renamed.rs"]
 mod renamed;
+// Likewise the logger: the same guard and the same LOG_FORMAT as the others.
+#[path = "../../../service/src/logging.rs"]
+mod logging;
 
 fn main() -> ExitCode {
     let (command_line, deprecated) = match renamed::apply("wechatpay-sim") {
@@ -22,7 +25,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    if let Err(e) = logging::init() {
+        eprintln!("wechatpay-sim: {e}");
+        return ExitCode::from(2);
+    }
     for warning in deprecated {
         log::warn!("{warning}");
     }
@@ -30,7 +36,7 @@ fn main() -> ExitCode {
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("wechatpay-sim: {e:#}");
+            logging::fatal("wechatpay-sim", &format!("{e:#}"));
             ExitCode::from(e.downcast_ref::<ConfigProblem>().map_or(1, |_| 2))
         }
     }

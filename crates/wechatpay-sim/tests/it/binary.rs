@@ -119,6 +119,49 @@ fn an_unusable_key_dir_exits_with_2() {
     assert!(err.contains("not-a-dir"), "{err}");
 }
 
+/// The same logger as the other binaries: `LOG_FORMAT=json` makes its exit
+/// error a JSON line; an unknown format exits 2 naming the setting.
+#[test]
+fn log_format_json_writes_json_lines_and_an_unknown_one_exits_2() {
+    let file = scratch("bin-json").join("not-a-dir");
+    std::fs::write(&file, "x").unwrap();
+    let sim = |format: &str| {
+        Command::new(env!("CARGO_BIN_EXE_wechatpay-sim"))
+            .args([
+                "--wechatpay-sim-listen",
+                "127.0.0.1:0",
+                "--wechatpay-sim-key-dir",
+            ])
+            .arg(&file)
+            .env("LOG_FORMAT", format)
+            .output()
+            .unwrap()
+    };
+    let out = sim("json");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<serde_json::Value> = err
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let last = lines.last().unwrap_or_else(|| panic!("no line: {err}"));
+    assert_eq!(last["level"], "ERROR", "{last}");
+    assert_eq!(last["target"], "wechatpay-sim", "{last}");
+    assert!(last["ts"].is_string(), "{last}");
+    assert!(
+        last["msg"].as_str().unwrap().contains("not-a-dir"),
+        "{last}"
+    );
+
+    let out = sim("xml");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("LOG_FORMAT=\"xml\" is not a log format") && err.contains("json"),
+        "{err}"
+    );
+}
+
 #[test]
 fn the_appid_apiv3_key_and_notify_schedule_flags_are_used() {
     let dir = scratch("bin-flags");
