@@ -9,7 +9,11 @@
 
 use std::time::{Duration, Instant};
 
-use amiquip::{AmqpProperties, Channel, Delivery, QueueDeclareOptions, QueueDeleteOptions};
+use amiquip::{
+    AmqpProperties, Channel, Consumer, ConsumerMessage, ConsumerOptions, Delivery,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use crossbeam_channel::RecvTimeoutError;
 
 use crate::connection::{AmqpUrl, Connection};
 use crate::error::BrokerError;
@@ -160,9 +164,108 @@ impl ParkedReader {
         }))
     }
 
+    /// Has the broker push the parked messages, in order, instead of one
+    /// `basic.get` round trip each: at most `prefetch` unacked on the
+    /// reader's channel at once (messages read before and kept count too).
+    /// Cancel it with [`ParkedStream::cancel`] (never just drop it: see
+    /// the lane module on amiquip's trap).
+    pub fn stream(&self, prefetch: u16) -> Result<ParkedStream<'_>, BrokerError> {
+        let err = |what: &str, e| BrokerError::from_amiquip(&self.url, what, e);
+        self.channel
+            .qos(0, prefetch, false)
+            .map_err(|e| err("could not set the prefetch on the parking queue", e))?;
+        let consumer = self
+            .channel
+            .basic_consume(PARKED_QUEUE, ConsumerOptions::default())
+            .map_err(|e| err("could not consume the parking queue", e))?;
+        Ok(ParkedStream {
+            consumer,
+            reader: self,
+        })
+    }
+
     /// Closes the reader: every message not acked goes back to the queue.
     pub fn close(self) {
         let _ = self.channel.close();
+    }
+}
+
+/// The parked messages as the broker pushes them (see
+/// [`ParkedReader::stream`]).
+pub struct ParkedStream<'r> {
+    consumer: Consumer<'r>,
+    reader: &'r ParkedReader,
+}
+
+impl std::fmt::Debug for ParkedStream<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ParkedStream").finish_non_exhaustive()
+    }
+}
+
+impl<'r> ParkedStream<'r> {
+    fn message(&self, delivery: Delivery) -> ParkedMessage<'r> {
+        ParkedMessage {
+            body: delivery.body.clone(),
+            properties: delivery.properties.clone(),
+            delivery,
+            reader: self.reader,
+        }
+    }
+
+    /// The next message, waiting at most `idle`; `None` when none came:
+    /// the queue is empty, or the messages held unacked fill the prefetch.
+    pub fn next(&self, idle: Duration) -> Result<Option<ParkedMessage<'r>>, BrokerError> {
+        match self.consumer.receiver().recv_timeout(idle) {
+            Ok(ConsumerMessage::Delivery(d)) => Ok(Some(self.message(d))),
+            Err(RecvTimeoutError::Timeout) => Ok(None),
+            Ok(other) => Err(BrokerError::Connection {
+                context: "reading the parking queue".into(),
+                message: format!("the consumer ended: {other:?}"),
+            }),
+            Err(RecvTimeoutError::Disconnected) => Err(BrokerError::Connection {
+                context: "reading the parking queue".into(),
+                message: "the connection was lost".into(),
+            }),
+        }
+    }
+
+    /// Stops the broker pushing: cancels the consumer and returns, in
+    /// order, what it delivered before the cancel took effect (held like
+    /// any message read; left unacked they return to the queue when the
+    /// reader closes). Afterwards [`ParkedReader::next`] reads on from
+    /// there.
+    pub fn cancel(self) -> Result<Vec<ParkedMessage<'r>>, BrokerError> {
+        self.consumer.cancel().map_err(|e| {
+            BrokerError::from_amiquip(
+                &self.reader.url,
+                "could not cancel the parking queue consumer",
+                e,
+            )
+        })?;
+        let mut delivered = Vec::new();
+        loop {
+            match self
+                .consumer
+                .receiver()
+                .recv_timeout(Duration::from_secs(5))
+            {
+                Ok(ConsumerMessage::Delivery(d)) => delivered.push(self.message(d)),
+                Ok(ConsumerMessage::ClientCancelled) => return Ok(delivered),
+                Ok(other) => {
+                    return Err(BrokerError::Connection {
+                        context: "cancelling the parking queue consumer".into(),
+                        message: format!("the consumer ended: {other:?}"),
+                    })
+                }
+                Err(_) => {
+                    return Err(BrokerError::Connection {
+                        context: "cancelling the parking queue consumer".into(),
+                        message: "no cancel-ok from the broker".into(),
+                    })
+                }
+            }
+        }
     }
 }
 

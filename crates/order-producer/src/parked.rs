@@ -149,23 +149,34 @@ fn list_to(
     report: &mut ParkedReport,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    for _ in 0..limit {
-        let Some(d) = reader.next()? else {
-            break;
-        };
-        report.listed += 1;
-        let what = describe(&d);
-        if let Ok(message) = TimeoutMessage::decode(&d.body) {
-            writeln!(
-                out,
-                "  {}{}  attempts {}  parked {}: {}",
-                message.order_no, what.recheck, what.attempts, what.when, what.reason
-            )?;
-        } else {
-            report.poison += 1;
-            writeln!(out, "{}", poison_line(&d, &what))?;
-        }
-    }
+    let limit = limit as usize;
+    let never = AtomicBool::new(false);
+    read_each(
+        reader,
+        holding_prefetch(limit),
+        limit,
+        limit,
+        &never,
+        |read| {
+            let Some(d) = read else {
+                return Ok(false);
+            };
+            report.listed += 1;
+            let what = describe(&d);
+            if let Ok(message) = TimeoutMessage::decode(&d.body) {
+                writeln!(
+                    out,
+                    "  {}{}  attempts {}  parked {}: {}",
+                    message.order_no, what.recheck, what.attempts, what.when, what.reason
+                )?;
+            } else {
+                report.poison += 1;
+                writeln!(out, "{}", poison_line(&d, &what))?;
+            }
+            // Dropped unacked: held until the reader closes.
+            Ok(true)
+        },
+    )?;
     Ok(())
 }
 
@@ -259,6 +270,101 @@ impl Replaying<'_> {
     }
 }
 
+/// How many messages the broker may push ahead of the replay: the window
+/// in flight, and as many again for those kept (poison, refused) and those
+/// on their way.
+const REPLAY_PREFETCH: u16 = 2 * REPLAY_WINDOW as u16;
+
+/// How long the pushed stream may stay silent, with nothing in flight,
+/// before the replay reads on with `basic.get`: the queue is empty, or the
+/// messages kept fill the prefetch.
+const STREAM_IDLE: Duration = Duration::from_millis(300);
+
+impl<'r> Replaying<'r> {
+    /// Replays one message read (poison is kept), then settles what the
+    /// broker confirmed, waiting while the window is full.
+    fn replay(
+        &mut self,
+        d: ParkedMessage<'r>,
+        publisher: &mut ConfirmedPublisher,
+        report: &mut ParkedReport,
+        out: &mut impl Write,
+    ) -> anyhow::Result<()> {
+        report.listed += 1;
+        self.acker.read(d.delivery_tag());
+        let what = describe(&d);
+        let Ok(message) = TimeoutMessage::decode(&d.body) else {
+            report.poison += 1;
+            writeln!(out, "{}", poison_line(&d, &what))?;
+            return Ok(());
+        };
+        let tag = publisher
+            .send("", TIMEOUT_QUEUE, &d.body, headers::cleared(&d.properties))
+            .context("replay interrupted; what was not confirmed stays parked")?;
+        self.in_flight.insert(
+            tag,
+            Held {
+                original: d,
+                order_no: message.order_no,
+                reason: what.reason,
+            },
+        );
+        self.settle(publisher, false, report, out)?;
+        while publisher.unsettled() >= REPLAY_WINDOW {
+            self.settle(publisher, true, report, out)?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads parked messages in order and hands each to `each`: pushed by the
+/// broker (no round trip per message) for the first `streamed` (those
+/// waiting when the reader opened), then with `basic.get` up to `limit` or
+/// the end of the queue, so that a stream stalled by held messages filling
+/// `prefetch` cannot end the reading early. `each` also gets `None` when
+/// the stream is silent, and returns `true` if it did something that may
+/// free the prefetch (settled confirms) to keep streaming. Stops reading
+/// once `stop` is raised. Returns how many it read.
+fn read_each<'r>(
+    reader: &'r broker::ParkedReader,
+    prefetch: u16,
+    streamed: usize,
+    limit: usize,
+    stop: &AtomicBool,
+    mut each: impl FnMut(Option<ParkedMessage<'r>>) -> anyhow::Result<bool>,
+) -> anyhow::Result<usize> {
+    let stopped = || stop.load(Ordering::Relaxed);
+    let mut read = 0;
+    let streamed = streamed.min(limit);
+    if streamed > 0 {
+        let stream = reader.stream(prefetch.max(1))?;
+        while read < streamed && !stopped() {
+            if let Some(d) = stream.next(STREAM_IDLE)? {
+                read += 1;
+                each(Some(d))?;
+            } else if !each(None)? {
+                break;
+            }
+        }
+        // Pushed before the cancel took effect: handed over within the
+        // limit, else left unacked (they return to their place).
+        for d in stream.cancel()? {
+            if read < streamed && !stopped() {
+                read += 1;
+                each(Some(d))?;
+            }
+        }
+    }
+    while read < limit && !stopped() {
+        let Some(d) = reader.next()? else {
+            break;
+        };
+        read += 1;
+        each(Some(d))?;
+    }
+    Ok(read)
+}
+
 fn replay_all(
     reader: &broker::ParkedReader,
     publisher: &mut ConfirmedPublisher,
@@ -267,43 +373,37 @@ fn replay_all(
     report: &mut ParkedReport,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
+    let limit = limit as usize;
     let mut replaying = Replaying::default();
-    for _ in 0..limit {
-        if stop.load(Ordering::Relaxed) {
-            report.stopped = true;
-            break;
-        }
-        let Some(d) = reader.next()? else {
-            break;
-        };
-        report.listed += 1;
-        replaying.acker.read(d.delivery_tag());
-        let what = describe(&d);
-        let Ok(message) = TimeoutMessage::decode(&d.body) else {
-            report.poison += 1;
-            writeln!(out, "{}", poison_line(&d, &what))?;
-            continue;
-        };
-        let tag = publisher
-            .send("", TIMEOUT_QUEUE, &d.body, headers::cleared(&d.properties))
-            .context("replay interrupted; what was not confirmed stays parked")?;
-        replaying.in_flight.insert(
-            tag,
-            Held {
-                original: d,
-                order_no: message.order_no,
-                reason: what.reason,
-            },
-        );
-        replaying.settle(publisher, false, report, out)?;
-        while publisher.unsettled() >= REPLAY_WINDOW {
-            replaying.settle(publisher, true, report, out)?;
-        }
-    }
+    read_each(
+        reader,
+        REPLAY_PREFETCH,
+        limit,
+        limit,
+        stop,
+        |read| match read {
+            Some(d) => {
+                replaying.replay(d, publisher, report, out)?;
+                Ok(true)
+            }
+            None if publisher.unsettled() > 0 => {
+                replaying.settle(publisher, true, report, out)?;
+                Ok(true)
+            }
+            None => Ok(false),
+        },
+    )?;
+    report.stopped = stop.load(Ordering::Relaxed) && report.listed < limit;
     while publisher.unsettled() > 0 {
         replaying.settle(publisher, true, report, out)?;
     }
     Ok(())
+}
+
+/// The prefetch for a reader that holds every message it reads (a
+/// listing, a scan): all of them, within what AMQP can say.
+fn holding_prefetch(limit: usize) -> u16 {
+    u16::try_from(limit).unwrap_or(u16::MAX)
 }
 
 /// What is parked, oldest first (see [`list`]).
@@ -364,15 +464,22 @@ pub fn list(amqp_url: &AmqpUrl, limit: u32) -> anyhow::Result<ParkedList> {
     let reader = conn.parked()?;
     let waiting = reader.waiting();
     let mut entries = Vec::new();
-    let result = (|| -> anyhow::Result<()> {
-        for _ in 0..limit {
-            let Some(d) = reader.next()? else {
-                break;
+    let limit = limit as usize;
+    let never = AtomicBool::new(false);
+    let result = read_each(
+        &reader,
+        holding_prefetch(limit),
+        waiting as usize,
+        limit,
+        &never,
+        |read| {
+            let Some(d) = read else {
+                return Ok(false);
             };
             entries.push(ParkedEntry::of(&d));
-        }
-        Ok(())
-    })();
+            Ok(true)
+        },
+    );
     reader.close();
     lock.release();
     let _ = conn.close();
@@ -427,11 +534,24 @@ pub fn take(amqp_url: &AmqpUrl, order_no: &OrderNo, action: Take) -> anyhow::Res
     let reader = conn.parked()?;
     let result = (|| -> anyhow::Result<Taken> {
         let mut mine = Vec::new();
-        while let Some(d) = reader.next()? {
-            if TimeoutMessage::decode(&d.body).is_ok_and(|m| &m.order_no == order_no) {
-                mine.push(d);
-            }
-        }
+        let never = AtomicBool::new(false);
+        let waiting = reader.waiting() as usize;
+        read_each(
+            &reader,
+            holding_prefetch(waiting),
+            waiting,
+            usize::MAX,
+            &never,
+            |read| {
+                let Some(d) = read else {
+                    return Ok(false);
+                };
+                if TimeoutMessage::decode(&d.body).is_ok_and(|m| &m.order_no == order_no) {
+                    mine.push(d);
+                }
+                Ok(true)
+            },
+        )?;
         let mut taken = Taken::default();
         if mine.is_empty() {
             return Ok(taken);
