@@ -1,5 +1,7 @@
 //! Publishing with publisher confirms and the mandatory flag: the only way
-//! a caller learns that the broker really holds a message.
+//! a caller learns that the broker really holds a message. Either a batch
+//! at a time (`publish_all`, `publish_one`), or pipelined (`send`, then
+//! `settle` as confirms come in, keeping a bounded window in flight).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
