@@ -67,6 +67,8 @@ pub struct ConfirmedPublisher {
 /// What is kept of a message in flight: enough to pair a basic.return
 /// (which carries no tag) with it.
 struct InFlight {
+    exchange: String,
+    routing_key: String,
     message_id: Option<String>,
     body_hash: u64,
     returned: Option<String>,
@@ -172,6 +174,8 @@ impl ConfirmedPublisher {
         self.in_flight.insert(
             tag,
             InFlight {
+                exchange: exchange.to_owned(),
+                routing_key: queue.to_owned(),
                 message_id,
                 body_hash: hash_of(body),
                 returned: None,
@@ -256,15 +260,17 @@ impl ConfirmedPublisher {
         // The broker sends basic.return before the ack of an unroutable
         // mandatory message, so the return of every message confirmed in
         // `raw` is in by now. A return names no tag: it goes to the oldest
-        // message in flight with the same id and body (copies of one
-        // message are interchangeable).
+        // message in flight sent to the same place with the same id and
+        // body (which routing cannot tell apart either).
         while let Ok(r) = self.returns.try_recv() {
             let (id, hash) = (r.properties.message_id().clone(), hash_of(&r.content));
-            if let Some(f) = self
-                .in_flight
-                .values_mut()
-                .find(|f| f.returned.is_none() && f.message_id == id && f.body_hash == hash)
-            {
+            if let Some(f) = self.in_flight.values_mut().find(|f| {
+                f.returned.is_none()
+                    && f.routing_key == r.routing_key
+                    && f.exchange == r.exchange
+                    && f.message_id == id
+                    && f.body_hash == hash
+            }) {
                 f.returned = Some(format!(
                     "returned by the broker: {} {} (routing key {})",
                     r.reply_code, r.reply_text, r.routing_key

@@ -479,3 +479,41 @@ fn poison_filling_the_prefetch_does_not_end_a_replay_early() {
     assert_eq!(got.len(), 400);
     assert_eq!(got[0].0.as_deref(), Some("after00000"));
 }
+
+#[test]
+fn sigterm_stops_the_replay_command_cleanly_after_the_window_in_hand() {
+    let vhost = declared();
+    let n = 20_000;
+    let messages: Vec<Park> = (0..n).map(|i| valid(&format!("term{i:07}"))).collect();
+    park(&vhost, &messages);
+    let out_path = std::env::temp_dir().join(format!("{}-replay.out", vhost.name()));
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_order-producer"))
+        .args(["parked", "--replay", "--limit", "100000"])
+        .env("AMQP_URL", vhost.url().expose())
+        .env("RUST_LOG", "info")
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let child = crate::KillOnDrop(child);
+    while vhost.depth(TIMEOUT_QUEUE) < 1_000 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let pid = child.0.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let mut child = child;
+    let status = child.0.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "SIGTERM is a clean stop");
+    let out = std::fs::read_to_string(&out_path).unwrap();
+    let _ = std::fs::remove_file(&out_path);
+
+    let still = parked_now(&vhost).len();
+    let replayed = drained(&vhost, TIMEOUT_QUEUE).len();
+    assert!(out.contains("stopped:"), "stopped part-way");
+    assert!(still > 0, "stopped part-way");
+    assert_eq!(still + replayed, n, "none lost, none doubled");
+}
