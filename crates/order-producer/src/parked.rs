@@ -3,9 +3,11 @@
 //! side of `cases`: [`list`] what is parked, and [`take`] the messages of
 //! one order (replay or drop them).
 //!
-//! Messages are read with `basic.get` and left unacked; those not replayed
-//! or dropped return to the parking queue, in their order, when the channel
-//! closes (also when this process dies). Replayed ones are published with
+//! Messages are read unacked (pushed by the broker while they flow, then
+//! with `basic.get` to the end); those not replayed or dropped return to
+//! the parking queue, in their order, when the channel closes (also when
+//! this process dies). One command at a time reads the queue (the lock of
+//! `broker::Connection::lock_parked`), since a reader hides what it holds. Replayed ones are published with
 //! confirms to `queue.ordertimeout` with the worker's per-attempt headers
 //! removed (`broker::headers::cleared`; a recheck stays a recheck), and only
 //! then acked in the parking queue.
