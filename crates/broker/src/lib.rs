@@ -25,7 +25,7 @@ pub use connection::{connect, AmqpUrl, Connection, NodeOrder};
 pub use error::{BrokerError, Mismatch};
 pub use lane::{Lane, LaneConsumer, LaneEvent};
 pub use message::{DecodeError, TimeoutMessage};
-pub use parked::{ParkedMessage, ParkedReader};
+pub use parked::{ParkedLock, ParkedMessage, ParkedReader, ParkedStream};
 pub use publisher::{ConfirmedPublisher, Outcome, Outgoing};
 pub use topology::{DelayQueue, QueueType, Topology};
 

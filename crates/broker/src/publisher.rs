@@ -1,7 +1,9 @@
 //! Publishing with publisher confirms and the mandatory flag: the only way
-//! a caller learns that the broker really holds a message.
+//! a caller learns that the broker really holds a message. Either a batch
+//! at a time (`publish_all`, `publish_one`), or pipelined (`send`, then
+//! `settle` as confirms come in, keeping a bounded window in flight).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use amiquip::{AmqpProperties, Channel, Confirm, ConfirmSmoother, Publish, Return};
@@ -56,8 +58,27 @@ pub struct ConfirmedPublisher {
     returns: Receiver<Return>,
     smoother: ConfirmSmoother,
     next_tag: u64,
+    /// Sent and not yet confirmed or refused, by publish tag.
+    in_flight: BTreeMap<u64, InFlight>,
     confirm_timeout: Duration,
     url: AmqpUrl,
+}
+
+/// What is kept of a message in flight: enough to pair a basic.return
+/// (which carries no tag) with it.
+struct InFlight {
+    exchange: String,
+    routing_key: String,
+    message_id: Option<String>,
+    body_hash: u64,
+    returned: Option<String>,
+}
+
+fn hash_of(body: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    body.hash(&mut h);
+    h.finish()
 }
 
 impl std::fmt::Debug for ConfirmedPublisher {
@@ -65,6 +86,7 @@ impl std::fmt::Debug for ConfirmedPublisher {
         f.debug_struct("ConfirmedPublisher")
             .field("url", &self.url)
             .field("next_tag", &self.next_tag)
+            .field("in_flight", &self.in_flight.len())
             .finish_non_exhaustive()
     }
 }
@@ -93,6 +115,7 @@ impl ConfirmedPublisher {
             returns,
             smoother: ConfirmSmoother::new(),
             next_tag: 1,
+            in_flight: BTreeMap::new(),
             confirm_timeout,
             url: url.clone(),
         })
@@ -105,76 +128,17 @@ impl ConfirmedPublisher {
     /// publisher must then be dropped and the whole batch tried again later.
     pub fn publish_all(&mut self, batch: &[Outgoing<'_>]) -> Result<Vec<Outcome>, BrokerError> {
         let now = Utc::now();
-        let first_tag = self.next_tag;
+        let mut tags = Vec::with_capacity(batch.len());
         for item in batch {
             let body = item.message.body();
-            self.publish_raw(
+            tags.push(self.send(
                 item.exchange,
                 item.queue,
                 &body,
                 item.message.properties(now),
-            )?;
+            )?);
         }
-        let mut outcomes: Vec<Option<Outcome>> = vec![None; batch.len()];
-        let mut pending = batch.len();
-        let deadline = Instant::now() + self.confirm_timeout;
-        while pending > 0 {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let raw = match self.confirms.recv_timeout(left) {
-                Ok(c) => c,
-                Err(RecvTimeoutError::Timeout) => {
-                    return Err(BrokerError::ConfirmTimeout {
-                        unconfirmed: pending,
-                        waited_ms: self.confirm_timeout.as_millis(),
-                    })
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    return Err(BrokerError::Connection {
-                        context: format!("waiting for confirms from {}", self.url),
-                        message: "the connection was lost".into(),
-                    })
-                }
-            };
-            for confirm in self.smoother.process(raw) {
-                let (tag, outcome) = match confirm {
-                    Confirm::Ack(p) => (p.delivery_tag, Outcome::Confirmed),
-                    Confirm::Nack(p) => (p.delivery_tag, Outcome::Nacked),
-                };
-                let Some(index) = tag.checked_sub(first_tag).map(|i| i as usize) else {
-                    continue; // a confirm of an earlier batch: already settled
-                };
-                if let Some(slot) = outcomes.get_mut(index) {
-                    if slot.is_none() {
-                        pending -= 1;
-                    }
-                    *slot = Some(outcome);
-                }
-            }
-        }
-        // The broker sends basic.return before the ack of an unroutable
-        // mandatory message, so every return of this batch is here by now.
-        let mut returned: HashMap<String, String> = HashMap::new();
-        while let Ok(r) = self.returns.try_recv() {
-            if let Some(id) = r.properties.message_id() {
-                returned.insert(
-                    id.clone(),
-                    format!(
-                        "returned by the broker: {} {} (routing key {})",
-                        r.reply_code, r.reply_text, r.routing_key
-                    ),
-                );
-            }
-        }
-        Ok(batch
-            .iter()
-            .zip(outcomes)
-            .map(
-                |(item, o)| match returned.get(item.message.order_no.as_str()) {
-                    Some(why) => Outcome::Returned(why.clone()),
-                    None => o.expect("every pending slot was filled"),
-                },
-            )
-            .collect())
+        self.wait_for(&tags)
     }
 
     /// Publishes one message with the given body and properties (persistent
@@ -187,44 +151,145 @@ impl ConfirmedPublisher {
         body: &[u8],
         properties: AmqpProperties,
     ) -> Result<Outcome, BrokerError> {
+        let tag = self.send("", queue, body, properties)?;
+        let mut outcomes = self.wait_for(&[tag])?;
+        Ok(outcomes.pop().expect("one outcome per tag"))
+    }
+
+    /// Publishes one message (persistent and mandatory whatever
+    /// `properties` say) without waiting for its confirm: the pipelined
+    /// path. Returns the tag under which [`ConfirmedPublisher::settle`]
+    /// reports what became of it. Keep the number in flight
+    /// ([`ConfirmedPublisher::unsettled`]) bounded by settling as you go.
+    pub fn send(
+        &mut self,
+        exchange: &str,
+        queue: &str,
+        body: &[u8],
+        properties: AmqpProperties,
+    ) -> Result<u64, BrokerError> {
         let tag = self.next_tag;
-        self.publish_raw("", queue, body, properties.with_delivery_mode(2))?;
+        let message_id = properties.message_id().clone();
+        self.publish_raw(exchange, queue, body, properties.with_delivery_mode(2))?;
+        self.in_flight.insert(
+            tag,
+            InFlight {
+                exchange: exchange.to_owned(),
+                routing_key: queue.to_owned(),
+                message_id,
+                body_hash: hash_of(body),
+                returned: None,
+            },
+        );
+        Ok(tag)
+    }
+
+    /// Messages sent and not yet confirmed or refused.
+    #[must_use]
+    pub fn unsettled(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// The messages the broker has confirmed or refused since the last
+    /// call, in tag order. With `block` (and something in flight) it waits
+    /// up to the confirm timeout for at least one. An error (connection
+    /// lost, nothing confirmed within the timeout) means nothing more is
+    /// known of those still in flight: drop the publisher, and leave their
+    /// originals where they are.
+    pub fn settle(&mut self, block: bool) -> Result<Vec<(u64, Outcome)>, BrokerError> {
+        let wait = block.then_some(self.confirm_timeout);
+        self.settle_within(wait)
+    }
+
+    /// Waits until every tag in `tags` is settled (within the confirm
+    /// timeout, for all of them together); outcomes in the order of `tags`.
+    fn wait_for(&mut self, tags: &[u64]) -> Result<Vec<Outcome>, BrokerError> {
+        let Some(&first) = tags.first() else {
+            return Ok(Vec::new());
+        };
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; tags.len()];
+        let mut pending = tags.len();
         let deadline = Instant::now() + self.confirm_timeout;
-        let mut outcome = None;
-        while outcome.is_none() {
+        while pending > 0 {
             let left = deadline.saturating_duration_since(Instant::now());
-            let raw = match self.confirms.recv_timeout(left) {
-                Ok(c) => c,
+            for (tag, outcome) in self.settle_within(Some(left))? {
+                // Tags of one call are consecutive; others belong to an
+                // earlier call that already gave up on them.
+                let Some(index) = tag.checked_sub(first).map(|i| i as usize) else {
+                    continue;
+                };
+                if let Some(slot) = outcomes.get_mut(index) {
+                    if slot.is_none() {
+                        pending -= 1;
+                    }
+                    *slot = Some(outcome);
+                }
+            }
+        }
+        Ok(outcomes
+            .into_iter()
+            .map(|o| o.expect("every pending slot was filled"))
+            .collect())
+    }
+
+    fn settle_within(
+        &mut self,
+        wait: Option<Duration>,
+    ) -> Result<Vec<(u64, Outcome)>, BrokerError> {
+        let mut raw = Vec::new();
+        if let Some(wait) = wait.filter(|_| !self.in_flight.is_empty()) {
+            match self.confirms.recv_timeout(wait) {
+                Ok(c) => raw.push(c),
                 Err(RecvTimeoutError::Timeout) => {
                     return Err(BrokerError::ConfirmTimeout {
-                        unconfirmed: 1,
+                        unconfirmed: self.in_flight.len(),
                         waited_ms: self.confirm_timeout.as_millis(),
                     })
                 }
                 Err(RecvTimeoutError::Disconnected) => {
                     return Err(BrokerError::Connection {
-                        context: format!("waiting for a confirm from {}", self.url),
+                        context: format!("waiting for confirms from {}", self.url),
                         message: "the connection was lost".into(),
                     })
                 }
-            };
-            for confirm in self.smoother.process(raw) {
-                match confirm {
-                    Confirm::Ack(p) if p.delivery_tag == tag => outcome = Some(Outcome::Confirmed),
-                    Confirm::Nack(p) if p.delivery_tag == tag => outcome = Some(Outcome::Nacked),
-                    _ => {}
+            }
+        }
+        while let Ok(c) = self.confirms.try_recv() {
+            raw.push(c);
+        }
+        // The broker sends basic.return before the ack of an unroutable
+        // mandatory message, so the return of every message confirmed in
+        // `raw` is in by now. A return names no tag: it goes to the oldest
+        // message in flight sent to the same place with the same id and
+        // body (which routing cannot tell apart either).
+        while let Ok(r) = self.returns.try_recv() {
+            let (id, hash) = (r.properties.message_id().clone(), hash_of(&r.content));
+            if let Some(f) = self.in_flight.values_mut().find(|f| {
+                f.returned.is_none()
+                    && f.routing_key == r.routing_key
+                    && f.exchange == r.exchange
+                    && f.message_id == id
+                    && f.body_hash == hash
+            }) {
+                f.returned = Some(format!(
+                    "returned by the broker: {} {} (routing key {})",
+                    r.reply_code, r.reply_text, r.routing_key
+                ));
+            }
+        }
+        let mut settled = Vec::new();
+        for c in raw {
+            for confirm in self.smoother.process(c) {
+                let (tag, outcome) = match confirm {
+                    Confirm::Ack(p) => (p.delivery_tag, Outcome::Confirmed),
+                    Confirm::Nack(p) => (p.delivery_tag, Outcome::Nacked),
+                };
+                if let Some(f) = self.in_flight.remove(&tag) {
+                    settled.push((tag, f.returned.map_or(outcome, Outcome::Returned)));
                 }
             }
         }
-        // A return precedes the ack of the same message.
-        if let Ok(r) = self.returns.try_recv() {
-            while self.returns.try_recv().is_ok() {}
-            return Ok(Outcome::Returned(format!(
-                "returned by the broker: {} {} (routing key {})",
-                r.reply_code, r.reply_text, r.routing_key
-            )));
-        }
-        Ok(outcome.expect("loop ends with an outcome"))
+        Ok(settled)
     }
 
     fn publish_raw(

@@ -86,6 +86,12 @@ pub enum CaseCommand {
     /// WeChat Pay; refused unless it reports this refund SUCCESS for its
     /// amount.
     RefundDone(RefundCheck),
+    /// Send the parked message(s) of one order back to the worker, with a
+    /// fresh attempt count (fix the cause first); a recheck stays a recheck.
+    Replay(ParkedDecision),
+    /// Take the parked message(s) of one order out for good. A pending
+    /// order is still settled by the worker's sweep once it is overdue.
+    Drop(ParkedDecision),
 }
 
 /// Who decides and why.
@@ -185,6 +191,8 @@ pub fn run(args: &CasesArgs, out: &mut impl Write) -> anyhow::Result<std::proces
         Some(CaseCommand::Recheck(d)) => recheck(d, out)?,
         Some(CaseCommand::RetryRefund(d)) => retry_refund(d, out)?,
         Some(CaseCommand::RefundDone(d)) => refund_done(d, out)?,
+        Some(CaseCommand::Replay(d)) => take_parked(d, crate::parked::Take::Replay, out)?,
+        Some(CaseCommand::Drop(d)) => take_parked(d, crate::parked::Take::Drop, out)?,
     };
     Ok(if settled {
         ExitCode::SUCCESS
@@ -696,42 +704,29 @@ pub fn write_text(cases: &Cases, out: &mut impl Write) -> std::io::Result<()> {
 }
 
 /// The parked messages as cases (the waiting count, at most `limit`),
-/// read without taking them away. Poison (no order number) is listed under
-/// its body size: nothing can be decided about it but by hand at the broker.
+/// read without taking them away (`parked::list`). Poison (no order
+/// number) is listed under its body size: it stays parked, nothing can be
+/// decided about it here.
 fn parked_cases(
     conn: &mut PgConnection,
     amqp_url: &broker::AmqpUrl,
     limit: i64,
 ) -> anyhow::Result<(u32, Vec<Case>)> {
-    use broker::headers;
-    let mut broker =
-        broker::connect(amqp_url).context("is RabbitMQ running and AMQP_URL right?")?;
-    let reader = broker.parked()?;
-    let waiting = reader.waiting();
+    let list = crate::parked::list(amqp_url, u32::try_from(limit).unwrap_or(u32::MAX))?;
     let mut cases = Vec::new();
-    for _ in 0..u64::from(waiting).min(u64::try_from(limit).unwrap_or(0)) {
-        let Some(d) = reader.next()? else { break };
-        let text = |key| headers::text_of(&d.properties, key);
-        let reason = text(headers::REASON).unwrap_or_else(|| "-".to_owned());
-        let since = text(headers::PARKED_AT)
-            .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
-            .map(|t| t.with_timezone(&Utc));
-        let attempts = text(headers::ATTEMPT).unwrap_or_else(|| "-".to_owned());
-        let recheck = if headers::is_recheck(&d.properties) {
-            " (recheck after close)"
+    for e in list.entries {
+        let reason = if e.reason.is_empty() {
+            "-".to_owned()
         } else {
-            ""
+            e.reason
         };
-        let theirs = format!(
-            "{reason}: {}",
-            text(headers::DETAIL).unwrap_or_else(|| "-".to_owned())
-        );
-        let Ok(message) = broker::TimeoutMessage::decode(&d.body) else {
+        let theirs = format!("{reason}: {}", e.detail.as_deref().unwrap_or("-"));
+        let Some(no) = e.order_no else {
             cases.push(Case {
                 kind: "parked",
-                id: format!("(poison, {} bytes)", d.body.len()),
+                id: format!("(poison, {} bytes)", e.body_len),
                 order_no: None,
-                since,
+                since: e.parked_at,
                 reason,
                 ours: "not a timeout message: it stays parked".into(),
                 theirs,
@@ -739,7 +734,12 @@ fn parked_cases(
             });
             continue;
         };
-        let no = message.order_no;
+        let recheck = if e.recheck {
+            " (recheck after close)"
+        } else {
+            ""
+        };
+        let attempts = e.attempt.map_or_else(|| "-".to_owned(), |a| a.to_string());
         let ours = match domain::find_order(conn, &no)? {
             Some(o) => format!("order {}{recheck}, {attempts} attempt(s)", o.status),
             None => format!("no such order here{recheck}"),
@@ -748,15 +748,76 @@ fn parked_cases(
             kind: "parked",
             id: no.to_string(),
             order_no: Some(no.to_string()),
-            since,
+            since: e.parked_at,
             reason,
             ours,
             theirs,
             actions: vec![action("replay", no.as_str()), action("drop", no.as_str())],
         });
     }
-    // Unacked: every message goes back to the parking queue.
-    reader.close();
-    let _ = broker.close();
-    Ok((waiting, cases))
+    Ok((list.waiting, cases))
+}
+
+/// `cases replay` / `cases drop`: the order's parked messages, all of them
+/// (a message and its recheck copy), sent back or taken out; then the
+/// decision event. Refused when none is parked for it, or no such order.
+fn take_parked(
+    d: &ParkedDecision,
+    action: crate::parked::Take,
+    out: &mut impl Write,
+) -> anyhow::Result<bool> {
+    use crate::parked::Take;
+    let decision = d.who.decision()?;
+    let mut conn = connect(&d.database)?;
+    let order = domain::find_order(&mut conn, &d.order_no)?
+        .ok_or_else(|| StoreError::Refused(format!("no order {}", d.order_no)))?;
+    let taken = crate::parked::take(&d.broker.url(), &d.order_no, action)?;
+    if taken.count() == 0 {
+        return Err(StoreError::Refused(format!(
+            "nothing is parked for order {} (already replayed or dropped?): nothing changed",
+            d.order_no
+        ))
+        .into());
+    }
+    let (verb, what) = match action {
+        Take::Replay => (
+            "replay",
+            format!(
+                "{} parked message(s) sent back to the worker (order {})",
+                taken.replayed, order.status
+            ),
+        ),
+        Take::Drop => (
+            "drop",
+            format!(
+                "{} parked message(s) dropped (order {}{})",
+                taken.dropped,
+                order.status,
+                if order.status == domain::OrderStatus::PendingPayment {
+                    ": the sweep settles it once overdue"
+                } else {
+                    ""
+                }
+            ),
+        ),
+    };
+    // The broker has done it: the record must say so even if this fails.
+    domain::note_decision(&mut conn, &d.order_no, verb, &what, &decision).with_context(|| {
+        format!(
+            "{what}, but the decision event could not be written; nothing to redo at the broker"
+        )
+    })?;
+    log::info!(
+        order_no:% = d.order_no, outcome = verb;
+        "order {}: {what}; decided by {}",
+        d.order_no,
+        decision.by()
+    );
+    writeln!(
+        out,
+        "{}: {verb}: {what}; decided by {}",
+        d.order_no,
+        decision.by()
+    )?;
+    Ok(true)
 }

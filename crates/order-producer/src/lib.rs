@@ -253,7 +253,7 @@ pub fn run(cli: &Cli, stop: &Arc<AtomicBool>) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Declare(args) => declare(args),
         Command::Relay(args) => relay(args, stop),
-        Command::Parked(args) => parked_cmd(args),
+        Command::Parked(args) => parked_cmd(args, stop),
         Command::Cases(args) => cases::run(args, &mut out),
         Command::Serve(args) => {
             serve::run(args, stop)?;
@@ -397,11 +397,12 @@ fn declare(args: &DeclareArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn parked_cmd(args: &ParkedArgs) -> anyhow::Result<ExitCode> {
+fn parked_cmd(args: &ParkedArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode> {
     let report = parked::parked(
         &args.broker.url(),
         args.replay,
         args.limit,
+        stop,
         &mut std::io::stdout().lock(),
     )?;
     if args.replay {

@@ -156,3 +156,66 @@ fn a_lost_connection_is_a_transient_error() {
         .unwrap_err();
     assert!(err.is_transient(), "{err:?}");
 }
+
+#[test]
+fn pipelined_sends_settle_each_message_once_and_pair_returns_with_their_message() {
+    let vhost = TestVhost::new();
+    let mut conn = connect(vhost.url()).unwrap();
+    let topo = Topology::single(Duration::from_mins(1), QueueType::Classic).unwrap();
+    topo.declare(&mut conn, vhost.url()).unwrap();
+    let mut publisher =
+        ConfirmedPublisher::open(&mut conn, vhost.url(), Duration::from_secs(5)).unwrap();
+    let n = 1_000u64;
+    let mut sent = Vec::new();
+    let mut settled = std::collections::BTreeMap::new();
+    for i in 0..n {
+        let m = message(&format!("pipe{i:06}"));
+        // Every 100th goes nowhere: returned.
+        let queue = if i % 100 == 7 {
+            "queue.does-not-exist"
+        } else {
+            "queue.ordercreate"
+        };
+        let props = m.properties(Utc::now());
+        sent.push((publisher.send("", queue, &m.body(), props).unwrap(), queue));
+        for (tag, o) in publisher.settle(false).unwrap() {
+            assert!(settled.insert(tag, o).is_none(), "settled twice");
+        }
+        while publisher.unsettled() >= 64 {
+            for (tag, o) in publisher.settle(true).unwrap() {
+                assert!(settled.insert(tag, o).is_none(), "settled twice");
+            }
+        }
+    }
+    // The same message twice, to the queue then nowhere: the return (which
+    // names no tag) goes to the second only.
+    let twin = message("pipe999999");
+    let body = twin.body();
+    let good = publisher
+        .send("", "queue.ordercreate", &body, twin.properties(Utc::now()))
+        .unwrap();
+    let bad = publisher
+        .send(
+            "",
+            "queue.does-not-exist",
+            &body,
+            twin.properties(Utc::now()),
+        )
+        .unwrap();
+    while publisher.unsettled() > 0 {
+        for (tag, o) in publisher.settle(true).unwrap() {
+            assert!(settled.insert(tag, o).is_none(), "settled twice");
+        }
+    }
+    assert_eq!(settled.len() as u64, n + 2);
+    for (tag, queue) in sent {
+        let o = &settled[&tag];
+        if queue == "queue.ordercreate" {
+            assert_eq!(o, &Outcome::Confirmed, "tag {tag}");
+        } else {
+            assert!(matches!(o, Outcome::Returned(_)), "tag {tag}: {o:?}");
+        }
+    }
+    assert_eq!(settled[&good], Outcome::Confirmed);
+    assert!(matches!(settled[&bad], Outcome::Returned(_)));
+}

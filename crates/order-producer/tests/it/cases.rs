@@ -628,3 +628,62 @@ fn a_mismatched_payment_after_close_can_only_be_given_back() {
     assert!(out.starts_with("0 order(s), 0 refund(s)"), "{code} {out}");
     invariants(&door);
 }
+
+#[test]
+fn parked_messages_are_replayed_or_dropped_one_order_at_a_time() {
+    use crate::parked::{declare, park, valid, Park};
+    let door = FrontDoor::start();
+    declare(&door.vhost);
+    let no = mismatched(&door, TX);
+    let other = door.order_tea(1);
+    park(
+        &door.vhost,
+        &[
+            valid(no.as_str()),
+            valid(other.as_str()),
+            Park {
+                order_no: Some(no.as_str().to_owned()),
+                recheck: true,
+            },
+        ],
+    );
+    let (code, out) = cases(&door, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("3 parked message(s)"), "{out}");
+    assert!(
+        out.contains(&format!("parked {other}  retries_exhausted")),
+        "{out}"
+    );
+    assert!(out.contains(&format!("cases replay {other}")), "{out}");
+    assert!(out.contains(&format!("cases drop {other}")), "{out}");
+    let (_, json) = cases(&door, &["--json"]);
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(v["parked"], 3);
+
+    // Both of the order's messages go; the other order's stays.
+    let (code, out) = decide(&door, "drop", no.as_str(), "frank");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("2 parked message(s) dropped"), "{out}");
+    let d = decisions(&door, &no);
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].actor.as_deref(), Some("frank"));
+    assert!(d[0].detail.starts_with("drop:"), "{}", d[0].detail);
+    // Twice: nothing is parked for it any more.
+    let (code, out) = decide(&door, "drop", no.as_str(), "frank");
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("nothing is parked"), "{out}");
+    assert_eq!(decisions(&door, &no).len(), 1);
+    // An unknown order: refused before the broker is touched.
+    let (code, out) = decide(&door, "replay", "NOSUCHORDER1", "frank");
+    assert_eq!(code, 2, "{out}");
+
+    let (code, out) = decide(&door, "replay", other.as_str(), "frank");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("1 parked message(s) sent back"), "{out}");
+    let sent = door.vhost.drain(broker::topology::TIMEOUT_QUEUE);
+    assert_eq!(sent.len(), 1);
+    let m = broker::TimeoutMessage::decode(&sent[0].0).unwrap();
+    assert_eq!(m.order_no, other);
+    assert!(door.vhost.drain(broker::topology::PARKED_QUEUE).is_empty());
+    invariants(&door);
+}

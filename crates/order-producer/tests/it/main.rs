@@ -7,6 +7,7 @@ mod declare;
 mod metrics;
 mod notify;
 mod openapi;
+mod parked;
 mod relay;
 mod serve_binary;
 mod shop;
