@@ -609,7 +609,11 @@ pub fn gather(
                 ),
                 None => n.status.to_string(),
             },
-            theirs: n.detail,
+            // The event's detail starts with the anomaly's name: said once.
+            theirs: n
+                .detail
+                .strip_prefix(&format!("{}: ", n.anomaly))
+                .map_or_else(|| n.detail.clone(), str::to_owned),
             actions,
         });
     }
