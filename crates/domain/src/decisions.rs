@@ -16,9 +16,9 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 
 use crate::error::StoreError;
-use crate::models::{corrupt, NewPaymentRow};
+use crate::models::corrupt;
 use crate::order_no::OrderNo;
-use crate::orders::{close_unpaid, CloseOutcome, PaymentRecord};
+use crate::orders::{close_unpaid, insert_payment, CloseOutcome, PaymentRecord};
 use crate::refunds::{record_refund_status, Refund, RefundStatus};
 use crate::schema::{order_events, orders, payments, refunds};
 use crate::values::{Anomaly, OrderStatus};
@@ -160,24 +160,6 @@ fn check_transaction_free(
         ))),
         None => Ok(()),
     }
-}
-
-fn insert_payment(
-    conn: &mut PgConnection,
-    order_id: i64,
-    payment: &PaymentRecord,
-    to_refund: bool,
-) -> Result<i64, StoreError> {
-    Ok(diesel::insert_into(payments::table)
-        .values(NewPaymentRow {
-            order_id,
-            transaction_id: payment.transaction_id.as_str(),
-            amount_fen: payment.amount.get(),
-            success_time: payment.success_time,
-            paid_after_close: to_refund,
-        })
-        .returning(payments::id)
-        .get_result(conn)?)
 }
 
 /// Whether a payment can be accepted for an order in `status` that waits

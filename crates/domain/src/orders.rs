@@ -991,7 +991,7 @@ fn mark_paid_tx(
 }
 
 /// Inserts a payment row; its id.
-fn insert_payment(
+pub(crate) fn insert_payment(
     conn: &mut PgConnection,
     order_id: i64,
     payment: &PaymentRecord,
