@@ -562,6 +562,10 @@ pub struct Cases {
     pub orders: i64,
     pub refunds: i64,
     pub parked: i64,
+    /// The parked messages read, by the worker's reason code (after an
+    /// outage, thousands share one: `order-producer parked --replay` sends
+    /// them all back at once).
+    pub parked_by_reason: std::collections::BTreeMap<String, usize>,
     /// Why the parking queue could not be read, if it could not (the
     /// other cases are still listed).
     pub parked_error: Option<String>,
@@ -643,6 +647,9 @@ pub fn gather(
     match parked_cases(conn, amqp_url, limit) {
         Ok((waiting, parked)) => {
             cases.parked = i64::from(waiting);
+            for c in &parked {
+                *cases.parked_by_reason.entry(c.reason.clone()).or_default() += 1;
+            }
             cases.cases.extend(parked);
         }
         Err(e) => cases.parked_error = Some(format!("{e:#}")),
@@ -675,6 +682,18 @@ pub fn write_text(cases: &Cases, out: &mut impl Write) -> std::io::Result<()> {
         "{} order(s), {} refund(s), {parked} wait for a human",
         cases.orders, cases.refunds
     )?;
+    if !cases.parked_by_reason.is_empty() {
+        let by: Vec<String> = cases
+            .parked_by_reason
+            .iter()
+            .map(|(reason, n)| format!("{reason} {n}"))
+            .collect();
+        writeln!(
+            out,
+            "parked by reason: {} (all of them back to the worker at once: `order-producer parked --replay --limit N`)",
+            by.join(", ")
+        )?;
+    }
     for c in &cases.cases {
         let since = c.since.map_or_else(
             || "-".to_owned(),

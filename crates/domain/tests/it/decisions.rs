@@ -201,3 +201,54 @@ fn of_two_decisions_racing_on_one_order_exactly_one_wins() {
     }
     assert_conserved(&mut conn);
 }
+
+#[test]
+fn of_two_operators_asking_again_for_one_refund_exactly_one_wins() {
+    let db = TestDb::new();
+    let mut conn = db.conn();
+    load(&mut conn, "TEA", 100, 100);
+    for round in 0..5 {
+        let no = case(&mut conn);
+        let q = refund_payment(
+            &mut conn,
+            &no,
+            &payment(&format!("T-RR-{round}"), 200),
+            &alice(),
+        )
+        .unwrap();
+        domain::park_refund(&mut conn, &q.out_refund_no, "NOT_ENOUGH: balance too low").unwrap();
+        let barrier = Arc::new(Barrier::new(2));
+        let wins = (0..2)
+            .map(|i| {
+                let (url, no, barrier) = (
+                    db.url().clone(),
+                    q.out_refund_no.clone(),
+                    Arc::clone(&barrier),
+                );
+                std::thread::spawn(move || {
+                    let mut conn = domain::connect(&url).unwrap();
+                    let who = Decision::new(&format!("op{i}"), "topped up").unwrap();
+                    barrier.wait();
+                    match domain::reopen_refund(&mut conn, &no, &who) {
+                        Ok(()) => true,
+                        Err(StoreError::Refused(_)) => false,
+                        Err(e) => panic!("{e}"),
+                    }
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .filter(|w| *w)
+            .count();
+        assert_eq!(wins, 1);
+        let r = refunds_of(&mut conn, &no).unwrap().remove(0);
+        assert_eq!(r.needs_human, None);
+        let decisions = order_events(&mut conn, &no)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.kind == "decision")
+            .count();
+        assert_eq!(decisions, 2, "the refund decision and one retry-refund");
+    }
+}

@@ -651,6 +651,10 @@ fn parked_messages_are_replayed_or_dropped_one_order_at_a_time() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("3 parked message(s)"), "{out}");
     assert!(
+        out.contains("parked by reason: retries_exhausted 3"),
+        "{out}"
+    );
+    assert!(
         out.contains(&format!("parked {other}  retries_exhausted")),
         "{out}"
     );
@@ -659,6 +663,7 @@ fn parked_messages_are_replayed_or_dropped_one_order_at_a_time() {
     let (_, json) = cases(&door, &["--json"]);
     let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
     assert_eq!(v["parked"], 3);
+    assert_eq!(v["parked_by_reason"]["retries_exhausted"], 3);
 
     // Both of the order's messages go; the other order's stays.
     let (code, out) = decide(&door, "drop", no.as_str(), "frank");
