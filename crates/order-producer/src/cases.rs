@@ -690,7 +690,7 @@ pub fn write_text(cases: &Cases, out: &mut impl Write) -> std::io::Result<()> {
             .collect();
         writeln!(
             out,
-            "parked by reason: {} (all of them back to the worker at once: `order-producer parked --replay --limit N`)",
+            "parked by reason: {} (all of them back to the worker at once: `order-producer parked --replay`)",
             by.join(", ")
         )?;
     }

@@ -133,9 +133,10 @@ pub struct ParkedArgs {
     /// Send valid parked messages back to the worker.
     #[arg(long)]
     pub replay: bool,
-    /// Look at most at this many messages.
-    #[arg(long, default_value_t = 1000)]
-    pub limit: u32,
+    /// Look at most at this many messages, oldest first (default: 1,000
+    /// when listing; every message parked when replaying).
+    #[arg(long)]
+    pub limit: Option<u32>,
     #[command(flatten)]
     pub broker: BrokerArgs,
 }
@@ -401,7 +402,8 @@ fn parked_cmd(args: &ParkedArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode> 
     let report = parked::parked(
         &args.broker.url(),
         args.replay,
-        args.limit,
+        args.limit
+            .unwrap_or(if args.replay { u32::MAX } else { 1000 }),
         stop,
         &mut std::io::stdout().lock(),
     )?;

@@ -493,7 +493,7 @@ fn sigterm_stops_the_replay_command_cleanly_after_the_window_in_hand() {
     park(&vhost, &messages);
     let out_path = std::env::temp_dir().join(format!("{}-replay.out", vhost.name()));
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_order-producer"))
-        .args(["parked", "--replay", "--limit", "100000"])
+        .args(["parked", "--replay"])
         .env("AMQP_URL", vhost.url().expose())
         .env("RUST_LOG", "info")
         .stdout(std::fs::File::create(&out_path).unwrap())
@@ -521,4 +521,35 @@ fn sigterm_stops_the_replay_command_cleanly_after_the_window_in_hand() {
     assert!(out.contains("stopped:"), "stopped part-way");
     assert!(still > 0, "stopped part-way");
     assert_eq!(still + replayed, n, "none lost, none doubled");
+}
+
+#[test]
+fn the_replay_command_sends_back_every_message_without_a_limit() {
+    let vhost = declared();
+    let messages: Vec<Park> = (0..1_500).map(|i| valid(&format!("all{i:07}"))).collect();
+    park(&vhost, &messages);
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_order-producer"))
+            .args(args)
+            .env("AMQP_URL", vhost.url().expose())
+            .output()
+            .unwrap()
+    };
+    // A listing stops at 1,000 by default.
+    let listing = run(&["parked"]);
+    assert!(listing.status.success());
+    let shown = String::from_utf8_lossy(&listing.stdout)
+        .lines()
+        .filter(|l| l.trim_start().starts_with("all"))
+        .count();
+    assert_eq!(shown, 1_000);
+    // A replay takes them all (the listing gave them back).
+    let replay = run(&["parked", "--replay"]);
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    assert_eq!(drained(&vhost, TIMEOUT_QUEUE).len(), 1_500);
+    assert!(parked_now(&vhost).is_empty());
 }
