@@ -69,8 +69,8 @@ pub enum CaseCommand {
     /// An order whose payment did not match: give the payment back. Asks
     /// WeChat Pay; when it reports the order paid, records the payment as
     /// one to refund, queues its full refund (the worker's refund loop asks
-    /// WeChat Pay, with a fixed `out_refund_no`), closes the order and gives
-    /// its stock back, in one transaction.
+    /// WeChat Pay, with a fixed `out_refund_no`) and, when the order is
+    /// still pending, closes it and gives its stock back, in one transaction.
     Refund(OrderDecision),
     /// An order that needs a human: ask WeChat Pay again and settle it as
     /// the worker would (paid, closed, or still a case). Exit 0 when it is
