@@ -448,7 +448,14 @@ fn retry_refund(d: &RefundDecision, out: &mut impl Write) -> anyhow::Result<bool
     // after its default wait.
     let step = settler.refund_step(&refund, &[]);
     let (line, ok) = match &step {
-        RefundStep::Now(status) => (format!("WeChat Pay now says {status}"), true),
+        // Taken (in progress or done); ABNORMAL or CLOSED is a human's again.
+        RefundStep::Now(status) => (
+            format!("WeChat Pay now says {status}"),
+            matches!(
+                status,
+                domain::RefundStatus::Processing | domain::RefundStatus::Succeeded
+            ),
+        ),
         RefundStep::Retry { delay, why } => (
             format!(
                 "no answer from WeChat Pay ({why}); the worker asks again in {}s",
@@ -792,8 +799,10 @@ fn take_parked(
     use crate::parked::Take;
     let decision = d.who.decision()?;
     let mut conn = connect(&d.database)?;
-    let order = domain::find_order(&mut conn, &d.order_no)?
-        .ok_or_else(|| StoreError::Refused(format!("no order {}", d.order_no)))?;
+    // A message about an order unknown here (parked as `unknown_order`)
+    // can be taken too; its decision then has no order to be written on,
+    // and is only logged.
+    let order = domain::find_order(&mut conn, &d.order_no)?;
     let taken = crate::parked::take(&d.broker.url(), &d.order_no, action)?;
     if taken.count() == 0 {
         return Err(StoreError::Refused(format!(
@@ -802,34 +811,44 @@ fn take_parked(
         ))
         .into());
     }
+    let state = match &order {
+        Some(o) if o.status == domain::OrderStatus::PendingPayment && action == Take::Drop => {
+            format!("order {}: the sweep settles it once overdue", o.status)
+        }
+        Some(o) => format!("order {}", o.status),
+        None => "no such order here".to_owned(),
+    };
     let (verb, what) = match action {
         Take::Replay => (
             "replay",
             format!(
-                "{} parked message(s) sent back to the worker (order {})",
-                taken.replayed, order.status
+                "{} parked message(s) sent back to the worker ({state})",
+                taken.replayed
             ),
         ),
         Take::Drop => (
             "drop",
-            format!(
-                "{} parked message(s) dropped (order {}{})",
-                taken.dropped,
-                order.status,
-                if order.status == domain::OrderStatus::PendingPayment {
-                    ": the sweep settles it once overdue"
-                } else {
-                    ""
-                }
-            ),
+            format!("{} parked message(s) dropped ({state})", taken.dropped),
         ),
     };
-    // The broker has done it: the record must say so even if this fails.
-    domain::note_decision(&mut conn, &d.order_no, verb, &what, &decision).with_context(|| {
-        format!(
-            "{what}, but the decision event could not be written; nothing to redo at the broker"
-        )
-    })?;
+    if order.is_some() {
+        // The broker has done it: the record must say so even if this fails.
+        domain::note_decision(&mut conn, &d.order_no, verb, &what, &decision).with_context(
+            || {
+                format!(
+                    "{what}, but the decision event could not be written; nothing to redo at the broker"
+                )
+            },
+        )?;
+    } else {
+        log::warn!(
+            order_no:% = d.order_no, outcome = verb;
+            "order {} (unknown here): {what}; decided by {}: {}",
+            d.order_no,
+            decision.by(),
+            decision.reason()
+        );
+    }
     log::info!(
         order_no:% = d.order_no, outcome = verb;
         "order {}: {what}; decided by {}",

@@ -678,9 +678,15 @@ fn parked_messages_are_replayed_or_dropped_one_order_at_a_time() {
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("nothing is parked"), "{out}");
     assert_eq!(decisions(&door, &no).len(), 1);
-    // An unknown order: refused before the broker is touched.
+    // An order unknown here with nothing parked: refused.
     let (code, out) = decide(&door, "replay", "NOSUCHORDER1", "frank");
     assert_eq!(code, 2, "{out}");
+    // A message parked as unknown_order can still be dropped (logged only:
+    // there is no order to write the decision on).
+    park(&door.vhost, &[valid("NOSUCHORDER2")]);
+    let (code, out) = decide(&door, "drop", "NOSUCHORDER2", "frank");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("no such order here"), "{out}");
 
     let (code, out) = decide(&door, "replay", other.as_str(), "frank");
     assert_eq!(code, 0, "{out}");
