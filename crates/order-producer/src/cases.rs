@@ -100,7 +100,8 @@ pub struct Who {
     /// Why: written into the order's `decision` event. Required.
     #[arg(long, required = true)]
     pub reason: String,
-    /// Who decides (default: the OS user, $USER or $LOGNAME).
+    /// Who decides (default: the OS user: $USER, $LOGNAME, or the name of
+    /// this process's uid).
     #[arg(long, value_name = "NAME")]
     pub by: Option<String>,
 }
@@ -110,17 +111,33 @@ impl Who {
     fn decision(&self) -> Result<Decision, UsageError> {
         let by = match &self.by {
             Some(by) => by.clone(),
-            None => ["USER", "LOGNAME"]
-                .iter()
-                .find_map(|v| std::env::var(v).ok().filter(|s| !s.trim().is_empty()))
-                .ok_or_else(|| {
-                    UsageError(
-                        "no operator name: give --by NAME ($USER and $LOGNAME are unset)".into(),
-                    )
-                })?,
+            None => os_user().ok_or_else(|| {
+                UsageError(
+                    "no operator name: give --by NAME (neither $USER, $LOGNAME nor /etc/passwd names this process's user)"
+                        .into(),
+                )
+            })?,
         };
         Decision::new(&by, &self.reason).map_err(UsageError)
     }
+}
+
+/// The OS user running this: `$USER`, else `$LOGNAME`, else the name
+/// `/etc/passwd` gives this process's uid (a root shell started without a
+/// login may have neither variable).
+fn os_user() -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let named = |v: &str| std::env::var(v).ok().filter(|s| !s.trim().is_empty());
+    named("USER").or_else(|| named("LOGNAME")).or_else(|| {
+        let uid = std::fs::metadata("/proc/self").ok()?.uid().to_string();
+        std::fs::read_to_string("/etc/passwd")
+            .ok()?
+            .lines()
+            .map(|l| l.split(':').collect::<Vec<_>>())
+            .find(|f| f.len() > 2 && f[2] == uid)
+            .map(|f| f[0].to_owned())
+            .filter(|n| !n.is_empty())
+    })
 }
 
 #[derive(Debug, Args)]
@@ -697,7 +714,7 @@ pub fn write_text(cases: &Cases, out: &mut impl Write) -> std::io::Result<()> {
             .collect();
         writeln!(
             out,
-            "parked by reason: {} (all of them back to the worker at once: `order-producer parked --replay`)",
+            "parked by reason: {} (once the cause is fixed, `order-producer parked --replay` sends every valid one back at once)",
             by.join(", ")
         )?;
     }

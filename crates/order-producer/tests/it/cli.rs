@@ -435,6 +435,20 @@ fn a_decision_that_does_not_apply_exits_2_and_names_why() {
         "{}",
         stderr(&out)
     );
+    // No --by, no $USER or $LOGNAME: the name of the process's uid.
+    let out = Command::new(env!("CARGO_BIN_EXE_order-producer"))
+        .args(["cases", "accept", "NOSUCHORDER1", "--reason", "a test"])
+        .env("DATABASE_URL", &url)
+        .env_remove("USER")
+        .env_remove("LOGNAME")
+        .output()
+        .expect("run order-producer");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("refused: no order NOSUCHORDER1"),
+        "an operator was found: {}",
+        stderr(&out)
+    );
     // No reason: bad usage before anything is read.
     let out = producer(&url, &["cases", "accept", "NOSUCHORDER1", "--by", "alice"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
