@@ -367,13 +367,17 @@ fn recheck(d: &OrderDecision, out: &mut impl Write) -> anyhow::Result<bool> {
         (s.label().to_owned(), s.describe(), resolved)
     };
     let what = format!("asked WeChat Pay again (was {anomaly}): {label}: {what}");
-    let still_open = domain::open_anomaly(&mut conn, &d.order_no).is_ok();
-    if resolved && still_open {
-        // Settled, but the order is not pending (the settlement did not
-        // clear it): the case ends with the decision.
-        domain::clear_anomaly(&mut conn, &d.order_no, "recheck", &what, &decision)
-    } else {
-        domain::note_decision(&mut conn, &d.order_no, "recheck", &what, &decision)
+    // Settled: the case ends with the decision. A settlement that paid or
+    // closed a pending order has cleared the anomaly already; then (and
+    // when it is still a case) the decision is only written down.
+    let note = |conn: &mut PgConnection| {
+        domain::note_decision(conn, &d.order_no, "recheck", &what, &decision)
+    };
+    match resolved
+        .then(|| domain::clear_anomaly(&mut conn, &d.order_no, "recheck", &what, &decision))
+    {
+        Some(Err(StoreError::Refused(_))) | None => note(&mut conn),
+        Some(done) => done,
     }
     .context("the recheck ran, but its decision could not be written")?;
     log::info!(

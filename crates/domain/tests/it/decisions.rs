@@ -2,7 +2,7 @@
 //! refused when the case is not open, and exactly one of two racing
 //! decisions wins.
 
-use std::sync::{Arc, Barrier};
+use std::sync::Barrier;
 
 use domain::testing::TestDb;
 use domain::{
@@ -158,6 +158,44 @@ fn refund_closes_gives_stock_back_and_queues_one_refund_of_what_was_paid() {
     assert_conserved(&mut conn);
 }
 
+/// Runs `decide(i, conn)` for operators 0 and 1 at once (each on its own
+/// connection, released together): how many were not refused.
+fn race(
+    db: &TestDb,
+    decide: impl Fn(usize, &mut domain::PgConnection) -> Result<(), StoreError> + Sync,
+) -> usize {
+    let barrier = Barrier::new(2);
+    std::thread::scope(|s| {
+        let threads: Vec<_> = (0..2)
+            .map(|i| {
+                let (barrier, decide) = (&barrier, &decide);
+                s.spawn(move || {
+                    let mut conn = domain::connect(db.url()).unwrap();
+                    barrier.wait();
+                    match decide(i, &mut conn) {
+                        Ok(()) => true,
+                        Err(StoreError::Refused(_)) => false,
+                        Err(e) => panic!("{e}"),
+                    }
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .filter(|won| *won)
+            .count()
+    })
+}
+
+fn decision_events(conn: &mut domain::PgConnection, no: &OrderNo) -> usize {
+    order_events(conn, no)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == "decision")
+        .count()
+}
+
 #[test]
 fn of_two_decisions_racing_on_one_order_exactly_one_wins() {
     let db = TestDb::new();
@@ -165,39 +203,18 @@ fn of_two_decisions_racing_on_one_order_exactly_one_wins() {
     load(&mut conn, "TEA", 100, 100);
     for round in 0..10 {
         let no = case(&mut conn);
-        let barrier = Arc::new(Barrier::new(2));
-        let results: Vec<bool> = (0..2)
-            .map(|i| {
-                let (url, no, barrier) = (db.url().clone(), no.clone(), Arc::clone(&barrier));
-                std::thread::spawn(move || {
-                    let mut conn = domain::connect(&url).unwrap();
-                    let pay = payment(&format!("T-RACE-{round}"), 200);
-                    let who = Decision::new(&format!("op{i}"), "race").unwrap();
-                    barrier.wait();
-                    let r = if i == 0 {
-                        accept_payment(&mut conn, &no, &pay, &who)
-                    } else {
-                        refund_payment(&mut conn, &no, &pay, &who).map(drop)
-                    };
-                    match r {
-                        Ok(()) => true,
-                        Err(StoreError::Refused(_)) => false,
-                        Err(e) => panic!("{e}"),
-                    }
-                })
-            })
-            .collect::<Vec<_>>()
-            .into_iter()
-            .map(|t| t.join().unwrap())
-            .collect();
-        assert_eq!(results.iter().filter(|w| **w).count(), 1, "{results:?}");
+        let pay = payment(&format!("T-RACE-{round}"), 200);
+        let wins = race(&db, |i, conn| {
+            let who = Decision::new(&format!("op{i}"), "race").unwrap();
+            if i == 0 {
+                accept_payment(conn, &no, &pay, &who)
+            } else {
+                refund_payment(conn, &no, &pay, &who).map(drop)
+            }
+        });
+        assert_eq!(wins, 1);
         assert_eq!(payments_of(&mut conn, &no).unwrap().len(), 1);
-        let decisions = order_events(&mut conn, &no)
-            .unwrap()
-            .into_iter()
-            .filter(|e| e.kind == "decision")
-            .count();
-        assert_eq!(decisions, 1);
+        assert_eq!(decision_events(&mut conn, &no), 1);
     }
     assert_conserved(&mut conn);
 }
@@ -209,46 +226,20 @@ fn of_two_operators_asking_again_for_one_refund_exactly_one_wins() {
     load(&mut conn, "TEA", 100, 100);
     for round in 0..5 {
         let no = case(&mut conn);
-        let q = refund_payment(
-            &mut conn,
-            &no,
-            &payment(&format!("T-RR-{round}"), 200),
-            &alice(),
-        )
-        .unwrap();
+        let pay = payment(&format!("T-RR-{round}"), 200);
+        let q = refund_payment(&mut conn, &no, &pay, &alice()).unwrap();
         domain::park_refund(&mut conn, &q.out_refund_no, "NOT_ENOUGH: balance too low").unwrap();
-        let barrier = Arc::new(Barrier::new(2));
-        let wins = (0..2)
-            .map(|i| {
-                let (url, no, barrier) = (
-                    db.url().clone(),
-                    q.out_refund_no.clone(),
-                    Arc::clone(&barrier),
-                );
-                std::thread::spawn(move || {
-                    let mut conn = domain::connect(&url).unwrap();
-                    let who = Decision::new(&format!("op{i}"), "topped up").unwrap();
-                    barrier.wait();
-                    match domain::reopen_refund(&mut conn, &no, &who) {
-                        Ok(()) => true,
-                        Err(StoreError::Refused(_)) => false,
-                        Err(e) => panic!("{e}"),
-                    }
-                })
-            })
-            .collect::<Vec<_>>()
-            .into_iter()
-            .map(|t| t.join().unwrap())
-            .filter(|w| *w)
-            .count();
+        let wins = race(&db, |i, conn| {
+            let who = Decision::new(&format!("op{i}"), "topped up").unwrap();
+            domain::reopen_refund(conn, &q.out_refund_no, &who)
+        });
         assert_eq!(wins, 1);
         let r = refunds_of(&mut conn, &no).unwrap().remove(0);
         assert_eq!(r.needs_human, None);
-        let decisions = order_events(&mut conn, &no)
-            .unwrap()
-            .into_iter()
-            .filter(|e| e.kind == "decision")
-            .count();
-        assert_eq!(decisions, 2, "the refund decision and one retry-refund");
+        assert_eq!(
+            decision_events(&mut conn, &no),
+            2,
+            "the refund decision and one retry-refund"
+        );
     }
 }

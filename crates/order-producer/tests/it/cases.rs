@@ -572,9 +572,10 @@ fn the_list_shows_every_kind_with_both_sides_and_the_decisions_as_json_too() {
     invariants(&door);
 }
 
-#[test]
-fn a_mismatched_payment_after_close_can_only_be_given_back() {
-    let door = FrontDoor::start();
+/// An order closed here (no payment order at its deadline) that a stale
+/// page then pays 1 fen: an anomaly on a closed order, as the worker's
+/// recheck records it.
+fn closed_then_paid_1_fen(door: &FrontDoor, tx: &str) -> OrderNo {
     let a = door.call(
         "POST",
         "/v1/orders",
@@ -588,15 +589,45 @@ fn a_mismatched_payment_after_close_can_only_be_given_back() {
     while Utc::now() <= deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    // No payment order at WeChat Pay: closed here, stock back.
-    let s = settler(&door);
+    let s = settler(door);
     let closed = s.settle(&no, Trigger::Sweep, Utc::now());
     assert!(matches!(closed, Settlement::Closed { .. }), "{closed:?}");
-    let stock = tea_stock(&door);
-    // A stale page pays 1 fen: recorded for a human, on a closed order.
-    paid_at_sim(&door, &no, 1, TX);
+    paid_at_sim(door, &no, 1, tx);
     let late = s.settle(&no, Trigger::Operator, Utc::now());
     assert!(matches!(late, Settlement::NeedsHuman { .. }), "{late:?}");
+    no
+}
+
+#[test]
+fn a_closed_order_whose_late_payment_wechat_pay_then_closed_ends_with_a_recheck() {
+    let door = FrontDoor::start();
+    let no = closed_then_paid_1_fen(&door, TX);
+    let stock = tea_stock(&door);
+    let _ = door.sim.admin().set_state(no.as_str(), "CLOSED").unwrap();
+    let (code, out) = decide(&door, "recheck", no.as_str(), "gina");
+    assert_eq!(code, 0, "{out}");
+    let order = domain::find_order(&mut door.db.conn(), &no)
+        .unwrap()
+        .unwrap();
+    assert_eq!(order.status, OrderStatus::Closed);
+    assert_eq!(order.anomaly, None, "the case ended");
+    assert_eq!(tea_stock(&door), stock, "nothing given back twice");
+    assert!(domain::payments_of(&mut door.db.conn(), &no)
+        .unwrap()
+        .is_empty());
+    let d = decisions(&door, &no);
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].actor.as_deref(), Some("gina"));
+    let (code, out) = decide(&door, "recheck", no.as_str(), "gina");
+    assert_eq!(code, 2, "{out}");
+    invariants(&door);
+}
+
+#[test]
+fn a_mismatched_payment_after_close_can_only_be_given_back() {
+    let door = FrontDoor::start();
+    let no = closed_then_paid_1_fen(&door, TX);
+    let stock = tea_stock(&door);
     let (code, out) = cases(&door, &[]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains(&format!("cases refund {no}")), "{out}");
