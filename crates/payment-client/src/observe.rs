@@ -19,20 +19,26 @@ pub enum Call {
     Refund,
     /// `GET /v3/refund/domestic/refunds/{out_refund_no}`
     RefundQuery,
+    /// `GET /v3/bill/tradebill`
+    TradeBill,
+    /// `GET` of the trade bill's `download_url` (`/v3/billdownload/file`)
+    BillDownload,
 }
 
 impl Call {
     /// Every call, for pre-registering series.
-    pub const ALL: [Call; 5] = [
+    pub const ALL: [Call; 7] = [
         Call::NativePrepay,
         Call::Query,
         Call::Close,
         Call::Refund,
         Call::RefundQuery,
+        Call::TradeBill,
+        Call::BillDownload,
     ];
 
     /// A short name for labels: `prepay`, `query`, `close`, `refund`,
-    /// `refund_query`.
+    /// `refund_query`, `trade_bill`, `bill_download`.
     #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
@@ -41,6 +47,8 @@ impl Call {
             Self::Close => "close",
             Self::Refund => "refund",
             Self::RefundQuery => "refund_query",
+            Self::TradeBill => "trade_bill",
+            Self::BillDownload => "bill_download",
         }
     }
 }
@@ -96,8 +104,10 @@ impl CallResult {
         }
     }
 
-    /// True for anything but a 2xx answer or a verified 404 that is an
-    /// answer in itself (`ORDER_NOT_EXIST`, `RESOURCE_NOT_EXISTS`).
+    /// True for anything but a 2xx answer or a verified 4xx that is an
+    /// answer in itself: 404 `ORDER_NOT_EXIST`, `RESOURCE_NOT_EXISTS`; 400
+    /// `STATEMENT_CREATING` (the bill is not ready), `NO_STATEMENT_EXIST`
+    /// (no trades that day).
     #[must_use]
     pub fn is_error(&self) -> bool {
         match self {
@@ -107,6 +117,11 @@ impl CallResult {
                         && matches!(
                             code.as_deref(),
                             Some("ORDER_NOT_EXIST" | "RESOURCE_NOT_EXISTS")
+                        ))
+                    || (*status == 400
+                        && matches!(
+                            code.as_deref(),
+                            Some("STATEMENT_CREATING" | "NO_STATEMENT_EXIST")
                         )))
             }
             _ => true,
@@ -157,10 +172,22 @@ mod tests {
     }
 
     #[test]
+    fn call_labels_are_distinct() {
+        let labels: std::collections::HashSet<_> = Call::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(labels.len(), Call::ALL.len());
+        assert_eq!(Call::TradeBill.as_str(), "trade_bill");
+        assert_eq!(Call::BillDownload.as_str(), "bill_download");
+    }
+
+    #[test]
     fn not_found_answers_are_not_errors() {
         assert!(!answered(200, None).is_error());
         assert!(!answered(404, Some("ORDER_NOT_EXIST")).is_error());
         assert!(!answered(404, Some("RESOURCE_NOT_EXISTS")).is_error());
+        assert!(!answered(400, Some("STATEMENT_CREATING")).is_error());
+        assert!(!answered(400, Some("NO_STATEMENT_EXIST")).is_error());
+        assert!(answered(400, Some("INVALID_REQUEST")).is_error());
+        assert!(answered(404, Some("NO_STATEMENT_EXIST")).is_error());
         assert!(answered(404, Some("NOT_FOUND")).is_error());
         assert!(answered(500, Some("SYSTEM_ERROR")).is_error());
         assert!(CallResult::ConnectError.is_error());
