@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::Deserialize;
 use ureq::http::{HeaderMap, Uri};
 
+use crate::bill::{self, BillError, TradeBill};
 use crate::config::{Config, ConfigError};
 use crate::error::{Error, DEFAULT_RATE_LIMIT_BACKOFF};
 use crate::model::{
@@ -26,6 +27,10 @@ const MAX_BODY: u64 = 1024 * 1024;
 /// A `Retry-After` longer than this is capped: the caller's own back-off
 /// schedule takes over beyond it.
 const MAX_RETRY_AFTER: Duration = Duration::from_mins(5);
+/// The whole trade bill download may take this long (at least; the
+/// configured timeout if longer): a big day is megabytes, not the few hundred
+/// bytes of an answer.
+const BILL_DOWNLOAD_TIMEOUT: Duration = Duration::from_mins(5);
 /// Read and write buffer of each pooled connection.
 const IO_BUFFER_SIZE: usize = 16 * 1024;
 /// The longest prepay `description` WeChat Pay accepts, in characters.
@@ -81,6 +86,8 @@ pub struct Client {
     keys: KeyStore,
     replays: ReplayGuard,
     observer: Option<Arc<dyn CallObserver>>,
+    /// The configured overall timeout (the bill download may take longer).
+    timeout: Duration,
 }
 
 impl fmt::Debug for Client {
@@ -113,6 +120,16 @@ struct ApiErrorBody {
     message: Option<String>,
     #[serde(default)]
     detail: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct TradeBillAnswer {
+    #[serde(default)]
+    hash_type: Option<String>,
+    #[serde(default)]
+    hash_value: Option<String>,
+    #[serde(default)]
+    download_url: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -210,6 +227,7 @@ impl Client {
             log::warn!("WeChat Pay base URL {base_url} is plain http: fine for a local simulator, never for production");
         }
         let agent = build_agent(&config)?;
+        let timeout = config.timeout;
 
         Ok(Self {
             agent,
@@ -222,6 +240,7 @@ impl Client {
             keys,
             replays: ReplayGuard::new(ReplayGuard::DEFAULT_CAPACITY),
             observer: None,
+            timeout,
         })
     }
 
@@ -461,6 +480,168 @@ impl Client {
         }
     }
 
+    /// `GET /v3/bill/tradebill?bill_date=...&bill_type=ALL&tar_type=GZIP`
+    /// (the answer verified like any other), then at once a signed `GET` of
+    /// its `download_url`. The file carries no signature: it is trusted
+    /// through the verified answer's `hash_value`, the SHA1 of the
+    /// decompressed text, which must match or the whole file is refused.
+    /// The text is then parsed and checked against its summary
+    /// ([`crate::parse_bill`]).
+    ///
+    /// `Ok(NotReady)` for a verified 400 `STATEMENT_CREATING` (ask again
+    /// later; yesterday's bill is ready after 10:00 Beijing time),
+    /// `Ok(NoStatement)` for a verified 400 `NO_STATEMENT_EXIST` (no trades
+    /// that day). A `download_url` on another origin than the configured
+    /// base URL or backup base URL, a `hash_type` other than SHA1 or a
+    /// missing field is [`Error::UnexpectedResponse`]; a refused download or
+    /// a file that fails its checks is [`Error::Bill`]; anything else as for
+    /// any call ([`Error::Rejected`] with `INVALID_REQUEST` for a date out of
+    /// range, `NO_AUTH`, ...).
+    pub fn trade_bill(&self, date: chrono::NaiveDate) -> Result<TradeBill, Error> {
+        let path = format!(
+            "/v3/bill/tradebill?bill_date={}&bill_type=ALL&tar_type=GZIP",
+            date.format("%Y-%m-%d")
+        );
+        let resp = self.execute(Call::TradeBill, Method::Get, &path, b"")?;
+        match resp.status {
+            200 => {
+                let (hash_value, download_url) = parse_trade_bill_answer(&resp.body)?;
+                let bases = std::iter::once(self.base_url.as_str())
+                    .chain(self.backup_base_url.as_deref())
+                    .collect::<Vec<_>>();
+                let (base, path_and_query) =
+                    download_target(&download_url, &bases).map_err(|reason| {
+                        Error::UnexpectedResponse {
+                            status: 200,
+                            reason,
+                        }
+                    })?;
+                let file = self.download(base, &path_and_query)?;
+                Ok(TradeBill::Ready(bill::open_download(&file, &hash_value)?))
+            }
+            400 => match error_for(&resp) {
+                Error::Rejected { code, message, .. } if code == "STATEMENT_CREATING" => {
+                    Ok(TradeBill::NotReady { message })
+                }
+                Error::Rejected { code, .. } if code == "NO_STATEMENT_EXIST" => {
+                    Ok(TradeBill::NoStatement)
+                }
+                other => Err(other),
+            },
+            201..=299 => Err(Error::UnexpectedResponse {
+                status: resp.status,
+                reason: "trade bill answered a success other than 200".to_owned(),
+            }),
+            _ => Err(error_for(&resp)),
+        }
+    }
+
+    /// The signed download of a bill file at `base` + `path_and_query`,
+    /// reported to the observer as [`Call::BillDownload`]. The answer is not
+    /// signature-verified (the file has no signature); its body is read up
+    /// to [`bill::MAX_DOWNLOAD_BYTES`].
+    fn download(&self, base: &str, path_and_query: &str) -> Result<Vec<u8>, Error> {
+        let started = Instant::now();
+        let (observed, result) = self.download_once(base, path_and_query);
+        if let Some(observer) = &self.observer {
+            observer.observe(Call::BillDownload, &observed, started.elapsed());
+        }
+        result
+    }
+
+    fn download_once(
+        &self,
+        base: &str,
+        path_and_query: &str,
+    ) -> (CallResult, Result<Vec<u8>, Error>) {
+        // The query holds the download token: errors and logs name the
+        // path only.
+        let shown = format!(
+            "{base}{}",
+            path_and_query.split('?').next().unwrap_or_default()
+        );
+        let url = format!("{base}{path_and_query}");
+        let timestamp = unix_now();
+        let nonce = signing::new_nonce();
+        let message = signing::request_message("GET", path_and_query, timestamp, &nonce, b"");
+        let signature = match self.merchant_key.sign(&message) {
+            Ok(s) => s,
+            Err(e) => return (CallResult::SigningError, Err(Error::Signing(e))),
+        };
+        let authorization = signing::authorization_header(
+            &self.mchid,
+            &self.merchant_serial_no,
+            timestamp,
+            &nonce,
+            &signature,
+        );
+        let mut req = self
+            .agent
+            .get(&url)
+            .header("Authorization", &authorization)
+            .header("Accept", "application/json");
+        if let Some(id) = &self.public_key_id {
+            req = req.header(verify::HEADER_SERIAL, id);
+        }
+        let started = Instant::now();
+        let result = req
+            .config()
+            .timeout_global(Some(self.timeout.max(BILL_DOWNLOAD_TIMEOUT)))
+            .build()
+            .call();
+        let mut resp = match result {
+            Ok(resp) => resp,
+            Err(e) => {
+                let e = map_ureq_error(e, &shown);
+                return (CallResult::of_unanswered(&e), Err(e));
+            }
+        };
+        let status = resp.status().as_u16();
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(bill::MAX_DOWNLOAD_BYTES)
+            .read_to_vec();
+        log::debug!(
+            "GET {shown} -> {status} in {:?} (Request-ID {})",
+            started.elapsed(),
+            header(resp.headers(), "Request-ID").unwrap_or("-"),
+        );
+        let body = match body {
+            Ok(body) => body,
+            Err(ureq::Error::BodyExceedsLimit(limit)) => {
+                let e = Error::Bill(BillError::TooLarge {
+                    what: "download",
+                    limit,
+                });
+                return (CallResult::Answered { status, code: None }, Err(e));
+            }
+            Err(e) => {
+                let e = map_ureq_error(e, &shown);
+                return (CallResult::of_unanswered(&e), Err(e));
+            }
+        };
+        if status == 200 {
+            return (CallResult::Answered { status, code: None }, Ok(body));
+        }
+        let parsed: Option<ApiErrorBody> = serde_json::from_slice(&body).ok();
+        let (code, message) = match parsed {
+            Some(b) => (b.code, b.message),
+            None => (None, None),
+        };
+        (
+            CallResult::Answered {
+                status,
+                code: code.clone(),
+            },
+            Err(Error::Bill(BillError::DownloadRefused {
+                status,
+                code,
+                message: message.map(|m| m.chars().take(200).collect()),
+            })),
+        )
+    }
+
     /// Sends once to the main URL and, if that could not even connect, once
     /// to the backup domain.
     fn execute(
@@ -657,6 +838,85 @@ fn parse_refund(body: &[u8], out_refund_no: &str) -> Result<Refund, Error> {
         })
 }
 
+/// `hash_value` and `download_url` of a verified 200 trade bill answer.
+fn parse_trade_bill_answer(body: &[u8]) -> Result<(String, String), Error> {
+    let unexpected = |reason: String| Error::UnexpectedResponse {
+        status: 200,
+        reason,
+    };
+    let answer: TradeBillAnswer = serde_json::from_slice(body)
+        .map_err(|e| unexpected(format!("trade bill answer is not JSON: {e}")))?;
+    match answer.hash_type.as_deref() {
+        Some("SHA1") => {}
+        Some(other) => {
+            return Err(unexpected(format!(
+                "trade bill answer has hash_type {other:?}, expected SHA1"
+            )))
+        }
+        None => return Err(unexpected("trade bill answer has no hash_type".to_owned())),
+    }
+    let hash_value = answer
+        .hash_value
+        .filter(|h| h.len() == 40 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        .ok_or_else(|| {
+            unexpected("trade bill answer has no SHA1 hash_value (40 hex digits)".to_owned())
+        })?;
+    let download_url = answer
+        .download_url
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| unexpected("trade bill answer has no download_url".to_owned()))?;
+    Ok((hash_value, download_url))
+}
+
+/// Which of `bases` (scheme and host, as configured) `download_url` is on,
+/// and its path and query exactly as they will be sent and signed. A URL on
+/// any other origin is refused: a signed request goes only where the
+/// configuration says WeChat Pay is. The error names the URL's origin only,
+/// never its query (the download token).
+fn download_target<'b>(download_url: &str, bases: &[&'b str]) -> Result<(&'b str, String), String> {
+    let uri: Uri = download_url
+        .parse()
+        .map_err(|_| "trade bill download_url is not a URL".to_owned())?;
+    let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+        return Err("trade bill download_url is not an absolute URL".to_owned());
+    };
+    let origin = format!("{scheme}://{authority}");
+    if authority.as_str().contains('@') || download_url.contains('#') {
+        return Err(format!(
+            "trade bill download_url on {:?} carries user info or a fragment; refused",
+            uri.host().unwrap_or_default()
+        ));
+    }
+    let path_and_query = uri
+        .path_and_query()
+        .map(|pq| pq.as_str().to_owned())
+        .filter(|pq| pq.starts_with('/'))
+        .ok_or_else(|| format!("trade bill download_url on {origin} has no path"))?;
+    let port = |u: &Uri| {
+        u.port_u16().or(match u.scheme_str() {
+            Some("https") => Some(443),
+            Some("http") => Some(80),
+            _ => None,
+        })
+    };
+    for base in bases {
+        let Ok(b) = base.parse::<Uri>() else { continue };
+        let same = b
+            .scheme_str()
+            .is_some_and(|s| s.eq_ignore_ascii_case(scheme))
+            && b.host()
+                .zip(uri.host())
+                .is_some_and(|(x, y)| x.eq_ignore_ascii_case(y))
+            && port(&b) == port(&uri);
+        if same {
+            return Ok((base, path_and_query));
+        }
+    }
+    Err(format!(
+        "trade bill download_url is on {origin}, not on the configured WeChat Pay base URL; refused"
+    ))
+}
+
 /// The one HTTP agent of a client: no redirects, no decompression, small
 /// buffers, idle connections for the threads, and a proxy only when asked.
 fn build_agent(config: &Config) -> Result<ureq::Agent, ConfigError> {
@@ -789,11 +1049,18 @@ impl CallResult {
                     error_for(resp).provider_code().map(str::to_owned)
                 },
             },
-            Err(Error::Connect { .. }) => Self::ConnectError,
-            Err(Error::Timeout { .. }) => Self::Timeout,
-            Err(Error::Unverified { .. }) => Self::Unverified,
-            Err(Error::Signing(_)) => Self::SigningError,
-            Err(_) => Self::TransportError,
+            Err(e) => Self::of_unanswered(e),
+        }
+    }
+
+    /// For a request that got no (verified) answer.
+    fn of_unanswered(e: &Error) -> Self {
+        match e {
+            Error::Connect { .. } => Self::ConnectError,
+            Error::Timeout { .. } => Self::Timeout,
+            Error::Unverified { .. } => Self::Unverified,
+            Error::Signing(_) => Self::SigningError,
+            _ => Self::TransportError,
         }
     }
 }

@@ -1,9 +1,10 @@
-//! Errors of a call (prepay, query, close, refund, refund query), classified for the worker: transient (try
+//! Errors of a call (prepay, query, close, refund, refund query, trade bill), classified for the worker: transient (try
 //! again later, the order's payment state is unknown) or permanent (retrying
 //! will not help; park and tell a human).
 
 use std::time::Duration;
 
+use crate::bill::BillError;
 use crate::verify::VerifyError;
 
 /// Back-off suggested after a 429 that carries no usable `Retry-After`.
@@ -109,6 +110,13 @@ pub enum Error {
     /// OpenSSL failed to sign. Permanent (the key is unusable).
     #[error("cannot sign the request: {0}")]
     Signing(#[source] openssl::error::ErrorStack),
+    /// The trade bill's download was refused, or the file did not match its
+    /// `hash_value` or did not parse: nothing of it may be used. Permanent:
+    /// retrying at once returns the same file. (A refused, truncated or
+    /// mismatched download may succeed with a fresh link, i.e. a later
+    /// [`crate::Client::trade_bill`]; the caller decides when.)
+    #[error("cannot use the trade bill: {0}")]
+    Bill(#[from] BillError),
 }
 
 impl Error {
@@ -129,7 +137,8 @@ impl Error {
             | Self::UnknownTradeState { .. }
             | Self::UnknownRefundStatus { .. }
             | Self::UnexpectedResponse { .. }
-            | Self::Signing(_) => false,
+            | Self::Signing(_)
+            | Self::Bill(_) => false,
         }
     }
 

@@ -1,8 +1,10 @@
 //! WeChat Pay APIv3 client for the calls order-timeout needs: create a
 //! native (QR code) payment order ([`Client::native_prepay`]), query a
 //! payment order by `out_trade_no` and close it, refund a paid transaction
-//! and query the refund ([`Client::refund`], [`Client::query_refund`]); and
-//! the receiving side of payment and refund notifications ([`notify`]).
+//! and query the refund ([`Client::refund`], [`Client::query_refund`]);
+//! fetch a day's trade bill, checked and parsed for reconciliation
+//! ([`Client::trade_bill`], [`parse_bill`]); and the receiving side of
+//! payment and refund notifications ([`notify`]).
 //!
 //! What it guarantees, so that callers can act on its answers:
 //!
@@ -19,6 +21,9 @@
 //!   ([`Error::UnknownRefundStatus`]);
 //! * an answer about another order or refund than the one asked about is
 //!   [`Error::UnexpectedResponse`], never an outcome;
+//! * a trade bill is used only whole: its file's SHA1 must be the one the
+//!   verified answer named, and every line must parse and agree with the
+//!   summary ([`BillError`]);
 //! * a payment or refund notification is believed only after its signature verified
 //!   with the same trusted keys as an answer, and its resource decrypted
 //!   with the APIv3 key ([`notify::NotificationVerifier`]).
@@ -29,6 +34,7 @@
 //! offending file. Nothing here knows about the simulator; it is reached only
 //! by configuring its URL and keys.
 
+mod bill;
 mod client;
 mod config;
 mod error;
@@ -39,6 +45,7 @@ pub mod resolve;
 pub mod signing;
 pub mod verify;
 
+pub use bill::{parse_bill, Bill, BillError, BillRefund, BillRow, BillSummary, TradeBill};
 pub use client::{validate_out_refund_no, validate_out_trade_no, Client, USER_AGENT};
 pub use config::{
     Config, ConfigError, PlatformCertificateConfig, ProxyUrl, PublicKeyConfig, BACKUP_BASE_URL,
