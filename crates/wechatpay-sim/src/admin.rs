@@ -1,13 +1,14 @@
 //! A typed client for the simulator's admin API (`/sim/...`), for tests and
 //! scripts: create and change orders, let the user pay, inject faults, hold
-//! back notifications, inspect refunds and decide how they end.
+//! back notifications, inspect refunds and decide how they end, record
+//! refunds made by hand, spoil and read trade bills.
 
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::model::{Faults, Order, SimRefund, Stats};
+use crate::model::{BillFaults, Faults, Order, SimRefund, Stats};
 
 /// An admin call failed.
 #[derive(Debug, thiserror::Error)]
@@ -250,6 +251,36 @@ impl AdminClient {
             &format!("refunds/{}", encode(out_refund_no)),
             Some(serde_json::json!({ "outcome": outcome }).to_string()),
         )
+    }
+
+    /// Records a refund directly, as one made by hand in the merchant
+    /// platform would be: no notification, no `Stats::refunds_created`.
+    /// `create_time` is now when empty, `refund_id` generated when empty,
+    /// `status` `SUCCESS` when empty (a `PROCESSING` one stays so until
+    /// [`AdminClient::set_refund_status`]); an order held under its
+    /// `out_trade_no` or `transaction_id` fills in the other, `total` and
+    /// `currency`, and moves from `SUCCESS` to `REFUND`. Fails (400) for a
+    /// bad field, (409) for an `out_refund_no` already used.
+    pub fn insert_refund(&self, refund: &SimRefund) -> Result<SimRefund, AdminError> {
+        self.json("POST", "refunds", Self::to_body(refund)?)
+    }
+
+    /// Faults of the trade bill endpoints; `BillFaults::default()` clears
+    /// them, and so does [`AdminClient::reset`].
+    pub fn set_bill_faults(&self, faults: &BillFaults) -> Result<(), AdminError> {
+        self.call("PUT", "bill/faults", Self::to_body(faults)?)
+            .map(drop)
+    }
+
+    /// The plain `ALL` text the simulator would serve for `date`
+    /// (`YYYY-MM-DD`) now, `summary_disagrees` included; `None` when no row
+    /// falls on that day. Any date: the API's 3-month window does not apply.
+    pub fn bill_text(&self, date: &str) -> Result<Option<String>, AdminError> {
+        match self.call("GET", &format!("bill/{}", encode(date)), None) {
+            Ok((_, text)) => Ok(Some(text)),
+            Err(AdminError::Status { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     pub fn stats(&self) -> Result<Stats, AdminError> {

@@ -1,8 +1,9 @@
 //! The admin API under `/sim/`: health, reset, stats, global faults, the
 //! notification drop switch, per-order creation, inspection, payment
 //! (which sends the payment notification), notification and faults, and
-//! refunds: inspection, the outcome and delay of processing refunds, and a
-//! forced status (which sends the refund notification).
+//! refunds: inspection, the outcome and delay of processing refunds, a
+//! forced status (which sends the refund notification) and refunds recorded
+//! directly; the trade bill's faults and text.
 //!
 //! It exists so that tests and the demo can drive the in-memory orders and
 //! inject faults over HTTP. It is the server side of the typed client in the
@@ -16,10 +17,11 @@ use serde_json::json;
 
 use crate::api::{percent_decode, transaction_json};
 use crate::http::Request as Incoming;
-use crate::model::{Faults, Order, SimRefund};
+use crate::model::{BillFaults, Faults, Order, SimRefund};
 use crate::notify::{self, Task};
 use crate::refund::{self, FINAL_STATUSES};
 use crate::server::{Reply, Shared, State};
+use crate::tradebill;
 
 /// Body of `PUT /sim/notifications`.
 #[derive(Deserialize)]
@@ -87,6 +89,14 @@ pub(crate) fn admin(shared: &Shared, req: &Incoming) -> Reply {
             }
             reply
         }
+        ("PUT", ["bill", "faults"]) => match parse::<BillFaults>(&req.body) {
+            Ok(f) => {
+                shared.state().bill_faults = f;
+                Reply::empty(204)
+            }
+            Err(r) => r,
+        },
+        ("GET", ["bill", date]) => bill_text(shared, &percent_decode(date)),
         (_, ["refunds", rest @ ..]) => {
             let mut state = shared.state();
             // Every due refund is settled first, as any read does.
@@ -99,6 +109,31 @@ pub(crate) fn admin(shared: &Shared, req: &Incoming) -> Reply {
             reply
         }
         _ => Reply::error(404, "NOT_FOUND", "no such admin endpoint"),
+    }
+}
+
+/// `GET /sim/bill/{date}`: the plain `ALL` text the API would serve for
+/// that day now (any day, outside the 3 months too), 404
+/// `NO_STATEMENT_EXIST` when no row falls on it.
+fn bill_text(shared: &Shared, date: &str) -> Reply {
+    let Some(date) = tradebill::parse_date(date) else {
+        return Reply::error(400, "PARAM_ERROR", "the date must be YYYY-MM-DD");
+    };
+    let mut tasks = Vec::new();
+    let text = tradebill::bill_text(shared, &mut shared.state(), date, &mut tasks);
+    for task in tasks {
+        shared.notifier.enqueue(task, Instant::now());
+    }
+    match text {
+        Some(text) => Reply {
+            status: 200,
+            body: text.into_bytes(),
+            headers: vec![(
+                "Content-Type".to_owned(),
+                "text/plain; charset=utf-8".to_owned(),
+            )],
+        },
+        None => Reply::error(404, "NO_STATEMENT_EXIST", &format!("no trade on {date}")),
     }
 }
 
@@ -145,6 +180,13 @@ fn admin_refunds(
             let refunds: Vec<&SimRefund> = records.iter().map(|r| &r.refund).collect();
             Reply::json(200, &json!(refunds))
         }
+        ("POST", []) => match parse::<SimRefund>(body) {
+            Ok(r) => match refund::insert(shared, state, r) {
+                Ok(r) => Reply::json(200, &json!(r)),
+                Err(reply) => reply,
+            },
+            Err(r) => r,
+        },
         ("PUT", ["outcome"]) => {
             let change = match parse::<RefundOutcome>(body) {
                 Ok(c) => c,

@@ -1,7 +1,8 @@
 //! The WeChat Pay APIv3 endpoints the simulator serves, Native prepay,
-//! query and close by `out_trade_no`, and domestic refunds: routing, the
-//! injected faults that apply to a call, and the answers built from the
-//! in-memory orders (refunds themselves live in `refund`).
+//! query and close by `out_trade_no`, domestic refunds and trade bills:
+//! routing, the injected faults that apply to a call, and the answers built
+//! from the in-memory orders (refunds themselves live in `refund`, trade
+//! bills in `tradebill`).
 //!
 //! It exists to keep what the real API would answer apart from how requests
 //! are checked (`auth`), how answers are signed (`signing`) and how tests
@@ -14,17 +15,20 @@ use rand::distr::{Alphanumeric, SampleString};
 use serde_json::json;
 
 use crate::auth::check_request;
+use crate::bill::PAYER_OPENID;
 use crate::http::Request as Incoming;
 use crate::model::{Endpoint, Faults, Order};
-use crate::refund;
 use crate::server::{Reply, Shared, State};
 use crate::signing::sign;
+use crate::{refund, tradebill};
 
 const API_PREFIX: &str = "/v3/pay/transactions/out-trade-no/";
 const NATIVE_PREPAY: &str = "/v3/pay/transactions/native";
 const REFUNDS: &str = "/v3/refund/domestic/refunds";
+const TRADE_BILL: &str = "/v3/bill/tradebill";
+const BILL_DOWNLOAD: &str = "/v3/billdownload/file";
 /// `appid` of answers about orders whose prepay named none.
-const FALLBACK_APPID: &str = "wxd678efh567hg6787";
+pub(crate) const FALLBACK_APPID: &str = "wxd678efh567hg6787";
 
 /// A recognised API call.
 struct Call {
@@ -57,6 +61,18 @@ fn route(method: &str, url: &str, body: &[u8]) -> Option<Call> {
             .ok()
             .and_then(|v| v.get(field)?.as_str().map(str::to_owned))
     };
+    let about_no_order = |endpoint| Call {
+        endpoint,
+        out_trade_no: String::new(),
+        out_refund_no: None,
+        transaction_id: None,
+        query_mchid: None,
+    };
+    match (method, path) {
+        ("GET", TRADE_BILL) => return Some(about_no_order(Endpoint::TradeBill)),
+        ("GET", BILL_DOWNLOAD) => return Some(about_no_order(Endpoint::BillDownload)),
+        _ => {}
+    }
     if (method, path) == ("POST", NATIVE_PREPAY) {
         return Some(Call {
             endpoint: Endpoint::Prepay,
@@ -129,7 +145,11 @@ fn resolve(state: &State, mut call: Call) -> Call {
             .as_deref()
             .and_then(|no| state.refunds.get(no))
             .map(|r| r.refund.out_trade_no.clone()),
-        Endpoint::Query | Endpoint::Close | Endpoint::Prepay => None,
+        Endpoint::Query
+        | Endpoint::Close
+        | Endpoint::Prepay
+        | Endpoint::TradeBill
+        | Endpoint::BillDownload => None,
     };
     if let Some(no) = found {
         call.out_trade_no = no;
@@ -176,6 +196,8 @@ pub(crate) fn api(shared: &Shared, req: &Incoming) -> Reply {
         match call.endpoint {
             Endpoint::Refund => state.stats.refund_requests += 1,
             Endpoint::RefundQuery => state.stats.refund_queries += 1,
+            Endpoint::TradeBill => state.stats.trade_bills += 1,
+            Endpoint::BillDownload => state.stats.bill_downloads += 1,
             Endpoint::Query | Endpoint::Close | Endpoint::Prepay => {}
         }
         resolve(&state, call)
@@ -194,11 +216,18 @@ pub(crate) fn api(shared: &Shared, req: &Incoming) -> Reply {
             )
         });
     }
-    let reply = sign(
-        shared,
-        api_answer(shared, req, call.as_ref(), &faults, &mchid),
-        &faults,
-    );
+    let answer = api_answer(shared, req, call.as_ref(), &faults, &mchid);
+    // The bill file is the one answer WeChat Pay does not sign; its JSON
+    // errors are signed like any other.
+    let is_file = call
+        .as_ref()
+        .is_some_and(|c| c.endpoint == Endpoint::BillDownload)
+        && answer.status == 200;
+    let reply = if is_file {
+        answer
+    } else {
+        sign(shared, answer, &faults)
+    };
     if let Some(call) = call.as_ref().filter(|c| !c.answer_key().is_empty()) {
         shared
             .state()
@@ -276,6 +305,8 @@ fn api_answer(
         Endpoint::RefundQuery => {
             refund::query(shared, call.out_refund_no.as_deref().unwrap_or_default())
         }
+        Endpoint::TradeBill => tradebill::tradebill(shared, req),
+        Endpoint::BillDownload => tradebill::download(shared, req),
     }
 }
 
@@ -368,7 +399,7 @@ pub(crate) fn transaction_json(
         "trade_type": trade_type,
         "trade_state": order.trade_state,
         "trade_state_desc": desc,
-        "attach": "",
+        "attach": order.attach.as_deref().unwrap_or_default(),
         "promotion_detail": [],
     });
     if let Some(id) = &order.transaction_id {
@@ -379,7 +410,7 @@ pub(crate) fn transaction_json(
     }
     if paid {
         v["bank_type"] = json!("OTHERS");
-        v["payer"] = json!({ "openid": "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o" });
+        v["payer"] = json!({ "openid": PAYER_OPENID });
         amount["payer_total"] = json!(order.payer_total.unwrap_or(order.amount_total));
     }
     if !order.omit_amount {
@@ -652,6 +683,12 @@ mod tests {
         assert!(route("GET", "/v3/pay/transactions/out-trade-no/ORD123/close", b"").is_none());
         assert!(route("GET", "/v3/pay/transactions/id/42000", b"").is_none());
         assert!(route("GET", "/v3/pay/transactions/out-trade-no/a/b", b"").is_none());
+        let c = route("GET", "/v3/bill/tradebill?bill_date=2026-12-06", b"").unwrap();
+        assert_eq!((c.endpoint, c.answer_key()), (Endpoint::TradeBill, ""));
+        let c = route("GET", "/v3/billdownload/file?token=abc", b"").unwrap();
+        assert_eq!((c.endpoint, c.answer_key()), (Endpoint::BillDownload, ""));
+        assert!(route("POST", "/v3/bill/tradebill", b"").is_none());
+        assert!(route("GET", "/v3/billdownload/file/x", b"").is_none());
     }
 
     fn valid() -> serde_json::Value {

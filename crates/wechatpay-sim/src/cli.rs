@@ -64,6 +64,10 @@ pub struct Args {
     /// `200ms` or `2s` (units ms, s, m, h).
     #[arg(long = "wechatpay-sim-refund-delay", env = "WECHATPAY_SIM_REFUND_DELAY", default_value = "200ms", value_parser = parse_duration)]
     pub refund_delay: Duration,
+    /// How long a trade bill download link lives, e.g. `30s` (units ms, s,
+    /// m, h).
+    #[arg(long = "wechatpay-sim-bill-link-ttl", env = "WECHATPAY_SIM_BILL_LINK_TTL", default_value = "30s", value_parser = parse_duration)]
+    pub bill_link_ttl: Duration,
 }
 
 /// Retry waits of `WECHATPAY_SIM_NOTIFY_SCHEDULE`.
@@ -123,6 +127,10 @@ mod tests {
         assert_eq!(
             defaults.refund_delay,
             crate::SimConfig::default().refund_delay
+        );
+        assert_eq!(
+            defaults.bill_link_ttl,
+            crate::SimConfig::default().bill_link_ttl
         );
         for bad in ["150", "ms", "1.5s", "150ms,,1s", "-1s", "1d"] {
             assert!(parse_schedule(bad).is_err(), "{bad}");

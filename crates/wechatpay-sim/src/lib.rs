@@ -9,8 +9,8 @@
 //! and signs every response in WeChat Pay public key mode with its own key.
 //! Orders live in memory and are driven through an admin HTTP API under
 //! `/sim/` (see [`AdminClient`]), which can also inject faults: latency, 429,
-//! 5xx, tampered or stale signatures, unknown serials, and a close that answers
-//! 204 but leaves the order payable.
+//! 5xx, tampered or stale signatures, unknown serials, a close that answers
+//! 204 but leaves the order payable, and spoilt trade bills.
 //!
 //! When an order with a `notify_url` is paid, a small pool of sender threads
 //! POSTs the signed, AES-256-GCM encrypted `TRANSACTION.SUCCESS` notification
@@ -23,6 +23,12 @@
 //! then its `REFUND.*` notification goes out the same way
 //! ([`signed_refund_notification`]). The same `out_refund_no` again answers
 //! the same refund and never refunds twice.
+//!
+//! It serves the daily trade bill of type `ALL` (`GET /v3/bill/tradebill`,
+//! then the unsigned gzip file from `/v3/billdownload/file`), rendered from
+//! its orders and refunds, today's partial bill included: a convenience of
+//! the simulator, so that a demo can reconcile its own day (WeChat Pay has
+//! yesterday's bill from 10:00 on). [`BillFaults`] spoil it for tests.
 //!
 //! It is embeddable: [`Simulator::start`] binds `127.0.0.1:0` and returns a
 //! handle with the bound address, so integration tests of other crates run it
@@ -37,6 +43,7 @@ mod admin;
 mod admin_api;
 mod api;
 mod auth;
+mod bill;
 pub mod cli;
 mod http;
 mod keys;
@@ -45,12 +52,13 @@ mod notify;
 mod refund;
 mod server;
 mod signing;
+mod tradebill;
 
 use std::time::Duration;
 
 pub use admin::{AdminClient, AdminError};
 pub use keys::{signature_rate, ApiV3Key, ClientFiles, KeyError, SimKeys, APIV3_KEY_FILE};
-pub use model::{Endpoint, Faults, Order, SimRefund, Stats};
+pub use model::{BillFaults, Endpoint, Faults, Order, SimRefund, Stats};
 pub use notify::{
     encrypt_resource, signed_notification, signed_refund_notification, SignedNotification,
 };

@@ -1,5 +1,6 @@
 //! The simulator's data: orders and refunds as WeChat Pay would hold them,
-//! the faults to inject, and request and notification counters. Shared by the server and the admin client
+//! the faults to inject (trade bill faults apart), and request and
+//! notification counters. Shared by the server and the admin client
 //! (they are the admin API's JSON bodies).
 
 use serde::{Deserialize, Serialize};
@@ -28,6 +29,9 @@ pub struct Order {
     pub appid: Option<String>,
     /// `description` of the prepay call.
     pub description: Option<String>,
+    /// `attach` of answers and of the trade bill's 商户数据包 (empty when
+    /// absent).
+    pub attach: Option<String>,
     /// Where the payment notification goes when the order is paid (none is
     /// sent when absent).
     pub notify_url: Option<String>,
@@ -62,6 +66,7 @@ impl Default for Order {
             faults: None,
             appid: None,
             description: None,
+            attach: None,
             notify_url: None,
             time_expire: None,
             code_url: None,
@@ -119,11 +124,16 @@ pub enum Endpoint {
     Refund,
     /// `GET /v3/refund/domestic/refunds/{out_refund_no}`.
     RefundQuery,
+    /// `GET /v3/bill/tradebill`.
+    TradeBill,
+    /// `GET /v3/billdownload/file`.
+    BillDownload,
 }
 
 /// One domestic refund as the simulator holds it (the admin API's answer
-/// about refunds). Created only by the refund API; the admin API can force
-/// its `status`.
+/// about refunds). Created by the refund API, or recorded directly by the
+/// admin API (a refund made by hand in the merchant platform); the admin
+/// API can force its `status`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SimRefund {
@@ -210,6 +220,27 @@ pub struct Faults {
     pub times: Option<u32>,
 }
 
+/// Faults of the trade bill endpoints (`PUT /sim/bill/faults`), cleared
+/// by a reset.
+// Independent switches, as in `Faults`.
+#[allow(clippy::struct_excessive_bools)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BillFaults {
+    /// The next N tradebill requests answer 400 `STATEMENT_CREATING`
+    /// (counts down).
+    pub statement_creating: u32,
+    /// `hash_value` names another text (the file is intact).
+    pub wrong_hash: bool,
+    /// The download serves only the first half of the gzip bytes.
+    pub truncate_gzip: bool,
+    /// The summary's 应结订单总金额 is 1 fen more than the rows' sum
+    /// (`hash_value` matches this text).
+    pub summary_disagrees: bool,
+    /// Download links are expired from the start (400 `INVALID_REQUEST`).
+    pub expire_links: bool,
+}
+
 /// Counters since start (or the last reset).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -229,6 +260,14 @@ pub struct Stats {
     /// Refund queries that passed the header and signature checks,
     /// including those answered by an injected fault.
     pub refund_queries: u64,
+    /// Trade bill requests (`GET /v3/bill/tradebill`) that passed the
+    /// header and signature checks, including those answered by an
+    /// injected fault.
+    pub trade_bills: u64,
+    /// Bill downloads (`GET /v3/billdownload/file`) that passed the header
+    /// and signature checks, including those answered by an injected fault
+    /// or refused for their token.
+    pub bill_downloads: u64,
     /// Requests refused with 401 `SIGN_ERROR`.
     pub bad_signatures: u64,
     /// Requests refused with 400 `INVALID_REQUEST` (missing headers).

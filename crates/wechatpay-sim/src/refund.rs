@@ -300,6 +300,157 @@ fn repeat(
     (reply, task.map(|t| (t, Instant::now())))
 }
 
+/// `POST /sim/refunds`: records `r` directly, as a refund made by hand in
+/// the merchant platform (no notification; a `PROCESSING` one stays so
+/// until forced). Empty fields are filled in: `create_time` now,
+/// `refund_id`, `status` `SUCCESS`, `mchid`, and from the order held under
+/// `out_trade_no` or `transaction_id` the other one, `total`, `payer_total`
+/// and `currency` (that order moves from `SUCCESS` to `REFUND`).
+pub(crate) fn insert(
+    shared: &Shared,
+    state: &mut State,
+    mut r: SimRefund,
+) -> Result<SimRefund, Reply> {
+    check_by_hand(&mut r)?;
+    if state.refunds.contains_key(&r.out_refund_no) {
+        return Err(Reply::error(
+            409,
+            "CONFLICT",
+            &format!("refund {} exists already", r.out_refund_no),
+        ));
+    }
+    fill_in(shared, state, &mut r);
+    log::info!(
+        "refund {} of {} fen for {} recorded by hand",
+        r.out_refund_no,
+        r.refund,
+        r.out_trade_no
+    );
+    state.refunds.insert(
+        r.out_refund_no.clone(),
+        RefundRecord {
+            refund: r.clone(),
+            created: Instant::now(),
+            settles_at: None,
+        },
+    );
+    Ok(r)
+}
+
+/// The fields of a refund recorded by hand, checked; `status` and
+/// `create_time` defaulted.
+fn check_by_hand(r: &mut SimRefund) -> Result<(), Reply> {
+    let valid_no = (1..=64).contains(&r.out_refund_no.len())
+        && r.out_refund_no
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-|*@".contains(&b));
+    if !valid_no {
+        return Err(param_error(
+            "out_refund_no must be 1 to 64 of 0-9 a-z A-Z _ - | * @",
+        ));
+    }
+    if r.refund <= 0 {
+        return Err(param_error("refund must be a positive number of fen"));
+    }
+    if r.out_trade_no.is_empty() && r.transaction_id.is_empty() {
+        return Err(param_error(
+            "one of transaction_id and out_trade_no is required",
+        ));
+    }
+    if r.status.is_empty() {
+        "SUCCESS".clone_into(&mut r.status);
+    }
+    if r.status != "PROCESSING" && !FINAL_STATUSES.contains(&r.status.as_str()) {
+        return Err(param_error(
+            "status must be PROCESSING, SUCCESS, ABNORMAL or CLOSED",
+        ));
+    }
+    if r.outcome
+        .as_deref()
+        .is_some_and(|o| !FINAL_STATUSES.contains(&o))
+    {
+        return Err(param_error("outcome must be SUCCESS, ABNORMAL or CLOSED"));
+    }
+    if r.create_time.is_empty() {
+        r.create_time = rfc3339_beijing(unix_now());
+    } else if chrono::DateTime::parse_from_rfc3339(&r.create_time).is_err() {
+        return Err(param_error("create_time is not an RFC 3339 time"));
+    }
+    Ok(())
+}
+
+/// Fills in the empty fields of a checked refund recorded by hand, from the
+/// order it names when the simulator holds it (which moves from `SUCCESS`
+/// to `REFUND`), else with fresh numbers and defaults.
+fn fill_in(shared: &Shared, state: &mut State, r: &mut SimRefund) {
+    let held = if state.orders.contains_key(&r.out_trade_no) {
+        Some(r.out_trade_no.clone())
+    } else {
+        state
+            .orders
+            .iter()
+            .find(|(_, o)| {
+                !r.transaction_id.is_empty()
+                    && o.transaction_id.as_deref() == Some(r.transaction_id.as_str())
+            })
+            .map(|(no, _)| no.clone())
+    };
+    let mut rng = rand::rng();
+    let mut new_transaction_id = || format!("42000{:023}", rng.random_range(0..10u128.pow(23)));
+    if let Some(order) = held.as_ref().and_then(|no| state.orders.get_mut(no)) {
+        if r.transaction_id.is_empty() {
+            r.transaction_id.clone_from(
+                order
+                    .transaction_id
+                    .get_or_insert_with(&mut new_transaction_id),
+            );
+        }
+        if order.trade_state == "SUCCESS" {
+            "REFUND".clone_into(&mut order.trade_state);
+        }
+        if r.total == 0 {
+            r.total = order.amount_total;
+        }
+        if r.payer_total == 0 {
+            r.payer_total = order.payer_total.unwrap_or(order.amount_total);
+        }
+        if r.currency.is_empty() {
+            r.currency.clone_from(&order.currency);
+        }
+    }
+    if let Some(no) = held.filter(|_| r.out_trade_no.is_empty()) {
+        r.out_trade_no = no;
+    }
+    if r.transaction_id.is_empty() {
+        r.transaction_id = new_transaction_id();
+    }
+    if r.total == 0 {
+        r.total = r.refund;
+    }
+    if r.payer_total == 0 {
+        r.payer_total = r.total;
+    }
+    if r.currency.is_empty() {
+        "CNY".clone_into(&mut r.currency);
+    }
+    if r.refund_id.is_empty() {
+        r.refund_id = format!("50{:028}", rand::rng().random_range(0..10u128.pow(28)));
+    }
+    if r.mchid.is_empty() {
+        r.mchid = shared
+            .config
+            .mchid
+            .clone()
+            .unwrap_or_else(|| crate::DEFAULT_MCHID.to_owned());
+    }
+    if r.status == "SUCCESS" {
+        r.success_time.get_or_insert_with(|| r.create_time.clone());
+    } else {
+        r.success_time = None;
+    }
+    (r.requests, r.queries, r.notify_attempts, r.notify_delivered) = (0, 0, 0, false);
+}
+
 fn not_found() -> Reply {
     Reply::error(404, "RESOURCE_NOT_EXISTS", "refund does not exist")
 }

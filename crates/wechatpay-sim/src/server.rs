@@ -6,8 +6,9 @@
 //! It exists so that the lifecycle and the shared types live in one place,
 //! while what each endpoint does lives in its own module: `api` (the WeChat
 //! Pay endpoints), `auth` (request checks), `signing` (response signatures),
-//! `admin_api` (the `/sim/` endpoints), `refund` (refunds) and `notify`
-//! (payment and refund notifications).
+//! `admin_api` (the `/sim/` endpoints), `refund` (refunds), `notify`
+//! (payment and refund notifications), `tradebill` (the trade bill
+//! endpoints) and `bill` (the bill's text).
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -21,9 +22,10 @@ use serde_json::json;
 use crate::admin::AdminClient;
 use crate::http::{self, Live, Request as Incoming, Response};
 use crate::keys::{ApiV3Key, ClientFiles, KeyError, SimKeys};
-use crate::model::{Faults, Order, Stats};
+use crate::model::{BillFaults, Faults, Order, Stats};
 use crate::notify::{self, Notifier};
 use crate::refund::RefundRecord;
+use crate::tradebill::BillLink;
 use crate::{admin_api, api};
 
 /// How long a shutdown waits for requests in hand (e.g. injected latency).
@@ -57,6 +59,9 @@ pub struct SimConfig {
     /// unless told otherwise; `PUT /sim/refunds/outcome` can change it
     /// while running).
     pub refund_delay: Duration,
+    /// How long a trade bill download link lives (30 s, as at WeChat Pay,
+    /// unless told otherwise).
+    pub bill_link_ttl: Duration,
 }
 
 impl Default for SimConfig {
@@ -73,6 +78,7 @@ impl Default for SimConfig {
                 .map(|d| *d / 100)
                 .collect(),
             refund_delay: Duration::from_millis(200),
+            bill_link_ttl: Duration::from_secs(30),
         }
     }
 }
@@ -107,12 +113,18 @@ pub(crate) struct State {
     pub(crate) refund_outcome: Option<String>,
     /// Replaces `SimConfig::refund_delay` for refunds created from now on.
     pub(crate) refund_delay: Option<Duration>,
+    pub(crate) bill_faults: BillFaults,
+    /// Trade bill download links by token.
+    pub(crate) bill_links: HashMap<String, BillLink>,
 }
 
 pub(crate) struct Shared {
     state: Mutex<State>,
     pub(crate) keys: SimKeys,
     pub(crate) config: SimConfig,
+    /// The bound address: the origin of bill download links when a
+    /// request names no `Host`.
+    pub(crate) addr: SocketAddr,
     pub(crate) notifier: Notifier,
 }
 
@@ -159,6 +171,7 @@ impl Simulator {
             state: Mutex::new(State::default()),
             keys: keys.clone(),
             config,
+            addr: bound,
             notifier: Notifier::default(),
         });
         let senders = notify::start_senders(&shared).map_err(SimError::Thread)?;

@@ -94,6 +94,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
             .clone()
             .map_or(defaults.notify_schedule, |s| s.0),
         refund_delay: args.refund_delay,
+        bill_link_ttl: args.bill_link_ttl,
     };
     let sim = Simulator::start(&args.listen, &keys, config).with_context(|| {
         format!(

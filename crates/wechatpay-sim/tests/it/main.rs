@@ -1,8 +1,9 @@
 //! Integration tests of the simulator: its admin API, what it demands of
 //! requests, what it signs, Native prepay, payment notifications, refunds,
-//! and the binary.
+//! trade bills, and the binary.
 
 mod admin;
+mod bills;
 mod binary;
 mod notifications;
 mod prepay;

@@ -79,7 +79,9 @@ pub fn authorization(
 pub struct Answer {
     pub status: u16,
     pub headers: Vec<(String, String)>,
+    /// The body as text (lossy for a binary body: see `bytes`).
     pub body: String,
+    pub bytes: Vec<u8>,
 }
 
 impl Answer {
@@ -91,8 +93,8 @@ impl Answer {
     }
 }
 
-/// Sends exactly these headers (plus Host, Content-Length and
-/// `Connection: close`) and reads the answer.
+/// Sends exactly these headers (plus Content-Length, `Connection: close`
+/// and, unless given, Host) and reads the answer.
 pub fn raw(
     addr: SocketAddr,
     method: &str,
@@ -105,18 +107,23 @@ pub fn raw(
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
     let mut req = format!(
-        "{method} {url} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        "{method} {url} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
     );
+    if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("Host")) {
+        let _ = write!(req, "Host: {addr}\r\n");
+    }
     for (n, v) in headers {
         let _ = write!(req, "{n}: {v}\r\n");
     }
     req.push_str("\r\n");
     req.push_str(body);
     stream.write_all(req.as_bytes()).unwrap();
-    let mut text = String::new();
-    stream.read_to_string(&mut text).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let mut bytes = Vec::new();
+    stream.read_to_end(&mut bytes).unwrap();
+    let head_end = bytes.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = std::str::from_utf8(&bytes[..head_end]).unwrap();
+    let body = bytes[head_end + 4..].to_vec();
     let mut lines = head.split("\r\n");
     let status = lines
         .next()
@@ -135,7 +142,8 @@ pub fn raw(
     Answer {
         status,
         headers,
-        body: body.to_owned(),
+        body: String::from_utf8_lossy(&body).into_owned(),
+        bytes: body,
     }
 }
 
