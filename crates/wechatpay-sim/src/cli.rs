@@ -8,7 +8,8 @@ use std::time::Duration;
 use clap::Parser;
 
 /// A local WeChat Pay APIv3 simulator (Native prepay, query and close of
-/// payment orders, domestic refunds, payment and refund notifications).
+/// payment orders, domestic refunds, payment and refund notifications,
+/// trade bills).
 ///
 /// Keys come from the key directory: loaded if it holds them, generated and
 /// written there otherwise. The APIv3 key comes from
