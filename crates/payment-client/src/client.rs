@@ -1,5 +1,7 @@
 //! The client: builds signed requests, sends them on one shared agent,
-//! verifies every answer and maps it to an outcome or a typed error.
+//! verifies every answer and maps it to an outcome or a typed error. (The
+//! one unsigned answer, a trade bill file, is trusted through the SHA1 a
+//! verified answer gave for it: see `trade_bill`.)
 
 use std::fmt;
 use std::io;
@@ -70,8 +72,8 @@ pub fn validate_out_refund_no(out_refund_no: &str) -> Result<(), Error> {
     }
 }
 
-/// WeChat Pay APIv3 client for native prepay, query, close and domestic
-/// refunds. Cheap to
+/// WeChat Pay APIv3 client for native prepay, query, close, domestic
+/// refunds and trade bills. Cheap to
 /// share: `Send + Sync`, one connection pool for all threads (wrap it in an
 /// `Arc`).
 pub struct Client {
