@@ -1068,6 +1068,23 @@ mod tests {
     }
 
     #[test]
+    fn totals_that_overflow_are_refused() {
+        let max = "92233720368547758.07";
+        let text = format!(
+            "交易时间,微信订单号,商户订单号,交易状态,应结订单金额\n\
+             `2026-11-26 10:00:00,`1,`OT1,`SUCCESS,`{max}\n\
+             `2026-11-26 10:00:01,`2,`OT2,`SUCCESS,`0.01\n\
+             总交易单数,应结订单总金额\n`2,`0.00\n"
+        );
+        assert_eq!(
+            err(&text),
+            BillError::Overflow {
+                column: "应结订单金额".into()
+            }
+        );
+    }
+
+    #[test]
     fn refusals_of_times() {
         for bad in [
             "2021-1-28 17:07:11",

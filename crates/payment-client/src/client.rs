@@ -1,5 +1,7 @@
 //! The client: builds signed requests, sends them on one shared agent,
-//! verifies every answer and maps it to an outcome or a typed error.
+//! verifies every answer and maps it to an outcome or a typed error. (The
+//! one unsigned answer, a trade bill file, is trusted through the SHA1 a
+//! verified answer gave for it: see `trade_bill`.)
 
 use std::fmt;
 use std::io;
@@ -70,8 +72,8 @@ pub fn validate_out_refund_no(out_refund_no: &str) -> Result<(), Error> {
     }
 }
 
-/// WeChat Pay APIv3 client for native prepay, query, close and domestic
-/// refunds. Cheap to
+/// WeChat Pay APIv3 client for native prepay, query, close, domestic
+/// refunds and trade bills. Cheap to
 /// share: `Send + Sync`, one connection pool for all threads (wrap it in an
 /// `Arc`).
 pub struct Client {
@@ -890,8 +892,9 @@ fn download_target<'b>(download_url: &str, bases: &[&'b str]) -> Result<(&'b str
     let path_and_query = uri
         .path_and_query()
         .map(|pq| pq.as_str().to_owned())
-        .filter(|pq| pq.starts_with('/'))
-        .ok_or_else(|| format!("trade bill download_url on {origin} has no path"))?;
+        // A bare origin reads as path `/`: no file to fetch.
+        .filter(|pq| pq.starts_with('/') && !pq.starts_with("/?") && pq != "/")
+        .ok_or_else(|| format!("trade bill download_url on {origin} has no file path"))?;
     let port = |u: &Uri| {
         u.port_u16().or(match u.scheme_str() {
             Some("https") => Some(443),
@@ -1360,6 +1363,78 @@ mod tests {
         assert!(check_base_url("https://example.com/prefix").is_err());
         assert!(check_base_url("ftp://example.com").is_err());
         assert!(check_base_url("api.mch.weixin.qq.com").is_err());
+    }
+
+    #[test]
+    fn a_bill_download_goes_only_to_a_configured_origin() {
+        let bases = [
+            "https://api.mch.weixin.qq.com",
+            "https://api2.mch.weixin.qq.com",
+        ];
+        let file = "/v3/billdownload/file?token=6XIv5TUPto7pByrTQKhd6kwvyKLG2uY2wMMR8cNXqaA_Cv_isgaUtBzp4QtiozLO";
+        for (url, base) in [
+            (format!("https://api.mch.weixin.qq.com{file}"), bases[0]),
+            (format!("https://API.MCH.weixin.qq.com:443{file}"), bases[0]),
+            (format!("https://api2.mch.weixin.qq.com{file}"), bases[1]),
+        ] {
+            assert_eq!(
+                download_target(&url, &bases).unwrap(),
+                (base, file.to_owned()),
+                "{url}"
+            );
+        }
+        assert_eq!(
+            download_target("http://127.0.0.1:8099/x?a=%2B", &["http://127.0.0.1:8099"])
+                .unwrap()
+                .1,
+            "/x?a=%2B",
+            "the query is sent and signed as given"
+        );
+        for url in [
+            format!("http://api.mch.weixin.qq.com{file}"),
+            format!("https://api.mch.weixin.qq.com:8443{file}"),
+            format!("https://api.mch.weixin.qq.com.evil.example{file}"),
+            format!("https://evil.example{file}"),
+            format!("https://user@api.mch.weixin.qq.com{file}"),
+            format!("https://api.mch.weixin.qq.com{file}#frag"),
+            file.to_owned(),
+            "https://api.mch.weixin.qq.com".to_owned(),
+            "not a url at all".to_owned(),
+        ] {
+            let reason = download_target(&url, &bases).unwrap_err();
+            assert!(
+                !reason.contains("6XIv5TUP"),
+                "{url}: the token leaked: {reason}"
+            );
+        }
+        let reason =
+            download_target(&format!("https://evil.example:444{file}"), &bases).unwrap_err();
+        assert!(reason.contains("https://evil.example:444"), "{reason}");
+    }
+
+    #[test]
+    fn a_tradebill_answer_names_a_sha1_and_a_link() {
+        let (hash, url) = parse_trade_bill_answer(
+            br#"{"hash_type":"SHA1","hash_value":"79bb0f45fc4c42234a918000b2668d689e2bde04","download_url":"https://api.mch.weixin.qq.com/v3/billdownload/file?token=x"}"#,
+        )
+        .unwrap();
+        assert_eq!(hash, "79bb0f45fc4c42234a918000b2668d689e2bde04");
+        assert_eq!(
+            url,
+            "https://api.mch.weixin.qq.com/v3/billdownload/file?token=x"
+        );
+        for bad in [
+            r#"{"hash_type":"SHA256","hash_value":"79bb0f45fc4c42234a918000b2668d689e2bde04","download_url":"u"}"#,
+            r#"{"hash_type":"SHA1","hash_value":"79bb0f45","download_url":"u"}"#,
+            r#"{"hash_type":"SHA1","hash_value":"79bb0f45fc4c42234a918000b2668d689e2bde04","download_url":""}"#,
+            r#"{"hash_type":"SHA1","hash_value":"zzbb0f45fc4c42234a918000b2668d689e2bde04","download_url":"u"}"#,
+        ] {
+            let err = parse_trade_bill_answer(bad.as_bytes()).unwrap_err();
+            assert!(
+                matches!(err, Error::UnexpectedResponse { status: 200, .. }),
+                "{bad}: {err:?}"
+            );
+        }
     }
 
     #[test]

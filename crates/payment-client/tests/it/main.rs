@@ -5,6 +5,7 @@
 
 mod support;
 
+mod bill;
 mod config;
 mod faults;
 mod flows;
