@@ -86,7 +86,7 @@ fn refused(why: impl Into<String>) -> StoreError {
 
 /// Writes the `decision` event: `ACTION: WHAT; reason: REASON`, by the
 /// decision's operator.
-fn record_decision(
+pub(crate) fn record_decision(
     conn: &mut PgConnection,
     order_id: i64,
     action: &str,

@@ -22,6 +22,7 @@ pub mod orders;
 pub mod outbox;
 pub mod pool;
 mod prepared;
+pub mod reconcile;
 pub mod refunds;
 pub mod schema;
 pub mod stock;

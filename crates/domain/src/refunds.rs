@@ -268,16 +268,24 @@ pub fn record_refund_status(
             return Ok(RefundUpdate::NotFound);
         };
         let current = RefundStatus::parse(&current)?;
+        let now = Utc::now();
         if let Some(rid) = refund_id {
             diesel::update(refunds::table.find(id))
                 .filter(refunds::refund_id.is_null())
                 .set(refunds::refund_id.eq(rid))
                 .execute(conn)?;
         }
+        // WeChat Pay has accepted the refund once it names it or reports a
+        // status of it: the day of its row in the trade bill.
+        if refund_id.is_some() || status != RefundStatus::Requested {
+            diesel::update(refunds::table.find(id))
+                .filter(refunds::accepted_at.is_null())
+                .set(refunds::accepted_at.eq(now))
+                .execute(conn)?;
+        }
         if status.rank() <= current.rank() {
             return Ok(RefundUpdate::Unchanged { current });
         }
-        let now = Utc::now();
         let needs_human = (status == RefundStatus::Abnormal).then_some(
             "WeChat Pay reports the refund ABNORMAL: the buyer's account cannot take it back",
         );

@@ -89,6 +89,59 @@ diesel::table! {
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
         finished_at -> Nullable<Timestamptz>,
+        accepted_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    reconciliations (id) {
+        id -> Int8,
+        bill_date -> Date,
+        outcome -> Text,
+        started_at -> Timestamptz,
+        finished_at -> Nullable<Timestamptz>,
+        bill_sha1 -> Nullable<Text>,
+        bill_rows -> Int4,
+        payments_fen -> Int8,
+        refunds_fen -> Int8,
+        matched -> Int4,
+        acted -> Int4,
+        discrepancies -> Int4,
+        deferred -> Int4,
+        error -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    bill_rows (bill_date, line) {
+        bill_date -> Date,
+        line -> Int4,
+        kind -> Text,
+        trade_time -> Timestamptz,
+        trade_state -> Text,
+        transaction_id -> Text,
+        out_trade_no -> Text,
+        out_refund_no -> Nullable<Text>,
+        refund_id -> Nullable<Text>,
+        amount_fen -> Int8,
+    }
+}
+
+diesel::table! {
+    discrepancies (id) {
+        id -> Int8,
+        kind -> Text,
+        subject -> Text,
+        bill_date -> Date,
+        order_id -> Nullable<Int8>,
+        order_no -> Text,
+        ours -> Text,
+        theirs -> Text,
+        found_at -> Timestamptz,
+        found_by -> Int8,
+        resolved_at -> Nullable<Timestamptz>,
+        resolved_by -> Nullable<Text>,
+        resolution -> Nullable<Text>,
     }
 }
 
@@ -112,6 +165,8 @@ diesel::table! {
     }
 }
 
+diesel::joinable!(discrepancies -> orders (order_id));
+diesel::joinable!(discrepancies -> reconciliations (found_by));
 diesel::joinable!(idempotency_keys -> orders (order_id));
 diesel::joinable!(order_events -> orders (order_id));
 diesel::joinable!(order_items -> orders (order_id));
@@ -123,12 +178,15 @@ diesel::joinable!(refunds -> payments (payment_id));
 diesel::joinable!(stock_adjustments -> skus (sku_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
+    bill_rows,
+    discrepancies,
     idempotency_keys,
     order_events,
     order_items,
     orders,
     outbox,
     payments,
+    reconciliations,
     refunds,
     skus,
     stock_adjustments,

@@ -92,6 +92,31 @@ pub enum CaseCommand {
     /// Take the parked message(s) of one order out for good. A pending
     /// order is still settled by the worker's sweep once it is overdue.
     Drop(ParkedDecision),
+    /// A discrepancy between WeChat Pay's trade bill and the store
+    /// (`order-timeout-worker reconcile`), looked into and settled outside
+    /// this system (or found to be right): mark it resolved. Changes no
+    /// money here; the decision is kept on the discrepancy and, when it
+    /// names an order here, in that order's events.
+    Resolve(DiscrepancyDecision),
+}
+
+#[derive(Debug, Args)]
+pub struct DiscrepancyDecision {
+    /// The discrepancy's number (`cases` lists it; `#12` or `12`).
+    #[arg(value_parser = parse_discrepancy_id)]
+    pub id: i64,
+    #[command(flatten)]
+    pub who: Who,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+fn parse_discrepancy_id(s: &str) -> Result<i64, String> {
+    s.trim_start_matches('#')
+        .parse::<i64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("expected a discrepancy number such as 12 or #12, got {s:?}"))
 }
 
 /// Who decides and why.
@@ -210,6 +235,7 @@ pub fn run(args: &CasesArgs, out: &mut impl Write) -> anyhow::Result<std::proces
         Some(CaseCommand::RefundDone(d)) => refund_done(d, out)?,
         Some(CaseCommand::Replay(d)) => take_parked(d, crate::parked::Take::Replay, out)?,
         Some(CaseCommand::Drop(d)) => take_parked(d, crate::parked::Take::Drop, out)?,
+        Some(CaseCommand::Resolve(d)) => resolve(d, out)?,
     };
     Ok(if settled {
         ExitCode::SUCCESS
@@ -563,10 +589,10 @@ fn refund_done(d: &RefundCheck, out: &mut impl Write) -> anyhow::Result<bool> {
 pub struct Case {
     /// `order` (a payment that did not match), `refund` (a refund WeChat
     /// Pay refused or reports `ABNORMAL`), `parked` (a message the worker
-    /// gave up on).
+    /// gave up on), `discrepancy` (the trade bill and the store disagree).
     pub kind: &'static str,
-    /// What the decision commands take: the order number, or the refund's
-    /// `out_refund_no`.
+    /// What the decision commands take: the order number, the refund's
+    /// `out_refund_no`, or the discrepancy's number.
     pub id: String,
     pub order_no: Option<String>,
     /// Since when it waits (for a parked message: when it was parked, as
@@ -576,8 +602,12 @@ pub struct Case {
     pub reason: String,
     /// What this system holds.
     pub ours: String,
-    /// What WeChat Pay (or the worker, for a parked message) said.
+    /// What WeChat Pay (or the worker, for a parked message; the trade
+    /// bill, for a discrepancy) said.
     pub theirs: String,
+    /// What to look into before deciding (discrepancies).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub check: Option<String>,
     /// The decisions that apply, as commands.
     pub actions: Vec<String>,
 }
@@ -590,6 +620,8 @@ pub struct Cases {
     pub orders: i64,
     pub refunds: i64,
     pub parked: i64,
+    /// Open discrepancies with WeChat Pay's trade bills.
+    pub discrepancies: i64,
     /// The parked messages read, by the worker's reason code (after an
     /// outage, thousands share one: `order-producer parked --replay` sends
     /// them all back at once).
@@ -646,6 +678,7 @@ pub fn gather(
                 .detail
                 .strip_prefix(&format!("{}: ", n.anomaly))
                 .map_or_else(|| n.detail.clone(), str::to_owned),
+            check: None,
             actions,
         });
     }
@@ -669,7 +702,26 @@ pub fn gather(
                 r.status, r.amount, r.transaction_id, r.attempts
             ),
             theirs: r.needs_human.unwrap_or_default(),
+            check: None,
             actions,
+        });
+    }
+    cases.discrepancies = domain::reconcile::open_discrepancy_counts(conn)?
+        .iter()
+        .map(|(_, n)| n)
+        .sum();
+    for d in domain::reconcile::open_discrepancies(conn, limit)? {
+        let id = d.id.to_string();
+        cases.cases.push(Case {
+            kind: "discrepancy",
+            id: id.clone(),
+            order_no: Some(d.order_no.clone()),
+            since: Some(d.found_at),
+            reason: d.kind.to_string(),
+            ours: d.ours,
+            theirs: format!("bill of {}: {}", d.bill_date, d.theirs),
+            check: Some(discrepancy_advice(d.kind, &d.order_no, d.known_order)),
+            actions: vec![action("resolve", &id)],
         });
     }
     match parked_cases(conn, amqp_url, limit) {
@@ -707,8 +759,8 @@ pub fn write_text(cases: &Cases, out: &mut impl Write) -> std::io::Result<()> {
     };
     writeln!(
         out,
-        "{} order(s), {} refund(s), {parked} wait for a human",
-        cases.orders, cases.refunds
+        "{} order(s), {} refund(s), {} discrepancy(ies) with the trade bill, {parked} wait for a human",
+        cases.orders, cases.refunds, cases.discrepancies
     )?;
     if !cases.parked_by_reason.is_empty() {
         let by: Vec<String> = cases
@@ -735,18 +787,26 @@ pub fn write_text(cases: &Cases, out: &mut impl Write) -> std::io::Result<()> {
             }
         }
         writeln!(out, "  {:<11} {}", "ours:", c.ours)?;
-        let theirs = if c.kind == "parked" {
-            "worker:"
-        } else {
-            "WeChat Pay:"
+        let theirs = match c.kind {
+            "parked" => "worker:",
+            "discrepancy" => "bill:",
+            _ => "WeChat Pay:",
         };
+        if c.kind == "discrepancy" {
+            if let Some(no) = &c.order_no {
+                writeln!(out, "  {:<11} {no}", "order:")?;
+            }
+        }
         writeln!(out, "  {theirs:<11} {}", c.theirs)?;
+        if let Some(check) = &c.check {
+            writeln!(out, "  {:<11} {check}", "check:")?;
+        }
         for (i, a) in c.actions.iter().enumerate() {
             writeln!(out, "  {:<11} {a}", if i == 0 { "decide:" } else { "or:" })?;
         }
     }
     let shown = cases.cases.len() as i64;
-    let all = cases.orders + cases.refunds + cases.parked;
+    let all = cases.orders + cases.refunds + cases.discrepancies + cases.parked;
     if shown < all {
         writeln!(out)?;
         writeln!(out, "({shown} of {all} shown; raise --limit for more)")?;
@@ -781,6 +841,7 @@ fn parked_cases(
                 reason,
                 ours: "not a timeout message: it stays parked".into(),
                 theirs,
+                check: None,
                 actions: Vec::new(),
             });
             continue;
@@ -803,6 +864,7 @@ fn parked_cases(
             reason,
             ours,
             theirs,
+            check: None,
             actions: vec![action("replay", no.as_str()), action("drop", no.as_str())],
         });
     }
@@ -880,6 +942,63 @@ fn take_parked(
         out,
         "{}: {verb}: {what}; decided by {}",
         d.order_no,
+        decision.by()
+    )?;
+    Ok(true)
+}
+
+/// What to look into for a discrepancy of `kind` before resolving it.
+fn discrepancy_advice(
+    kind: domain::reconcile::DiscrepancyKind,
+    order_no: &str,
+    known_order: bool,
+) -> String {
+    use domain::reconcile::DiscrepancyKind as K;
+    match kind {
+        K::PaymentNotInBill => format!(
+            "find the transaction in the merchant platform (Transactions -> search by order {order_no}); \
+             if WeChat Pay has no such payment, the record here is wrong: tell engineering before resolving"
+        ),
+        K::RefundNotInBill => "find the refund in the merchant platform (Refunds); if WeChat Pay has none, \
+             `order-timeout-worker settle` and the refund loop show what happened to it"
+            .into(),
+        K::PaymentDiffers => format!(
+            "compare the transaction in the merchant platform with order {order_no}; \
+             a payment that is not the order's total is refunded there or accepted by finance"
+        ),
+        K::RefundDiffers => "compare the refund in the merchant platform with the one recorded here".into(),
+        K::UnknownOrder if known_order => "the bill names an order number that was not an order here when the bill was read".into(),
+        K::UnknownOrder => format!(
+            "order {order_no} is not an order of this system: another system of the merchant, or a payment made outside it"
+        ),
+        K::UnknownRefund => format!(
+            "a refund of order {order_no} that was not asked for here (made by hand in the merchant platform?): \
+             confirm with finance who made it"
+        ),
+        K::UnexpectedRow => "a trade state this system does not reconcile: look at the row in the merchant platform".into(),
+    }
+}
+
+/// `cases resolve ID`: the discrepancy ends with the decision.
+fn resolve(d: &DiscrepancyDecision, out: &mut impl Write) -> anyhow::Result<bool> {
+    let decision = d.who.decision()?;
+    let mut conn = connect(&d.database)?;
+    let r = domain::reconcile::resolve_discrepancy(&mut conn, d.id, &decision)?;
+    log::info!(
+        order_no = r.order_no.as_str(), outcome = "resolved";
+        "discrepancy #{} ({}, bill of {}) resolved by {}",
+        r.id,
+        r.kind,
+        r.bill_date,
+        decision.by()
+    );
+    writeln!(
+        out,
+        "discrepancy #{} ({}, order {}, bill of {}): resolved; decided by {}",
+        r.id,
+        r.kind,
+        r.order_no,
+        r.bill_date,
         decision.by()
     )?;
     Ok(true)

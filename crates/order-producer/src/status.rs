@@ -255,7 +255,40 @@ impl Report {
             )?;
         }
         more(out, s.needs_human.orders)?;
-        if s.needs_human.orders + s.needs_human.refunds > 0 {
+        let rec = &s.reconciliation;
+        match rec.last_day {
+            Some(day) => writeln!(out, "reconciled with WeChat Pay's trade bill up to: {day}")?,
+            None => writeln!(
+                out,
+                "reconciled with WeChat Pay's trade bill up to: never (run `order-timeout-worker reconcile`)"
+            )?,
+        }
+        if let Some(f) = &rec.last_failure {
+            writeln!(
+                out,
+                "  the last run ({}, {}) failed: {}",
+                f.date,
+                f.at.to_rfc3339_opts(SecondsFormat::Secs, true),
+                f.error
+            )?;
+        }
+        let open: Vec<String> = rec
+            .open_discrepancies
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        writeln!(
+            out,
+            "open discrepancies with the bill: {}{}",
+            rec.open(),
+            if open.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", open.join(", "))
+            }
+        )?;
+        if s.needs_human.orders + s.needs_human.refunds + rec.open() > 0 {
             writeln!(
                 out,
                 "  (decide with `order-producer cases`: both sides and the commands that apply)"

@@ -6,6 +6,7 @@
 pub mod consumer;
 pub mod dispose;
 pub mod lane;
+pub mod reconcile;
 pub mod refund;
 pub use service::settle;
 pub mod stats;
@@ -92,6 +93,13 @@ pub enum Command {
     /// Pay again and records a late payment for refund. Exit 0 when the
     /// order is settled, 1 when it could not be (the reason is printed).
     Settle(SettleArgs),
+    /// Reconcile one Beijing day against WeChat Pay's trade bill (default:
+    /// yesterday): payments and refunds the bill has and the store lacks
+    /// are recorded through the usual paths; everything else is a
+    /// discrepancy for a human (`order-producer cases`). Safe to run again;
+    /// one run per date at a time. Exit 0 when reconciled, 1 when the bill
+    /// could not be had or was refused (nothing recorded from it).
+    Reconcile(reconcile::ReconcileArgs),
 }
 
 /// `settle ORDER_NO` and the settings it reads.
@@ -243,6 +251,9 @@ fn settler(
 
 /// Runs the worker (or `settle`). `stop` is raised by SIGTERM/SIGINT.
 pub fn run(cli: &Cli, stop: &Arc<AtomicBool>) -> anyhow::Result<ExitCode> {
+    if let Some(Command::Reconcile(args)) = &cli.command {
+        return reconcile::run(args, stop);
+    }
     if let Some(Command::Settle(args)) = &cli.command {
         let settler = settler(
             &args.database,

@@ -27,6 +27,7 @@ pub mod logging;
 pub mod metrics;
 pub mod payment_args;
 pub mod payments;
+pub mod reconcile;
 pub mod refund;
 pub mod renamed;
 pub mod settle;

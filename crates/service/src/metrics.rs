@@ -56,6 +56,9 @@ pub const METRIC_NAMES: &[&str] = &[
     "order_timeout_payments_after_close",
     "order_timeout_refunds",
     "order_timeout_needs_human",
+    "order_timeout_reconcile_last_success_timestamp",
+    "order_timeout_reconcile_discrepancies",
+    "order_timeout_reconcile_rows_total",
     "order_timeout_http_requests_total",
     "order_timeout_http_request_duration_seconds",
 ];
@@ -166,6 +169,11 @@ struct KindLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HttpLabels {
     route: Cow<'static, str>,
     status: u16,
@@ -242,6 +250,9 @@ struct Inner {
     payments_after_close: SnapshotGauge,
     refunds: Family<StatusLabel, Gauge>,
     needs_human: Family<KindLabel, Gauge>,
+    reconcile_last_success: SnapshotGauge,
+    reconcile_discrepancies: Family<KindLabel, Gauge>,
+    reconcile_rows: Family<ResultLabel, Counter>,
     http_requests: Family<HttpLabels, Counter>,
     http_duration: HistogramFamily<RouteLabel>,
 }
@@ -356,6 +367,21 @@ impl Inner {
             self.needs_human.clone(),
         );
         r.register(
+            "reconcile_last_success_timestamp",
+            "End (00:00 Beijing time of the day after) of the newest day reconciled against WeChat Pay's trade bill, Unix time; 0 when none",
+            self.reconcile_last_success.clone(),
+        );
+        r.register(
+            "reconcile_discrepancies",
+            "Open discrepancies between WeChat Pay's trade bills and the store, by kind (each waits for a human: order-producer cases)",
+            self.reconcile_discrepancies.clone(),
+        );
+        r.register(
+            "reconcile_rows",
+            "Trade bill rows reconciled, by result (matched, acted, discrepancy), over every run in the database",
+            self.reconcile_rows.clone(),
+        );
+        r.register(
             "http_requests",
             "Requests to the front door by route template and status",
             self.http_requests.clone(),
@@ -423,6 +449,9 @@ impl Metrics {
             payments_after_close: Family::default(),
             refunds: Family::default(),
             needs_human: Family::default(),
+            reconcile_last_success: Family::default(),
+            reconcile_discrepancies: Family::default(),
+            reconcile_rows: Family::default(),
             http_requests: Family::default(),
             http_duration: Family::new_with_constructor(request_histogram),
             registry: Registry::default(),
@@ -636,6 +665,23 @@ impl Metrics {
         m.needs_human
             .get_or_create(&KindLabel { kind: "refund" })
             .set(snapshot.needs_human.refunds);
+        let rec = &snapshot.reconciliation;
+        m.reconcile_last_success
+            .get_or_create(&Unlabelled)
+            .set(rec.last_day_end.map_or(0, |t| t.timestamp()));
+        for (kind, n) in &rec.open_discrepancies {
+            m.reconcile_discrepancies
+                .get_or_create(&KindLabel { kind })
+                .set(*n);
+        }
+        // Totals read from the database: the counter moves up to them.
+        for (result, n) in &rec.rows {
+            let c = m.reconcile_rows.get_or_create(&ResultLabel { result });
+            let total = (*n).max(0) as u64;
+            if total > c.get() {
+                c.inc_by(total - c.get());
+            }
+        }
     }
 
     /// Drops the database and broker gauges: another process holds the
@@ -655,6 +701,9 @@ impl Metrics {
         m.payments_after_close.clear();
         m.refunds.clear();
         m.needs_human.clear();
+        m.reconcile_last_success.clear();
+        m.reconcile_discrepancies.clear();
+        m.reconcile_rows.clear();
     }
 }
 
@@ -722,6 +771,13 @@ mod tests {
                 orders: 0,
                 refunds: 0,
             },
+            reconciliation: crate::snapshot::Reconciliation {
+                last_day: None,
+                last_day_end: None,
+                last_failure: None,
+                open_discrepancies: [("unknown_order", 0)].into_iter().collect(),
+                rows: [("matched", 0)].into_iter().collect(),
+            },
         }
     }
 
@@ -776,7 +832,7 @@ mod tests {
     }
 
     /// The gauges read from the database and the broker, as sample names.
-    const SNAPSHOT_GAUGES: [&str; 11] = [
+    const SNAPSHOT_GAUGES: [&str; 14] = [
         "order_timeout_snapshot_timestamp_seconds",
         "order_timeout_outbox_backlog",
         "order_timeout_outbox_oldest_age_seconds",
@@ -788,6 +844,9 @@ mod tests {
         "order_timeout_orders",
         "order_timeout_refunds",
         "order_timeout_needs_human",
+        "order_timeout_reconcile_last_success_timestamp",
+        "order_timeout_reconcile_discrepancies",
+        "order_timeout_reconcile_rows_total",
     ];
 
     /// The snapshot gauges that have at least one sample in `text`.

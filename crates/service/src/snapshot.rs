@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use broker::{AmqpUrl, Topology};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use domain::{OrderStatus, PgConnection, RefundStatus, StoreError};
 use serde::Serialize;
 
@@ -30,6 +30,70 @@ pub struct Snapshot {
     /// Every refund status, zeros included.
     pub refunds: BTreeMap<&'static str, i64>,
     pub needs_human: NeedsHuman,
+    pub reconciliation: Reconciliation,
+}
+
+/// Reconciliation against WeChat Pay's trade bill
+/// (`order-timeout-worker reconcile`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Reconciliation {
+    /// The newest Beijing day reconciled (or found without trades).
+    pub last_day: Option<NaiveDate>,
+    /// When that day ended (00:00 Beijing time the day after): the metric
+    /// `order_timeout_reconcile_last_success_timestamp`. At noon Beijing
+    /// time it is 36 hours old when yesterday is not reconciled.
+    pub last_day_end: Option<DateTime<Utc>>,
+    /// The latest run, when it failed: which day, when, why.
+    pub last_failure: Option<RunFailure>,
+    /// Open discrepancies by kind, zeros included.
+    pub open_discrepancies: BTreeMap<&'static str, i64>,
+    /// Bill rows of every run so far: matched, acted on, discrepancy.
+    pub rows: BTreeMap<&'static str, i64>,
+}
+
+/// A run that failed.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunFailure {
+    pub date: NaiveDate,
+    pub at: DateTime<Utc>,
+    pub error: String,
+}
+
+impl Reconciliation {
+    fn gather(db: &mut PgConnection) -> Result<Self, StoreError> {
+        use domain::reconcile as r;
+        let last_day = r::last_reconciled(db)?.map(|run| run.bill_date);
+        let last_failure = r::last_run(db)?.and_then(|run| {
+            Some(RunFailure {
+                date: run.bill_date,
+                at: run.finished_at?,
+                error: run.error?,
+            })
+        });
+        let (matched, acted, discrepancy) = r::row_totals(db)?;
+        Ok(Self {
+            last_day,
+            last_day_end: last_day.map(|d| r::day_bounds(d).1),
+            last_failure,
+            open_discrepancies: r::open_discrepancy_counts(db)?
+                .into_iter()
+                .map(|(k, n)| (k.as_str(), n))
+                .collect(),
+            rows: [
+                ("matched", matched),
+                ("acted", acted),
+                ("discrepancy", discrepancy),
+            ]
+            .into_iter()
+            .collect(),
+        })
+    }
+
+    /// Open discrepancies of every kind.
+    #[must_use]
+    pub fn open(&self) -> i64 {
+        self.open_discrepancies.values().sum()
+    }
 }
 
 /// One queue of the topology.
@@ -148,6 +212,7 @@ impl Snapshot {
                 orders: domain::needs_human_count(db)?,
                 refunds: domain::refunds_needing_human_count(db)?,
             },
+            reconciliation: Reconciliation::gather(db)?,
         })
     }
 

@@ -240,6 +240,13 @@ fn populated() -> Metrics {
             orders: 0,
             refunds: 0,
         },
+        reconciliation: service::snapshot::Reconciliation {
+            last_day: None,
+            last_day_end: None,
+            last_failure: None,
+            open_discrepancies: [("unknown_order", 0)].into_iter().collect(),
+            rows: [("matched", 0)].into_iter().collect(),
+        },
     });
     m
 }

@@ -16,6 +16,7 @@ mod metrics;
 mod money;
 mod poison;
 mod rechecks;
+mod reconcile;
 mod refunds;
 mod round_trips;
 mod secrets;
