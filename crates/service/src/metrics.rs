@@ -56,6 +56,9 @@ pub const METRIC_NAMES: &[&str] = &[
     "order_timeout_payments_after_close",
     "order_timeout_refunds",
     "order_timeout_needs_human",
+    "order_timeout_reconcile_last_success_timestamp",
+    "order_timeout_reconcile_discrepancies",
+    "order_timeout_reconcile_rows_total",
     "order_timeout_http_requests_total",
     "order_timeout_http_request_duration_seconds",
 ];
