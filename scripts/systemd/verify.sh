@@ -2,14 +2,16 @@
 # Checks the systemd units of order-timeout without installing anything:
 #
 #   1. `systemd-analyze verify` on order-timeout-relay.service,
-#      order-timeout-serve.service and an instance of
-#      order-timeout-worker@.service, in a throw-away root (--root) that
+#      order-timeout-serve.service, order-timeout-reconcile.service and its
+#      .timer, and an instance of order-timeout-worker@.service, in a
+#      throw-away root (--root) that
 #      holds the units at /etc/systemd/system, the real binaries at
 #      /usr/local/bin (verify insists ExecStart= is executable) and a copy of
 #      the host's /usr/lib/systemd/system (for the targets they depend on).
 #      Fails on a non-zero exit OR on any message: verify exits 0 on unknown
 #      keys and unparsable values, which it only prints.
-#   2. `systemd-analyze security --offline=yes` on each, printing each overall
+#   2. `systemd-analyze security --offline=yes` on each service (not the
+#      timer: security applies to services only), printing each overall
 #      exposure score (the whole table with VERBOSE=1), and failing when a
 #      score exceeds SECURITY_THRESHOLD (default 2.0, on systemd's 0-10 scale,
 #      lower is better).
@@ -27,9 +29,14 @@ threshold="${SECURITY_THRESHOLD:-2.0}"
 # systemd-analyze takes the threshold in tenths (0-100).
 tenths="$(awk -v t="$threshold" 'BEGIN { if (t !~ /^[0-9]+(\.[0-9])?$/ || t > 10) exit 1; printf "%d", t * 10 + 0.5 }')" ||
     { echo "verify.sh: SECURITY_THRESHOLD must be 0.0 to 10.0 (one decimal), got $threshold" >&2; exit 2; }
-units=(order-timeout-relay.service order-timeout-worker@.service order-timeout-serve.service)
+units=(order-timeout-relay.service order-timeout-worker@.service order-timeout-serve.service
+    order-timeout-reconcile.service order-timeout-reconcile.timer)
 # What gets checked: templates through an instance.
-check=(order-timeout-relay.service order-timeout-worker@1.service order-timeout-serve.service)
+check=(order-timeout-relay.service order-timeout-worker@1.service order-timeout-serve.service
+    order-timeout-reconcile.service order-timeout-reconcile.timer)
+# systemd-analyze security rates services only.
+services=()
+for u in "${check[@]}"; do case "$u" in *.service) services+=("$u") ;; esac; done
 
 die() { echo "verify.sh: $*" >&2; exit 2; }
 
@@ -87,7 +94,7 @@ else
 fi
 
 echo "== systemd-analyze security --offline=yes (threshold $threshold)"
-for u in "${check[@]}"; do
+for u in "${services[@]}"; do
     set +e
     out="$(systemd-analyze security --offline=yes --root="$root" --threshold="$tenths" "$u" 2>&1)"
     rc=$?
