@@ -44,12 +44,15 @@ fn migrations_create_the_schema_once_and_a_second_run_changes_nothing() {
     assert_eq!(
         tables,
         [
+            "bill_rows",
+            "discrepancies",
             "idempotency_keys",
             "order_events",
             "order_items",
             "orders",
             "outbox",
             "payments",
+            "reconciliations",
             "refunds",
             "skus",
             "stock_adjustments"
