@@ -99,6 +99,7 @@ fn cases(door: &FrontDoor, words: &[&str]) -> (u8, String) {
         Some("accept" | "refund" | "recheck" | "retry-refund" | "refund-done") => {
             argv.extend(door.wechatpay_args());
         }
+        Some("resolve") => {}
         _ => argv.extend(["--amqp-url".into(), door.vhost.url().expose().to_owned()]),
     }
     let cli = Cli::try_parse_from(argv).unwrap();
@@ -727,5 +728,158 @@ fn parked_messages_are_replayed_or_dropped_one_order_at_a_time() {
     let m = broker::TimeoutMessage::decode(&sent[0].0).unwrap();
     assert_eq!(m.order_no, other);
     assert!(door.vhost.drain(broker::topology::PARKED_QUEUE).is_empty());
+    invariants(&door);
+}
+
+/// Reconciles yesterday (Beijing time) against the simulator's bill.
+fn reconcile_yesterday(door: &FrontDoor) -> service::reconcile::Report {
+    let day = domain::reconcile::beijing_day(Utc::now())
+        .pred_opt()
+        .unwrap();
+    service::reconcile::reconcile_day(
+        door.db.url(),
+        &client(door),
+        day,
+        service::reconcile::Patience {
+            wait: Duration::from_secs(5),
+            first_delay: Duration::from_millis(100),
+        },
+        &std::sync::atomic::AtomicBool::new(false),
+    )
+    .unwrap()
+}
+
+#[test]
+fn discrepancies_are_listed_with_both_sides_and_resolved_once_by_a_named_operator() {
+    let door = FrontDoor::start();
+    // Recorded here as paid yesterday noon; WeChat Pay's bill has no such
+    // payment, and has one for an order number that is not ours.
+    let a = door.call(
+        "POST",
+        "/v1/orders",
+        Some(r#"{"items":[{"sku":"TEA","quantity":2}]}"#),
+    );
+    assert_eq!(a.status, 201, "{}", a.body);
+    let no = OrderNo::parse(a.json()["order_no"].as_str().unwrap()).unwrap();
+    let day = domain::reconcile::beijing_day(Utc::now())
+        .pred_opt()
+        .unwrap();
+    let noon = chrono::DateTime::parse_from_rfc3339(&format!("{day}T12:00:00+08:00")).unwrap();
+    let order = domain::find_order(&mut door.db.conn(), &no)
+        .unwrap()
+        .unwrap();
+    let _ = domain::mark_paid(
+        &mut door.db.conn(),
+        &no,
+        &domain::PaymentRecord {
+            transaction_id: domain::TransactionId::parse(TX).unwrap(),
+            amount: order.total,
+            success_time: noon.with_timezone(&Utc),
+        },
+    )
+    .unwrap();
+    let _ = door
+        .sim
+        .admin()
+        .put_order(
+            "SOMEONE-ELSES-1",
+            &wechatpay_sim::Order {
+                trade_state: "SUCCESS".into(),
+                amount_total: 500,
+                transaction_id: Some("4200000000000000000000009999".into()),
+                success_time: Some(format!("{day}T09:00:00+08:00")),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let report = reconcile_yesterday(&door);
+    assert_eq!(report.new_discrepancies(), 2, "{report:#?}");
+    let ours = report
+        .discrepancies
+        .iter()
+        .find(|d| d.kind == "payment_not_in_bill")
+        .unwrap()
+        .id
+        .to_string();
+
+    let (code, out) = cases(&door, &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.starts_with("0 order(s), 0 refund(s), 2 discrepancy(ies) with the trade bill"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("discrepancy {ours}  payment_not_in_bill")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("bill of {day}: not in the bill")),
+        "{out}"
+    );
+    assert!(out.contains(TX), "our side names the transaction: {out}");
+    assert!(out.contains("SOMEONE-ELSES-1"), "{out}");
+    assert!(out.contains("check:"), "what to look into: {out}");
+    assert!(
+        out.contains(&format!("cases resolve {ours} --reason")),
+        "{out}"
+    );
+    let (_, json) = cases(&door, &["--json"]);
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(v["discrepancies"], 2);
+    let listed: Vec<&str> = v["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["kind"] == "discrepancy")
+        .map(|c| c["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed.len(), 2, "{json}");
+    assert!(listed.contains(&"unknown_order"), "{json}");
+
+    // A decision needs a reason; it changes nothing without one.
+    let before = snapshot(&door, &no);
+    let (code, out) = cases(&door, &["resolve", &ours, "--by", "ana", "--reason", " "]);
+    assert_eq!(code, 2, "{out}");
+    assert_eq!(snapshot(&door, &no), before);
+
+    let (code, out) = decide(&door, "resolve", &format!("#{ours}"), "ana");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("resolved; decided by ana"), "{out}");
+    let d = decisions(&door, &no);
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(d[0].actor.as_deref(), Some("ana"));
+    assert!(d[0].detail.contains("checked with the buyer"), "{d:?}");
+    // The money is untouched: the order stays paid with its one payment.
+    assert_eq!(
+        domain::find_order(&mut door.db.conn(), &no)
+            .unwrap()
+            .unwrap()
+            .status,
+        OrderStatus::Paid
+    );
+    assert_eq!(
+        domain::payments_of(&mut door.db.conn(), &no).unwrap().len(),
+        1
+    );
+
+    // Once: a second decision, an unknown number, are refused.
+    let before = snapshot(&door, &no);
+    let (code, out) = decide(&door, "resolve", &ours, "bo");
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("already resolved"), "{out}");
+    let (code, out) = decide(&door, "resolve", "999999", "bo");
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("no discrepancy #999999"), "{out}");
+    assert_eq!(snapshot(&door, &no), before);
+    let (_, json) = cases(&door, &["--json"]);
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(v["discrepancies"], 1, "{json}");
+
+    // Reconciling the day again does not bring a resolved one back.
+    let again = reconcile_yesterday(&door);
+    assert_eq!(again.new_discrepancies(), 0, "{again:#?}");
+    let (_, json) = cases(&door, &["--json"]);
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(v["discrepancies"], 1, "{json}");
     invariants(&door);
 }

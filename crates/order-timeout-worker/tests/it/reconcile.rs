@@ -633,3 +633,81 @@ fn two_runs_of_one_date_at_once_find_everything_once() {
     }
     stack.assert_conserved();
 }
+
+#[test]
+fn the_command_reports_as_text_or_json_and_exits_by_what_happened() {
+    let stack = Stack::new();
+    let (day, today) = days();
+    let no = stack.order();
+    paid_there(
+        &stack,
+        no.as_str(),
+        &txn(&no, 1),
+        ORDER_TOTAL_FEN,
+        &at(day, "11:00:00"),
+    );
+    let date = day.to_string();
+
+    let out = stack
+        .worker_command(&["reconcile", "--date", &date, "--json"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["date"], date.as_str());
+    assert_eq!(v["outcome"], "reconciled");
+    assert_eq!(v["bill_rows"], 1);
+    assert_eq!(v["acted"][0]["order_no"], no.as_str());
+    assert_eq!(stack.status(&no), OrderStatus::Paid);
+
+    // Text, the second time: the payment is matched now.
+    let out = stack
+        .worker_command(&["reconcile", "--date", &date])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.starts_with(&format!("{date}: bill of 1 rows (1 payments, 0 refunds")),
+        "{text}"
+    );
+    assert!(text.contains("matched        1"), "{text}");
+    assert!(text.contains("acted on       0"), "{text}");
+
+    // A file that fails its hash: exit 1, saying so, nothing recorded.
+    stack
+        .sim
+        .admin()
+        .set_bill_faults(&BillFaults {
+            wrong_hash: true,
+            ..Default::default()
+        })
+        .unwrap();
+    let out = stack
+        .worker_command(&["reconcile", "--date", &date])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("SHA1"), "{stderr}");
+    assert!(stderr.contains("nothing was recorded"), "{stderr}");
+
+    // Bad dates are bad usage.
+    let tomorrow = today.succ_opt().unwrap().to_string();
+    for (args, says) in [
+        (vec!["reconcile", "--date", tomorrow.as_str()], "future"),
+        (vec!["reconcile", "--date", "2026-02-30"], "YYYY-MM-DD"),
+        (vec!["reconcile", "--date", "2020-01-01"], "three months"),
+    ] {
+        let out = stack.worker_command(&args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+}
