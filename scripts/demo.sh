@@ -7,11 +7,12 @@
 # the notification lost (the worker compensates at the deadline), trying to
 # pay after the deadline (WeChat Pay refuses: the prepay's time_expire is
 # the deadline), paying a wrong amount, paying from a stale checkout page
-# after the close (the worker refunds it, exactly once). Prints what
+# after the close (the worker refunds it, exactly once). Then closes the
+# books: reconciles the day against the simulator's trade bill. Prints what
 # became of each order and of the stock, with the conservation check. Stops
 # everything it started, also on Ctrl-C. Exit 0 when every order ended as
-# its payment state demands, every payment after close was refunded and
-# stock is conserved.
+# its payment state demands, every payment after close was refunded, stock
+# is conserved and the day's bill matches the books.
 #
 # Uses its own database (order_timeout_demo, recreated each run) and RabbitMQ
 # vhost (order_timeout_demo), so it never touches other data. Needs psql and
@@ -250,8 +251,23 @@ kill -TERM "$WORKER" 2>/dev/null || true
 wait "$WORKER" 2>/dev/null || true
 wait "$TAIL" 2>/dev/null || true
 
+say "close the books: reconcile the day against WeChat Pay's trade bill"
+# In production a timer reconciles yesterday after 10:00 Beijing time (the
+# bill of a day exists once it is over); the simulator also serves the bill
+# of the day so far, so the demo reconciles its own day. Every payment and
+# refund WeChat Pay has must be recorded here, and the other way round.
+TODAY="$(date -u -d '+8 hours' +%F)"   # Beijing time, the bill's day
+reconciled=0
+if "$BIN/order-timeout-worker" reconcile --date "$TODAY" >"$WORK/reconcile.txt" 2>"$WORK/reconcile.log"; then
+    sed 's/^/  /' "$WORK/reconcile.txt"
+    grep -q "discrepancies  0 new, 0 found before" "$WORK/reconcile.txt" || reconciled=1
+else
+    sed 's/^/  /' "$WORK/reconcile.log" >&2
+    reconciled=1
+fi
+
 say "result"
-ok=0
+ok=$reconciled
 printf '%-28s %-10s %-12s %-12s %s\n' ORDER "AT WECHAT" EXPECTED OUTCOME "WHAT HAPPENED"
 for no in "${ORDERS[@]}"; do
     IFS='|' read -r status reason payments late anomaly recheck refund <<<"$(demo_psql "SELECT o.status, coalesce(o.close_reason, ''),
@@ -298,8 +314,9 @@ echo
 echo "parked messages: ${parked:-?}; payments after close: $(demo_psql "SELECT count(*) FROM payments WHERE paid_after_close"), refunded: $(demo_psql "SELECT count(*) FROM refunds WHERE status = 'succeeded'"); orders that need a human: $(demo_psql "SELECT count(*) FROM orders WHERE anomaly IS NOT NULL")"
 echo "(the demo database $DEMO_DB and vhost $DEMO_VHOST stay for a look: DATABASE_URL=$DATABASE_URL order-producer status)"
 if [ $ok -eq 0 ]; then
-    echo "demo: every order settled as its payment state demands; stock conserved"
+    echo "demo: every order settled as its payment state demands; stock conserved; the day's trade bill matches the books"
 else
+    [ $reconciled -eq 0 ] || echo "demo: the day's trade bill does not match the books (see \"close the books\" above)" >&2
     echo "demo: FAILED: see the MISMATCH/NO lines above" >&2
 fi
 exit $ok
