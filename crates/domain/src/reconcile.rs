@@ -299,6 +299,26 @@ pub fn known_bill_days(
         .collect())
 }
 
+/// The days in `[from, to]` that no run has finished (reconciled, or found
+/// without a bill), oldest first: days missed or failed.
+pub fn days_without_run(
+    conn: &mut PgConnection,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> Result<Vec<NaiveDate>, StoreError> {
+    let days: Vec<NaiveDate> = from.iter_days().take_while(|d| *d <= to).collect();
+    let known = known_bill_days(conn, &days)?;
+    Ok(days.into_iter().filter(|d| !known.contains(d)).collect())
+}
+
+/// The oldest day a run has finished, if any: where reconciliation began.
+pub fn first_reconciled_day(conn: &mut PgConnection) -> Result<Option<NaiveDate>, StoreError> {
+    Ok(reconciliations::table
+        .filter(reconciliations::outcome.eq_any(["reconciled", "no_statement"]))
+        .select(diesel::dsl::min(reconciliations::bill_date))
+        .first::<Option<NaiveDate>>(conn)?)
+}
+
 /// The transaction ids of the payment rows and the refund numbers (and
 /// refund ids) of the refund rows kept for `dates`.
 pub fn bill_keys(

@@ -16,17 +16,22 @@ use service::{parse_duration, DatabaseArgs, PaymentArgs, UsageError};
 
 /// How far back WeChat Pay keeps trade bills (three months).
 const OLDEST_BILL_DAYS: i64 = 92;
+/// How far back a run without `--date` looks for days missed or failed.
+pub const CATCH_UP_DAYS: i64 = 7;
 
 /// `reconcile` and the settings it reads.
 #[derive(Debug, Args)]
 pub struct ReconcileArgs {
-    /// The Beijing day (UTC+8) to reconcile, YYYY-MM-DD. Default: yesterday
-    /// in Beijing time, whose bill WeChat Pay has after 10:00 Beijing time.
-    /// At most three months back; today only against the simulator (WeChat
-    /// Pay has no bill of a day that is not over).
+    /// The Beijing day (UTC+8) to reconcile, YYYY-MM-DD. At most three
+    /// months back; today only against the simulator (WeChat Pay has no
+    /// bill of a day that is not over). Default: yesterday in Beijing time
+    /// (its bill is ready after 10:00 Beijing time), and before it every
+    /// day of the last week that no run finished (missed or failed), once
+    /// a first day has been reconciled.
     #[arg(long, value_parser = parse_date)]
     pub date: Option<NaiveDate>,
-    /// Print the report as one JSON object instead of text.
+    /// Print each day's report as one JSON object on its own line instead
+    /// of text.
     #[arg(long)]
     pub json: bool,
     /// How long to keep asking, with back-off, while WeChat Pay is still
@@ -64,8 +69,30 @@ pub fn bill_date(date: Option<NaiveDate>, now: chrono::DateTime<Utc>) -> Result<
     Ok(date)
 }
 
-/// Runs `reconcile`: exit 0 when the day is reconciled (discrepancies or
-/// not: they wait in `order-producer cases`), 1 when it could not be.
+/// The days a run without `--date` reconciles, oldest first: those of the
+/// [`CATCH_UP_DAYS`] before `yesterday` that no run finished, once some
+/// day has been reconciled (before that, there is nothing to catch up
+/// with), then `yesterday` itself.
+pub fn days_to_reconcile(
+    conn: &mut domain::PgConnection,
+    yesterday: NaiveDate,
+) -> Result<Vec<NaiveDate>, domain::StoreError> {
+    let mut days = Vec::new();
+    if let Some(first) = domain::reconcile::first_reconciled_day(conn)? {
+        let from = first.max(yesterday - chrono::Duration::days(CATCH_UP_DAYS));
+        if let Some(before) = yesterday.pred_opt() {
+            if from <= before {
+                days = domain::reconcile::days_without_run(conn, from, before)?;
+            }
+        }
+    }
+    days.push(yesterday);
+    Ok(days)
+}
+
+/// Runs `reconcile`: exit 0 when every day is reconciled (discrepancies or
+/// not: they wait in `order-producer cases`), 1 when one could not be (the
+/// others are still run).
 pub fn run(args: &ReconcileArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode> {
     let date = bill_date(args.date, Utc::now()).map_err(UsageError)?;
     let config = args
@@ -75,7 +102,7 @@ pub fn run(args: &ReconcileArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode> 
     let client = payment_client::Client::new(config)
         .map_err(|e| UsageError(format!("WeChat Pay client not usable: {e}")))?;
     let database = args.database.url();
-    {
+    let days = {
         let mut conn =
             domain::connect(&database).context("is PostgreSQL running and DATABASE_URL right?")?;
         let pending =
@@ -87,28 +114,57 @@ pub fn run(args: &ReconcileArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode> 
             ))
             .into());
         }
-    }
+        if args.date.is_some() {
+            vec![date]
+        } else {
+            days_to_reconcile(&mut conn, date).context("could not read the days reconciled")?
+        }
+    };
     let wait = args.reconcile_bill_wait;
     let patience = Patience {
         wait,
         first_delay: (wait / 10).clamp(Duration::from_millis(100), Duration::from_secs(30)),
     };
-    match service::reconcile::reconcile_day(&database, &client, date, patience, stop) {
-        Ok(report) => {
-            let mut out = std::io::stdout().lock();
-            if args.json {
-                serde_json::to_writer(&mut out, &report)?;
-                writeln!(out)?;
-            } else {
-                write_report(&mut out, &report)?;
+    let several = days.len() > 1;
+    let mut failed = Vec::new();
+    for day in days {
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            break;
+        }
+        match service::reconcile::reconcile_day(&database, &client, day, patience, stop) {
+            Ok(report) => {
+                let mut out = std::io::stdout().lock();
+                if args.json {
+                    serde_json::to_writer(&mut out, &report)?;
+                    writeln!(out)?;
+                } else {
+                    write_report(&mut out, &report)?;
+                }
             }
-            Ok(ExitCode::SUCCESS)
+            Err(e) => {
+                let e = match e {
+                    e @ ReconcileError::Bill { .. } => anyhow::Error::new(e)
+                        .context("nothing was recorded from it; run the date again later"),
+                    e => e.into(),
+                };
+                if several {
+                    log::error!("reconcile {day}: {e:#}");
+                }
+                failed.push((day, e));
+            }
         }
-        Err(e @ ReconcileError::Bill { .. }) => {
-            Err(anyhow::Error::new(e)
-                .context("nothing was recorded from it; run the date again later"))
-        }
-        Err(e) => Err(e.into()),
+    }
+    match failed.len() {
+        0 => Ok(ExitCode::SUCCESS),
+        1 => Err(failed.remove(0).1),
+        n => Err(anyhow::anyhow!(
+            "{n} days could not be reconciled: {}; run each again later (`--date`)",
+            failed
+                .iter()
+                .map(|(d, _)| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
     }
 }
 

@@ -711,3 +711,71 @@ fn the_command_reports_as_text_or_json_and_exits_by_what_happened() {
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn without_a_date_the_days_missed_or_failed_in_the_last_week_come_first() {
+    let stack = Stack::new();
+    let (yesterday, _) = days();
+    let back = |n: i64| yesterday - chrono::Duration::days(n);
+    // Nothing reconciled yet: only yesterday.
+    let mut c = stack.db.conn();
+    assert_eq!(
+        order_timeout_worker::reconcile::days_to_reconcile(&mut c, yesterday).unwrap(),
+        [yesterday]
+    );
+    // Reconciliation began 4 days before yesterday; 3 days before failed;
+    // 2 and 1 days before were never run.
+    run(&stack, back(4)).unwrap();
+    stack
+        .sim
+        .admin()
+        .set_bill_faults(&BillFaults {
+            wrong_hash: true,
+            ..Default::default()
+        })
+        .unwrap();
+    let no = stack.order();
+    paid_there(
+        &stack,
+        no.as_str(),
+        &txn(&no, 1),
+        ORDER_TOTAL_FEN,
+        &at(back(3), "11:00:00"),
+    );
+    assert!(run(&stack, back(3)).is_err());
+    stack
+        .sim
+        .admin()
+        .set_bill_faults(&BillFaults::default())
+        .unwrap();
+    assert_eq!(
+        order_timeout_worker::reconcile::days_to_reconcile(&mut c, yesterday).unwrap(),
+        [back(3), back(2), back(1), yesterday]
+    );
+
+    let out = stack
+        .worker_command(&["reconcile", "--json"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let dates: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["date"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        dates,
+        [back(3), back(2), back(1), yesterday].map(|d| d.to_string())
+    );
+    // The failed day's payment is recorded now.
+    assert_eq!(stack.status(&no), OrderStatus::Paid);
+    assert_eq!(
+        order_timeout_worker::reconcile::days_to_reconcile(&mut c, yesterday).unwrap(),
+        [yesterday]
+    );
+}
