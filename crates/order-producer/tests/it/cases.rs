@@ -749,9 +749,11 @@ fn reconcile_yesterday(door: &FrontDoor) -> service::reconcile::Report {
     .unwrap()
 }
 
-#[test]
-fn discrepancies_are_listed_with_both_sides_and_resolved_once_by_a_named_operator() {
-    let door = FrontDoor::start();
+/// Yesterday reconciled with two discrepancies: a payment recorded here
+/// (an order of ours, paid) that the bill lacks, and a payment in the bill
+/// for an order number not ours. The order, our discrepancy's number and
+/// the day.
+fn a_day_with_two_discrepancies(door: &FrontDoor) -> (OrderNo, String, chrono::NaiveDate) {
     // Recorded here as paid yesterday noon; WeChat Pay's bill has no such
     // payment, and has one for an order number that is not ours.
     let a = door.call(
@@ -792,7 +794,7 @@ fn discrepancies_are_listed_with_both_sides_and_resolved_once_by_a_named_operato
             },
         )
         .unwrap();
-    let report = reconcile_yesterday(&door);
+    let report = reconcile_yesterday(door);
     assert_eq!(report.new_discrepancies(), 2, "{report:#?}");
     let ours = report
         .discrepancies
@@ -802,6 +804,13 @@ fn discrepancies_are_listed_with_both_sides_and_resolved_once_by_a_named_operato
         .id
         .to_string();
 
+    (no, ours, day)
+}
+
+#[test]
+fn discrepancies_are_listed_with_both_sides_and_resolved_once_by_a_named_operator() {
+    let door = FrontDoor::start();
+    let (no, ours, day) = a_day_with_two_discrepancies(&door);
     let (code, out) = cases(&door, &[]);
     assert_eq!(code, 0, "{out}");
     assert!(
