@@ -799,6 +799,42 @@ mod tests {
     }
 
     #[test]
+    fn reconciliation_gauges_and_row_totals_follow_the_database() {
+        let m = Metrics::new("test");
+        let mut snapshot = snapshot_of_one_queue(true);
+        snapshot.reconciliation.last_day_end = Some(
+            chrono::DateTime::parse_from_rfc3339("2026-12-06T00:00:00+08:00")
+                .unwrap()
+                .with_timezone(&chrono::Utc),
+        );
+        snapshot.reconciliation.open_discrepancies = [("unknown_order", 2), ("payment_differs", 0)]
+            .into_iter()
+            .collect();
+        snapshot.reconciliation.rows = [("matched", 10), ("acted", 3)].into_iter().collect();
+        m.set_snapshot(&snapshot);
+        let text = m.encode();
+        for line in [
+            "order_timeout_reconcile_last_success_timestamp 1796486400",
+            r#"order_timeout_reconcile_discrepancies{kind="unknown_order"} 2"#,
+            r#"order_timeout_reconcile_discrepancies{kind="payment_differs"} 0"#,
+            r#"order_timeout_reconcile_rows_total{result="matched"} 10"#,
+            r#"order_timeout_reconcile_rows_total{result="acted"} 3"#,
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        // Totals only move up, to the database's figure.
+        snapshot.reconciliation.rows = [("matched", 12), ("acted", 3)].into_iter().collect();
+        m.set_snapshot(&snapshot);
+        assert!(m
+            .encode()
+            .contains(r#"order_timeout_reconcile_rows_total{result="matched"} 12"#));
+        m.clear_snapshot();
+        assert!(!m
+            .encode()
+            .contains("order_timeout_reconcile_discrepancies{"));
+    }
+
+    #[test]
     fn the_name_table_is_what_the_encoder_writes() {
         let m = Metrics::new("test");
         exercise_all(&m);

@@ -456,6 +456,32 @@ fn a_seeded_day_is_reconciled_each_row_once_and_a_second_run_changes_nothing() {
     let open: i64 = open_kinds(&stack).iter().map(|(_, n)| n).sum();
     assert_eq!(open, 5, "{:?}", open_kinds(&stack));
     stack.assert_conserved();
+
+    // What `order-producer status` and the metrics read.
+    let report = order_producer::status::Report::gather(
+        &mut stack.db.conn(),
+        stack.vhost.url(),
+        &stack.topology,
+    )
+    .unwrap();
+    let rec = &report.snapshot.reconciliation;
+    assert_eq!(rec.last_day, Some(today));
+    assert_eq!(rec.open(), 5);
+    assert_eq!(rec.open_discrepancies["payment_not_in_bill"], 2);
+    assert_eq!(rec.rows["acted"], 3);
+    let mut text = Vec::new();
+    report.write_text(&mut text, stack.vhost.url()).unwrap();
+    let text = String::from_utf8(text).unwrap();
+    assert!(
+        text.contains(&format!(
+            "reconciled with WeChat Pay's trade bill up to: {today}"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("open discrepancies with the bill: 5 (payment_differs 1, payment_not_in_bill 2, unknown_order 1, unknown_refund 1)"),
+        "{text}"
+    );
 }
 
 #[test]
