@@ -781,7 +781,7 @@ pub fn write_text(cases: &Cases, out: &mut impl Write) -> std::io::Result<()> {
         );
         writeln!(out)?;
         writeln!(out, "{} {}  {}  since {since}", c.kind, c.id, c.reason)?;
-        if c.kind == "refund" {
+        if c.kind == "refund" || c.kind == "discrepancy" {
             if let Some(no) = &c.order_no {
                 writeln!(out, "  {:<11} {no}", "order:")?;
             }
@@ -792,11 +792,6 @@ pub fn write_text(cases: &Cases, out: &mut impl Write) -> std::io::Result<()> {
             "discrepancy" => "bill:",
             _ => "WeChat Pay:",
         };
-        if c.kind == "discrepancy" {
-            if let Some(no) = &c.order_no {
-                writeln!(out, "  {:<11} {no}", "order:")?;
-            }
-        }
         writeln!(out, "  {theirs:<11} {}", c.theirs)?;
         if let Some(check) = &c.check {
             writeln!(out, "  {:<11} {check}", "check:")?;

@@ -93,12 +93,13 @@ pub enum Command {
     /// Pay again and records a late payment for refund. Exit 0 when the
     /// order is settled, 1 when it could not be (the reason is printed).
     Settle(SettleArgs),
-    /// Reconcile one Beijing day against WeChat Pay's trade bill (default:
-    /// yesterday): payments and refunds the bill has and the store lacks
-    /// are recorded through the usual paths; everything else is a
-    /// discrepancy for a human (`order-producer cases`). Safe to run again;
-    /// one run per date at a time. Exit 0 when reconciled, 1 when the bill
-    /// could not be had or was refused (nothing recorded from it).
+    /// Reconcile a Beijing day against WeChat Pay's trade bill (default:
+    /// yesterday, after any day of the last week that no run finished):
+    /// payments and refunds the bill has and the store lacks are recorded
+    /// through the usual paths; everything else is a discrepancy for a
+    /// human (`order-producer cases`). Safe to run again; one run per date
+    /// at a time. Exit 0 when reconciled, 1 when a day's bill could not be
+    /// had or was refused (nothing recorded from it), 2 bad usage.
     Reconcile(reconcile::ReconcileArgs),
 }
 

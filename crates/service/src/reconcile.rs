@@ -417,14 +417,20 @@ impl Comparison<'_> {
 
     fn payment_row(&mut self, row: &BillRow) -> Result<(), StoreError> {
         let amount = payment_fen(row);
-        let theirs = format!(
-            "line {}: transaction {} for order {}, {} {}",
-            row.line,
-            row.transaction_id,
-            row.out_trade_no,
-            yuan(amount),
-            row.currency.as_deref().unwrap_or("CNY")
-        );
+        let theirs = match row.currency.as_deref() {
+            // Fen's display names CNY already.
+            None | Some("CNY") => format!(
+                "line {}: transaction {} for order {}, {}",
+                row.line,
+                row.transaction_id,
+                row.out_trade_no,
+                yuan(amount)
+            ),
+            Some(other) => format!(
+                "line {}: transaction {} for order {}, {amount} fen in {other}",
+                row.line, row.transaction_id, row.out_trade_no
+            ),
+        };
         let differs = |ours: String| NewDiscrepancy {
             kind: DiscrepancyKind::PaymentDiffers,
             subject: row.transaction_id.clone(),
