@@ -457,7 +457,12 @@ fn a_seeded_day_is_reconciled_each_row_once_and_a_second_run_changes_nothing() {
     assert_eq!(open, 5, "{:?}", open_kinds(&stack));
     stack.assert_conserved();
 
-    // What `order-producer status` and the metrics read.
+    status_shows(&stack, today);
+}
+
+/// What `order-producer status` and the metrics read after the seeded day
+/// and the next one were reconciled.
+fn status_shows(stack: &Stack, today: NaiveDate) {
     let report = order_producer::status::Report::gather(
         &mut stack.db.conn(),
         stack.vhost.url(),
