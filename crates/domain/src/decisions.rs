@@ -333,12 +333,8 @@ pub fn note_decision(
     what: &str,
     decision: &Decision,
 ) -> Result<(), StoreError> {
-    let order_id: Option<i64> = orders::table
-        .filter(orders::order_no.eq(order_no.as_str()))
-        .select(orders::id)
-        .first(conn)
-        .optional()?;
-    let order_id = order_id.ok_or_else(|| refused(format!("no order {order_no}")))?;
+    let order_id = crate::orders::order_id_of(conn, order_no.as_str())?
+        .ok_or_else(|| refused(format!("no order {order_no}")))?;
     record_decision(conn, order_id, action, what, decision)
 }
 

@@ -509,6 +509,18 @@ fn why_not_created(merged: &BTreeMap<&SkuCode, Quantity>, row: &CreateRow) -> St
     StoreError::TotalTooLarge
 }
 
+/// The row id of the order `order_no`, if there is one.
+pub(crate) fn order_id_of(
+    conn: &mut PgConnection,
+    order_no: &str,
+) -> Result<Option<i64>, StoreError> {
+    Ok(orders::table
+        .filter(orders::order_no.eq(order_no))
+        .select(orders::id)
+        .first(conn)
+        .optional()?)
+}
+
 pub(crate) fn record_event(
     conn: &mut PgConnection,
     order_id: i64,

@@ -16,7 +16,7 @@ use diesel::prelude::*;
 use crate::decisions::{record_decision, Decision};
 use crate::error::StoreError;
 use crate::order_no::OrderNo;
-use crate::orders::record_event;
+use crate::orders::{order_id_of, record_event};
 use crate::schema::{bill_rows, discrepancies, orders, payments, reconciliations, refunds};
 
 /// Beijing time, the bill's clock.
@@ -366,17 +366,26 @@ pub fn payment_by_transaction(
     Ok(payments::table
         .inner_join(orders::table)
         .filter(payments::transaction_id.eq(transaction_id))
-        .select((
-            orders::order_no,
-            payments::transaction_id,
-            payments::amount_fen,
-            payments::success_time,
-            payments::paid_after_close,
-        ))
+        .select(PAYMENT_COLUMNS)
         .first::<(String, String, i64, DateTime<Utc>, bool)>(conn)
         .optional()?
         .map(from_payment_tuple))
 }
+
+/// The columns a [`RecordedPayment`] is read from, orders joined.
+const PAYMENT_COLUMNS: (
+    orders::order_no,
+    payments::transaction_id,
+    payments::amount_fen,
+    payments::success_time,
+    payments::paid_after_close,
+) = (
+    orders::order_no,
+    payments::transaction_id,
+    payments::amount_fen,
+    payments::success_time,
+    payments::paid_after_close,
+);
 
 fn from_payment_tuple(t: (String, String, i64, DateTime<Utc>, bool)) -> RecordedPayment {
     RecordedPayment {
@@ -399,13 +408,7 @@ pub fn payments_between(
         .filter(payments::success_time.ge(from))
         .filter(payments::success_time.lt(to))
         .order(payments::success_time)
-        .select((
-            orders::order_no,
-            payments::transaction_id,
-            payments::amount_fen,
-            payments::success_time,
-            payments::paid_after_close,
-        ))
+        .select(PAYMENT_COLUMNS)
         .load::<(String, String, i64, DateTime<Utc>, bool)>(conn)?
         .into_iter()
         .map(from_payment_tuple)
@@ -548,11 +551,7 @@ pub fn record_discrepancy(
     d: &NewDiscrepancy,
 ) -> Result<(i64, bool), StoreError> {
     conn.transaction(|conn| {
-        let order_id: Option<i64> = orders::table
-            .filter(orders::order_no.eq(&d.order_no))
-            .select(orders::id)
-            .first(conn)
-            .optional()?;
+        let order_id = order_id_of(conn, &d.order_no)?;
         let id: Option<i64> = diesel::insert_into(discrepancies::table)
             .values((
                 discrepancies::kind.eq(d.kind.as_str()),
@@ -598,12 +597,7 @@ pub fn note_reconciled(
     order_no: &OrderNo,
     detail: &str,
 ) -> Result<(), StoreError> {
-    let order_id: Option<i64> = orders::table
-        .filter(orders::order_no.eq(order_no.as_str()))
-        .select(orders::id)
-        .first(conn)
-        .optional()?;
-    if let Some(order_id) = order_id {
+    if let Some(order_id) = order_id_of(conn, order_no.as_str())? {
         record_event(conn, order_id, "reconcile", detail)?;
     }
     Ok(())

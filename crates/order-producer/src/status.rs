@@ -214,19 +214,14 @@ impl Report {
             "paid after close (each refunded automatically): {}",
             s.payments_after_close
         )?;
-        let refunds: Vec<String> = s
-            .refunds
-            .iter()
-            .filter(|(_, n)| **n > 0)
-            .map(|(k, n)| format!("{k} {n}"))
-            .collect();
+        let refunds = non_zero(&s.refunds);
         writeln!(
             out,
             "refunds: {}",
             if refunds.is_empty() {
                 "none".to_owned()
             } else {
-                refunds.join(", ")
+                refunds
             }
         )?;
         writeln!(out, "refunds that need a human: {}", s.needs_human.refunds)?;
@@ -272,12 +267,7 @@ impl Report {
                 f.error
             )?;
         }
-        let open: Vec<String> = rec
-            .open_discrepancies
-            .iter()
-            .filter(|(_, n)| **n > 0)
-            .map(|(k, n)| format!("{k} {n}"))
-            .collect();
+        let open = non_zero(&rec.open_discrepancies);
         writeln!(
             out,
             "open discrepancies with the bill: {}{}",
@@ -285,7 +275,7 @@ impl Report {
             if open.is_empty() {
                 String::new()
             } else {
-                format!(" ({})", open.join(", "))
+                format!(" ({open})")
             }
         )?;
         if s.needs_human.orders + s.needs_human.refunds + rec.open() > 0 {
@@ -296,6 +286,16 @@ impl Report {
         }
         Ok(())
     }
+}
+
+/// `name n, name n` for the counts above zero; empty when none is.
+fn non_zero(counts: &std::collections::BTreeMap<&'static str, i64>) -> String {
+    counts
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn more(out: &mut impl Write, total: i64) -> std::io::Result<()> {
