@@ -248,7 +248,12 @@ pub struct StoredRow {
     pub amount_fen: i64,
 }
 
-/// Replaces the kept rows of `date` with `rows`, in one transaction.
+/// How long bill rows are kept: WeChat Pay's own three months, and a
+/// little more (they serve neighbouring-day lookups and a human's look).
+pub const KEEP_BILL_ROWS_DAYS: i64 = 100;
+
+/// Replaces the kept rows of `date` with `rows`, in one transaction, and
+/// drops those of days more than [`KEEP_BILL_ROWS_DAYS`] before it.
 pub fn store_bill_rows(
     conn: &mut PgConnection,
     date: NaiveDate,
@@ -256,6 +261,11 @@ pub fn store_bill_rows(
 ) -> Result<(), StoreError> {
     conn.transaction(|conn| {
         diesel::delete(bill_rows::table.filter(bill_rows::bill_date.eq(date))).execute(conn)?;
+        diesel::delete(
+            bill_rows::table
+                .filter(bill_rows::bill_date.lt(date - Duration::days(KEEP_BILL_ROWS_DAYS))),
+        )
+        .execute(conn)?;
         // 65,535 bind parameters per statement, 10 per row.
         for chunk in rows.chunks(5_000) {
             let values: Vec<_> = chunk

@@ -522,12 +522,13 @@ impl Comparison<'_> {
             return Ok(());
         };
         let amount = refund_fen(row);
+        // What the discrepancy is about: the refund's numbers, else (a row
+        // naming neither) the transaction and the line.
         let name = r
             .out_refund_no
-            .as_deref()
-            .or(r.refund_id.as_deref())
-            .unwrap_or_default()
-            .to_owned();
+            .clone()
+            .or_else(|| r.refund_id.clone())
+            .unwrap_or_else(|| format!("{} line {}", row.transaction_id, row.line));
         let theirs = format!(
             "line {}: refund {} (WeChat Pay refund {}) of transaction {} for order {}, {}, {}",
             row.line,
