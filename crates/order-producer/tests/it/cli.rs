@@ -460,7 +460,9 @@ fn a_decision_that_does_not_apply_exits_2_and_names_why() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
-        stdout(&out).starts_with("0 order(s), 0 refund(s), parked messages: unknown"),
+        stdout(&out).starts_with(
+            "0 order(s), 0 refund(s), 0 discrepancy(ies) with the trade bill, parked messages: unknown"
+        ),
         "{}",
         stdout(&out)
     );
