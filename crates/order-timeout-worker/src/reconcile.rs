@@ -191,16 +191,17 @@ pub fn write_report(out: &mut impl Write, r: &Report) -> std::io::Result<()> {
     }
     writeln!(out, "  matched        {}", r.matched)?;
     writeln!(out, "  acted on       {}", r.acted.len())?;
-    for a in &r.acted {
+    for a in r.acted.iter().take(LISTED) {
         writeln!(out, "    {}: {}", a.order_no, a.what)?;
     }
+    more(out, r.acted.len())?;
     let new = r.new_discrepancies();
     writeln!(
         out,
         "  discrepancies  {new} new, {} found before",
         r.discrepancies.len() - new
     )?;
-    for d in &r.discrepancies {
+    for d in r.discrepancies.iter().take(LISTED) {
         writeln!(
             out,
             "    #{} {} {}{}: ours: {}; bill: {}",
@@ -212,6 +213,7 @@ pub fn write_report(out: &mut impl Write, r: &Report) -> std::io::Result<()> {
             d.bill
         )?;
     }
+    more(out, r.discrepancies.len())?;
     if r.deferred > 0 {
         writeln!(
             out,
@@ -224,6 +226,20 @@ pub fn write_report(out: &mut impl Write, r: &Report) -> std::io::Result<()> {
             out,
             "{} open discrepancies in all; each waits for a human: `order-producer cases`",
             r.open_discrepancies
+        )?;
+    }
+    Ok(())
+}
+
+/// Lines listed per section of the text report (`--json` has them all).
+const LISTED: usize = 50;
+
+fn more(out: &mut impl Write, n: usize) -> std::io::Result<()> {
+    if n > LISTED {
+        writeln!(
+            out,
+            "    ... and {} more (`--json` lists them all)",
+            n - LISTED
         )?;
     }
     Ok(())
@@ -250,6 +266,45 @@ mod tests {
         assert_eq!(bill_date(None, now).unwrap().to_string(), "2026-12-06");
         let now = utc("2026-12-06T15:30:00Z");
         assert_eq!(bill_date(None, now).unwrap().to_string(), "2026-12-05");
+    }
+
+    #[test]
+    fn a_long_report_lists_the_first_fifty_of_each_section() {
+        let r = Report {
+            date: "2026-12-05".parse().unwrap(),
+            outcome: "reconciled",
+            run: 1,
+            bill_sha1: Some("ab".into()),
+            bill_rows: 60,
+            payment_rows: 60,
+            refund_rows: 0,
+            payments_fen: 6000,
+            refunds_fen: 0,
+            matched: 0,
+            acted: (0..60)
+                .map(|i| service::reconcile::Acted {
+                    order_no: format!("ORDER{i:04}"),
+                    what: "recorded".into(),
+                })
+                .collect(),
+            discrepancies: Vec::new(),
+            deferred: 0,
+            open_discrepancies: 0,
+        };
+        let mut out = Vec::new();
+        write_report(&mut out, &r).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("acted on       60"), "{text}");
+        assert!(text.contains("ORDER0049: recorded"), "{text}");
+        assert!(!text.contains("ORDER0050"), "{text}");
+        assert!(
+            text.contains("... and 10 more (`--json` lists them all)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("discrepancies  0 new, 0 found before"),
+            "{text}"
+        );
     }
 
     #[test]
