@@ -141,22 +141,12 @@ impl fmt::Display for AmqpUrl {
     }
 }
 
+/// `%XX` sequences decoded (the `percent-encoding` crate; invalid UTF-8
+/// replaced), as a URL's password is meant.
 fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// An open connection to the broker. Close it with [`Connection::close`];
@@ -268,6 +258,17 @@ mod tests {
             url.scrub("failed to connect to amqp://app:s%40cret@mq (s@cret)"),
             "failed to connect to amqp://app:***@mq (***)"
         );
+    }
+
+    #[test]
+    fn a_password_with_a_percent_before_a_wide_character_is_scrubbed_without_a_panic() {
+        // A hand-written decoder sliced `%中x` inside the character and
+        // panicked while scrubbing a connection error.
+        let url = AmqpUrl::new("amqp://app:%中x@mq:5672/%2f");
+        assert_eq!(url.to_string(), "amqp://app:***@mq:5672/%2f");
+        assert_eq!(url.scrub("refused for app:%中x here"), "refused for app:*** here");
+        let url = AmqpUrl::new("amqp://app:a%E4%B8%AD%25b@mq/%2f");
+        assert_eq!(url.scrub("password a中%b"), "password ***");
     }
 
     #[test]
