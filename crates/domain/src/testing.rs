@@ -368,6 +368,7 @@ pub fn orders_with_more_than_one_event(conn: &mut PgConnection, kind: &str) -> V
 /// Polls `probe` every 20 ms until it gives a value or `limit` has passed
 /// (then `None`): the one wait-on-a-condition loop of the tests, instead of
 /// fixed sleeps.
+#[must_use = "None means the condition never came: assert on it"]
 pub fn wait_for<T>(limit: std::time::Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
     let started = std::time::Instant::now();
     loop {

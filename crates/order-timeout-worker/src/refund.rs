@@ -3,7 +3,6 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use domain::StoreError;
 
 pub use service::refund::{RefundReport, RefundStep, REFUND_LEASE};
 
@@ -34,8 +33,4 @@ impl Worker {
         }
     }
 
-    /// One refund pass now (tests, operators).
-    pub fn refund_once(&self) -> Result<RefundReport, StoreError> {
-        self.settler.refund_due(&ladder(&self.topology))
-    }
 }
