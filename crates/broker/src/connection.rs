@@ -266,7 +266,10 @@ mod tests {
         // panicked while scrubbing a connection error.
         let url = AmqpUrl::new("amqp://app:%中x@mq:5672/%2f");
         assert_eq!(url.to_string(), "amqp://app:***@mq:5672/%2f");
-        assert_eq!(url.scrub("refused for app:%中x here"), "refused for app:*** here");
+        assert_eq!(
+            url.scrub("refused for app:%中x here"),
+            "refused for app:*** here"
+        );
         let url = AmqpUrl::new("amqp://app:a%E4%B8%AD%25b@mq/%2f");
         assert_eq!(url.scrub("password a中%b"), "password ***");
     }

@@ -3,7 +3,6 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-
 pub use service::refund::{RefundReport, RefundStep, REFUND_LEASE};
 
 use crate::consumer::Worker;
@@ -32,5 +31,4 @@ impl Worker {
             }
         }
     }
-
 }

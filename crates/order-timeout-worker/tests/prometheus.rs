@@ -21,16 +21,9 @@ use std::time::Duration;
 
 use domain::testing::{wait_for, KillOnDrop};
 use serde_json::Value;
-use support::{Stack, TempDir};
+use support::{free_port, Stack, TempDir};
 
 const TOKEN: &str = "prometheus-test-token-0123456789";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port()
-}
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -169,7 +162,7 @@ impl Prometheus {
 #[test]
 fn prometheus_scrapes_the_worker_and_the_relay_and_counts_by_outcome() {
     let stack = Stack::new();
-    let dir = TempDir::new();
+    let dir = TempDir::new("ot-worker-test");
     let token_file = dir.0.join("metrics.token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
 

@@ -13,17 +13,10 @@ use domain::OrderStatus;
 use crate::binary::{stderr, worker};
 use order_producer::testing::{http_get, sample, sum_of};
 
-use crate::support::{Mix, TempDir};
+use crate::support::{free_port, Mix, TempDir};
 use crate::Stack;
 
 const TOKEN: &str = "metrics-token-0123456789";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port()
-}
 
 /// Every sample of the settlements counter with this outcome, all triggers.
 fn outcomes(text: &str, outcome: &str) -> i64 {
@@ -59,7 +52,7 @@ fn raw_status(addr: &str, request: &[u8]) -> u16 {
 #[test]
 fn the_worker_counts_a_known_mix_and_serves_its_probes() {
     let stack = Stack::new();
-    let dir = TempDir::new();
+    let dir = TempDir::new("ot-worker-test");
     let token_file = dir.0.join("metrics.token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
     let addr = format!("127.0.0.1:{}", free_port());
@@ -328,7 +321,7 @@ fn a_metrics_listener_off_loopback_needs_a_token_and_bad_ones_exit_2() {
         stderr(&out)
     );
 
-    let dir = TempDir::new();
+    let dir = TempDir::new("ot-worker-test");
     let short = dir.0.join("short.token");
     std::fs::write(&short, "tiny-secret\n").unwrap();
     let out = worker(&stack, &[])

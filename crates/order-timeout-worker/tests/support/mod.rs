@@ -2,8 +2,7 @@
 //! simulator in-process and helpers to run scenarios through them.
 #![allow(dead_code)] // each test binary uses a different part
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -23,27 +22,10 @@ fn keys() -> &'static SimKeys {
     SimKeys::shared()
 }
 
-/// A temporary directory, removed on drop.
-pub(crate) struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub(crate) fn new() -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "ot-worker-test-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+/// A temporary directory (removed on drop) and a free loopback port: the
+/// front door's test helpers, one home for both.
+#[allow(unused_imports)] // each test binary uses a different part
+pub(crate) use order_producer::testing::{free_port, TempDir};
 
 /// Everything one scenario needs.
 pub(crate) struct Stack {
@@ -74,7 +56,7 @@ impl Stack {
     pub(crate) fn new() -> Self {
         let db = TestDb::new();
         let vhost = TestVhost::new();
-        let dir = TempDir::new();
+        let dir = TempDir::new("ot-worker-test");
         let files = keys().write_client_files(&dir.0).unwrap();
         let sim =
             Simulator::start("127.0.0.1:0", keys(), wechatpay_sim::SimConfig::default()).unwrap();
