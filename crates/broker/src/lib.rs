@@ -27,7 +27,7 @@ pub use lane::{Lane, LaneConsumer, LaneEvent};
 pub use message::{DecodeError, TimeoutMessage};
 pub use parked::{ParkedLock, ParkedMessage, ParkedReader, ParkedStream};
 pub use publisher::{ConfirmedPublisher, Outcome, Outgoing};
-pub use topology::{DelayQueue, QueueType, Topology};
+pub use topology::{DelayQueue, QueueType, RetryLadder, Topology};
 
 /// How long a publisher waits for the broker's confirms by default.
 pub const DEFAULT_CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);

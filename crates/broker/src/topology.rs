@@ -16,6 +16,7 @@
 //! `x-dead-letter-strategy=at-least-once` with `x-overflow=reject-publish`.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::time::Duration;
 
 use amiquip::{
@@ -154,6 +155,72 @@ pub fn duration_label(d: Duration) -> String {
     }
 }
 
+/// The retry back-off ladder: the delays of the retry queues, shortest
+/// first, at least one, each 1 ms to about 24.8 days, no two alike. The
+/// only way in is [`RetryLadder::new`] (or the default), so an empty ladder
+/// cannot be represented and no user of it fills a default in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryLadder(Vec<Duration>);
+
+impl RetryLadder {
+    /// `delays` sorted, duplicates dropped; refused when empty or when a
+    /// delay is out of range.
+    pub fn new(delays: &[Duration]) -> Result<Self, String> {
+        if delays.is_empty() {
+            return Err(
+                "the retry ladder (RETRY_DELAYS) needs at least one delay, e.g. 5s,30s,2m,10m"
+                    .into(),
+            );
+        }
+        let mut steps = delays.to_vec();
+        steps.sort();
+        steps.dedup();
+        if let Some(d) = steps
+            .iter()
+            .find(|d| d.as_millis() == 0 || d.as_millis() > MAX_TTL_MS)
+        {
+            return Err(format!(
+                "a retry delay must be from 1 ms to {MAX_TTL_MS} ms (about 24.8 days), got {} ms",
+                d.as_millis()
+            ));
+        }
+        Ok(Self(steps))
+    }
+
+    /// The delays, shortest first (never empty).
+    #[must_use]
+    pub fn steps(&self) -> &[Duration] {
+        &self.0
+    }
+
+    /// The `n`th step counting from 0, the longest once `n` is past the end.
+    #[must_use]
+    pub fn step(&self, n: usize) -> Duration {
+        self.0[n.min(self.0.len() - 1)]
+    }
+
+    /// The longest delay.
+    #[must_use]
+    pub fn longest(&self) -> Duration {
+        self.0[self.0.len() - 1]
+    }
+}
+
+impl Default for RetryLadder {
+    /// [`DEFAULT_RETRY_DELAYS`].
+    fn default() -> Self {
+        Self(DEFAULT_RETRY_DELAYS.to_vec())
+    }
+}
+
+impl fmt::Display for RetryLadder {
+    /// `5s,30s,2m,10m`: what `RETRY_DELAYS` takes.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let labels: Vec<String> = self.0.iter().map(|d| duration_label(*d)).collect();
+        f.write_str(&labels.join(","))
+    }
+}
+
 /// The whole topology: which delay queues, which retry ladder, which queue type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
@@ -203,25 +270,34 @@ impl Topology {
             delay_queues,
             retry_queues: Vec::new(),
         };
-        topo = topo.with_retry_delays(&DEFAULT_RETRY_DELAYS)?;
+        topo = topo.with_retry_ladder(&RetryLadder::default())?;
         topo.validate()?;
         Ok(topo)
     }
 
     /// Replaces the retry ladder (`queue.ordertimeout.retry.<delay>` each).
-    pub fn with_retry_delays(mut self, delays: &[Duration]) -> Result<Self, String> {
-        let mut queues: Vec<DelayQueue> = delays
+    pub fn with_retry_ladder(mut self, ladder: &RetryLadder) -> Result<Self, String> {
+        self.retry_queues = ladder
+            .steps()
             .iter()
             .map(|d| DelayQueue {
                 name: format!("{RETRY_QUEUE_PREFIX}{}", duration_label(*d)),
                 ttl: *d,
             })
             .collect();
-        queues.sort_by_key(|q| q.ttl);
-        queues.dedup();
-        self.retry_queues = queues;
         self.validate()?;
         Ok(self)
+    }
+
+    /// [`Topology::with_retry_ladder`] of [`RetryLadder::new`]`(delays)`.
+    pub fn with_retry_delays(self, delays: &[Duration]) -> Result<Self, String> {
+        self.with_retry_ladder(&RetryLadder::new(delays)?)
+    }
+
+    /// The retry ladder (never empty: every topology has one).
+    #[must_use]
+    pub fn retry_ladder(&self) -> RetryLadder {
+        RetryLadder(self.retry_queues.iter().map(|q| q.ttl).collect())
     }
 
     fn validate(&self) -> Result<(), String> {
@@ -748,6 +824,33 @@ pub fn declared_arguments(topology: &Topology) -> BTreeMap<String, BTreeMap<Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_retry_ladder_is_never_empty_sorted_and_clamps_at_its_longest_step() {
+        assert!(RetryLadder::new(&[]).unwrap_err().contains("at least one"));
+        assert!(RetryLadder::new(&[Duration::ZERO]).is_err());
+        let l = RetryLadder::new(&[
+            Duration::from_secs(30),
+            Duration::from_secs(5),
+            Duration::from_secs(30),
+        ])
+        .unwrap();
+        assert_eq!(l.steps(), [Duration::from_secs(5), Duration::from_secs(30)]);
+        assert_eq!(l.step(0), Duration::from_secs(5));
+        assert_eq!(l.step(7), Duration::from_secs(30));
+        assert_eq!(l.longest(), Duration::from_secs(30));
+        assert_eq!(l.to_string(), "5s,30s");
+        assert_eq!(RetryLadder::default().to_string(), "5s,30s,2m,10m");
+        let t = Topology::single(Duration::from_mins(1), QueueType::Classic)
+            .unwrap()
+            .with_retry_ladder(&l)
+            .unwrap();
+        assert_eq!(t.retry_ladder(), l);
+        assert!(Topology::single(Duration::from_mins(1), QueueType::Classic)
+            .unwrap()
+            .with_retry_delays(&[])
+            .is_err());
+    }
 
     #[test]
     fn labels_use_the_largest_even_unit() {

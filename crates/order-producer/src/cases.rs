@@ -491,9 +491,9 @@ fn retry_refund(d: &RefundDecision, out: &mut impl Write) -> anyhow::Result<bool
         )?;
         return Ok(true);
     };
-    // An empty ladder: a transient failure is asked again by the worker
-    // after its default wait.
-    let step = settler.refund_step(&refund, &[]);
+    // A transient failure is asked again by the worker after the default
+    // ladder's first wait.
+    let step = settler.refund_step(&refund, &broker::RetryLadder::default());
     let (line, ok) = match &step {
         // Taken (in progress or done); ABNORMAL or CLOSED is a human's again.
         RefundStep::Now(status) => (

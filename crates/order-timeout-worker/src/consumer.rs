@@ -120,7 +120,7 @@ impl Worker {
         settings: ConsumerSettings,
     ) -> Self {
         let metrics = settler.metrics();
-        metrics.init_retry_delays(&crate::dispose::ladder(&topology));
+        metrics.init_retry_delays(crate::dispose::ladder(&topology).steps());
         metrics.init_parked_reasons(&crate::dispose::reason::PARKED);
         metrics.init_parked_reasons(&domain::Anomaly::ALL.map(domain::Anomaly::as_str));
         Self {

@@ -160,16 +160,10 @@ pub fn wait_in_lane(settlement: &Settlement, topology: &Topology) -> Option<Dura
     (no_queue_fits && *remaining <= IN_LANE_WAIT_MAX).then_some(*remaining)
 }
 
-/// The steps of the retry ladder (the default one when the topology has
-/// none): also the sweep's back-off per order.
+/// The retry ladder: also the sweep's and the refunds' back-off.
 #[must_use]
-pub fn ladder(topology: &Topology) -> Vec<Duration> {
-    let steps: Vec<Duration> = topology.retry_queues().iter().map(|q| q.ttl).collect();
-    if steps.is_empty() {
-        broker::topology::DEFAULT_RETRY_DELAYS.to_vec()
-    } else {
-        steps
-    }
+pub fn ladder(topology: &Topology) -> broker::RetryLadder {
+    topology.retry_ladder()
 }
 
 /// The retry delay after `attempts` failed attempts: the ladder's step (the
@@ -181,16 +175,14 @@ pub fn backoff(
     not_before: Option<Duration>,
     user_paying: bool,
 ) -> Duration {
-    let ladder = ladder(topology);
     let step = if user_paying {
         0
     } else {
-        (attempts as usize)
-            .saturating_sub(1)
-            .min(ladder.len().saturating_sub(1))
+        (attempts as usize).saturating_sub(1)
     };
-    let base = ladder.get(step).copied().unwrap_or(Duration::from_secs(5));
-    base.max(not_before.unwrap_or(Duration::ZERO))
+    ladder(topology)
+        .step(step)
+        .max(not_before.unwrap_or(Duration::ZERO))
 }
 
 #[cfg(test)]

@@ -136,14 +136,14 @@ impl Worker {
                     outcome = outcome.as_str();
                     "sweep cannot settle order {}: {reason}; a human must look (asked again at most every {:?})",
                     order.order_no,
-                    ladder(&self.topology).last().copied().unwrap_or_default()
+                    ladder(&self.topology).longest()
                 );
                 // A permanent error: straight to the top of the ladder.
-                Some(ladder(&self.topology).last().copied().unwrap_or_default())
+                Some(ladder(&self.topology).longest())
             }
         };
-        let steps = ladder(&self.topology);
-        let step = steps[(order.check_failures as usize).min(steps.len() - 1)]
+        let step = ladder(&self.topology)
+            .step(order.check_failures as usize)
             .max(not_before.unwrap_or(Duration::ZERO));
         let next = Utc::now() + chrono::Duration::from_std(step).unwrap_or(chrono::Duration::MAX);
         if domain::defer_check(conn, &order.order_no, next)? {

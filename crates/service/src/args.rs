@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use broker::topology::{QueueType, Topology, DEFAULT_TTL};
+use broker::topology::{QueueType, RetryLadder, Topology, DEFAULT_TTL};
 use broker::{AmqpUrl, NodeOrder};
 use clap::Args;
 use domain::DatabaseUrl;
@@ -85,8 +85,8 @@ pub struct TopologyArgs {
 
     /// The worker's retry back-off ladder, one retry queue per delay
     /// (`queue.ordertimeout.retry.<delay>`).
-    #[arg(long, env = "RETRY_DELAYS", value_delimiter = ',', value_parser = parse_duration, default_value = "5s,30s,2m,10m")]
-    pub retry_delays: Vec<Duration>,
+    #[arg(long, env = "RETRY_DELAYS", value_parser = parse_retry_ladder, default_value_t = RetryLadder::default())]
+    pub retry_delays: RetryLadder,
 }
 
 impl DatabaseArgs {
@@ -111,8 +111,17 @@ impl TopologyArgs {
         } else {
             Topology::windows(&self.delay_windows, self.queue_type)?
         };
-        topo.with_retry_delays(&self.retry_delays)
+        topo.with_retry_ladder(&self.retry_delays)
     }
+}
+
+/// `RETRY_DELAYS`: durations separated by commas, at least one.
+fn parse_retry_ladder(s: &str) -> Result<RetryLadder, String> {
+    let delays = s
+        .split(',')
+        .map(|d| parse_duration(d.trim()))
+        .collect::<Result<Vec<_>, _>>()?;
+    RetryLadder::new(&delays)
 }
 
 #[cfg(test)]
@@ -156,11 +165,20 @@ mod tests {
             defaults.topology.topology().unwrap().retry_queues().len(),
             DEFAULT_RETRY_DELAYS.len()
         );
-        // The default written in the attribute is the one the broker crate names.
+        // The default is the broker crate's, written once.
+        assert_eq!(defaults.topology.retry_delays, RetryLadder::default());
         assert_eq!(
-            defaults.topology.retry_delays,
-            DEFAULT_RETRY_DELAYS.to_vec()
+            defaults.topology.retry_delays.steps(),
+            &DEFAULT_RETRY_DELAYS[..]
         );
+        assert_eq!(defaults.topology.retry_delays.to_string(), "5s,30s,2m,10m");
+        // Empty or unreadable ladders are refused at parsing.
+        for bad in ["", "5s,,2m", "0s", "soon"] {
+            assert!(
+                Cli::try_parse_from(["x", "--retry-delays", bad]).is_err(),
+                "{bad:?}"
+            );
+        }
         assert_eq!(
             defaults.topology.delay_ttl_ms,
             DEFAULT_TTL.as_millis() as u64

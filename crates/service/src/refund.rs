@@ -18,6 +18,7 @@
 
 use std::time::Duration;
 
+use broker::RetryLadder;
 use chrono::Utc;
 use domain::{Refund, RefundStatus, RefundUpdate, StoreError};
 use payment_client::RefundRequest;
@@ -30,9 +31,6 @@ use crate::settle::Settler;
 pub const REFUND_LEASE: Duration = Duration::from_mins(2);
 /// Refunds claimed per pass.
 const REFUND_BATCH: i64 = 100;
-/// The wait after a failure or a look at a refund still in progress when
-/// the retry ladder is empty.
-const PROCESSING_RECHECK: Duration = Duration::from_secs(5);
 /// The reason sent with every refund.
 const REASON: &str = "Order closed before the payment arrived";
 
@@ -60,7 +58,7 @@ pub struct RefundReport {
 impl Settler {
     /// One pass over the refunds that are due (see the module docs).
     /// `ladder` gives the waits after failures.
-    pub fn refund_due(&self, ladder: &[Duration]) -> Result<RefundReport, StoreError> {
+    pub fn refund_due(&self, ladder: &RetryLadder) -> Result<RefundReport, StoreError> {
         let claimed = {
             let mut conn = domain::checkout(self.pool())?;
             domain::claim_due_refunds(&mut conn, Utc::now(), REFUND_LEASE, REFUND_BATCH)?
@@ -99,15 +97,8 @@ impl Settler {
 
     /// One turn of one claimed refund: ask WeChat Pay, record the answer.
     #[must_use]
-    pub fn refund_step(&self, refund: &Refund, ladder: &[Duration]) -> RefundStep {
-        let step_wait = |attempts: u32| -> Duration {
-            let i = (attempts.max(1) - 1) as usize;
-            ladder
-                .get(i)
-                .or(ladder.last())
-                .copied()
-                .unwrap_or(PROCESSING_RECHECK)
-        };
+    pub fn refund_step(&self, refund: &Refund, ladder: &RetryLadder) -> RefundStep {
+        let step_wait = |attempts: u32| -> Duration { ladder.step((attempts.max(1) - 1) as usize) };
         let request = || {
             self.payments().refund(&RefundRequest {
                 transaction_id: refund.transaction_id.clone(),

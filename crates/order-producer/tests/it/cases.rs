@@ -242,7 +242,9 @@ fn refund_closes_the_order_gives_stock_back_and_the_refund_loop_refunds_once() {
     // The worker's refund loop gives it back, once.
     let s = settler(&door);
     for _ in 0..50 {
-        let _ = s.refund_due(&[Duration::from_millis(50)]).unwrap();
+        let _ = s
+            .refund_due(&broker::RetryLadder::new(&[Duration::from_millis(50)]).unwrap())
+            .unwrap();
         if domain::refunds_of(&mut conn, &no).unwrap()[0]
             .status
             .is_final()
@@ -433,7 +435,9 @@ fn refused_refund(door: &FrontDoor) -> (OrderNo, String) {
             ..Default::default()
         })
         .unwrap();
-    let _ = settler(door).refund_due(&[]).unwrap();
+    let _ = settler(door)
+        .refund_due(&broker::RetryLadder::default())
+        .unwrap();
     door.sim.admin().clear_global_faults().unwrap();
     let r = domain::refunds_of(&mut door.db.conn(), &no)
         .unwrap()
@@ -490,7 +494,9 @@ fn refund_done_needs_wechat_pay_to_say_success() {
     assert_eq!(code, 0, "{out}");
     let s = settler(&door);
     for _ in 0..50 {
-        let _ = s.refund_due(&[Duration::from_millis(20)]).unwrap();
+        let _ = s
+            .refund_due(&broker::RetryLadder::new(&[Duration::from_millis(20)]).unwrap())
+            .unwrap();
         if domain::refunds_of(&mut door.db.conn(), &no).unwrap()[0]
             .status
             .is_final()

@@ -17,6 +17,10 @@ const LADDER: [Duration; 3] = [
     Duration::from_millis(200),
 ];
 
+fn ladder() -> broker::RetryLadder {
+    broker::RetryLadder::new(&LADDER).unwrap()
+}
+
 /// An order closed here whose buyer then paid its (still open) payment
 /// order at WeChat Pay: the notification records a payment after close,
 /// and with it a refund. Returns the order and its refund's `out_refund_no`.
@@ -43,7 +47,7 @@ fn refund_status(door: &FrontDoor, no: &OrderNo) -> RefundStatus {
 /// Runs refund passes until the order's refund is final (or 10 s pass).
 fn until_final(door: &FrontDoor, s: &Settler, no: &OrderNo) -> RefundStatus {
     wait_for(Duration::from_secs(10), || {
-        let _: RefundReport = s.refund_due(&LADDER).unwrap();
+        let _: RefundReport = s.refund_due(&ladder()).unwrap();
         let st = refund_status(door, no);
         st.is_final().then_some(st)
     })
@@ -59,7 +63,7 @@ fn a_payment_after_close_is_refunded_once_and_the_notification_finishes_it() {
     let door = FrontDoor::start();
     let (no, out_refund_no) = paid_after_close(&door);
     let s = settler(&door).with_refund_notify_url(Some(refund_notify(&door)));
-    let report = s.refund_due(&LADDER).unwrap();
+    let report = s.refund_due(&ladder()).unwrap();
     assert_eq!(report.claimed, 1);
     // The refund notification (not another pass) finishes it.
     let done = wait_for(Duration::from_secs(5), || {
@@ -74,7 +78,7 @@ fn a_payment_after_close_is_refunded_once_and_the_notification_finishes_it() {
     assert_eq!(shown["refund"]["status"], "succeeded");
     assert_eq!(shown["refund"]["out_refund_no"], out_refund_no.as_str());
     // Nothing left to do.
-    assert_eq!(s.refund_due(&LADDER).unwrap().claimed, 0);
+    assert_eq!(s.refund_due(&ladder()).unwrap().claimed, 0);
 }
 
 #[test]
@@ -94,8 +98,8 @@ fn duplicate_triggers_and_two_workers_make_one_refund_request() {
     // Two workers at once.
     let (a, b) = std::thread::scope(|scope| {
         let s2 = settler(&door);
-        let a = scope.spawn(|| s.refund_due(&LADDER).unwrap());
-        let b = scope.spawn(move || s2.refund_due(&LADDER).unwrap());
+        let a = scope.spawn(|| s.refund_due(&ladder()).unwrap());
+        let b = scope.spawn(move || s2.refund_due(&ladder()).unwrap());
         (a.join().unwrap(), b.join().unwrap())
     });
     assert_eq!(a.claimed + b.claimed, 1, "{a:?} {b:?}");
@@ -131,7 +135,7 @@ fn server_errors_and_timeouts_are_retried_with_the_same_refund() {
             ..wechatpay_sim::Faults::default()
         })
         .unwrap();
-    let first = s.refund_due(&LADDER).unwrap();
+    let first = s.refund_due(&ladder()).unwrap();
     assert_eq!(first.retried, 1);
     let row = &domain::refunds_of(&mut door.db.conn(), &no).unwrap()[0];
     assert!(
@@ -141,7 +145,7 @@ fn server_errors_and_timeouts_are_retried_with_the_same_refund() {
     // Longer than the client's 2 s timeout, once: WeChat Pay may have made
     // the refund though we never heard.
     std::thread::sleep(Duration::from_millis(100));
-    let _ = s.refund_due(&LADDER).unwrap();
+    let _ = s.refund_due(&ladder()).unwrap();
     door.sim
         .admin()
         .set_global_faults(&wechatpay_sim::Faults {
@@ -152,7 +156,7 @@ fn server_errors_and_timeouts_are_retried_with_the_same_refund() {
         })
         .unwrap();
     std::thread::sleep(Duration::from_millis(150));
-    let _ = s.refund_due(&LADDER).unwrap();
+    let _ = s.refund_due(&ladder()).unwrap();
     assert_eq!(until_final(&door, &s, &no), RefundStatus::Succeeded);
     let stats = door.sim.admin().stats().unwrap();
     assert_eq!(
@@ -181,7 +185,7 @@ fn an_abnormal_refund_is_parked_for_a_human_and_shown_by_status() {
         .unwrap()
         .contains("ABNORMAL"));
     // The worker leaves it alone from now on.
-    assert_eq!(s.refund_due(&LADDER).unwrap().claimed, 0);
+    assert_eq!(s.refund_due(&ladder()).unwrap().claimed, 0);
     let mut out = Vec::new();
     let topology =
         broker::Topology::single(Duration::from_mins(30), broker::QueueType::Classic).unwrap();
