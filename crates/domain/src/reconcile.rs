@@ -494,7 +494,8 @@ pub enum DiscrepancyKind {
     /// A refund of one of our orders that was never asked for here (made by
     /// hand in the merchant platform, for example).
     UnknownRefund,
-    /// A row whose trade state is neither SUCCESS nor REFUND.
+    /// A row whose trade state is neither SUCCESS nor REFUND, or that names
+    /// another merchant.
     UnexpectedRow,
 }
 
@@ -631,66 +632,41 @@ pub struct Discrepancy {
     pub resolution: Option<String>,
 }
 
-type DiscrepancyTuple = (
-    i64,
-    String,
-    String,
-    NaiveDate,
-    String,
-    Option<i64>,
-    String,
-    String,
-    DateTime<Utc>,
-    Option<DateTime<Utc>>,
-    Option<String>,
-    Option<String>,
-);
-
-fn discrepancy_columns() -> (
-    discrepancies::id,
-    discrepancies::kind,
-    discrepancies::subject,
-    discrepancies::bill_date,
-    discrepancies::order_no,
-    discrepancies::order_id,
-    discrepancies::ours,
-    discrepancies::theirs,
-    discrepancies::found_at,
-    discrepancies::resolved_at,
-    discrepancies::resolved_by,
-    discrepancies::resolution,
-) {
-    (
-        discrepancies::id,
-        discrepancies::kind,
-        discrepancies::subject,
-        discrepancies::bill_date,
-        discrepancies::order_no,
-        discrepancies::order_id,
-        discrepancies::ours,
-        discrepancies::theirs,
-        discrepancies::found_at,
-        discrepancies::resolved_at,
-        discrepancies::resolved_by,
-        discrepancies::resolution,
-    )
+/// A `discrepancies` row as read.
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = discrepancies, check_for_backend(diesel::pg::Pg))]
+struct DiscrepancyRow {
+    id: i64,
+    kind: String,
+    subject: String,
+    bill_date: NaiveDate,
+    order_no: String,
+    order_id: Option<i64>,
+    ours: String,
+    theirs: String,
+    found_at: DateTime<Utc>,
+    resolved_at: Option<DateTime<Utc>>,
+    resolved_by: Option<String>,
+    resolution: Option<String>,
 }
 
-fn from_discrepancy_tuple(t: DiscrepancyTuple) -> Result<Discrepancy, StoreError> {
-    Ok(Discrepancy {
-        id: t.0,
-        kind: DiscrepancyKind::parse(&t.1)?,
-        subject: t.2,
-        bill_date: t.3,
-        order_no: t.4,
-        known_order: t.5.is_some(),
-        ours: t.6,
-        theirs: t.7,
-        found_at: t.8,
-        resolved_at: t.9,
-        resolved_by: t.10,
-        resolution: t.11,
-    })
+impl DiscrepancyRow {
+    fn into_discrepancy(self) -> Result<Discrepancy, StoreError> {
+        Ok(Discrepancy {
+            id: self.id,
+            kind: DiscrepancyKind::parse(&self.kind)?,
+            subject: self.subject,
+            bill_date: self.bill_date,
+            order_no: self.order_no,
+            known_order: self.order_id.is_some(),
+            ours: self.ours,
+            theirs: self.theirs,
+            found_at: self.found_at,
+            resolved_at: self.resolved_at,
+            resolved_by: self.resolved_by,
+            resolution: self.resolution,
+        })
+    }
 }
 
 /// The open discrepancies, oldest first, at most `limit`.
@@ -702,10 +678,10 @@ pub fn open_discrepancies(
         .filter(discrepancies::resolved_at.is_null())
         .order((discrepancies::found_at, discrepancies::id))
         .limit(limit)
-        .select(discrepancy_columns())
-        .load::<DiscrepancyTuple>(conn)?
+        .select(DiscrepancyRow::as_select())
+        .load(conn)?
         .into_iter()
-        .map(from_discrepancy_tuple)
+        .map(DiscrepancyRow::into_discrepancy)
         .collect()
 }
 
@@ -717,10 +693,10 @@ pub fn discrepancies_of_day(
     discrepancies::table
         .filter(discrepancies::bill_date.eq(date))
         .order(discrepancies::id)
-        .select(discrepancy_columns())
-        .load::<DiscrepancyTuple>(conn)?
+        .select(DiscrepancyRow::as_select())
+        .load(conn)?
         .into_iter()
-        .map(from_discrepancy_tuple)
+        .map(DiscrepancyRow::into_discrepancy)
         .collect()
 }
 
@@ -775,9 +751,9 @@ pub fn resolve_discrepancy(
                 discrepancies::resolved_by.eq(decision.by()),
                 discrepancies::resolution.eq(resolution),
             ))
-            .returning(discrepancy_columns())
-            .get_result::<DiscrepancyTuple>(conn)?;
-        let d = from_discrepancy_tuple(d)?;
+            .returning(DiscrepancyRow::as_returning())
+            .get_result(conn)?
+            .into_discrepancy()?;
         if let Some(order_id) = order_id {
             record_decision(
                 conn,
@@ -810,52 +786,44 @@ pub struct Run {
     pub error: Option<String>,
 }
 
-type RunTuple = (
-    i64,
-    NaiveDate,
-    String,
-    DateTime<Utc>,
-    Option<DateTime<Utc>>,
-    i32,
-    i32,
-    i32,
-    i32,
-    i32,
-    Option<String>,
-);
+/// A `reconciliations` row as read (the derives stay private, as in
+/// `models`).
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = reconciliations, check_for_backend(diesel::pg::Pg))]
+struct RunRow {
+    id: i64,
+    bill_date: NaiveDate,
+    outcome: String,
+    started_at: DateTime<Utc>,
+    finished_at: Option<DateTime<Utc>>,
+    bill_rows: i32,
+    matched: i32,
+    acted: i32,
+    discrepancies: i32,
+    deferred: i32,
+    error: Option<String>,
+}
 
 fn load_run(
     conn: &mut PgConnection,
     query: reconciliations::BoxedQuery<'_, diesel::pg::Pg>,
 ) -> Result<Option<Run>, StoreError> {
     Ok(query
-        .select((
-            reconciliations::id,
-            reconciliations::bill_date,
-            reconciliations::outcome,
-            reconciliations::started_at,
-            reconciliations::finished_at,
-            reconciliations::bill_rows,
-            reconciliations::matched,
-            reconciliations::acted,
-            reconciliations::discrepancies,
-            reconciliations::deferred,
-            reconciliations::error,
-        ))
-        .first::<RunTuple>(conn)
+        .select(RunRow::as_select())
+        .first(conn)
         .optional()?
-        .map(|t| Run {
-            id: t.0,
-            bill_date: t.1,
-            outcome: t.2,
-            started_at: t.3,
-            finished_at: t.4,
-            bill_rows: t.5,
-            matched: t.6,
-            acted: t.7,
-            discrepancies: t.8,
-            deferred: t.9,
-            error: t.10,
+        .map(|r: RunRow| Run {
+            id: r.id,
+            bill_date: r.bill_date,
+            outcome: r.outcome,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+            bill_rows: r.bill_rows,
+            matched: r.matched,
+            acted: r.acted,
+            discrepancies: r.discrepancies,
+            deferred: r.deferred,
+            error: r.error,
         }))
 }
 

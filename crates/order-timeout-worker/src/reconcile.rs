@@ -11,7 +11,7 @@ use anyhow::Context;
 use chrono::{NaiveDate, Utc};
 use clap::Args;
 use domain::reconcile::beijing_day;
-use service::reconcile::{Patience, ReconcileError, Report};
+use service::reconcile::{yuan, Patience, ReconcileError, Report};
 use service::{parse_duration, DatabaseArgs, PaymentArgs, UsageError};
 
 /// How far back WeChat Pay keeps trade bills (three months).
@@ -184,8 +184,8 @@ pub fn write_report(out: &mut impl Write, r: &Report) -> std::io::Result<()> {
             r.bill_rows,
             r.payment_rows,
             r.refund_rows,
-            fen(r.payments_fen),
-            fen(r.refunds_fen),
+            yuan(r.payments_fen),
+            yuan(r.refunds_fen),
             r.bill_sha1.as_deref().unwrap_or("-")
         )?,
     }
@@ -243,10 +243,6 @@ fn more(out: &mut impl Write, n: usize) -> std::io::Result<()> {
         )?;
     }
     Ok(())
-}
-
-fn fen(n: i64) -> String {
-    domain::Fen::new(n).map_or_else(|_| format!("{n} fen"), |f| f.to_string())
 }
 
 #[cfg(test)]

@@ -148,7 +148,7 @@ pub fn reconcile_day(
             return Err(e);
         }
     };
-    match compare(conn, run, date, bill.as_ref()) {
+    match compare(conn, run, date, client.mchid(), bill.as_ref()) {
         Ok(report) => Ok(report),
         Err(e) => {
             // Each action taken so far is complete and idempotent: running
@@ -208,10 +208,12 @@ pub fn fetch_bill(
 
 /// The comparison itself, on the run's connection (see the module docs).
 /// `bill` is `None` for a day WeChat Pay has no bill for.
+/// `mchid` is ours: a row for another merchant is never acted on.
 pub fn compare(
     conn: &mut PgConnection,
     run: i64,
     date: NaiveDate,
+    mchid: &str,
     bill: Option<&Bill>,
 ) -> Result<Report, StoreError> {
     let rows: &[BillRow] = bill.map_or(&[], |b| &b.rows);
@@ -242,6 +244,19 @@ pub fn compare(
         },
     };
     for row in rows {
+        if let Some(other) = row.mchid.as_deref().filter(|m| *m != mchid) {
+            c.discrepancy(NewDiscrepancy {
+                kind: DiscrepancyKind::UnexpectedRow,
+                subject: format!("{} {} {other}", row.transaction_id, row.trade_state),
+                order_no: row.out_trade_no.clone(),
+                ours: format!("nothing: the bill is merchant {mchid}'s"),
+                theirs: format!(
+                    "line {}: transaction {} ({}) for merchant {other}",
+                    row.line, row.transaction_id, row.trade_state
+                ),
+            })?;
+            continue;
+        }
         match row_kind(row) {
             RowKind::Payment => {
                 c.report.payment_rows += 1;
@@ -338,7 +353,10 @@ fn refund_status(s: Option<&str>) -> Option<RefundStatus> {
     }
 }
 
-fn yuan(fen: i64) -> String {
+/// An amount in fen as the reports write it (`3.50 CNY`), or `N fen` when
+/// it is not one (negative).
+#[must_use]
+pub fn yuan(fen: i64) -> String {
     Fen::new(fen).map_or_else(|_| format!("{fen} fen"), |f| f.to_string())
 }
 

@@ -810,3 +810,44 @@ fn without_a_date_the_days_missed_or_failed_in_the_last_week_come_first() {
         [yesterday]
     );
 }
+
+#[test]
+fn a_row_for_another_merchant_is_never_acted_on() {
+    let stack = Stack::new();
+    let (day, _) = days();
+    let no = stack.order();
+    let bill_of = |mchid: &str| {
+        payment_client::parse_bill(&format!(
+            "交易时间,商户号,微信订单号,商户订单号,交易状态,货币种类,应结订单金额,订单金额\r\n\
+             `{day} 11:00:00,`{mchid},`{},`{no},`SUCCESS,`CNY,`1.00,`1.00\r\n\
+             总交易单数,应结订单总金额,订单总金额\r\n`1,`1.00,`1.00\r\n",
+            txn(&no, 1)
+        ))
+        .unwrap()
+    };
+    let compare = |mchid: &str| {
+        let mut c = stack.db.conn();
+        let run = domain::reconcile::start_run(&mut c, day).unwrap();
+        service::reconcile::compare(
+            &mut c,
+            run,
+            day,
+            wechatpay_sim::DEFAULT_MCHID,
+            Some(&bill_of(mchid)),
+        )
+        .unwrap()
+    };
+    // The payment would settle the order, but the row is another merchant's.
+    let r = compare("1999999999");
+    assert!(r.acted.is_empty(), "{r:#?}");
+    assert_eq!(found(&r, DiscrepancyKind::UnexpectedRow).len(), 1, "{r:#?}");
+    assert_eq!(stack.status(&no), OrderStatus::PendingPayment);
+    assert!(domain::payments_of(&mut stack.db.conn(), &no)
+        .unwrap()
+        .is_empty());
+    // The same row naming us is acted on.
+    let r = compare(wechatpay_sim::DEFAULT_MCHID);
+    assert_eq!(r.acted.len(), 1, "{r:#?}");
+    assert_eq!(stack.status(&no), OrderStatus::Paid);
+    stack.assert_conserved();
+}
