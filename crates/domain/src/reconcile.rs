@@ -121,12 +121,6 @@ impl DateLock {
         Ok(Self { conn, date })
     }
 
-    /// The date held.
-    #[must_use]
-    pub fn date(&self) -> NaiveDate {
-        self.date
-    }
-
     /// The connection that holds the lock: the run's own.
     pub fn conn(&mut self) -> &mut PgConnection {
         &mut self.conn
@@ -678,21 +672,6 @@ pub fn open_discrepancies(
         .filter(discrepancies::resolved_at.is_null())
         .order((discrepancies::found_at, discrepancies::id))
         .limit(limit)
-        .select(DiscrepancyRow::as_select())
-        .load(conn)?
-        .into_iter()
-        .map(DiscrepancyRow::into_discrepancy)
-        .collect()
-}
-
-/// The discrepancies found in the bill of `date` (open or resolved).
-pub fn discrepancies_of_day(
-    conn: &mut PgConnection,
-    date: NaiveDate,
-) -> Result<Vec<Discrepancy>, StoreError> {
-    discrepancies::table
-        .filter(discrepancies::bill_date.eq(date))
-        .order(discrepancies::id)
         .select(DiscrepancyRow::as_select())
         .load(conn)?
         .into_iter()
