@@ -9,9 +9,9 @@
 //! every declare runs on a channel of its own.
 
 pub mod connection;
+pub mod consumer;
 pub mod error;
 pub mod headers;
-pub mod lane;
 pub mod message;
 pub mod parked;
 pub mod publisher;
@@ -22,11 +22,11 @@ pub mod testing;
 
 pub use amiquip::{AmqpProperties, AmqpValue, Delivery, FieldTable};
 pub use connection::{connect, AmqpUrl, Connection, NodeOrder};
+pub use consumer::{ConsumerChannel, ConsumerEvent, QueueConsumer};
 pub use error::{BrokerError, Mismatch};
-pub use lane::{Lane, LaneConsumer, LaneEvent};
 pub use message::{DecodeError, TimeoutMessage};
 pub use parked::{ParkedLock, ParkedMessage, ParkedReader, ParkedStream};
-pub use publisher::{ConfirmedPublisher, Outcome, Outgoing};
+pub use publisher::{Confirmation, ConfirmedPublisher, Outgoing};
 pub use topology::{DelayQueue, QueueType, RetryLadder, Topology};
 
 /// How long a publisher waits for the broker's confirms by default.

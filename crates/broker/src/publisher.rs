@@ -42,7 +42,7 @@ fn target_name<'a>(exchange: &'a str, queue: &'a str) -> &'a str {
 
 /// What became of one published message.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub enum Confirmation {
     /// The broker took responsibility for it.
     Confirmed,
     /// The broker refused it (basic.nack).
@@ -126,7 +126,10 @@ impl ConfirmedPublisher {
     /// order of `batch`. An error (connection lost, confirms not all in
     /// within the timeout) means nothing is known of any of them: the
     /// publisher must then be dropped and the whole batch tried again later.
-    pub fn publish_all(&mut self, batch: &[Outgoing<'_>]) -> Result<Vec<Outcome>, BrokerError> {
+    pub fn publish_all(
+        &mut self,
+        batch: &[Outgoing<'_>],
+    ) -> Result<Vec<Confirmation>, BrokerError> {
         let now = Utc::now();
         let mut tags = Vec::with_capacity(batch.len());
         for item in batch {
@@ -150,7 +153,7 @@ impl ConfirmedPublisher {
         queue: &str,
         body: &[u8],
         properties: AmqpProperties,
-    ) -> Result<Outcome, BrokerError> {
+    ) -> Result<Confirmation, BrokerError> {
         let tag = self.send("", queue, body, properties)?;
         let mut outcomes = self.wait_for(&[tag])?;
         Ok(outcomes.pop().expect("one outcome per tag"))
@@ -196,18 +199,18 @@ impl ConfirmedPublisher {
     /// lost, nothing confirmed within the timeout) means nothing more is
     /// known of those still in flight: drop the publisher, and leave their
     /// originals where they are.
-    pub fn settle(&mut self, block: bool) -> Result<Vec<(u64, Outcome)>, BrokerError> {
+    pub fn settle(&mut self, block: bool) -> Result<Vec<(u64, Confirmation)>, BrokerError> {
         let wait = block.then_some(self.confirm_timeout);
         self.settle_within(wait)
     }
 
     /// Waits until every tag in `tags` is settled (within the confirm
     /// timeout, for all of them together); outcomes in the order of `tags`.
-    fn wait_for(&mut self, tags: &[u64]) -> Result<Vec<Outcome>, BrokerError> {
+    fn wait_for(&mut self, tags: &[u64]) -> Result<Vec<Confirmation>, BrokerError> {
         let Some(&first) = tags.first() else {
             return Ok(Vec::new());
         };
-        let mut outcomes: Vec<Option<Outcome>> = vec![None; tags.len()];
+        let mut outcomes: Vec<Option<Confirmation>> = vec![None; tags.len()];
         let mut pending = tags.len();
         let deadline = Instant::now() + self.confirm_timeout;
         while pending > 0 {
@@ -235,7 +238,7 @@ impl ConfirmedPublisher {
     fn settle_within(
         &mut self,
         wait: Option<Duration>,
-    ) -> Result<Vec<(u64, Outcome)>, BrokerError> {
+    ) -> Result<Vec<(u64, Confirmation)>, BrokerError> {
         let mut raw = Vec::new();
         if let Some(wait) = wait.filter(|_| !self.in_flight.is_empty()) {
             match self.confirms.recv_timeout(wait) {
@@ -281,11 +284,11 @@ impl ConfirmedPublisher {
         for c in raw {
             for confirm in self.smoother.process(c) {
                 let (tag, outcome) = match confirm {
-                    Confirm::Ack(p) => (p.delivery_tag, Outcome::Confirmed),
-                    Confirm::Nack(p) => (p.delivery_tag, Outcome::Nacked),
+                    Confirm::Ack(p) => (p.delivery_tag, Confirmation::Confirmed),
+                    Confirm::Nack(p) => (p.delivery_tag, Confirmation::Nacked),
                 };
                 if let Some(f) = self.in_flight.remove(&tag) {
-                    settled.push((tag, f.returned.map_or(outcome, Outcome::Returned)));
+                    settled.push((tag, f.returned.map_or(outcome, Confirmation::Returned)));
                 }
             }
         }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use broker::testing::TestVhost;
 use broker::topology::{PARKED_QUEUE, TIMEOUT_QUEUE};
 use broker::{
-    AmqpProperties, AmqpValue, ConfirmedPublisher, FieldTable, Outcome, QueueType, Topology,
+    AmqpProperties, AmqpValue, Confirmation, ConfirmedPublisher, FieldTable, QueueType, Topology,
 };
 
 fn arg(name: &str, default: usize) -> usize {
@@ -44,7 +44,7 @@ fn park(vhost: &TestVhost, n: usize) {
     let now = chrono::Utc::now().to_rfc3339();
     let settle = |p: &mut ConfirmedPublisher, block| {
         for (_, o) in p.settle(block).unwrap() {
-            assert_eq!(o, Outcome::Confirmed, "parking a message");
+            assert_eq!(o, Confirmation::Confirmed, "parking a message");
         }
     };
     for i in 0..n {

@@ -34,7 +34,7 @@ use clap::{Args, Subcommand};
 use domain::{Decision, OrderNo, PgConnection, StoreError};
 use payment_client::{QueryOutcome, TradeState};
 use serde::Serialize;
-use service::refund::{RefundStep, REFUND_LEASE};
+use service::refund::{RefundStep, Refunder, REFUND_LEASE};
 use service::settle::{Settler, Trigger};
 use service::{BrokerArgs, DatabaseArgs, PaymentArgs, UsageError};
 
@@ -390,7 +390,7 @@ fn recheck(d: &OrderDecision, out: &mut impl Write) -> anyhow::Result<bool> {
                 | Settlement::Rechecked { .. }
                 | Settlement::AlreadySettled(_)
         );
-        (s.label().to_owned(), s.describe(), resolved)
+        (s.outcome().to_string(), s.to_string(), resolved)
     };
     let what = format!("asked WeChat Pay again (was {anomaly}): {label}: {what}");
     // Settled: the case ends with the decision. A settlement that paid or
@@ -479,8 +479,13 @@ fn retry_refund(d: &RefundDecision, out: &mut impl Write) -> anyhow::Result<bool
     let mut conn = domain::checkout(&pool).context("no database connection")?;
     require_schema(&mut conn)?;
     // Settings first: a client that cannot be built changes nothing.
-    let settler = Settler::new(pool.clone(), Arc::new(client(&d.payment)?))
-        .with_refund_notify_url(d.wechatpay_refund_notify_url.clone());
+    // A transient failure is asked again by the worker after the default
+    // ladder's first wait.
+    let refunder = Refunder::new(
+        Arc::new(Settler::new(pool.clone(), Arc::new(client(&d.payment)?))),
+        broker::RetryLadder::default(),
+    )
+    .with_notify_url(d.wechatpay_refund_notify_url.clone());
     domain::reopen_refund(&mut conn, &d.out_refund_no, &decision)?;
     let claimed = domain::claim_refund(&mut conn, &d.out_refund_no, Utc::now(), REFUND_LEASE)?;
     let Some(refund) = claimed else {
@@ -491,9 +496,7 @@ fn retry_refund(d: &RefundDecision, out: &mut impl Write) -> anyhow::Result<bool
         )?;
         return Ok(true);
     };
-    // A transient failure is asked again by the worker after the default
-    // ladder's first wait.
-    let step = settler.refund_step(&refund, &broker::RetryLadder::default());
+    let step = refunder.refund_step(&refund);
     let (line, ok) = match &step {
         // Taken (in progress or done); ABNORMAL or CLOSED is a human's again.
         RefundStep::Now(status) => (

@@ -28,7 +28,9 @@ use std::time::Duration;
 use anyhow::Context;
 use broker::headers;
 use broker::topology::{PARKED_QUEUE, TIMEOUT_QUEUE};
-use broker::{AmqpUrl, ConfirmedPublisher, Connection, Outcome, ParkedMessage, TimeoutMessage};
+use broker::{
+    AmqpUrl, Confirmation, ConfirmedPublisher, Connection, ParkedMessage, TimeoutMessage,
+};
 use chrono::{DateTime, Utc};
 use domain::OrderNo;
 
@@ -251,7 +253,7 @@ impl Replaying<'_> {
             let Some(held) = self.in_flight.remove(&tag) else {
                 continue;
             };
-            if outcome == Outcome::Confirmed {
+            if outcome == Confirmation::Confirmed {
                 report.replayed += 1;
                 writeln!(
                     out,
@@ -578,7 +580,7 @@ pub fn take(amqp_url: &AmqpUrl, order_no: &OrderNo, action: Take) -> anyhow::Res
                         taken.replayed
                     )
                 })?;
-            if outcome == Outcome::Confirmed {
+            if outcome == Confirmation::Confirmed {
                 d.ack().context("could not ack a replayed parked message")?;
                 taken.replayed += 1;
             } else {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use broker::{
-    AmqpUrl, BrokerError, ConfirmedPublisher, Connection, Outcome, Outgoing, TimeoutMessage,
+    AmqpUrl, BrokerError, Confirmation, ConfirmedPublisher, Connection, Outgoing, TimeoutMessage,
     Topology,
 };
 use domain::{
@@ -304,11 +304,11 @@ fn publish_batch(
     let mut report = PublishReport::default();
     for (row, outcome) in batch.iter().zip(outcomes) {
         match outcome {
-            Outcome::Confirmed => report.confirmed.push(row.outbox_id),
-            Outcome::Nacked => report
+            Confirmation::Confirmed => report.confirmed.push(row.outbox_id),
+            Confirmation::Nacked => report
                 .failed
                 .push((row.outbox_id, "nacked by the broker".into())),
-            Outcome::Returned(why) => report.failed.push((row.outbox_id, why)),
+            Confirmation::Returned(why) => report.failed.push((row.outbox_id, why)),
         }
     }
     Ok(report)
@@ -372,19 +372,19 @@ pub fn publish_orders(
         .context("publishing failed")?;
     for (item, outcome) in outgoing.iter().zip(outcomes) {
         match outcome {
-            Outcome::Confirmed => out.lines.push(format!(
+            Confirmation::Confirmed => out.lines.push(format!(
                 "{}: published to {}",
                 item.message.order_no,
                 item.target()
             )),
-            Outcome::Nacked => {
+            Confirmation::Nacked => {
                 out.lines.push(format!(
                     "{}: nacked by the broker; not published",
                     item.message.order_no
                 ));
                 out.refused += 1;
             }
-            Outcome::Returned(why) => {
+            Confirmation::Returned(why) => {
                 out.lines
                     .push(format!("{}: {why}; not published", item.message.order_no));
                 out.refused += 1;

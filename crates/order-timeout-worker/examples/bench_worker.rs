@@ -547,7 +547,7 @@ fn metrics_ns_per_order() -> f64 {
         m.observe(Call::Close, &ok, took);
         m.observe(Call::Query, &ok, took);
         m.settlement_lag(chrono::TimeDelta::milliseconds(800));
-        m.settlement(service::Outcome::Closed, "message");
+        m.settlement(service::Outcome::Closed, service::Trigger::Message);
     }
     let ns = started.elapsed().as_secs_f64() * 1e9 / f64::from(n);
     assert!(m.encode().contains("order_timeout_settlements_total"));

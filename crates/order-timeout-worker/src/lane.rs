@@ -3,24 +3,38 @@
 //! publish a successor (retry, recheck, parked copy) with a confirm and only
 //! then ack. A successor the broker does not take stops the lane (and, via
 //! the shared flag, the others) with the delivery given back: see the
-//! supervisor in [`crate::consumer`].
+//! supervisor in [`crate::supervisor`].
+//!
+//! Counting: each delivery is counted once, in the metrics handle, after
+//! its effect is committed or its successor confirmed (the summary line
+//! reads the same counters).
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use broker::headers::{self, Annotation};
 use broker::topology::{PARKED_QUEUE, TIMEOUT_QUEUE};
 use broker::{
-    AmqpProperties, BrokerError, ConfirmedPublisher, Delivery, Lane, LaneConsumer, LaneEvent,
-    Outcome, TimeoutMessage,
+    AmqpProperties, BrokerError, Confirmation, ConfirmedPublisher, ConsumerChannel, ConsumerEvent,
+    Delivery, QueueConsumer, TimeoutMessage, Topology,
 };
 use chrono::Utc;
-use domain::OrderNo;
-use service::Outcome as Settled;
+use service::Outcome;
 
-use crate::consumer::{SessionEnd, Worker};
-use crate::dispose::{reason, wait_in_lane, Disposition};
-use crate::settle::{Settlement, Trigger};
+use crate::dispose::{dispose, reason, wait_in_lane, Disposition};
+use crate::settle::{Settler, Trigger};
+
+/// Why a lane (and with it the consumer session) ended before `stop` was
+/// raised.
+#[derive(Debug)]
+pub(crate) enum LaneEnd {
+    /// The broker went away (or a consumer was cancelled): reconnect.
+    Lost(BrokerError),
+    /// The topology is missing, differs, or refused a successor: do not
+    /// consume until a check passes.
+    Topology(String),
+}
 
 /// Why one lane stopped before `stop` was raised.
 #[derive(Debug)]
@@ -31,7 +45,7 @@ enum LaneError {
     /// once the other lanes know to stop.
     Refused {
         queue: String,
-        outcome: Outcome,
+        outcome: Confirmation,
         // Boxed: the error path is rare and a Delivery is large.
         delivery: Box<Delivery>,
     },
@@ -59,20 +73,41 @@ enum SuccessorKind {
     Park,
 }
 
-impl Worker {
-    pub(crate) fn lane(
+/// What every lane of a worker shares: the settler, the topology (retry
+/// routes) and the attempt limit. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Lane {
+    settler: Arc<Settler>,
+    topology: Topology,
+    max_attempts: u32,
+}
+
+impl Lane {
+    #[must_use]
+    pub fn new(settler: Arc<Settler>, topology: Topology, max_attempts: u32) -> Self {
+        Self {
+            settler,
+            topology,
+            max_attempts,
+        }
+    }
+
+    /// Consumes `queue.ordertimeout` on `channel` until `stop` or `broken`
+    /// is raised, the broker goes away, or a successor is refused (then it
+    /// raises `broken` itself, so the other lanes stop too).
+    pub(crate) fn run(
         &self,
-        lane: Lane,
+        channel: ConsumerChannel,
         mut publisher: ConfirmedPublisher,
         stop: &AtomicBool,
         broken: &AtomicBool,
-    ) -> Result<(), SessionEnd> {
-        let consumer = lane.consume(TIMEOUT_QUEUE).map_err(SessionEnd::Lost)?;
+    ) -> Result<(), LaneEnd> {
+        let consumer = channel.consume(TIMEOUT_QUEUE).map_err(LaneEnd::Lost)?;
         let mut result = Ok(());
         let mut channel_alive = true;
         while !stop.load(Ordering::Relaxed) && !broken.load(Ordering::Relaxed) {
             match consumer.next(Duration::from_millis(200)) {
-                LaneEvent::Delivery(delivery) => {
+                ConsumerEvent::Delivery(delivery) => {
                     if broken.load(Ordering::Relaxed) {
                         // Another lane found the topology damaged: hand this
                         // one back untouched rather than ask WeChat Pay.
@@ -91,10 +126,10 @@ impl Worker {
                             broken.store(true, Ordering::Relaxed);
                             if let Err(e) = consumer.nack(*delivery, true) {
                                 channel_alive = false;
-                                result = Err(SessionEnd::Lost(e));
+                                result = Err(LaneEnd::Lost(e));
                                 break;
                             }
-                            result = Err(SessionEnd::Topology(format!(
+                            result = Err(LaneEnd::Topology(format!(
                                 "the broker did not take a copy for {queue} ({outcome:?}); \
                                  the message went back to {TIMEOUT_QUEUE}"
                             )));
@@ -102,7 +137,7 @@ impl Worker {
                         }
                         Err(LaneError::Lost(e)) => {
                             channel_alive = false;
-                            result = Err(SessionEnd::Lost(BrokerError::Connection {
+                            result = Err(LaneEnd::Lost(BrokerError::Connection {
                                 context: "finishing a message (it will be redelivered)".into(),
                                 message: e.to_string(),
                             }));
@@ -110,19 +145,19 @@ impl Worker {
                         }
                     }
                 }
-                LaneEvent::Cancelled => return Ok(()),
-                LaneEvent::Ended(how) => {
+                ConsumerEvent::Cancelled => return Ok(()),
+                ConsumerEvent::Ended(how) => {
                     channel_alive = false;
-                    result = Err(SessionEnd::Lost(BrokerError::Connection {
+                    result = Err(LaneEnd::Lost(BrokerError::Connection {
                         context: format!("consuming {TIMEOUT_QUEUE}"),
                         message: format!("the consumer ended: {how}"),
                     }));
                     break;
                 }
-                LaneEvent::Idle => {}
-                LaneEvent::Lost => {
+                ConsumerEvent::Idle => {}
+                ConsumerEvent::Lost => {
                     channel_alive = false;
-                    result = Err(SessionEnd::Lost(BrokerError::Connection {
+                    result = Err(LaneEnd::Lost(BrokerError::Connection {
                         context: format!("consuming {TIMEOUT_QUEUE}"),
                         message: "the connection was lost".into(),
                     }));
@@ -135,7 +170,7 @@ impl Worker {
             // started (the broker crate cancels before dropping).
             consumer.stop();
             let _ = publisher.close();
-            lane.close();
+            channel.close();
         }
         result
     }
@@ -146,7 +181,7 @@ impl Worker {
     /// was not taken; the delivery comes back with the error, unacked.
     fn handle(
         &self,
-        consumer: &LaneConsumer<'_>,
+        consumer: &QueueConsumer<'_>,
         publisher: &mut ConfirmedPublisher,
         delivery: Delivery,
     ) -> Result<(), LaneError> {
@@ -164,7 +199,7 @@ impl Worker {
                     reason: reason::POISON,
                     detail: format!("poison message: {e}"),
                 },
-                Settled::Parked,
+                Outcome::Parked,
             ),
             Ok(message) => {
                 let mut settlement = self.settler.settle(&message.order_no, trigger, Utc::now());
@@ -186,21 +221,17 @@ impl Worker {
                     std::thread::sleep(wait + Duration::from_millis(1));
                     settlement = self.settler.settle(&message.order_no, trigger, Utc::now());
                 }
-                self.stats.outcome(settlement.label());
-                log_settlement(
-                    &message.order_no,
-                    &settlement,
-                    settlement.outcome(),
-                    attempt + 1,
-                    started,
-                );
                 let settled = settlement.outcome();
-                (self.dispose(settlement, attempt), settled)
+                settlement.log(&message.order_no, settled, attempt + 1, started.elapsed());
+                (
+                    dispose(settlement, attempt, self.max_attempts, &self.topology),
+                    settled,
+                )
             }
         };
         let metrics = self.settler.metrics();
         let Some(successor) = self.successor(&delivery.properties, &disposition) else {
-            metrics.settlement(settled, trigger.as_str());
+            metrics.settlement(settled, trigger);
             return Ok(consumer.ack(delivery)?);
         };
         let outcome = publisher.publish_one(
@@ -208,7 +239,7 @@ impl Worker {
             &delivery.body,
             successor.properties.clone(),
         )?;
-        if outcome != Outcome::Confirmed {
+        if outcome != Confirmation::Confirmed {
             // The successor was not taken: keep the original (the lane gives
             // it back) and stop consuming until the topology is whole again.
             return Err(LaneError::Refused {
@@ -220,14 +251,13 @@ impl Worker {
         // Counted once the successor is taken: a parked message is parked
         // whatever its settlement said (an anomaly stays an anomaly).
         let settled = match (successor.kind, settled) {
-            (SuccessorKind::Park, Settled::Anomaly) => Settled::Anomaly,
-            (SuccessorKind::Park, _) => Settled::Parked,
+            (SuccessorKind::Park, Outcome::Anomaly) => Outcome::Anomaly,
+            (SuccessorKind::Park, _) => Outcome::Parked,
             (_, o) => o,
         };
-        metrics.settlement(settled, trigger.as_str());
+        metrics.settlement(settled, trigger);
         match successor.kind {
             SuccessorKind::Park => {
-                self.stats.parked();
                 metrics.parked(
                     headers::text_of(&successor.properties, headers::REASON)
                         .as_deref()
@@ -239,13 +269,10 @@ impl Worker {
                 // A message that came early waits in a retry queue too, but
                 // is no retry: one meaning of "retry" in the summary and the
                 // metric.
-                if settled == Settled::Retry {
-                    self.stats.retry();
+                if settled == Outcome::Retry {
                     if let Some(delay) = successor.delay {
                         metrics.retry(delay);
                     }
-                } else {
-                    self.stats.not_yet_due();
                 }
             }
             SuccessorKind::Recheck => {}
@@ -329,7 +356,7 @@ fn log_parked(properties: &AmqpProperties, parked: &AmqpProperties) {
     let attempt = headers::attempt_of(parked);
     log::error!(
         order_no = id,
-        outcome = Settled::Parked.as_str(),
+        outcome:% = Outcome::Parked,
         reason = reason.as_deref(),
         attempt = attempt;
         "PARKED message {} in {PARKED_QUEUE} after {attempt} attempt(s): {}: {}",
@@ -337,90 +364,4 @@ fn log_parked(properties: &AmqpProperties, parked: &AmqpProperties) {
         reason.as_deref().unwrap_or_default(),
         headers::text_of(parked, headers::DETAIL).unwrap_or_default(),
     );
-}
-
-/// Logs one line per settlement attempt: order, outcome, attempt, time.
-/// Key-values for `LOG_FORMAT=json`: `order_no`, `outcome` (the label the
-/// caller counts this attempt under in the metrics) and `attempt`.
-pub fn log_settlement(
-    order_no: &OrderNo,
-    s: &Settlement,
-    outcome: Settled,
-    attempt: u32,
-    started: Instant,
-) {
-    let ms = started.elapsed().as_millis();
-    let tail = format!("attempt {attempt}, {ms} ms");
-    let outcome = outcome.as_str();
-    macro_rules! line {
-        ($level:ident, $($message:tt)+) => {
-            log::$level!(order_no:% = order_no, outcome = outcome, attempt = attempt; $($message)+)
-        };
-    }
-    match s {
-        Settlement::Closed { why, recheck_after } => {
-            let recheck = recheck_after
-                .map(|d| format!("; recheck in {} s", d.as_secs()))
-                .unwrap_or_default();
-            line!(
-                info,
-                "order {order_no}: closed, stock given back ({why}{recheck}); {tail}"
-            );
-        }
-        Settlement::Compensated { refunded } => {
-            let how = if *refunded { " and refunded there" } else { "" };
-            line!(
-                info,
-                "order {order_no}: compensated, paid at WeChat Pay{how}; {tail}"
-            );
-        }
-        Settlement::PaidAfterClose {
-            newly_recorded: true,
-        } => {
-            line!(
-                error,
-                "order {order_no}: paid after close, refund queued; {tail}"
-            );
-        }
-        Settlement::PaidAfterClose {
-            newly_recorded: false,
-        } => {
-            line!(
-                info,
-                "order {order_no}: paid after close, already on record (nothing new); {tail}"
-            );
-        }
-        Settlement::Rechecked { found } => {
-            line!(
-                info,
-                "order {order_no}: rechecked after close: {found}; {tail}"
-            );
-        }
-        Settlement::AlreadySettled(st) => {
-            line!(
-                info,
-                "order {order_no}: already {st}, nothing to do; {tail}"
-            );
-        }
-        Settlement::NotYetDue { remaining } => {
-            line!(
-                info,
-                "order {order_no}: not due for {} ms, waiting; {tail}",
-                remaining.as_millis()
-            );
-        }
-        Settlement::UnknownOrder => line!(warn, "order {order_no}: unknown order; {tail}"),
-        Settlement::NeedsHuman { anomaly, detail } => {
-            line!(
-                error,
-                "order {order_no}: needs a human ({anomaly}: {detail}); {tail}"
-            );
-        }
-        Settlement::RetryLater { reason, .. } => {
-            line!(warn, "order {order_no}: retry later ({reason}); {tail}");
-        }
-        Settlement::GiveUp { reason } => {
-            line!(error, "order {order_no}: cannot settle ({reason}); {tail}");
-        }
-    }
 }

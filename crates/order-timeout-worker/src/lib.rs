@@ -1,15 +1,18 @@
-//! `order-timeout-worker` as a library: the settlement state machine
-//! ([`settle`]), the consumer with its retry and parking paths and the sweep
-//! ([`consumer`]), and the command line ([`Cli`], [`run`]). The binary only
-//! parses, installs signal handlers and maps errors to exit codes.
+//! `order-timeout-worker` as a library: the [`Worker`] ([`supervisor`]) and
+//! its parts, each holding the one settler (`service::settle`, re-exported
+//! as [`settle`]): the consumer [`lane`]s with their retry and parking
+//! paths ([`dispose`]), the [`sweep`], the [`refund`] loop and the
+//! [`summary`] line; `reconcile`; and the command line ([`Cli`], [`run`]).
+//! The binary only parses, installs signal handlers and maps errors to exit
+//! codes.
 
-pub mod consumer;
 pub mod dispose;
 pub mod lane;
 pub mod reconcile;
 pub mod refund;
 pub use service::settle;
-pub mod stats;
+pub mod summary;
+pub mod supervisor;
 pub mod sweep;
 
 use std::io::Write;
@@ -23,11 +26,13 @@ use clap::{Args, Parser, Subcommand};
 use domain::OrderNo;
 use service::{parse_duration, BrokerArgs, DatabaseArgs, PaymentArgs, TopologyArgs, UsageError};
 
-pub use consumer::{ConsumerSettings, Worker};
 pub use dispose::{dispose, Disposition};
-pub use refund::{RefundReport, RefundStep};
+pub use lane::Lane;
+pub use refund::{RefundReport, RefundStep, Refunder};
 pub use settle::{Settlement, Settler, Trigger};
-pub use sweep::SweepReport;
+pub use summary::Summary;
+pub use supervisor::{ConsumerSettings, Worker};
+pub use sweep::{SweepReport, Sweeper};
 
 /// Settles e-commerce orders left unpaid past their payment deadline.
 ///
@@ -246,8 +251,7 @@ fn settler(
     Ok(Settler::new(pool, Arc::new(client))
         .with_close_batch(resources.close_batch)
         .with_metrics(metrics)
-        .with_recheck_after(settle.worker_recheck_after)
-        .with_refund_notify_url(settle.wechatpay_refund_notify_url.clone()))
+        .with_recheck_after(settle.worker_recheck_after))
 }
 
 /// Runs the worker (or `settle`). `stop` is raised by SIGTERM/SIGINT.
@@ -270,7 +274,8 @@ pub fn run(cli: &Cli, stop: &Arc<AtomicBool>) -> anyhow::Result<ExitCode> {
         return settle_now(&settler, &args.order_no);
     }
     let topology = cli.topology.topology().map_err(UsageError)?;
-    let metrics = cli.metrics.metrics("worker");
+    // Always counting: the summary line reads the counters, scraped or not.
+    let metrics = service::Metrics::new("worker");
     let settler = prepare_with_metrics(cli, metrics.clone())?;
     let amqp = cli.broker.url();
     // Listening first: /readyz says "not ready" while the broker is away.
@@ -283,7 +288,7 @@ pub fn run(cli: &Cli, stop: &Arc<AtomicBool>) -> anyhow::Result<ExitCode> {
     // The topology must exist before we consume: a missing dead-letter
     // exchange would drop expiring messages silently. A broker that is away
     // is waited for; a topology missing or different is exit 2.
-    let ready = consumer::await_topology(&topology, &amqp, stop)
+    let ready = supervisor::await_topology(&topology, &amqp, stop)
         .context("the worker needs the topology")?;
     if !ready {
         if let Some(l) = listener {
@@ -301,9 +306,17 @@ pub fn run(cli: &Cli, stop: &Arc<AtomicBool>) -> anyhow::Result<ExitCode> {
         sweep_batch: cli.run.worker_sweep_batch,
         summary_interval: cli.run.worker_summary_interval,
         refund_interval: cli.run.worker_refund_interval,
+        refund_notify_url: cli.run.settle.wechatpay_refund_notify_url.clone(),
+    };
+    // The gauges only where someone scrapes them: no collector without a
+    // listener (the counters above are the summary line's too).
+    let collected = if cli.metrics.metrics_listen.is_some() {
+        metrics
+    } else {
+        service::Metrics::disabled()
     };
     let collector = service::collector::spawn(
-        metrics,
+        collected,
         service::collector::Settings {
             database: cli.database.url(),
             amqp: amqp.clone(),
@@ -342,18 +355,18 @@ fn refund_summary(refunds: &[domain::Refund]) -> String {
 fn settle_now(settler: &Settler, order_no: &OrderNo) -> anyhow::Result<ExitCode> {
     let started = std::time::Instant::now();
     let s = settler.settle(order_no, Trigger::Operator, chrono::Utc::now());
-    lane::log_settlement(order_no, &s, s.outcome(), 1, started);
+    s.log(order_no, s.outcome(), 1, started.elapsed());
     let refunds = domain::checkout(settler.pool())
         .and_then(|mut c| domain::refunds_of(&mut c, order_no))
         .context("could not read the order's refunds")?;
     let mut out = std::io::stdout().lock();
-    let mut line = s.describe();
+    let mut line = s.to_string();
     if s == (Settlement::PaidAfterClose {
         newly_recorded: false,
     }) {
         line = format!("{line}; {}", refund_summary(&refunds));
     }
-    writeln!(out, "{order_no}: {}: {line}", s.label())?;
+    writeln!(out, "{order_no}: {}: {line}", s.outcome())?;
     for r in refunds {
         writeln!(
             out,

@@ -1,34 +1,30 @@
 //! The worker's refund loop: every `--worker-refund-interval`, one pass of
-//! [`service::refund`] over the refunds that are due.
+//! the [`Refunder`] (`service::refund`) over the refunds that are due.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
-pub use service::refund::{RefundReport, RefundStep, REFUND_LEASE};
+pub use service::refund::{RefundReport, RefundStep, Refunder, REFUND_LEASE};
 
-use crate::consumer::Worker;
-use crate::dispose::ladder;
-
-impl Worker {
-    /// Every `refund_interval`, one pass over the refunds that are due.
-    pub(crate) fn refund_loop(&self, stop: &AtomicBool) {
-        let ladder = ladder(&self.topology);
-        loop {
-            service::sleep_unless_stopped(self.settings.refund_interval, stop);
-            if stop.load(Ordering::Relaxed) {
-                return;
-            }
-            match self.settler.refund_due(&ladder) {
-                Ok(r) if r.claimed > 0 => log::info!(
-                    "refunds: {} looked at, {} finished, {} processing at WeChat Pay, {} to retry, {} need a human",
-                    r.claimed,
-                    r.succeeded,
-                    r.still_processing,
-                    r.retried,
-                    r.parked
-                ),
-                Ok(_) => {}
-                Err(e) => log::warn!("refund pass failed (will try again): {e}"),
-            }
+/// Every `interval`, one pass over the refunds that are due, until `stop`
+/// is raised.
+pub fn run(refunder: &Refunder, interval: Duration, stop: &AtomicBool) {
+    loop {
+        service::sleep_unless_stopped(interval, stop);
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        match refunder.refund_due() {
+            Ok(r) if r.claimed > 0 => log::info!(
+                "refunds: {} looked at, {} finished, {} processing at WeChat Pay, {} to retry, {} need a human",
+                r.claimed,
+                r.succeeded,
+                r.still_processing,
+                r.retried,
+                r.parked
+            ),
+            Ok(_) => {}
+            Err(e) => log::warn!("refund pass failed (will try again): {e}"),
         }
     }
 }

@@ -11,15 +11,16 @@
 //! a human (ARCHITECTURE.md, invariant 14).
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use broker::RetryLadder;
 use chrono::Utc;
 use domain::{OverdueOrder, PgConnection, StoreError, SweepLock};
+use service::Outcome;
 
-use crate::consumer::Worker;
-use crate::dispose::ladder;
-use crate::lane::log_settlement;
-use crate::settle::{Settlement, Trigger};
+use crate::settle::{Settlement, Settler, Trigger};
+use crate::supervisor::ConsumerSettings;
 
 /// What one sweep pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -32,14 +33,39 @@ pub struct SweepReport {
     pub deferred: usize,
 }
 
-impl Worker {
+/// The sweep: its settings, the retry ladder its deferrals climb, and the
+/// settler it shares with the lanes. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Sweeper {
+    settler: Arc<Settler>,
+    ladder: RetryLadder,
+    interval: Duration,
+    grace: Duration,
+    batch: i64,
+}
+
+impl Sweeper {
+    /// A sweep every `settings.sweep_interval` of what is
+    /// `settings.sweep_grace` overdue, `settings.sweep_batch` per page;
+    /// what it cannot settle waits one `ladder` step longer each time.
+    #[must_use]
+    pub fn new(settler: Arc<Settler>, ladder: RetryLadder, settings: &ConsumerSettings) -> Self {
+        Self {
+            settler,
+            ladder,
+            interval: settings.sweep_interval,
+            grace: settings.sweep_grace,
+            batch: settings.sweep_batch,
+        }
+    }
+
     /// One sweep pass. Only one worker sweeps at a time (an advisory lock);
     /// returns `None` when another holds it.
     pub fn sweep_once(&self) -> Result<Option<SweepReport>, StoreError> {
         self.sweep_until(&AtomicBool::new(false))
     }
 
-    /// [`Worker::sweep_once`], stopping between orders once `stop` is raised
+    /// [`Sweeper::sweep_once`], stopping between orders once `stop` is raised
     /// (so SIGTERM is not held up by a long sweep).
     pub fn sweep_until(&self, stop: &AtomicBool) -> Result<Option<SweepReport>, StoreError> {
         let mut conn = domain::checkout(self.settler.pool())?;
@@ -55,10 +81,9 @@ impl Worker {
         conn: &mut PgConnection,
         stop: &AtomicBool,
     ) -> Result<SweepReport, StoreError> {
-        let grace =
-            chrono::Duration::from_std(self.settings.sweep_grace).unwrap_or(chrono::Duration::MAX);
+        let grace = chrono::Duration::from_std(self.grace).unwrap_or(chrono::Duration::MAX);
         let before = Utc::now() - grace;
-        let batch = self.settings.sweep_batch;
+        let batch = self.batch;
         let mut report = SweepReport::default();
         let mut cursor = None;
         loop {
@@ -100,19 +125,17 @@ impl Worker {
     ) -> Result<(), StoreError> {
         let started = Instant::now();
         let s = self.settler.settle(&order.order_no, trigger, Utc::now());
-        self.stats.outcome(s.label());
         // The sweep parks nothing: what it cannot settle it asks again later.
         let outcome = match s.outcome() {
-            service::Outcome::Parked => service::Outcome::Retry,
+            Outcome::Parked => Outcome::Retry,
             o => o,
         };
-        self.settler.metrics().settlement(outcome, trigger.as_str());
-        log_settlement(
+        self.settler.metrics().settlement(outcome, trigger);
+        s.log(
             &order.order_no,
-            &s,
             outcome,
             order.check_failures + 1,
-            started,
+            started.elapsed(),
         );
         report.looked_at += 1;
         let not_before = match &s {
@@ -133,16 +156,17 @@ impl Worker {
             Settlement::GiveUp { reason } => {
                 log::error!(
                     order_no:% = order.order_no,
-                    outcome = outcome.as_str();
+                    outcome:% = outcome;
                     "sweep cannot settle order {}: {reason}; a human must look (asked again at most every {:?})",
                     order.order_no,
-                    ladder(&self.topology).longest()
+                    self.ladder.longest()
                 );
                 // A permanent error: straight to the top of the ladder.
-                Some(ladder(&self.topology).longest())
+                Some(self.ladder.longest())
             }
         };
-        let step = ladder(&self.topology)
+        let step = self
+            .ladder
             .step(order.check_failures as usize)
             .max(not_before.unwrap_or(Duration::ZERO));
         let next = Utc::now() + chrono::Duration::from_std(step).unwrap_or(chrono::Duration::MAX);
@@ -152,9 +176,10 @@ impl Worker {
         Ok(())
     }
 
-    pub(crate) fn sweep_loop(&self, stop: &AtomicBool) {
+    /// Every `sweep_interval`, one pass, until `stop` is raised.
+    pub fn run(&self, stop: &AtomicBool) {
         loop {
-            service::sleep_unless_stopped(self.settings.sweep_interval, stop);
+            service::sleep_unless_stopped(self.interval, stop);
             if stop.load(Ordering::Relaxed) {
                 return;
             }

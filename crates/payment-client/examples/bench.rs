@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use payment_client::signing::{self, MerchantKey};
 use payment_client::verify::{self, KeyStore};
-use payment_client::{Client, CloseOutcome, Config, QueryOutcome};
+use payment_client::{Client, CloseAnswer, Config, QueryOutcome};
 use wechatpay_sim::{SimConfig, SimKeys, Simulator};
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -146,7 +146,7 @@ fn round_trips(
                 let no = format!("BENCH{run}X{round:012}");
                 let q = client.query_by_out_trade_no(&no).expect("query");
                 assert!(matches!(q, QueryOutcome::Found(_)));
-                assert_eq!(client.close(&no).expect("close"), CloseOutcome::Closed);
+                assert_eq!(client.close(&no).expect("close"), CloseAnswer::Closed);
             })
         })
         .collect();

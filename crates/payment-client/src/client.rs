@@ -15,7 +15,7 @@ use crate::bill::{self, BillError, TradeBill};
 use crate::config::{Config, ConfigError};
 use crate::error::{Error, DEFAULT_RATE_LIMIT_BACKOFF};
 use crate::model::{
-    CloseOutcome, NativePrepay, QueryOutcome, RawRefund, RawTransaction, Refund, RefundRequest,
+    CloseAnswer, NativePrepay, QueryOutcome, RawRefund, RawTransaction, Refund, RefundRequest,
 };
 use crate::observe::{Call, CallObserver, CallResult};
 use crate::signing::{self, MerchantKey};
@@ -383,7 +383,7 @@ impl Client {
     /// `POST /v3/pay/transactions/out-trade-no/{out_trade_no}/close`
     ///
     /// `Closed` (204) is not proof that nothing was paid: query again.
-    pub fn close(&self, out_trade_no: &str) -> Result<CloseOutcome, Error> {
+    pub fn close(&self, out_trade_no: &str) -> Result<CloseAnswer, Error> {
         validate_out_trade_no(out_trade_no)?;
         let path = format!(
             "/v3/pay/transactions/out-trade-no/{}/close",
@@ -392,8 +392,8 @@ impl Client {
         let body = serde_json::json!({ "mchid": self.mchid }).to_string();
         let resp = self.execute(Call::Close, Method::Post, &path, body.as_bytes())?;
         match resp.status {
-            204 => Ok(CloseOutcome::Closed),
-            202 => Ok(CloseOutcome::UserPaying),
+            204 => Ok(CloseAnswer::Closed),
+            202 => Ok(CloseAnswer::UserPaying),
             200..=299 => Err(Error::UnexpectedResponse {
                 status: resp.status,
                 reason: "close answered neither 204 nor 202".to_owned(),

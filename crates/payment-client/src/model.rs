@@ -202,7 +202,7 @@ pub enum QueryOutcome {
 
 /// Result of closing a payment order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseOutcome {
+pub enum CloseAnswer {
     /// 204. Not proof that nothing was paid: query again before acting.
     Closed,
     /// 202 `USER_PAYING`: the user is paying right now; query again later.

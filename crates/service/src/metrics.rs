@@ -18,7 +18,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use payment_client::{Call, CallObserver, CallResult};
-use prometheus_client::encoding::EncodeLabelSet;
+use std::fmt::Write as _;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -26,6 +28,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
+use crate::settle::{Outcome, Trigger};
 use crate::snapshot::Snapshot;
 
 /// Every name the processes export, as Prometheus sees it (counters with
@@ -63,67 +66,25 @@ pub const METRIC_NAMES: &[&str] = &[
     "order_timeout_http_request_duration_seconds",
 ];
 
-/// What became of one settlement attempt (the `outcome` label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Outcome {
-    /// Closed here, stock given back.
-    Closed,
-    /// Paid at WeChat Pay after all: compensated.
-    Paid,
-    /// Paid at WeChat Pay, closed here: recorded for a refund.
-    PaidAfterClose,
-    /// The recheck of a closed order found nothing to record.
-    Rechecked,
-    /// Already paid or closed: nothing to do.
-    AlreadySettled,
-    /// Came before its deadline: waits out the rest.
-    NotYetDue,
-    /// Payment state unknown: looked at again later.
-    Retry,
-    /// Given up on: parked for a human (poison, unknown order, permanent
-    /// error, retries used up).
-    Parked,
-    /// WeChat Pay's answer does not match the order: needs a human.
-    Anomaly,
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SettlementLabels {
+    outcome: Outcome,
+    trigger: Trigger,
 }
 
-impl Outcome {
-    pub const ALL: [Outcome; 9] = [
-        Outcome::Closed,
-        Outcome::Paid,
-        Outcome::PaidAfterClose,
-        Outcome::Rechecked,
-        Outcome::AlreadySettled,
-        Outcome::NotYetDue,
-        Outcome::Retry,
-        Outcome::Parked,
-        Outcome::Anomaly,
-    ];
-
-    #[must_use]
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Closed => "closed",
-            Self::Paid => "paid",
-            Self::PaidAfterClose => "paid_after_close",
-            Self::Rechecked => "rechecked",
-            Self::AlreadySettled => "already_settled",
-            Self::NotYetDue => "not_yet_due",
-            Self::Retry => "retry",
-            Self::Parked => "parked",
-            Self::Anomaly => "anomaly",
-        }
+// The label values are the enums' own words. Written out rather than
+// derived: prometheus-client's derive writes the variant's name as it is
+// spelt in Rust (`PaidAfterClose`), and the labels are snake case.
+impl EncodeLabelValue for Outcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
+        encoder.write_str(self.as_str())
     }
 }
 
-/// Who asked for a settlement (the `trigger` label): `message` (a delay
-/// message or a retry of one), `recheck`, `sweep`.
-pub const TRIGGERS: [&str; 3] = ["message", "recheck", "sweep"];
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct SettlementLabels {
-    outcome: &'static str,
-    trigger: &'static str,
+impl EncodeLabelValue for Trigger {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> std::fmt::Result {
+        encoder.write_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -468,11 +429,10 @@ impl Metrics {
     fn pre_register(&self) {
         let Some(m) = &self.0 else { return };
         for outcome in Outcome::ALL {
-            for trigger in TRIGGERS {
-                let _ = m.settlements.get_or_create(&SettlementLabels {
-                    outcome: outcome.as_str(),
-                    trigger,
-                });
+            for trigger in Trigger::ALL {
+                let _ = m
+                    .settlements
+                    .get_or_create(&SettlementLabels { outcome, trigger });
             }
         }
     }
@@ -495,15 +455,23 @@ impl Metrics {
     }
 
     /// One settlement attempt.
-    pub fn settlement(&self, outcome: Outcome, trigger: &'static str) {
+    pub fn settlement(&self, outcome: Outcome, trigger: Trigger) {
         if let Some(m) = &self.0 {
             m.settlements
-                .get_or_create(&SettlementLabels {
-                    outcome: outcome.as_str(),
-                    trigger,
-                })
+                .get_or_create(&SettlementLabels { outcome, trigger })
                 .inc();
         }
+    }
+
+    /// Settlement attempts counted so far with this outcome and trigger (0
+    /// when disabled): what the worker's summary line reads.
+    #[must_use]
+    pub fn settlements(&self, outcome: Outcome, trigger: Trigger) -> u64 {
+        self.0.as_ref().map_or(0, |m| {
+            m.settlements
+                .get(&SettlementLabels { outcome, trigger })
+                .map_or(0, |c| c.get())
+        })
     }
 
     /// An order settled (closed or paid by the worker) this long after its
@@ -523,6 +491,19 @@ impl Metrics {
                 })
                 .inc();
         }
+    }
+
+    /// Messages sent to the retry queue of this delay so far (0 when
+    /// disabled).
+    #[must_use]
+    pub fn retries(&self, delay: Duration) -> u64 {
+        self.0.as_ref().map_or(0, |m| {
+            m.retries
+                .get(&DelayLabel {
+                    delay: humantime::format_duration(delay).to_string(),
+                })
+                .map_or(0, |c| c.get())
+        })
     }
 
     /// Makes the retry series of these delays read 0 from the start.
@@ -545,6 +526,18 @@ impl Metrics {
                 })
                 .inc();
         }
+    }
+
+    /// Messages parked for this reason so far (0 when disabled).
+    #[must_use]
+    pub fn parked_for(&self, reason: &str) -> u64 {
+        self.0.as_ref().map_or(0, |m| {
+            m.parked
+                .get(&ReasonLabel {
+                    reason: Cow::Owned(reason.to_owned()),
+                })
+                .map_or(0, |c| c.get())
+        })
     }
 
     /// Makes the parked series of these reasons read 0 from the start.
@@ -783,7 +776,7 @@ mod tests {
 
     /// Records one sample in every family.
     fn exercise_all(m: &Metrics) {
-        m.settlement(Outcome::Closed, "message");
+        m.settlement(Outcome::Closed, Trigger::Message);
         m.settlement_lag(chrono::TimeDelta::seconds(1));
         m.observe(Call::Close, &CallResult::Timeout, Duration::from_millis(1));
         m.retry(Duration::from_secs(5));
@@ -917,7 +910,7 @@ mod tests {
     #[test]
     fn a_disabled_handle_records_and_encodes_nothing() {
         let m = Metrics::disabled();
-        m.settlement(Outcome::Closed, "message");
+        m.settlement(Outcome::Closed, Trigger::Message);
         m.relayed(3, 0);
         assert!(m.encode().is_empty());
         assert!(!m.broker_connected());
@@ -926,9 +919,9 @@ mod tests {
     #[test]
     fn samples_carry_their_labels() {
         let m = Metrics::new("worker");
-        m.settlement(Outcome::Closed, "message");
-        m.settlement(Outcome::Closed, "message");
-        m.settlement(Outcome::Paid, "sweep");
+        m.settlement(Outcome::Closed, Trigger::Message);
+        m.settlement(Outcome::Closed, Trigger::Message);
+        m.settlement(Outcome::Paid, Trigger::Sweep);
         m.settlement_lag(chrono::TimeDelta::milliseconds(1500));
         m.retry(Duration::from_secs(30));
         m.parked("amount_mismatch");

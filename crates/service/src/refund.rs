@@ -16,6 +16,7 @@
 //! notifications move a refund forward at once; this loop is what makes it
 //! happen without them.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use broker::RetryLadder;
@@ -24,6 +25,7 @@ use domain::{Refund, RefundStatus, RefundUpdate, StoreError};
 use payment_client::RefundRequest;
 
 use crate::settle::Settler;
+use crate::Metrics;
 
 /// How long a claimed refund is hidden from other workers: longer than a
 /// request at its timeouts (and the backup domain), so that two workers
@@ -55,12 +57,48 @@ pub struct RefundReport {
     pub parked: usize,
 }
 
-impl Settler {
+/// Makes and follows refunds; cheap to clone and share between threads. It
+/// shares the settler's database pool, WeChat Pay client and metrics, and
+/// nothing else: a refund is no settlement.
+#[derive(Debug, Clone)]
+pub struct Refunder {
+    settler: Arc<Settler>,
+    /// The waits after failures, and between looks at a refund in progress.
+    ladder: RetryLadder,
+    /// Where WeChat Pay should send refund notifications (the front door's
+    /// `/wechatpay/notify/refund`); without it refunds are followed by
+    /// querying only.
+    notify_url: Option<String>,
+}
+
+impl Refunder {
+    #[must_use]
+    pub fn new(settler: Arc<Settler>, ladder: RetryLadder) -> Self {
+        Self {
+            settler,
+            ladder,
+            notify_url: None,
+        }
+    }
+
+    #[must_use]
+    pub fn with_notify_url(mut self, url: Option<String>) -> Self {
+        self.notify_url = url;
+        self
+    }
+
+    fn metrics(&self) -> &Metrics {
+        self.settler.metrics()
+    }
+
+    fn payments(&self) -> &payment_client::Client {
+        self.settler.payments()
+    }
+
     /// One pass over the refunds that are due (see the module docs).
-    /// `ladder` gives the waits after failures.
-    pub fn refund_due(&self, ladder: &RetryLadder) -> Result<RefundReport, StoreError> {
+    pub fn refund_due(&self) -> Result<RefundReport, StoreError> {
         let claimed = {
-            let mut conn = domain::checkout(self.pool())?;
+            let mut conn = domain::checkout(self.settler.pool())?;
             domain::claim_due_refunds(&mut conn, Utc::now(), REFUND_LEASE, REFUND_BATCH)?
         };
         let mut report = RefundReport {
@@ -68,7 +106,7 @@ impl Settler {
             ..RefundReport::default()
         };
         for refund in &claimed {
-            let step = self.refund_step(refund, ladder);
+            let step = self.refund_step(refund);
             self.metrics().refund_step(
                 if refund.status == RefundStatus::Requested {
                     "request"
@@ -97,8 +135,9 @@ impl Settler {
 
     /// One turn of one claimed refund: ask WeChat Pay, record the answer.
     #[must_use]
-    pub fn refund_step(&self, refund: &Refund, ladder: &RetryLadder) -> RefundStep {
-        let step_wait = |attempts: u32| -> Duration { ladder.step((attempts.max(1) - 1) as usize) };
+    pub fn refund_step(&self, refund: &Refund) -> RefundStep {
+        let step_wait =
+            |attempts: u32| -> Duration { self.ladder.step((attempts.max(1) - 1) as usize) };
         let request = || {
             self.payments().refund(&RefundRequest {
                 transaction_id: refund.transaction_id.clone(),
@@ -106,7 +145,7 @@ impl Settler {
                 reason: REASON.to_owned(),
                 refund_fen: refund.amount.get(),
                 total_fen: refund.amount.get(),
-                notify_url: self.refund_notify_url().map(str::to_owned),
+                notify_url: self.notify_url.clone(),
             })
         };
         let answer = match refund.status {
@@ -254,7 +293,7 @@ impl Settler {
         &self,
         f: impl FnOnce(&mut domain::PgConnection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let mut conn = domain::checkout(self.pool())?;
+        let mut conn = domain::checkout(self.settler.pool())?;
         f(&mut conn)
     }
 }

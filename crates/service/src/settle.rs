@@ -19,11 +19,12 @@
 //!   created later (a stale checkout page) is closed at WeChat Pay, or, if it
 //!   was paid, recorded as paid after close (invariant 13).
 
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::payments::Recorded;
-use crate::{Metrics, Outcome};
+use crate::Metrics;
 use chrono::{DateTime, Utc};
 use domain::close_batch::{CloseBatcher, DEFAULT_MAX_BATCH};
 use domain::{Anomaly, CloseOutcome, Order, OrderNo, OrderStatus, PgPool, StoreError};
@@ -32,8 +33,71 @@ use payment_client::{QueryOutcome, TradeState, Transaction};
 /// How long after a close on `ORDER_NOT_EXIST` the recheck looks again.
 pub const DEFAULT_RECHECK_AFTER: Duration = Duration::from_mins(10);
 
-/// Who asked for the settlement.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What became of one settlement attempt, in one word: the `outcome` label
+/// of `order_timeout_settlements_total`, the `outcome` key of the log line,
+/// the word `settle ORDER_NO` prints, and what the summary line counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Closed here, stock given back.
+    Closed,
+    /// Paid at WeChat Pay after all: compensated.
+    Paid,
+    /// Paid at WeChat Pay, closed here: recorded for a refund.
+    PaidAfterClose,
+    /// The recheck of a closed order found nothing to record.
+    Rechecked,
+    /// Already paid or closed: nothing to do.
+    AlreadySettled,
+    /// Came before its deadline: waits out the rest.
+    NotYetDue,
+    /// Payment state unknown: looked at again later.
+    Retry,
+    /// Given up on: parked for a human (poison, unknown order, permanent
+    /// error, retries used up).
+    Parked,
+    /// WeChat Pay's answer does not match the order: needs a human.
+    Anomaly,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 9] = [
+        Outcome::Closed,
+        Outcome::Paid,
+        Outcome::PaidAfterClose,
+        Outcome::Rechecked,
+        Outcome::AlreadySettled,
+        Outcome::NotYetDue,
+        Outcome::Retry,
+        Outcome::Parked,
+        Outcome::Anomaly,
+    ];
+
+    /// The word for it (`closed`, `paid_after_close`, ...).
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Paid => "paid",
+            Self::PaidAfterClose => "paid_after_close",
+            Self::Rechecked => "rechecked",
+            Self::AlreadySettled => "already_settled",
+            Self::NotYetDue => "not_yet_due",
+            Self::Retry => "retry",
+            Self::Parked => "parked",
+            Self::Anomaly => "anomaly",
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Who asked for the settlement (the `trigger` label of the settlement
+/// metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Trigger {
     /// A dead-lettered delay message (or a retry of one).
     Message,
@@ -48,7 +112,14 @@ pub enum Trigger {
 }
 
 impl Trigger {
-    /// The `trigger` label of the settlement metrics.
+    pub const ALL: [Trigger; 4] = [
+        Trigger::Message,
+        Trigger::Recheck,
+        Trigger::Sweep,
+        Trigger::Operator,
+    ];
+
+    /// The word for it (`message`, `recheck`, `sweep`, `operator`).
     #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
@@ -57,6 +128,12 @@ impl Trigger {
             Self::Sweep => "sweep",
             Self::Operator => "operator",
         }
+    }
+}
+
+impl fmt::Display for Trigger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -103,75 +180,6 @@ pub enum Settlement {
 }
 
 impl Settlement {
-    /// The settlement in words, for an operator (`settle ORDER_NO`, `cases
-    /// recheck`): what was found and what was done.
-    #[must_use]
-    pub fn describe(&self) -> String {
-        match self {
-            Self::Closed { why, recheck_after } => format!(
-                "closed, stock given back: {why}{}",
-                recheck_after
-                    .map(|d| {
-                        format!(
-                            " (a recheck is due in {} s; the sweep does it if no worker does)",
-                            d.as_secs()
-                        )
-                    })
-                    .unwrap_or_default()
-            ),
-            Self::Compensated { refunded: false } => {
-                "paid at WeChat Pay: marked paid, payment recorded".to_owned()
-            }
-            Self::Compensated { refunded: true } => {
-                "paid and refunded at WeChat Pay: marked paid, payment recorded; check the refund"
-                    .to_owned()
-            }
-            Self::PaidAfterClose {
-                newly_recorded: true,
-            } => "PAID AFTER CLOSE: payment recorded for refund".to_owned(),
-            Self::PaidAfterClose {
-                newly_recorded: false,
-            } => "paid after close, already recorded: nothing new recorded".to_owned(),
-            Self::Rechecked { found } => format!("closed here; rechecked at WeChat Pay: {found}"),
-            Self::AlreadySettled(st) => format!("already {st}: nothing to do"),
-            Self::NotYetDue { remaining } => format!(
-                "not settled: its payment deadline is {}s away",
-                remaining.as_secs()
-            ),
-            Self::UnknownOrder => "not settled: no such order".to_owned(),
-            Self::NeedsHuman { anomaly, detail } => format!(
-                "NOT SETTLED, NEEDS A HUMAN ({anomaly}): {detail}; nothing paid, nothing closed, stock held"
-            ),
-            Self::RetryLater { reason, .. } => {
-                format!("not settled, payment state unknown: {reason}; try again later")
-            }
-            Self::GiveUp { reason } => format!("not settled: {reason}"),
-        }
-    }
-
-    /// A short name for logs and counters.
-    #[must_use]
-    pub fn label(&self) -> &'static str {
-        match self {
-            Self::Closed { .. } => "closed",
-            Self::Compensated { .. } => "compensated",
-            Self::PaidAfterClose {
-                newly_recorded: true,
-            } => "paid_after_close",
-            Self::Rechecked { .. } => "rechecked",
-            // A payment after close found again: nothing new happened.
-            Self::AlreadySettled(_)
-            | Self::PaidAfterClose {
-                newly_recorded: false,
-            } => "already_settled",
-            Self::NotYetDue { .. } => "not_yet_due",
-            Self::UnknownOrder => "unknown_order",
-            Self::NeedsHuman { .. } => "needs_human",
-            Self::RetryLater { .. } => "retry_later",
-            Self::GiveUp { .. } => "give_up",
-        }
-    }
-
     /// The metrics outcome of this attempt on its own; the consumer turns it
     /// into `parked` when the message is parked (retries used up).
     #[must_use]
@@ -193,6 +201,32 @@ impl Settlement {
             Self::NeedsHuman { .. } => Outcome::Anomaly,
             Self::RetryLater { .. } => Outcome::Retry,
         }
+    }
+
+    /// The log line of one attempt: the order, the settlement in words,
+    /// the attempt and how long it took; key-values `order_no`, `outcome`
+    /// (as counted: the caller's `outcome` may differ from
+    /// [`Settlement::outcome`], e.g. `parked` once retries are used up) and
+    /// `attempt`. What needs a human is an error, what will be tried again
+    /// a warning.
+    pub fn log(&self, order_no: &OrderNo, outcome: Outcome, attempt: u32, elapsed: Duration) {
+        let level = match self {
+            Self::PaidAfterClose {
+                newly_recorded: true,
+            }
+            | Self::NeedsHuman { .. }
+            | Self::GiveUp { .. } => log::Level::Error,
+            Self::UnknownOrder | Self::RetryLater { .. } => log::Level::Warn,
+            _ => log::Level::Info,
+        };
+        log::log!(
+            level,
+            order_no:% = order_no,
+            outcome:% = outcome,
+            attempt = attempt;
+            "order {order_no}: {self}; attempt {attempt}, {} ms",
+            elapsed.as_millis()
+        );
     }
 
     /// True when the order has reached (or already had) its final state.
@@ -241,6 +275,55 @@ impl Settlement {
     }
 }
 
+/// The settlement in words: what was found and what was done. The one
+/// rendering, for the log line of each attempt, `settle ORDER_NO` and
+/// `cases recheck`.
+impl fmt::Display for Settlement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Closed { why, recheck_after } => {
+                write!(f, "closed, stock given back: {why}")?;
+                match recheck_after {
+                    Some(d) => write!(
+                        f,
+                        " (a recheck is due in {} s; the sweep does it if no worker does)",
+                        d.as_secs()
+                    ),
+                    None => Ok(()),
+                }
+            }
+            Self::Compensated { refunded: false } => {
+                f.write_str("paid at WeChat Pay: marked paid, payment recorded")
+            }
+            Self::Compensated { refunded: true } => f.write_str(
+                "paid and refunded at WeChat Pay: marked paid, payment recorded; check the refund",
+            ),
+            Self::PaidAfterClose {
+                newly_recorded: true,
+            } => f.write_str("PAID AFTER CLOSE: payment recorded for refund"),
+            Self::PaidAfterClose {
+                newly_recorded: false,
+            } => f.write_str("paid after close, already recorded: nothing new recorded"),
+            Self::Rechecked { found } => write!(f, "closed here; rechecked at WeChat Pay: {found}"),
+            Self::AlreadySettled(st) => write!(f, "already {st}: nothing to do"),
+            Self::NotYetDue { remaining } => write!(
+                f,
+                "not settled: its payment deadline is {} ms away",
+                remaining.as_millis()
+            ),
+            Self::UnknownOrder => f.write_str("not settled: no such order"),
+            Self::NeedsHuman { anomaly, detail } => write!(
+                f,
+                "NOT SETTLED, NEEDS A HUMAN ({anomaly}): {detail}; nothing paid, nothing closed, stock held"
+            ),
+            Self::RetryLater { reason, .. } => {
+                write!(f, "not settled, payment state unknown: {reason}; try again later")
+            }
+            Self::GiveUp { reason } => write!(f, "not settled: {reason}"),
+        }
+    }
+}
+
 /// Settles orders; cheap to clone and share between threads.
 #[derive(Debug, Clone)]
 pub struct Settler {
@@ -250,7 +333,6 @@ pub struct Settler {
     closer: Arc<CloseBatcher>,
     payments: Arc<payment_client::Client>,
     recheck_after: Duration,
-    refund_notify_url: Option<String>,
     metrics: Metrics,
 }
 
@@ -265,7 +347,6 @@ impl Settler {
             pool,
             payments,
             recheck_after: DEFAULT_RECHECK_AFTER,
-            refund_notify_url: None,
             metrics: Metrics::disabled(),
         }
     }
@@ -296,20 +377,6 @@ impl Settler {
     #[must_use]
     pub fn close_batches(&self) -> (u64, u64) {
         self.closer.batches()
-    }
-
-    /// Where WeChat Pay should send refund notifications (the front door's
-    /// `/wechatpay/notify/refund`); without it refunds are followed by
-    /// querying only.
-    #[must_use]
-    pub fn with_refund_notify_url(mut self, url: Option<String>) -> Self {
-        self.refund_notify_url = url;
-        self
-    }
-
-    #[must_use]
-    pub fn refund_notify_url(&self) -> Option<&str> {
-        self.refund_notify_url.as_deref()
     }
 
     #[must_use]
@@ -404,8 +471,8 @@ impl Settler {
     fn close_remote_and_read_back(&self, order: &Order) -> Result<Transaction, Settlement> {
         let no = order.order_no.as_str();
         match self.payments.close(no) {
-            Ok(payment_client::CloseOutcome::Closed) => {}
-            Ok(payment_client::CloseOutcome::UserPaying) => {
+            Ok(payment_client::CloseAnswer::Closed) => {}
+            Ok(payment_client::CloseAnswer::UserPaying) => {
                 return Err(Settlement::RetryLater {
                     reason: "close at WeChat Pay answered USER_PAYING".into(),
                     not_before: None,

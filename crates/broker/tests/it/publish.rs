@@ -4,7 +4,8 @@ use amiquip::AmqpValue;
 use broker::testing::TestVhost;
 use broker::topology::{EXCHANGE, TIMEOUT_QUEUE};
 use broker::{
-    connect, ConfirmedPublisher, LaneEvent, Outcome, Outgoing, QueueType, TimeoutMessage, Topology,
+    connect, Confirmation, ConfirmedPublisher, ConsumerEvent, Outgoing, QueueType, TimeoutMessage,
+    Topology,
 };
 use chrono::Utc;
 use domain::OrderNo;
@@ -36,12 +37,12 @@ fn a_300ms_delay_message_comes_out_of_the_timeout_queue_dead_lettered() {
             message: &msg,
         }])
         .unwrap();
-    assert_eq!(outcomes, [Outcome::Confirmed]);
+    assert_eq!(outcomes, [Confirmation::Confirmed]);
 
-    let lane = conn.lane(1).unwrap();
+    let lane = conn.consumer_channel(1).unwrap();
     let consumer = lane.consume(TIMEOUT_QUEUE).unwrap();
     let delivery = match consumer.next(Duration::from_secs(10)) {
-        LaneEvent::Delivery(d) => *d,
+        ConsumerEvent::Delivery(d) => *d,
         other => panic!("expected a delivery, got {other:?}"),
     };
     let elapsed = sent_at.elapsed();
@@ -113,12 +114,12 @@ fn an_unroutable_message_is_reported_returned_not_confirmed() {
             },
         ])
         .unwrap();
-    assert_eq!(outcomes[0], Outcome::Confirmed);
+    assert_eq!(outcomes[0], Confirmation::Confirmed);
     assert!(
-        matches!(&outcomes[1], Outcome::Returned(why) if why.contains("NO_ROUTE")),
+        matches!(&outcomes[1], Confirmation::Returned(why) if why.contains("NO_ROUTE")),
         "{outcomes:?}"
     );
-    assert_eq!(outcomes[2], Outcome::Confirmed);
+    assert_eq!(outcomes[2], Confirmation::Confirmed);
     // A second batch on the same channel keeps its own tags straight.
     let again = publisher
         .publish_all(&[Outgoing {
@@ -127,7 +128,7 @@ fn an_unroutable_message_is_reported_returned_not_confirmed() {
             message: &b,
         }])
         .unwrap();
-    assert_eq!(again, [Outcome::Confirmed]);
+    assert_eq!(again, [Confirmation::Confirmed]);
     let depths = topo.depths(&mut conn, vhost.url()).unwrap();
     let delay = depths
         .iter()
@@ -211,11 +212,11 @@ fn pipelined_sends_settle_each_message_once_and_pair_returns_with_their_message(
     for (tag, queue) in sent {
         let o = &settled[&tag];
         if queue == "queue.ordercreate" {
-            assert_eq!(o, &Outcome::Confirmed, "tag {tag}");
+            assert_eq!(o, &Confirmation::Confirmed, "tag {tag}");
         } else {
-            assert!(matches!(o, Outcome::Returned(_)), "tag {tag}: {o:?}");
+            assert!(matches!(o, Confirmation::Returned(_)), "tag {tag}: {o:?}");
         }
     }
-    assert_eq!(settled[&good], Outcome::Confirmed);
-    assert!(matches!(settled[&bad], Outcome::Returned(_)));
+    assert_eq!(settled[&good], Confirmation::Confirmed);
+    assert!(matches!(settled[&bad], Confirmation::Returned(_)));
 }

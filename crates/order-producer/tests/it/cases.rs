@@ -13,6 +13,7 @@ use clap::Parser;
 use domain::{Anomaly, OrderNo, OrderStatus, RefundStatus};
 use order_producer::testing::FrontDoor;
 use order_producer::Cli;
+use service::refund::Refunder;
 use service::settle::{Settlement, Settler, Trigger};
 
 const TX: &str = "4200000000000000000000002201";
@@ -240,11 +241,12 @@ fn refund_closes_the_order_gives_stock_back_and_the_refund_loop_refunds_once() {
     assert!(out.contains(&refunds[0].out_refund_no), "{out}");
 
     // The worker's refund loop gives it back, once.
-    let s = settler(&door);
+    let r = Refunder::new(
+        Arc::new(settler(&door)),
+        broker::RetryLadder::new(&[Duration::from_millis(50)]).unwrap(),
+    );
     for _ in 0..50 {
-        let _ = s
-            .refund_due(&broker::RetryLadder::new(&[Duration::from_millis(50)]).unwrap())
-            .unwrap();
+        let _ = r.refund_due().unwrap();
         if domain::refunds_of(&mut conn, &no).unwrap()[0]
             .status
             .is_final()
@@ -435,8 +437,8 @@ fn refused_refund(door: &FrontDoor) -> (OrderNo, String) {
             ..Default::default()
         })
         .unwrap();
-    let _ = settler(door)
-        .refund_due(&broker::RetryLadder::default())
+    let _ = Refunder::new(Arc::new(settler(door)), broker::RetryLadder::default())
+        .refund_due()
         .unwrap();
     door.sim.admin().clear_global_faults().unwrap();
     let r = domain::refunds_of(&mut door.db.conn(), &no)
@@ -492,11 +494,12 @@ fn refund_done_needs_wechat_pay_to_say_success() {
     let no = mismatched(&door, TX);
     let (code, out) = decide(&door, "refund", no.as_str(), "alice");
     assert_eq!(code, 0, "{out}");
-    let s = settler(&door);
+    let r = Refunder::new(
+        Arc::new(settler(&door)),
+        broker::RetryLadder::new(&[Duration::from_millis(20)]).unwrap(),
+    );
     for _ in 0..50 {
-        let _ = s
-            .refund_due(&broker::RetryLadder::new(&[Duration::from_millis(20)]).unwrap())
-            .unwrap();
+        let _ = r.refund_due().unwrap();
         if domain::refunds_of(&mut door.db.conn(), &no).unwrap()[0]
             .status
             .is_final()

@@ -10,7 +10,7 @@ use std::time::Duration;
 use broker::testing::TestVhost;
 use broker::topology::{PARKED_QUEUE, TIMEOUT_QUEUE};
 use broker::{
-    AmqpProperties, AmqpValue, ConfirmedPublisher, FieldTable, Outcome, QueueType, Topology,
+    AmqpProperties, AmqpValue, Confirmation, ConfirmedPublisher, FieldTable, QueueType, Topology,
 };
 use domain::OrderNo;
 use order_producer::parked::{self, Take, Taken};
@@ -91,13 +91,13 @@ pub(crate) fn park(vhost: &TestVhost, messages: &[Park]) {
         publisher.send("", PARKED_QUEUE, &body, props).unwrap();
         while publisher.unsettled() >= 500 {
             for (_, o) in publisher.settle(true).unwrap() {
-                assert_eq!(o, Outcome::Confirmed);
+                assert_eq!(o, Confirmation::Confirmed);
             }
         }
     }
     while publisher.unsettled() > 0 {
         for (_, o) in publisher.settle(true).unwrap() {
-            assert_eq!(o, Outcome::Confirmed);
+            assert_eq!(o, Confirmation::Confirmed);
         }
     }
     let _ = publisher.close();

@@ -65,7 +65,7 @@ pub fn print(keys: &SimKeys, files: &ClientFiles) {
         let sent = counter.snapshot() - before;
         if count {
             let e = by_outcome
-                .entry(format!("{kind}: {}", s.label()))
+                .entry(format!("{kind}: {}", s.outcome()))
                 .or_default();
             e.0 += 1;
             e.1 = e.1 + sent;

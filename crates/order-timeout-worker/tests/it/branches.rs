@@ -186,7 +186,7 @@ fn a_message_that_comes_early_is_delayed_until_the_deadline() {
     let worker = stack.start(stack.settings());
     stack.relay();
     // It was seen before its deadline and sent to wait, without a settlement.
-    worker.wait_outcomes("not_yet_due", 1, LIMIT);
+    worker.wait_outcomes(service::Outcome::NotYetDue, 1, LIMIT);
     assert_eq!(stack.wait_settled(&no, LIMIT), OrderStatus::Closed);
     worker.stop();
     let order = domain::find_order(&mut stack.db.conn(), &no)

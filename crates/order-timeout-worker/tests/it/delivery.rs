@@ -128,7 +128,7 @@ fn a_redelivery_after_commit_is_a_no_op() {
     stack.relay();
     // The redelivery must really be handled (found settled), not merely be
     // somewhere else than the consumer queue when we look.
-    worker.wait_outcomes("already_settled", 1, LIMIT);
+    worker.wait_outcomes(service::Outcome::AlreadySettled, 1, LIMIT);
     stack.wait_depth("queue.ordertimeout", 0, LIMIT);
     worker.stop();
     assert_eq!(stack.stock("TEA"), 1000, "nothing given back twice");
@@ -165,11 +165,10 @@ fn an_order_whose_message_was_never_published_is_settled_by_the_sweep() {
 #[test]
 fn only_one_worker_sweeps_at_a_time() {
     let stack = Stack::new();
-    let w1 = order_timeout_worker::Worker::new(
-        stack.settler(),
-        stack.topology.clone(),
-        stack.vhost.url().clone(),
-        stack.settings(),
+    let w1 = order_timeout_worker::Sweeper::new(
+        std::sync::Arc::new(stack.settler()),
+        order_timeout_worker::dispose::ladder(&stack.topology),
+        &stack.settings(),
     );
     // Hold the sweep lock from another session.
     let mut holder = stack.db.conn();

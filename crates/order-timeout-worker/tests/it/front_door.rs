@@ -60,15 +60,33 @@ fn wait_past_deadlines(door: &FrontDoor, orders: &[OrderNo]) {
     std::thread::sleep(left + Duration::from_millis(50));
 }
 
+/// How the notification and the close of one order meet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Race {
+    /// The notification is recorded before the settlement starts.
+    NotificationFirst,
+    /// The settlement (a close) is done before the notification arrives.
+    CloseFirst,
+    /// Both start at once (a barrier); either may win.
+    Together,
+}
+
 #[test]
 fn a_notification_racing_the_close_has_one_winner_and_stock_is_conserved() {
     let door = Arc::new(FrontDoor::start());
     let orders = prepaid_orders(&door, 12);
     wait_past_deadlines(&door, &orders);
     let settler = Arc::new(settler(&door));
+    // Each interleaving forced on a third of the orders (so both outcomes
+    // are checked every run), the last third left to the race itself.
+    let race_of = |i: usize| match i % 3 {
+        0 => Race::NotificationFirst,
+        1 => Race::CloseFirst,
+        _ => Race::Together,
+    };
     let mut handles = Vec::new();
     for (i, no) in orders.iter().enumerate() {
-        let barrier = Arc::new(Barrier::new(2));
+        let race = race_of(i);
         let tx = paid_transaction(
             no.as_str(),
             2 * UNIT_FEN,
@@ -76,32 +94,50 @@ fn a_notification_racing_the_close_has_one_winner_and_stock_is_conserved() {
         );
         // Signed before the race so both sides start at once.
         let notification = door.notification(&tx, unix_now());
-        let (d, b) = (Arc::clone(&door), Arc::clone(&barrier));
-        handles.push(std::thread::spawn(move || {
-            b.wait();
+        let (d, s, no) = (Arc::clone(&door), Arc::clone(&settler), no.clone());
+        let deliver = move || {
             let a = d.deliver(&notification);
             assert_eq!(a.status, 204, "{}", a.body);
-            None
-        }));
-        let (s, b, no) = (Arc::clone(&settler), barrier, no.clone());
-        handles.push(std::thread::spawn(move || {
-            b.wait();
-            Some(s.settle(&no, Trigger::Message, Utc::now()))
-        }));
+        };
+        let settle = move || s.settle(&no, Trigger::Message, Utc::now());
+        match race {
+            Race::NotificationFirst => {
+                deliver();
+                handles.push(std::thread::spawn(move || (race, settle())));
+            }
+            Race::CloseFirst => {
+                let settled = settle();
+                deliver();
+                handles.push(std::thread::spawn(move || (race, settled)));
+            }
+            Race::Together => {
+                let barrier = Arc::new(Barrier::new(2));
+                let b = Arc::clone(&barrier);
+                let notifier = std::thread::spawn(move || {
+                    b.wait();
+                    deliver();
+                });
+                handles.push(std::thread::spawn(move || {
+                    barrier.wait();
+                    let settled = settle();
+                    notifier.join().unwrap();
+                    (race, settled)
+                }));
+            }
+        }
     }
-    let settlements: Vec<Settlement> = handles
-        .into_iter()
-        .filter_map(|h| h.join().unwrap())
-        .collect();
+    let settlements: Vec<(Race, Settlement)> =
+        handles.into_iter().map(|h| h.join().unwrap()).collect();
     let mut conn = door.db.conn();
     let (mut paid, mut closed) = (0, 0);
-    for no in &orders {
+    for (no, (race, settlement)) in orders.iter().zip(&settlements) {
         let order = domain::find_order(&mut conn, no).unwrap().unwrap();
         let payments = domain::payments_of(&mut conn, no).unwrap();
         assert_eq!(payments.len(), 1, "{no}: exactly one payment recorded");
         match order.status {
             OrderStatus::Paid => {
                 assert!(!payments[0].paid_after_close, "{no}");
+                assert_ne!(*race, Race::CloseFirst, "{no}: {settlement:?}");
                 paid += 1;
             }
             OrderStatus::Closed => {
@@ -109,11 +145,26 @@ fn a_notification_racing_the_close_has_one_winner_and_stock_is_conserved() {
                     payments[0].paid_after_close,
                     "{no}: the close won, the payment is kept for a refund"
                 );
+                assert_ne!(*race, Race::NotificationFirst, "{no}: {settlement:?}");
                 closed += 1;
             }
-            OrderStatus::PendingPayment => panic!("{no} left pending: {settlements:?}"),
+            OrderStatus::PendingPayment => panic!("{no} left pending: {settlement:?}"),
+        }
+        match race {
+            Race::NotificationFirst => assert_eq!(
+                *settlement,
+                Settlement::AlreadySettled(OrderStatus::Paid),
+                "{no}"
+            ),
+            Race::CloseFirst => assert!(
+                matches!(settlement, Settlement::Closed { .. }),
+                "{no}: {settlement:?}"
+            ),
+            Race::Together => {}
         }
     }
+    // Both interleavings happened (the forced ones at least).
+    assert!(paid >= 4 && closed >= 4, "paid {paid}, closed {closed}");
     eprintln!("race: notification first {paid}, close first {closed}");
     for balance in domain::stock_balances(&mut conn).unwrap() {
         assert!(balance.is_conserved(), "{balance:?}");

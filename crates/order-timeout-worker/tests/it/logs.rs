@@ -101,7 +101,7 @@ fn json_logs_are_one_object_a_line_and_settlement_lines_name_the_order() {
     assert_eq!(settled["outcome"], "closed", "{settled}");
     assert_eq!(settled["attempt"], 1, "{settled}");
     assert_eq!(settled["level"], "INFO", "{settled}");
-    assert_eq!(settled["target"], "order_timeout_worker::lane", "{settled}");
+    assert_eq!(settled["target"], "service::settle", "{settled}");
     let parked = line_with(&lines, "PARKED message POISON0000001");
     assert_eq!(parked["level"], "ERROR", "{parked}");
     assert_eq!(parked["order_no"], "POISON0000001", "{parked}");
@@ -124,7 +124,10 @@ fn json_logs_are_one_object_a_line_and_settlement_lines_name_the_order() {
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let lines = json_lines(&stderr(&out));
-    let rechecked = line_with(&lines, &format!("order {no}: rechecked"));
+    let rechecked = line_with(
+        &lines,
+        &format!("order {no}: closed here; rechecked at WeChat Pay"),
+    );
     assert_eq!(rechecked["order_no"], no.as_str());
     assert_eq!(rechecked["outcome"], "rechecked");
 
@@ -134,7 +137,7 @@ fn json_logs_are_one_object_a_line_and_settlement_lines_name_the_order() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let lines = json_lines(&stderr(&out));
-    let unknown = line_with(&lines, "order nosuchorder1: unknown order");
+    let unknown = line_with(&lines, "order nosuchorder1: not settled: no such order");
     assert_eq!(unknown["order_no"], "nosuchorder1");
 
     let empty = domain::testing::TestDb::empty();
@@ -189,10 +192,10 @@ fn the_text_format_is_the_default_and_an_unknown_format_exits_2() {
             .lines()
             .find(|l| l.contains(&format!("order {no}: ")))
             .unwrap_or_else(|| panic!("{format:?}: {err}"));
-        // `[2026-12-06T22:19:23Z INFO  order_timeout_worker::lane] order ...: ...; attempt 1, 12 ms`
+        // `[2026-12-06T22:19:23Z INFO  service::settle] order ...: ...; attempt 1, 12 ms`
         assert!(line.starts_with('['), "{format:?}: {line}");
         assert!(
-            line.contains(" order_timeout_worker::lane] order "),
+            line.contains(" service::settle] order "),
             "{format:?}: {line}"
         );
         assert!(

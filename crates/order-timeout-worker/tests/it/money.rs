@@ -192,11 +192,10 @@ fn a_paid_answer_that_does_not_match_the_order_is_left_to_a_human() {
     let before = queries_of(&stack, &nos);
     let mut settings = stack.settings();
     settings.sweep_grace = Duration::from_millis(1);
-    let sweeper = order_timeout_worker::Worker::new(
-        stack.settler(),
-        stack.topology.clone(),
-        stack.vhost.url().clone(),
-        settings,
+    let sweeper = order_timeout_worker::Sweeper::new(
+        std::sync::Arc::new(stack.settler()),
+        order_timeout_worker::dispose::ladder(&stack.topology),
+        &settings,
     );
     let report = sweeper.sweep_once().unwrap().unwrap();
     assert_eq!(report.looked_at, 0, "{report:?}");

@@ -142,11 +142,11 @@ fn still_nothing_at_wechat_pay_ends_the_recheck_and_a_duplicate_is_a_no_op() {
         publisher
             .publish_one("queue.ordertimeout", &message.body(), props)
             .unwrap(),
-        broker::Outcome::Confirmed
+        broker::Confirmation::Confirmed
     );
     let _ = conn.close();
     // Handled, and found done: nothing asked, nothing recorded.
-    worker.wait_outcomes("already_settled", 1, LIMIT);
+    worker.wait_outcomes(service::Outcome::AlreadySettled, 1, LIMIT);
     worker.stop();
     assert_eq!(
         stack.sim.admin().stats().unwrap().queries,
@@ -180,11 +180,10 @@ fn the_sweep_does_a_recheck_whose_message_was_lost() {
     stack.sim_put(&no, "NOTPAY");
     let mut settings = stack.settings();
     settings.sweep_grace = Duration::from_millis(1);
-    let sweeper = order_timeout_worker::Worker::new(
-        settler,
-        stack.topology.clone(),
-        stack.vhost.url().clone(),
-        settings,
+    let sweeper = order_timeout_worker::Sweeper::new(
+        std::sync::Arc::new(settler),
+        order_timeout_worker::dispose::ladder(&stack.topology),
+        &settings,
     );
     std::thread::sleep(Duration::from_millis(10));
     let report = sweeper.sweep_once().unwrap().unwrap();

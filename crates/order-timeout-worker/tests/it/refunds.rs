@@ -7,7 +7,9 @@ use std::time::Duration;
 use domain::testing::wait_for;
 use domain::{OrderNo, RefundStatus};
 use order_producer::testing::FrontDoor;
-use order_timeout_worker::{RefundReport, Settler, Trigger};
+use std::sync::Arc;
+
+use order_timeout_worker::{RefundReport, Refunder, Settler, Trigger};
 
 use crate::front_door::settler;
 
@@ -45,13 +47,18 @@ fn refund_status(door: &FrontDoor, no: &OrderNo) -> RefundStatus {
 }
 
 /// Runs refund passes until the order's refund is final (or 10 s pass).
-fn until_final(door: &FrontDoor, s: &Settler, no: &OrderNo) -> RefundStatus {
+fn until_final(door: &FrontDoor, r: &Refunder, no: &OrderNo) -> RefundStatus {
     wait_for(Duration::from_secs(10), || {
-        let _: RefundReport = s.refund_due(&ladder()).unwrap();
+        let _: RefundReport = r.refund_due().unwrap();
         let st = refund_status(door, no);
         st.is_final().then_some(st)
     })
     .unwrap_or_else(|| refund_status(door, no))
+}
+
+/// The refunder the worker would run, with the test's short ladder.
+fn refunder(s: &Settler) -> Refunder {
+    Refunder::new(Arc::new(s.clone()), ladder())
 }
 
 fn refund_notify(door: &FrontDoor) -> String {
@@ -62,8 +69,8 @@ fn refund_notify(door: &FrontDoor) -> String {
 fn a_payment_after_close_is_refunded_once_and_the_notification_finishes_it() {
     let door = FrontDoor::start();
     let (no, out_refund_no) = paid_after_close(&door);
-    let s = settler(&door).with_refund_notify_url(Some(refund_notify(&door)));
-    let report = s.refund_due(&ladder()).unwrap();
+    let r = refunder(&settler(&door)).with_notify_url(Some(refund_notify(&door)));
+    let report = r.refund_due().unwrap();
     assert_eq!(report.claimed, 1);
     // The refund notification (not another pass) finishes it.
     let done = wait_for(Duration::from_secs(5), || {
@@ -78,7 +85,7 @@ fn a_payment_after_close_is_refunded_once_and_the_notification_finishes_it() {
     assert_eq!(shown["refund"]["status"], "succeeded");
     assert_eq!(shown["refund"]["out_refund_no"], out_refund_no.as_str());
     // Nothing left to do.
-    assert_eq!(s.refund_due(&ladder()).unwrap().claimed, 0);
+    assert_eq!(r.refund_due().unwrap().claimed, 0);
 }
 
 #[test]
@@ -89,6 +96,7 @@ fn duplicate_triggers_and_two_workers_make_one_refund_request() {
     // the operator's settle (a recheck of the closed order).
     door.sim.admin().notify_again(no.as_str()).unwrap();
     let s = settler(&door);
+    let r = refunder(&s);
     let _ = s.settle(&no, Trigger::Operator, chrono::Utc::now());
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
@@ -97,14 +105,14 @@ fn duplicate_triggers_and_two_workers_make_one_refund_request() {
     );
     // Two workers at once.
     let (a, b) = std::thread::scope(|scope| {
-        let s2 = settler(&door);
-        let a = scope.spawn(|| s.refund_due(&ladder()).unwrap());
-        let b = scope.spawn(move || s2.refund_due(&ladder()).unwrap());
+        let r2 = refunder(&settler(&door));
+        let a = scope.spawn(|| r.refund_due().unwrap());
+        let b = scope.spawn(move || r2.refund_due().unwrap());
         (a.join().unwrap(), b.join().unwrap())
     });
     assert_eq!(a.claimed + b.claimed, 1, "{a:?} {b:?}");
     assert_eq!(
-        until_final(&door, &s, &no),
+        until_final(&door, &r, &no),
         RefundStatus::Succeeded,
         "followed by querying"
     );
@@ -126,6 +134,7 @@ fn server_errors_and_timeouts_are_retried_with_the_same_refund() {
     let door = FrontDoor::start();
     let (no, out_refund_no) = paid_after_close(&door);
     let s = settler(&door);
+    let r = refunder(&s);
     door.sim
         .admin()
         .set_global_faults(&wechatpay_sim::Faults {
@@ -135,7 +144,7 @@ fn server_errors_and_timeouts_are_retried_with_the_same_refund() {
             ..wechatpay_sim::Faults::default()
         })
         .unwrap();
-    let first = s.refund_due(&ladder()).unwrap();
+    let first = r.refund_due().unwrap();
     assert_eq!(first.retried, 1);
     let row = &domain::refunds_of(&mut door.db.conn(), &no).unwrap()[0];
     assert!(
@@ -145,7 +154,7 @@ fn server_errors_and_timeouts_are_retried_with_the_same_refund() {
     // Longer than the client's 2 s timeout, once: WeChat Pay may have made
     // the refund though we never heard.
     std::thread::sleep(Duration::from_millis(100));
-    let _ = s.refund_due(&ladder()).unwrap();
+    let _ = r.refund_due().unwrap();
     door.sim
         .admin()
         .set_global_faults(&wechatpay_sim::Faults {
@@ -156,8 +165,8 @@ fn server_errors_and_timeouts_are_retried_with_the_same_refund() {
         })
         .unwrap();
     std::thread::sleep(Duration::from_millis(150));
-    let _ = s.refund_due(&ladder()).unwrap();
-    assert_eq!(until_final(&door, &s, &no), RefundStatus::Succeeded);
+    let _ = r.refund_due().unwrap();
+    assert_eq!(until_final(&door, &r, &no), RefundStatus::Succeeded);
     let stats = door.sim.admin().stats().unwrap();
     assert_eq!(
         stats.refunds_created, 1,
@@ -176,7 +185,8 @@ fn an_abnormal_refund_is_parked_for_a_human_and_shown_by_status() {
         .unwrap();
     let (no, out_refund_no) = paid_after_close(&door);
     let s = settler(&door);
-    assert_eq!(until_final(&door, &s, &no), RefundStatus::Abnormal);
+    let r = refunder(&s);
+    assert_eq!(until_final(&door, &r, &no), RefundStatus::Abnormal);
     let parked = domain::refunds_needing_human(&mut door.db.conn(), 10).unwrap();
     assert_eq!(parked.len(), 1);
     assert!(parked[0]
@@ -185,7 +195,7 @@ fn an_abnormal_refund_is_parked_for_a_human_and_shown_by_status() {
         .unwrap()
         .contains("ABNORMAL"));
     // The worker leaves it alone from now on.
-    assert_eq!(s.refund_due(&ladder()).unwrap().claimed, 0);
+    assert_eq!(r.refund_due().unwrap().claimed, 0);
     let mut out = Vec::new();
     let topology =
         broker::Topology::single(Duration::from_mins(30), broker::QueueType::Classic).unwrap();
@@ -203,6 +213,7 @@ fn a_crash_between_the_request_and_its_record_reuses_the_out_refund_no() {
     let door = FrontDoor::start();
     let (no, out_refund_no) = paid_after_close(&door);
     let s = settler(&door);
+    let r = refunder(&s);
     // A worker sent the request, WeChat Pay made the refund, and the worker
     // died (kill -9) before recording anything: the row still says requested.
     let refund = domain::refunds_of(&mut door.db.conn(), &no)
@@ -221,7 +232,7 @@ fn a_crash_between_the_request_and_its_record_reuses_the_out_refund_no() {
         .unwrap();
     assert_eq!(refund_status(&door, &no), RefundStatus::Requested);
     // The next worker asks again with the same out_refund_no.
-    assert_eq!(until_final(&door, &s, &no), RefundStatus::Succeeded);
+    assert_eq!(until_final(&door, &r, &no), RefundStatus::Succeeded);
     let stats = door.sim.admin().stats().unwrap();
     assert_eq!((stats.refunds_created, stats.refund_requests), (1, 2));
     let row = domain::refunds_of(&mut door.db.conn(), &no)

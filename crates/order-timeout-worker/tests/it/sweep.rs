@@ -50,11 +50,10 @@ fn a_pass_reaches_every_overdue_order_and_asks_each_unsettleable_one_once_per_st
     settings.sweep_batch = 2;
     // The sweep's back-off follows the retry ladder: 1 s, 2 s, 4 s here.
     let ladder = [1, 2, 4].map(Duration::from_secs);
-    let sweeper = order_timeout_worker::Worker::new(
-        stack.settler(),
-        stack.topology.clone().with_retry_delays(&ladder).unwrap(),
-        stack.vhost.url().clone(),
-        settings,
+    let sweeper = order_timeout_worker::Sweeper::new(
+        std::sync::Arc::new(stack.settler()),
+        broker::RetryLadder::new(&ladder).unwrap(),
+        &settings,
     );
 
     let first = sweeper.sweep_once().unwrap().unwrap();

@@ -12,6 +12,7 @@ use broker::{QueueType, Topology};
 use domain::testing::{wait_for, TestDb};
 use domain::{OrderNo, OrderStatus};
 use order_timeout_worker::{ConsumerSettings, Settler, Worker};
+use service::Outcome;
 use wechatpay_sim::{ClientFiles, SimKeys, Simulator};
 
 pub(crate) const WINDOW: Duration = Duration::from_millis(300);
@@ -117,6 +118,7 @@ impl Stack {
             sweep_batch: 100,
             summary_interval: Duration::from_hours(1),
             refund_interval: Duration::from_hours(1),
+            refund_notify_url: None,
         }
     }
 
@@ -135,11 +137,11 @@ impl Stack {
         );
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
-        let stats = worker.stats();
+        let summary = worker.summary();
         let handle = std::thread::spawn(move || worker.run(&flag));
         Running {
             stop,
-            stats,
+            summary,
             handle: Some(handle),
         }
     }
@@ -202,7 +204,7 @@ impl Stack {
                 message.properties(chrono::Utc::now()),
             )
             .unwrap();
-        assert_eq!(outcome, broker::Outcome::Confirmed);
+        assert_eq!(outcome, broker::Confirmation::Confirmed);
         let _ = conn.close();
     }
 
@@ -295,28 +297,24 @@ pub(crate) fn reason_of(props: &broker::AmqpProperties) -> (String, String) {
 /// A worker running in a thread of this process.
 pub(crate) struct Running {
     stop: Arc<AtomicBool>,
-    stats: Arc<order_timeout_worker::stats::Stats>,
+    summary: Arc<order_timeout_worker::Summary>,
     handle: Option<JoinHandle<()>>,
 }
 
 impl Running {
-    /// Waits until the worker has had at least `n` settlement attempts with
-    /// outcome `label` (e.g. `already_settled`) since it started.
-    pub(crate) fn wait_outcomes(&self, label: &str, n: u64, limit: Duration) {
+    /// Waits until the worker has counted at least `n` settlement attempts
+    /// with `outcome` since it started.
+    pub(crate) fn wait_outcomes(&self, outcome: Outcome, n: u64, limit: Duration) {
         assert!(
-            wait_for(limit, || (self.stats.total(label) >= n).then_some(())).is_some(),
-            "{} {label} outcome(s), not {n}, after {limit:?}",
-            self.stats.total(label)
+            wait_for(limit, || (self.summary.total(outcome) >= n).then_some(())).is_some(),
+            "{} {outcome} outcome(s), not {n}, after {limit:?}",
+            self.summary.total(outcome)
         );
-    }
-
-    pub(crate) fn outcomes(&self, label: &str) -> u64 {
-        self.stats.total(label)
     }
 
     /// The summary line of what happened since the last one.
     pub(crate) fn summary(&self) -> Option<String> {
-        self.stats.take_summary()
+        self.summary.take()
     }
 
     pub(crate) fn stop(mut self) {

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use payment_client::{CloseOutcome, Error, QueryOutcome, TradeState};
+use payment_client::{CloseAnswer, Error, QueryOutcome, TradeState};
 use wechatpay_sim::{Faults, Order};
 
 use crate::support::env;
@@ -80,7 +80,7 @@ fn close_of_an_unpaid_order_answers_204_and_closes_it() {
     let e = env();
     for (no, state) in [("CLOSE00001", "NOTPAY"), ("CLOSE00002", "PAYERROR")] {
         e.admin.set_state(no, state).unwrap();
-        assert_eq!(e.client.close(no).unwrap(), CloseOutcome::Closed);
+        assert_eq!(e.client.close(no).unwrap(), CloseAnswer::Closed);
         assert_eq!(e.admin.order(no).unwrap().unwrap().trade_state, "CLOSED");
         assert_eq!(
             found(e.client.query_by_out_trade_no(no).unwrap()).trade_state,
@@ -88,7 +88,7 @@ fn close_of_an_unpaid_order_answers_204_and_closes_it() {
         );
     }
     // Closing again is harmless.
-    assert_eq!(e.client.close("CLOSE00001").unwrap(), CloseOutcome::Closed);
+    assert_eq!(e.client.close("CLOSE00001").unwrap(), CloseAnswer::Closed);
 }
 
 #[test]
@@ -97,7 +97,7 @@ fn close_while_the_user_is_paying_answers_202() {
     e.admin.set_state("PAYING0001", "USERPAYING").unwrap();
     assert_eq!(
         e.client.close("PAYING0001").unwrap(),
-        CloseOutcome::UserPaying
+        CloseAnswer::UserPaying
     );
     assert_eq!(
         e.admin.order("PAYING0001").unwrap().unwrap().trade_state,
@@ -135,7 +135,7 @@ fn a_204_close_is_not_proof_the_order_is_closed() {
             },
         )
         .unwrap();
-    assert_eq!(e.client.close("NOOP000001").unwrap(), CloseOutcome::Closed);
+    assert_eq!(e.client.close("NOOP000001").unwrap(), CloseAnswer::Closed);
     e.admin.pay("NOOP000001").unwrap();
     assert_eq!(
         found(e.client.query_by_out_trade_no("NOOP000001").unwrap()).trade_state,
@@ -152,7 +152,7 @@ fn every_allowed_character_of_out_trade_no_survives_signing_and_the_url() {
         found(e.client.query_by_out_trade_no(no).unwrap()).trade_state,
         TradeState::NotPay
     );
-    assert_eq!(e.client.close(no).unwrap(), CloseOutcome::Closed);
+    assert_eq!(e.client.close(no).unwrap(), CloseAnswer::Closed);
     assert_eq!(e.admin.order(no).unwrap().unwrap().trade_state, "CLOSED");
 }
 
@@ -200,7 +200,7 @@ fn one_client_serves_many_threads() {
         })
         .collect();
     for h in handles {
-        assert_eq!(h.join().unwrap(), CloseOutcome::Closed);
+        assert_eq!(h.join().unwrap(), CloseAnswer::Closed);
     }
     let stats = e.admin.stats().unwrap();
     assert_eq!(

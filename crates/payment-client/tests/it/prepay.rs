@@ -190,7 +190,7 @@ fn a_closed_or_expired_order_is_refused_with_order_closed() {
     e.client.native_prepay(&req).unwrap();
     assert_eq!(
         e.client.close("SIMPREPAY4").unwrap(),
-        payment_client::CloseOutcome::Closed
+        payment_client::CloseAnswer::Closed
     );
     let err = e.client.native_prepay(&req).unwrap_err();
     assert_eq!(rejected(&err), (400, "ORDER_CLOSED"));

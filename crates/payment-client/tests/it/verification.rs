@@ -1,7 +1,7 @@
 //! Nothing unverified is believed; our own signatures are accepted.
 
 use payment_client::verify::VerifyError;
-use payment_client::{Client, CloseOutcome, Config, Error, QueryOutcome, TradeState};
+use payment_client::{Client, CloseAnswer, Config, Error, QueryOutcome, TradeState};
 use wechatpay_sim::{Faults, SimConfig};
 
 use crate::support::{
@@ -155,7 +155,7 @@ fn pkcs1_merchant_key_signs_accepted_requests() {
     let mut config = config_for(&sim);
     config.merchant_key_file = path;
     let client = Client::new(config).unwrap();
-    assert_eq!(client.close("PKCS1ORD01").unwrap(), CloseOutcome::Closed);
+    assert_eq!(client.close("PKCS1ORD01").unwrap(), CloseAnswer::Closed);
 }
 
 #[test]

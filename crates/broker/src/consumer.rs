@@ -1,8 +1,8 @@
-//! Consumer lanes: a channel of its own consuming one queue with manual acks
+//! Consumer channels: a channel of its own consuming one queue with manual acks
 //! and a prefetch limit, for one worker thread (amiquip's `Channel` is `Send`
 //! but not `Sync`). The worker decides what to do with each delivery; this
 //! module does the AMQP side, including amiquip's trap: dropping a live
-//! consumer can take the whole connection down, so [`LaneConsumer::stop`]
+//! consumer can take the whole connection down, so [`QueueConsumer::stop`]
 //! cancels it and gives back what was prefetched first.
 
 use std::time::Duration;
@@ -14,15 +14,15 @@ use crate::connection::{AmqpUrl, Connection};
 use crate::error::BrokerError;
 
 /// A channel for one consumer thread.
-pub struct Lane {
+pub struct ConsumerChannel {
     channel: Channel,
     url: AmqpUrl,
     prefetch: u16,
 }
 
-impl std::fmt::Debug for Lane {
+impl std::fmt::Debug for ConsumerChannel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Lane")
+        f.debug_struct("ConsumerChannel")
             .field("prefetch", &self.prefetch)
             .finish_non_exhaustive()
     }
@@ -30,7 +30,7 @@ impl std::fmt::Debug for Lane {
 
 /// What waiting for the next delivery gave.
 #[derive(Debug)]
-pub enum LaneEvent {
+pub enum ConsumerEvent {
     /// Boxed: a delivery is large and the other events are tiny.
     Delivery(Box<Delivery>),
     /// Nothing within the wait.
@@ -38,17 +38,17 @@ pub enum LaneEvent {
     /// Our own cancel went through.
     Cancelled,
     /// The broker ended the consumer (the queue was deleted, the connection
-    /// is closing): the lane is done, reconnect.
+    /// is closing): the consumer is done, reconnect.
     Ended(String),
     /// The connection is gone.
     Lost,
 }
 
 impl Connection {
-    /// A lane on this connection: a channel that will take at most
+    /// A consumer channel on this connection: a channel that will take at most
     /// `prefetch` unacked messages.
-    pub fn lane(&mut self, prefetch: u16) -> Result<Lane, BrokerError> {
-        Ok(Lane {
+    pub fn consumer_channel(&mut self, prefetch: u16) -> Result<ConsumerChannel, BrokerError> {
+        Ok(ConsumerChannel {
             channel: self.channel("consumer lane")?,
             url: self.url().clone(),
             prefetch,
@@ -56,9 +56,9 @@ impl Connection {
     }
 }
 
-impl Lane {
+impl ConsumerChannel {
     /// Starts consuming `queue` with manual acks.
-    pub fn consume(&self, queue: &str) -> Result<LaneConsumer<'_>, BrokerError> {
+    pub fn consume(&self, queue: &str) -> Result<QueueConsumer<'_>, BrokerError> {
         let consumer = self
             .channel
             .qos(0, self.prefetch, false)
@@ -69,7 +69,7 @@ impl Lane {
             .map_err(|e| {
                 BrokerError::from_amiquip(&self.url, &format!("could not consume {queue}"), e)
             })?;
-        Ok(LaneConsumer {
+        Ok(QueueConsumer {
             consumer,
             url: &self.url,
         })
@@ -81,27 +81,27 @@ impl Lane {
     }
 }
 
-/// A running consumer of a lane.
-pub struct LaneConsumer<'c> {
+/// A running consumer on a consumer channel.
+pub struct QueueConsumer<'c> {
     consumer: Consumer<'c>,
     url: &'c AmqpUrl,
 }
 
-impl std::fmt::Debug for LaneConsumer<'_> {
+impl std::fmt::Debug for QueueConsumer<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LaneConsumer").finish_non_exhaustive()
+        f.debug_struct("QueueConsumer").finish_non_exhaustive()
     }
 }
 
-impl LaneConsumer<'_> {
+impl QueueConsumer<'_> {
     /// The next delivery, waiting at most `wait`.
-    pub fn next(&self, wait: Duration) -> LaneEvent {
+    pub fn next(&self, wait: Duration) -> ConsumerEvent {
         match self.consumer.receiver().recv_timeout(wait) {
-            Ok(ConsumerMessage::Delivery(d)) => LaneEvent::Delivery(Box::new(d)),
-            Ok(ConsumerMessage::ClientCancelled) => LaneEvent::Cancelled,
-            Ok(other) => LaneEvent::Ended(format!("{other:?}")),
-            Err(RecvTimeoutError::Timeout) => LaneEvent::Idle,
-            Err(RecvTimeoutError::Disconnected) => LaneEvent::Lost,
+            Ok(ConsumerMessage::Delivery(d)) => ConsumerEvent::Delivery(Box::new(d)),
+            Ok(ConsumerMessage::ClientCancelled) => ConsumerEvent::Cancelled,
+            Ok(other) => ConsumerEvent::Ended(format!("{other:?}")),
+            Err(RecvTimeoutError::Timeout) => ConsumerEvent::Idle,
+            Err(RecvTimeoutError::Disconnected) => ConsumerEvent::Lost,
         }
     }
 

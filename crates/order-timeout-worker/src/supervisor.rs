@@ -1,8 +1,11 @@
-//! The consumer's supervisor: one connection's session of `--worker-concurrency`
-//! lanes (each a thread with its own channel, since amiquip's `Channel` is
-//! `Send`, not `Sync`; the lane itself is in [`crate::lane`]), reconnecting
-//! with jittered back-off when the connection or a consumer is lost, plus
-//! the summary loop.
+//! The worker and its supervisor. [`Worker::run`] composes the parts, each
+//! in its own module and each holding the one shared [`Settler`]: the
+//! consumer lanes ([`crate::lane`]), the sweep ([`crate::sweep`]), the
+//! refunds ([`crate::refund`]) and the summary line ([`crate::summary`]).
+//! The supervisor here runs one connection's session of
+//! `--worker-concurrency` lanes (each a thread with its own channel, since
+//! amiquip's `Channel` is `Send`, not `Sync`), reconnecting with jittered
+//! back-off when the connection or a consumer is lost.
 //!
 //! Acks: a message is acked only after its effect is committed (the
 //! settlement's transaction) or after its successor (a retry, a recheck or a
@@ -21,11 +24,14 @@ use std::time::{Duration, Instant};
 
 use broker::topology::TIMEOUT_QUEUE;
 use broker::{AmqpUrl, BrokerError, ConfirmedPublisher, Topology};
-use service::{sleep_unless_stopped, Backoff};
+use service::{sleep_unless_stopped, Backoff, Metrics};
 
-use crate::dispose::{dispose, Disposition};
-use crate::settle::{Settlement, Settler};
-use crate::stats::Stats;
+use crate::dispose::{ladder, reason};
+use crate::lane::{Lane, LaneEnd};
+use crate::refund::{self, Refunder};
+use crate::settle::Settler;
+use crate::summary::Summary;
+use crate::sweep::Sweeper;
 
 /// The longest nominal pause between two checks of a damaged topology
 /// (jitter stretches a pause up to twice its nominal length).
@@ -50,6 +56,9 @@ pub struct ConsumerSettings {
     pub summary_interval: Duration,
     /// How often due refunds are claimed and acted on.
     pub refund_interval: Duration,
+    /// Where WeChat Pay sends refund notifications (the front door's
+    /// `/wechatpay/notify/refund`); `None`: refunds are followed by asking.
+    pub refund_notify_url: Option<String>,
 }
 
 /// Waits until the broker answers, then checks the topology once: what the
@@ -91,27 +100,24 @@ pub fn await_topology(
     Ok(false)
 }
 
-/// The settling worker: consumer lanes, the sweep and the summary.
+/// The settling worker: consumer lanes, the sweep, the refunds and the
+/// summary, sharing one settler.
 #[derive(Debug)]
 pub struct Worker {
-    pub(crate) settler: Settler,
-    pub(crate) topology: Topology,
-    pub(crate) amqp_url: AmqpUrl,
-    pub(crate) settings: ConsumerSettings,
-    pub(crate) stats: Arc<Stats>,
-}
-
-/// Why a consumer session ended.
-#[derive(Debug)]
-pub(crate) enum SessionEnd {
-    /// The broker went away (or a consumer was cancelled): reconnect.
-    Lost(BrokerError),
-    /// The topology is missing, differs, or refused a successor: do not
-    /// consume until a check passes.
-    Topology(String),
+    settler: Arc<Settler>,
+    lane: Lane,
+    sweeper: Sweeper,
+    refunder: Refunder,
+    summary: Arc<Summary>,
+    topology: Topology,
+    amqp_url: AmqpUrl,
+    settings: ConsumerSettings,
 }
 
 impl Worker {
+    /// The worker always counts into enabled metrics, listened to or not:
+    /// the summary line reads them. A settler with disabled metrics gets
+    /// its own handle here.
     #[must_use]
     pub fn new(
         settler: Settler,
@@ -119,16 +125,31 @@ impl Worker {
         amqp_url: AmqpUrl,
         settings: ConsumerSettings,
     ) -> Self {
+        let settler = if settler.metrics().is_enabled() {
+            settler
+        } else {
+            settler.with_metrics(Metrics::new("worker"))
+        };
+        let ladder = ladder(&topology);
         let metrics = settler.metrics();
-        metrics.init_retry_delays(crate::dispose::ladder(&topology).steps());
-        metrics.init_parked_reasons(&crate::dispose::reason::PARKED);
+        metrics.init_retry_delays(ladder.steps());
+        metrics.init_parked_reasons(&reason::PARKED);
         metrics.init_parked_reasons(&domain::Anomaly::ALL.map(domain::Anomaly::as_str));
+        let settler = Arc::new(settler);
         Self {
+            lane: Lane::new(
+                Arc::clone(&settler),
+                topology.clone(),
+                settings.max_attempts,
+            ),
+            sweeper: Sweeper::new(Arc::clone(&settler), ladder.clone(), &settings),
+            refunder: Refunder::new(Arc::clone(&settler), ladder.clone())
+                .with_notify_url(settings.refund_notify_url.clone()),
+            summary: Arc::new(Summary::new(Arc::clone(&settler), ladder)),
             settler,
             topology,
             amqp_url,
             settings,
-            stats: Arc::new(Stats::default()),
         }
     }
 
@@ -142,10 +163,10 @@ impl Worker {
         &self.settings
     }
 
-    /// The worker's outcome counters (shared: they keep counting while it runs).
+    /// The summary line's counts (shared: they keep counting while it runs).
     #[must_use]
-    pub fn stats(&self) -> Arc<Stats> {
-        Arc::clone(&self.stats)
+    pub fn summary(&self) -> Arc<Summary> {
+        Arc::clone(&self.summary)
     }
 
     /// Runs the consumer, the sweep and the summary until `stop` is raised,
@@ -153,9 +174,9 @@ impl Worker {
     /// messages back, and closes the connection.
     pub fn run(&self, stop: &AtomicBool) {
         std::thread::scope(|scope| {
-            scope.spawn(|| self.sweep_loop(stop));
-            scope.spawn(|| self.summary_loop(stop));
-            scope.spawn(|| self.refund_loop(stop));
+            scope.spawn(|| self.sweeper.run(stop));
+            scope.spawn(|| self.summary.run(self.settings.summary_interval, stop));
+            scope.spawn(|| refund::run(&self.refunder, self.settings.refund_interval, stop));
             // Jittered, so that workers cut off by one broker restart do not
             // all come back on the same schedule.
             let mut reconnect = Backoff::new(Duration::from_millis(200), MAX_RECONNECT_BACKOFF);
@@ -178,12 +199,12 @@ impl Worker {
                     recheck.reset();
                 }
                 let pause = match &end {
-                    SessionEnd::Lost(e) => {
+                    LaneEnd::Lost(e) => {
                         let pause = reconnect.next_delay();
                         log::warn!("broker session ended: {e}; reconnecting in {pause:?}");
                         pause
                     }
-                    SessionEnd::Topology(why) => {
+                    LaneEnd::Topology(why) => {
                         let pause = recheck.next_delay();
                         log::error!(
                             "TOPOLOGY DAMAGED: {why}; not consuming {TIMEOUT_QUEUE} until it is whole \
@@ -194,35 +215,35 @@ impl Worker {
                 };
                 sleep_unless_stopped(pause, stop);
             }
-            self.log_summary();
+            self.summary.log();
         });
     }
 
     /// One connection's life: open it, check the topology, run the lanes
     /// until they stop (on `stop`), one loses the broker, or one is refused
     /// a successor.
-    fn session(&self, stop: &AtomicBool) -> Result<(), SessionEnd> {
-        let mut conn = broker::connect(&self.amqp_url).map_err(SessionEnd::Lost)?;
+    fn session(&self, stop: &AtomicBool) -> Result<(), LaneEnd> {
+        let mut conn = broker::connect(&self.amqp_url).map_err(LaneEnd::Lost)?;
         if let Err(e) = self.topology.check(&mut conn, &self.amqp_url) {
             let _ = conn.close();
             return Err(match e {
                 BrokerError::TopologyMissing { .. }
                 | BrokerError::TopologyMismatch(_)
-                | BrokerError::RetryDelaysDiffer { .. } => SessionEnd::Topology(e.to_string()),
-                other => SessionEnd::Lost(other),
+                | BrokerError::RetryDelaysDiffer { .. } => LaneEnd::Topology(e.to_string()),
+                other => LaneEnd::Lost(other),
             });
         }
         let mut lanes = Vec::with_capacity(self.settings.concurrency);
         for _ in 0..self.settings.concurrency {
             let channel = conn
-                .lane(self.settings.prefetch)
-                .map_err(SessionEnd::Lost)?;
+                .consumer_channel(self.settings.prefetch)
+                .map_err(LaneEnd::Lost)?;
             let publisher = ConfirmedPublisher::open(
                 &mut conn,
                 &self.amqp_url,
                 broker::DEFAULT_CONFIRM_TIMEOUT,
             )
-            .map_err(SessionEnd::Lost)?;
+            .map_err(LaneEnd::Lost)?;
             lanes.push((channel, publisher));
         }
         log::info!(
@@ -234,19 +255,19 @@ impl Worker {
         let metrics = self.settler.metrics();
         metrics.set_broker_connected(true);
         let broken = AtomicBool::new(false);
-        let first_end: Mutex<Option<SessionEnd>> = Mutex::new(None);
+        let first_end: Mutex<Option<LaneEnd>> = Mutex::new(None);
         std::thread::scope(|scope| {
             for (channel, publisher) in lanes {
                 let (broken, first_end) = (&broken, &first_end);
                 scope.spawn(move || {
-                    if let Err(end) = self.lane(channel, publisher, stop, broken) {
+                    if let Err(end) = self.lane.run(channel, publisher, stop, broken) {
                         broken.store(true, Ordering::Relaxed);
                         let mut slot = first_end
                             .lock()
                             .unwrap_or_else(std::sync::PoisonError::into_inner);
                         // A refusal explains a loss that follows it, not the
                         // other way round.
-                        if slot.is_none() || matches!(end, SessionEnd::Topology(_)) {
+                        if slot.is_none() || matches!(end, LaneEnd::Topology(_)) {
                             *slot = Some(end);
                         }
                     }
@@ -261,36 +282,6 @@ impl Worker {
         {
             Some(end) => Err(end),
             None => Ok(()),
-        }
-    }
-
-    /// What to do with a message after this settlement (see [`dispose`]).
-    #[must_use]
-    pub fn dispose(&self, settlement: Settlement, attempt: u32) -> Disposition {
-        dispose(
-            settlement,
-            attempt,
-            self.settings.max_attempts,
-            &self.topology,
-        )
-    }
-
-    fn summary_loop(&self, stop: &AtomicBool) {
-        while !stop.load(Ordering::Relaxed) {
-            sleep_unless_stopped(self.settings.summary_interval, stop);
-            if stop.load(Ordering::Relaxed) {
-                return;
-            }
-            self.log_summary();
-        }
-    }
-
-    /// The summary line of the window, with how the local closes so far
-    /// were grouped into statements (`domain::close_batch`).
-    fn log_summary(&self) {
-        if let Some(summary) = self.stats.take_summary() {
-            let (statements, closes) = self.settler.close_batches();
-            log::info!("{summary}; {closes} local closes so far, in {statements} statements");
         }
     }
 }
