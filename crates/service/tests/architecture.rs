@@ -4,7 +4,7 @@
 //!
 //! A path is checked when it is written in backticks as `a::b::c`: with a
 //! workspace crate's name first (`payment_client::Config`), or, inside the
-//! section of a crate (`### \`crates/order-timeout-worker\``), relative to
+//! section of a crate (the heading naming `crates/order-timeout-worker`), relative to
 //! that crate (`sweep::Sweeper`). Paths into other crates (`axum::serve`)
 //! are not ours to check. The check reads the sources rather than asking
 //! the compiler: each segment is a module of the one before (declared with
