@@ -28,6 +28,24 @@ const MAX_BY: usize = 64;
 /// Longest reason kept.
 const MAX_REASON: usize = 1000;
 
+/// Why a decision's actor or reason is refused (the texts name the
+/// commands' flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DecisionError {
+    #[error("the operator's name (--by) is empty")]
+    NoActor,
+    #[error("the operator's name (--by) is longer than {MAX_BY} characters")]
+    ActorTooLong,
+    #[error(
+        "a reason (--reason) is required: say why, for whoever reads the order's events later"
+    )]
+    NoReason,
+    #[error("the reason (--reason) is longer than {MAX_REASON} characters")]
+    ReasonTooLong,
+    #[error("--by and --reason may not contain control characters (newlines, tabs, ...)")]
+    ControlCharacters,
+}
+
 /// Who decides and why; both are written into the `decision` event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
@@ -39,29 +57,23 @@ impl Decision {
     /// Both must be given: `by` 1 to 64 characters, `reason` 1 to 1,000,
     /// neither blank nor with control characters (a newline would forge
     /// lines in a log or a listing).
-    pub fn new(by: &str, reason: &str) -> Result<Self, String> {
+    pub fn new(by: &str, reason: &str) -> Result<Self, DecisionError> {
         let by = by.trim();
         let reason = reason.trim();
         if by.is_empty() {
-            return Err("the operator's name (--by) is empty".into());
+            return Err(DecisionError::NoActor);
         }
         if by.chars().count() > MAX_BY {
-            return Err(format!(
-                "the operator's name (--by) is longer than {MAX_BY} characters"
-            ));
+            return Err(DecisionError::ActorTooLong);
         }
         if reason.is_empty() {
-            return Err("a reason (--reason) is required: say why, for whoever reads the order's events later".into());
+            return Err(DecisionError::NoReason);
         }
         if reason.chars().count() > MAX_REASON {
-            return Err(format!(
-                "the reason (--reason) is longer than {MAX_REASON} characters"
-            ));
+            return Err(DecisionError::ReasonTooLong);
         }
         if by.chars().chain(reason.chars()).any(char::is_control) {
-            return Err(
-                "--by and --reason may not contain control characters (newlines, tabs, ...)".into(),
-            );
+            return Err(DecisionError::ControlCharacters);
         }
         Ok(Self {
             by: by.to_owned(),

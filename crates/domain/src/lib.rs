@@ -36,7 +36,8 @@ pub use db::{
 };
 pub use decisions::{
     accept_payment, acceptable, claim_refund, clear_anomaly, confirm_refund, note_decision,
-    open_anomaly, parked_refund, refund_payment, reopen_refund, Decision, RefundQueued,
+    open_anomaly, parked_refund, refund_payment, reopen_refund, Decision, DecisionError,
+    RefundQueued,
 };
 pub use diesel::PgConnection;
 pub use error::{ConstraintKind, StoreError};

@@ -143,7 +143,7 @@ impl Who {
                 )
             })?,
         };
-        Decision::new(&by, &self.reason).map_err(UsageError)
+        Decision::new(&by, &self.reason).map_err(|e| UsageError(e.to_string()))
     }
 }
 

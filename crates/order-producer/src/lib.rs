@@ -238,7 +238,7 @@ fn parse_fen(s: &str) -> Result<Fen, String> {
 }
 
 /// `CODE:QTY` -> an order line; errors name the SKU.
-pub fn parse_item(s: &str) -> Result<OrderLine, String> {
+fn parse_item(s: &str) -> Result<OrderLine, String> {
     let (code, qty) = s
         .rsplit_once(':')
         .ok_or_else(|| format!("expected CODE:QTY (e.g. TEA:2), got {s:?}"))?;

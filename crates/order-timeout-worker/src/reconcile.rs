@@ -51,7 +51,7 @@ fn parse_date(s: &str) -> Result<NaiveDate, String> {
 }
 
 /// The day to reconcile: `--date`, checked, or yesterday in Beijing time.
-pub fn bill_date(date: Option<NaiveDate>, now: chrono::DateTime<Utc>) -> Result<NaiveDate, String> {
+fn bill_date(date: Option<NaiveDate>, now: chrono::DateTime<Utc>) -> Result<NaiveDate, String> {
     let today = beijing_day(now);
     let Some(date) = date else {
         return Ok(today.pred_opt().unwrap_or(today));

@@ -94,15 +94,28 @@ pub fn refund_status(s: payment_client::RefundStatus) -> domain::RefundStatus {
     }
 }
 
+/// A report about one of our refunds names another amount than ours.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("WeChat Pay reports refund {out_refund_no} for {reported_fen} fen, ours is {ours}")]
+pub struct RefundAmountDiffers {
+    pub out_refund_no: String,
+    pub reported_fen: i64,
+    pub ours: domain::Fen,
+}
+
 /// A report about our refund (an answer or a notification) must name its
 /// amount, when it names one: otherwise it is not this refund's money and
 /// a human must look. The error says what differs.
-pub fn check_refund_amount(ours: &domain::Refund, reported_fen: Option<i64>) -> Result<(), String> {
+pub fn check_refund_amount(
+    ours: &domain::Refund,
+    reported_fen: Option<i64>,
+) -> Result<(), RefundAmountDiffers> {
     match reported_fen {
-        Some(fen) if fen != ours.amount.get() => Err(format!(
-            "WeChat Pay reports refund {} for {fen} fen, ours is {}",
-            ours.out_refund_no, ours.amount
-        )),
+        Some(fen) if fen != ours.amount.get() => Err(RefundAmountDiffers {
+            out_refund_no: ours.out_refund_no.clone(),
+            reported_fen: fen,
+            ours: ours.amount,
+        }),
         _ => Ok(()),
     }
 }

@@ -191,7 +191,7 @@ impl Refunder {
             Err(e) => return self.park(refund, format!("WeChat Pay refused the refund: {e}")),
         };
         if let Err(why) = crate::payments::check_refund_amount(refund, outcome.refund_fen) {
-            return self.park(refund, why);
+            return self.park(refund, why.to_string());
         }
         let status = crate::payments::refund_status(outcome.status);
         // A refund in progress is asked about again up the ladder: the

@@ -178,7 +178,7 @@ fn handle_refund(state: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<(
             notification.id
         );
         // Recorded for a human: WeChat Pay need not send it again.
-        return domain::park_refund(&mut conn, &notice.out_refund_no, &why)
+        return domain::park_refund(&mut conn, &notice.out_refund_no, &why.to_string())
             .map_err(|e| unavailable(&e));
     }
     // While not final, the worker asks again soon anyway.
