@@ -381,3 +381,14 @@ pub fn wait_for<T>(limit: std::time::Duration, mut probe: impl FnMut() -> Option
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// Invariant 3 over every SKU: stock + held by pending and paid orders ==
+/// everything ever loaded. Refuses a store without SKUs, over which the
+/// check would hold vacuously.
+pub fn assert_stock_conserved(conn: &mut PgConnection) {
+    let balances = crate::stock_balances(conn).unwrap();
+    assert!(!balances.is_empty(), "no SKU to check conservation on");
+    for b in balances {
+        assert!(b.is_conserved(), "stock not conserved: {b:?}");
+    }
+}

@@ -166,9 +166,7 @@ fn a_notification_racing_the_close_has_one_winner_and_stock_is_conserved() {
     // Both interleavings happened (the forced ones at least).
     assert!(paid >= 4 && closed >= 4, "paid {paid}, closed {closed}");
     eprintln!("race: notification first {paid}, close first {closed}");
-    for balance in domain::stock_balances(&mut conn).unwrap() {
-        assert!(balance.is_conserved(), "{balance:?}");
-    }
+    domain::testing::assert_stock_conserved(&mut conn);
     let tea = domain::get_sku(&mut conn, &domain::SkuCode::parse("TEA").unwrap())
         .unwrap()
         .unwrap();
