@@ -549,7 +549,7 @@ fn refund_done(d: &RefundCheck, out: &mut impl Write) -> anyhow::Result<bool> {
                 d.out_refund_no, d.out_refund_no
             ))
         })?;
-    if answer.status != payment_client::RefundStatus::Success {
+    if answer.status != payment_client::RefundState::Success {
         return Err(StoreError::Refused(format!(
             "WeChat Pay reports refund {} {}, not SUCCESS: finish it in the merchant platform first \
              (Transactions -> Refunds, abnormal refund); nothing changed",

@@ -53,7 +53,7 @@ pub use config::{
 };
 pub use error::Error;
 pub use model::{
-    Amount, CloseAnswer, NativePrepay, Payer, QueryOutcome, Refund, RefundRequest, RefundStatus,
+    Amount, CloseAnswer, NativePrepay, Payer, QueryOutcome, Refund, RefundRequest, RefundState,
     TradeState, Transaction,
 };
 pub use notify::{ApiV3Key, Notification, NotificationVerifier, NotifyError, RefundNotice};

@@ -235,7 +235,7 @@ pub struct RefundRequest {
 /// `status` of a refund (`refund_status` in a refund notification).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum RefundStatus {
+pub enum RefundState {
     /// The money is back with the buyer.
     Success,
     /// Closed without refunding.
@@ -247,8 +247,8 @@ pub enum RefundStatus {
     Abnormal,
 }
 
-impl RefundStatus {
-    pub const ALL: [RefundStatus; 4] = [
+impl RefundState {
+    pub const ALL: [RefundState; 4] = [
         Self::Success,
         Self::Closed,
         Self::Processing,
@@ -267,13 +267,13 @@ impl RefundStatus {
     }
 }
 
-impl fmt::Display for RefundStatus {
+impl fmt::Display for RefundState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
 }
 
-impl FromStr for RefundStatus {
+impl FromStr for RefundState {
     type Err = String;
 
     /// Exact wire names only; anything else is returned as the error.
@@ -294,7 +294,7 @@ pub struct Refund {
     pub out_refund_no: String,
     pub transaction_id: Option<String>,
     pub out_trade_no: Option<String>,
-    pub status: RefundStatus,
+    pub status: RefundState,
     /// RFC 3339, present once `SUCCESS`; kept as sent.
     pub success_time: Option<String>,
     pub refund_fen: Option<i64>,
@@ -476,22 +476,22 @@ mod refund_tests {
 
     #[test]
     fn every_refund_status_parses_and_round_trips() {
-        for status in RefundStatus::ALL {
+        for status in RefundState::ALL {
             let r = parse(&format!(r#"{{"out_refund_no":"R1","status":"{status}"}}"#)).unwrap();
             assert_eq!(r.status, status);
-            assert_eq!(status.as_str().parse::<RefundStatus>(), Ok(status));
+            assert_eq!(status.as_str().parse::<RefundState>(), Ok(status));
             assert_eq!(
                 serde_json::to_string(&status).unwrap(),
                 format!("\"{status}\"")
             );
         }
-        assert_eq!("ABNORMAL".parse(), Ok(RefundStatus::Abnormal));
+        assert_eq!("ABNORMAL".parse(), Ok(RefundState::Abnormal));
     }
 
     #[test]
     fn unknown_or_miscased_refund_status_is_an_error_not_a_guess() {
         for bad in ["REFUNDCLOSE", "success", "", "SUCCESS "] {
-            assert_eq!(bad.parse::<RefundStatus>(), Err(bad.to_owned()));
+            assert_eq!(bad.parse::<RefundState>(), Err(bad.to_owned()));
             let json = serde_json::json!({"out_refund_no": "R1", "status": bad}).to_string();
             assert_eq!(parse(&json), Err(bad.to_owned()));
         }
@@ -536,7 +536,7 @@ mod refund_tests {
                 out_refund_no: "1217752501201407033233368018".into(),
                 transaction_id: Some("1217752501201407033233368018".into()),
                 out_trade_no: Some("1217752501201407033233368018".into()),
-                status: RefundStatus::Success,
+                status: RefundState::Success,
                 success_time: Some("2020-12-01T16:18:12+08:00".into()),
                 refund_fen: Some(100),
                 total_fen: Some(100),
@@ -552,7 +552,7 @@ mod refund_tests {
             r#"{"out_refund_no":"R1","status":"PROCESSING","amount":null,"success_time":null}"#,
         )
         .unwrap();
-        assert_eq!(r.status, RefundStatus::Processing);
+        assert_eq!(r.status, RefundState::Processing);
         assert_eq!((r.refund_fen, r.total_fen, r.currency), (None, None, None));
         assert_eq!(r.success_time, None);
     }

@@ -23,7 +23,7 @@ use openssl::symm::{decrypt_aead, Cipher};
 use serde::Deserialize;
 
 use crate::config::ConfigError;
-use crate::model::{RawTransaction, RefundStatus, Transaction};
+use crate::model::{RawTransaction, RefundState, Transaction};
 use crate::verify::{KeyStore, VerifyError, HEADER_SIGNATURE};
 
 /// The only `resource.algorithm` WeChat Pay uses for notifications.
@@ -122,7 +122,7 @@ pub struct RefundNotice {
     pub out_refund_no: String,
     pub refund_id: Option<String>,
     /// `refund_status` in the resource.
-    pub status: RefundStatus,
+    pub status: RefundState,
     /// RFC 3339; kept as sent.
     pub success_time: Option<String>,
     pub refund_fen: Option<i64>,
@@ -390,7 +390,7 @@ fn cut(s: &str, max: usize) -> String {
 mod tests {
     use super::*;
 
-    use crate::{RefundStatus, TradeState};
+    use crate::{RefundState, TradeState};
 
     struct Vector {
         key: ApiV3Key,
@@ -617,9 +617,9 @@ mod tests {
     #[test]
     fn a_refund_resource_is_a_refund_notice() {
         for (event, status) in [
-            ("REFUND.SUCCESS", RefundStatus::Success),
-            ("REFUND.ABNORMAL", RefundStatus::Abnormal),
-            ("REFUND.CLOSED", RefundStatus::Closed),
+            ("REFUND.SUCCESS", RefundState::Success),
+            ("REFUND.ABNORMAL", RefundState::Abnormal),
+            ("REFUND.CLOSED", RefundState::Closed),
         ] {
             let n = notification("refund", event, &refund_json(status.as_str()));
             assert_eq!(
@@ -646,7 +646,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             (minimal.refund_fen, minimal.mchid, minimal.status),
-            (None, None, RefundStatus::Success)
+            (None, None, RefundState::Success)
         );
     }
 

@@ -85,12 +85,12 @@ pub fn record_payment(
 
 /// A refund's status as WeChat Pay reports it, in the store's terms.
 #[must_use]
-pub fn refund_status(s: payment_client::RefundStatus) -> domain::RefundStatus {
+pub fn refund_status(s: payment_client::RefundState) -> domain::RefundStatus {
     match s {
-        payment_client::RefundStatus::Success => domain::RefundStatus::Succeeded,
-        payment_client::RefundStatus::Processing => domain::RefundStatus::Processing,
-        payment_client::RefundStatus::Abnormal => domain::RefundStatus::Abnormal,
-        payment_client::RefundStatus::Closed => domain::RefundStatus::Closed,
+        payment_client::RefundState::Success => domain::RefundStatus::Succeeded,
+        payment_client::RefundState::Processing => domain::RefundStatus::Processing,
+        payment_client::RefundState::Abnormal => domain::RefundStatus::Abnormal,
+        payment_client::RefundState::Closed => domain::RefundStatus::Closed,
     }
 }
 

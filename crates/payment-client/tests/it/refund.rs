@@ -8,7 +8,7 @@ use std::net::TcpListener;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use payment_client::{Client, Config, Error, Refund, RefundRequest, RefundStatus};
+use payment_client::{Client, Config, Error, Refund, RefundRequest, RefundState};
 
 use crate::support::{
     client_for, env, keys, one_shot_server, MCHID, MERCHANT_SERIAL, PUBLIC_KEY_ID,
@@ -64,7 +64,7 @@ fn sends_a_signed_refund_and_reads_the_answer() {
             out_refund_no: "RF20261126|01@x".into(),
             transaction_id: Some(TRANSACTION_ID.into()),
             out_trade_no: Some("OT20261126000000000001".into()),
-            status: RefundStatus::Processing,
+            status: RefundState::Processing,
             success_time: None,
             refund_fen: Some(500),
             total_fen: Some(1_990),
@@ -107,7 +107,7 @@ fn a_refund_without_notify_url_leaves_it_out() {
     };
     assert_eq!(
         client_for(&url).refund(&req).unwrap().status,
-        RefundStatus::Success
+        RefundState::Success
     );
     let sent: serde_json::Value =
         serde_json::from_slice(&rx.recv_timeout(Duration::from_secs(5)).unwrap().body).unwrap();
@@ -117,7 +117,7 @@ fn a_refund_without_notify_url_leaves_it_out() {
 
 #[test]
 fn query_refund_sends_a_signed_get_and_reads_every_status() {
-    for status in RefundStatus::ALL {
+    for status in RefundState::ALL {
         let (url, rx) = one_shot_server(200, answer("RF|0003@x", status.as_str()));
         let refund = client_for(&url).query_refund("RF|0003@x").unwrap().unwrap();
         assert_eq!(refund.status, status);
@@ -359,7 +359,7 @@ fn the_simulator_refunds_once_per_out_refund_no_and_settles() {
     let req = sim_request(&transaction_id, total, no);
 
     let first = e.client.refund(&req).unwrap();
-    assert_eq!(first.status, RefundStatus::Processing);
+    assert_eq!(first.status, RefundState::Processing);
     assert_eq!(first.out_refund_no, no);
     assert_eq!(
         first.transaction_id.as_deref(),
@@ -382,13 +382,13 @@ fn the_simulator_refunds_once_per_out_refund_no_and_settles() {
     let settled = loop {
         let r = e.client.query_refund(no).unwrap().unwrap();
         assert_eq!(r.refund_id, first.refund_id);
-        if r.status != RefundStatus::Processing {
+        if r.status != RefundState::Processing {
             break r;
         }
         assert!(std::time::Instant::now() < deadline, "still {r:?}");
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert_eq!(settled.status, RefundStatus::Success);
+    assert_eq!(settled.status, RefundState::Success);
     assert!(settled.success_time.is_some(), "{settled:?}");
     assert_eq!(settled.refund_fen, Some(500));
 }
@@ -460,7 +460,7 @@ fn a_refund_notification_the_simulator_delivers_opens_as_a_refund() {
         Err(payment_client::NotifyError::Malformed(_))
     ));
     let notice = n.refund().unwrap();
-    assert_eq!(notice.status, RefundStatus::Success);
+    assert_eq!(notice.status, RefundState::Success);
     assert_eq!(notice.out_refund_no, "RFNOTIFY1");
     assert_eq!(notice.refund_id, refund.refund_id);
     assert_eq!(notice.mchid.as_deref(), Some(e.client.mchid()));
