@@ -10,11 +10,12 @@
 //! answer costs an RSA signature, and an injected latency fault sleeps on
 //! the thread that answers. The connection keeps the limits of the
 //! hand-written server this replaced: a request body above [`MAX_BODY`]
-//! (or a chunked one, which it never read) and a body that stops arriving
-//! for [`IDLE_LIMIT`] end the connection without an answer (the service
-//! fails, and hyper closes the connection); a head takes at most
-//! [`IDLE_LIMIT`] to arrive, and the same timer closes a keep-alive
-//! connection idle that long; heads are at most [`MAX_HEAD`] bytes. Answers
+//! (or a chunked one, which it never read) and a body not in within
+//! [`IDLE_LIMIT`] end the connection without an answer (the service fails,
+//! and hyper closes the connection); a head gets [`IDLE_LIMIT`] to arrive
+//! whole (hyper's header-read timer, where the old server only counted
+//! silence), and the same timer closes a keep-alive connection idle that
+//! long; heads are at most [`MAX_HEAD`] bytes. Answers
 //! carry `Server: wechatpay-sim`, title-case header names and no `Date`, as
 //! before. What hyper does its own way: a malformed or oversized head gets
 //! its 400 or 431 instead of a bare close, `Request-ID` is written
@@ -49,7 +50,7 @@ use tower::ServiceExt as _;
 use crate::server::{self, Reply, Shared};
 
 /// Largest request body; a larger one ends the connection unanswered.
-pub(crate) const MAX_BODY: usize = 64 * 1024;
+const MAX_BODY: usize = 64 * 1024;
 /// Largest request head (hyper answers 431 above it).
 const MAX_HEAD: usize = 16 * 1024;
 /// How long a head or a body may take to arrive, and how long a keep-alive
@@ -110,7 +111,9 @@ async fn answer(
     };
     match tokio::task::spawn_blocking(move || server::handle(&shared, &incoming)).await {
         Ok(reply) => response(reply),
-        // A handler that panicked ends its connection, as its thread did.
+        // A handler that panicked ends its connection, as its thread did
+        // (a task is cancelled only when the runtime stops, which ends the
+        // connection too).
         Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
 }
@@ -163,7 +166,7 @@ async fn serve_request(
     Ok(app.oneshot(request).await.unwrap_or_else(|e| match e {}))
 }
 
-/// The listener's thread; [`Listening::stop`] ends it.
+/// The listener's thread; [`Listening::begin_stop`] ends it.
 #[derive(Debug)]
 pub(crate) struct Listening {
     stop: Option<oneshot::Sender<()>>,
