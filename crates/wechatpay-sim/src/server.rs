@@ -11,8 +11,7 @@
 //! endpoints) and `bill` (the bill's text).
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::Ordering;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -20,16 +19,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::json;
 
 use crate::admin::AdminClient;
-use crate::http::{self, Live, Request as Incoming, Response};
+use crate::http::{Listening, Request as Incoming, SHUTDOWN_GRACE};
 use crate::keys::{ApiV3Key, ClientFiles, KeyError, SimKeys};
 use crate::model::{BillFaults, Faults, Order, Stats};
 use crate::notify::{self, Notifier};
 use crate::refund::RefundRecord;
 use crate::tradebill::BillLink;
 use crate::{admin_api, api};
-
-/// How long a shutdown waits for requests in hand (e.g. injected latency).
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// How the simulator behaves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,8 +138,8 @@ impl Shared {
 pub struct Simulator {
     addr: SocketAddr,
     shared: Arc<Shared>,
-    live: Arc<Live>,
-    accept: Option<JoinHandle<()>>,
+    /// `None` once stopped.
+    http: Option<Listening>,
     senders: Vec<JoinHandle<()>>,
 }
 
@@ -157,9 +153,10 @@ impl std::fmt::Debug for Simulator {
 }
 
 impl Simulator {
-    /// Listens on `addr` (`127.0.0.1:0` picks a free port) and serves, one
-    /// thread per connection, until [`Simulator::shutdown`] or drop. A few
-    /// threads send payment notifications.
+    /// Listens on `addr` (`127.0.0.1:0` picks a free port) and serves from
+    /// a thread of its own (see the `http` module) until
+    /// [`Simulator::shutdown`] or drop. A few threads send payment
+    /// notifications.
     pub fn start(addr: &str, keys: &SimKeys, config: SimConfig) -> Result<Self, SimError> {
         let bind_err = |source| SimError::Bind {
             addr: addr.to_owned(),
@@ -175,27 +172,16 @@ impl Simulator {
             notifier: Notifier::default(),
         });
         let senders = notify::start_senders(&shared).map_err(SimError::Thread)?;
-        let live = Arc::new(Live::default());
-        let handler = {
-            let shared = Arc::clone(&shared);
-            Arc::new(move |req: &Incoming| handle(&shared, req))
-        };
-        let accept = {
-            let live = Arc::clone(&live);
-            thread::Builder::new()
-                .name("wechatpay-sim-accept".to_owned())
-                .spawn(move || http::accept_loop(&listener, &live, &handler))
-                .map_err(|e| {
-                    shared.notifier.stop();
-                    SimError::Thread(e)
-                })?
-        };
+        let http =
+            Listening::start(listener, crate::http::app(Arc::clone(&shared))).map_err(|e| {
+                shared.notifier.stop();
+                SimError::Thread(e)
+            })?;
         log::info!("wechatpay simulator listening on http://{bound}");
         Ok(Self {
             addr: bound,
             shared,
-            live,
-            accept: Some(accept),
+            http: Some(http),
             senders,
         })
     }
@@ -256,20 +242,15 @@ impl Simulator {
     }
 
     fn stop(&mut self) {
-        let Some(accept) = self.accept.take() else {
+        let Some(mut http) = self.http.take() else {
             return;
         };
-        self.live.stop.store(true, Ordering::SeqCst);
-        // Wake the blocking accept.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        let _ = accept.join();
-        self.shared.notifier.stop();
         let deadline = Instant::now() + SHUTDOWN_GRACE;
-        let busy = |s: &Self| {
-            s.live.connections.load(Ordering::SeqCst) > 0
-                || s.senders.iter().any(|t| !t.is_finished())
-        };
-        while busy(self) && Instant::now() < deadline {
+        http.begin_stop();
+        self.shared.notifier.stop();
+        // The listener gives the requests in hand the same grace.
+        http.wait();
+        while self.senders.iter().any(|t| !t.is_finished()) && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(10));
         }
         // A sender still stuck in an attempt is left to end on its own.
@@ -317,7 +298,9 @@ impl Reply {
     }
 }
 
-fn handle(shared: &Shared, incoming: &Incoming) -> Response {
+/// The answer to one request: the admin API under `/sim/`, else the WeChat
+/// Pay API; JSON unless the reply says otherwise.
+pub(crate) fn handle(shared: &Shared, incoming: &Incoming) -> Reply {
     let started = Instant::now();
     let mut reply = if incoming.url.starts_with("/sim/") {
         admin_api::admin(shared, incoming)
@@ -336,11 +319,7 @@ fn handle(shared: &Shared, incoming: &Incoming) -> Response {
             .headers
             .push(("Content-Type".to_owned(), "application/json".to_owned()));
     }
-    Response {
-        status: reply.status,
-        headers: reply.headers,
-        body: reply.body,
-    }
+    reply
 }
 
 pub(crate) fn unix_now() -> u64 {

@@ -1,6 +1,6 @@
 //! Integration tests of the simulator: its admin API, what it demands of
 //! requests, what it signs, Native prepay, payment notifications, refunds,
-//! trade bills, and the binary.
+//! trade bills, the listener, and the binary.
 
 mod admin;
 mod bills;
@@ -10,3 +10,4 @@ mod prepay;
 mod protocol;
 mod refunds;
 mod support;
+mod transport;
