@@ -22,7 +22,7 @@ pub mod testing;
 
 pub use amiquip::{AmqpProperties, AmqpValue, Delivery, FieldTable};
 pub use connection::{connect, AmqpUrl, Connection, NodeOrder};
-pub use error::{BrokerError, Mismatch};
+pub use error::{BrokerError, Mismatch, TopologyError, UnknownNodeOrder};
 pub use lane::{Lane, LaneConsumer, LaneEvent};
 pub use message::{DecodeError, TimeoutMessage};
 pub use parked::{ParkedLock, ParkedMessage, ParkedReader, ParkedStream};

@@ -269,7 +269,7 @@ pub fn run(cli: &Cli, stop: &Arc<AtomicBool>) -> anyhow::Result<ExitCode> {
         )?;
         return settle_now(&settler, &args.order_no);
     }
-    let topology = cli.topology.topology().map_err(UsageError)?;
+    let topology = cli.topology.topology()?;
     let metrics = cli.metrics.metrics("worker");
     let settler = prepare_with_metrics(cli, metrics.clone())?;
     let amqp = cli.broker.url();
