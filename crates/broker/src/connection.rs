@@ -5,7 +5,9 @@
 
 use std::fmt;
 
-use crate::error::BrokerError;
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::error::{BrokerError, UnknownNodeOrder};
 
 /// How a process picks among the nodes of a cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -22,41 +24,44 @@ pub enum NodeOrder {
 
 impl NodeOrder {
     /// `spread` or `listed`.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, UnknownNodeOrder> {
         match s {
             "spread" => Ok(Self::Spread),
             "listed" => Ok(Self::Listed),
-            other => Err(format!("expected spread or listed, got {other:?}")),
+            other => Err(UnknownNodeOrder(other.to_owned())),
         }
     }
 }
 
 /// An AMQP URL (`amqp://user:pass@host:port/vhost`, vhost `%2f` for `/`),
 /// or several separated by commas: the nodes of one cluster, tried in turn
-/// (see [`connect`]). The passwords never reach logs, errors or `Debug`.
-#[derive(Clone, PartialEq, Eq)]
+/// (see [`connect`]). The URLs are [`SecretString`]s: the passwords never
+/// reach logs, errors or `Debug`, and each is read only through
+/// [`AmqpUrl::expose_secret`], to connect.
+#[derive(Clone)]
 pub struct AmqpUrl {
-    raw: String,
-    nodes: Vec<String>,
+    raw: SecretString,
+    nodes: Vec<SecretString>,
     order: NodeOrder,
 }
 
 impl AmqpUrl {
     /// One URL, or several separated by commas (blanks around them ignored).
+    /// Each is handed to amiquip exactly as written here.
     #[must_use]
     pub fn new(url: impl Into<String>) -> Self {
         let raw: String = url.into();
-        let mut nodes: Vec<String> = raw
+        let mut nodes: Vec<SecretString> = raw
             .split(',')
             .map(str::trim)
             .filter(|n| !n.is_empty())
-            .map(str::to_owned)
+            .map(SecretString::from)
             .collect();
         if nodes.is_empty() {
-            nodes.push(raw.clone());
+            nodes.push(SecretString::from(raw.as_str()));
         }
         Self {
-            raw,
+            raw: SecretString::from(raw),
             nodes,
             order: NodeOrder::default(),
         }
@@ -72,8 +77,8 @@ impl AmqpUrl {
     /// The URL(s) as given, passwords included: only for handing on (to
     /// amiquip, or to a child process's environment).
     #[must_use]
-    pub fn expose(&self) -> &str {
-        &self.raw
+    pub fn expose_secret(&self) -> &str {
+        self.raw.expose_secret()
     }
 
     /// Each node as a URL of its own, in the order [`connect`] tries them
@@ -99,29 +104,28 @@ impl AmqpUrl {
     pub fn redacted(&self) -> String {
         self.nodes
             .iter()
-            .map(|n| domain::db::redact_password(n))
+            .map(|n| domain::db::redact_password(n.expose_secret()))
             .collect::<Vec<_>>()
             .join(",")
     }
 
-    /// `text` with every occurrence of a node's password (raw and
+    /// `text` with every occurrence of a node's password (as written and
     /// percent-decoded) replaced by `***`.
     #[must_use]
     pub fn scrub(&self, text: &str) -> String {
-        let mut out = text.to_owned();
-        for node in &self.nodes {
-            let Some(pw) = domain::db::password_of(node).filter(|p| !p.is_empty()) else {
-                continue;
-            };
-            out = out.replace(pw, "***");
-            let decoded = percent_decode(pw);
-            if !decoded.is_empty() && decoded != pw {
-                out = out.replace(&decoded, "***");
-            }
-        }
-        out
+        self.nodes.iter().fold(text.to_owned(), |out, node| {
+            domain::db::scrub_password(node.expose_secret(), &out)
+        })
     }
 }
+
+impl PartialEq for AmqpUrl {
+    fn eq(&self, other: &Self) -> bool {
+        self.expose_secret() == other.expose_secret() && self.order == other.order
+    }
+}
+
+impl Eq for AmqpUrl {}
 
 /// This process's starting point among the nodes, picked once.
 fn spread_start() -> usize {
@@ -139,14 +143,6 @@ impl fmt::Display for AmqpUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.redacted())
     }
-}
-
-/// `%XX` sequences decoded (the `percent-encoding` crate; invalid UTF-8
-/// replaced), as a URL's password is meant.
-fn percent_decode(s: &str) -> String {
-    percent_encoding::percent_decode_str(s)
-        .decode_utf8_lossy()
-        .into_owned()
 }
 
 /// An open connection to the broker. Close it with [`Connection::close`];
@@ -232,10 +228,10 @@ pub fn connect(url: &AmqpUrl) -> Result<Connection, BrokerError> {
 }
 
 fn connect_node(url: &AmqpUrl) -> Result<Connection, BrokerError> {
-    let result = if url.expose().starts_with("amqps://") {
-        amiquip::Connection::open(url.expose())
+    let result = if url.expose_secret().starts_with("amqps://") {
+        amiquip::Connection::open(url.expose_secret())
     } else {
-        amiquip::Connection::insecure_open(url.expose())
+        amiquip::Connection::insecure_open(url.expose_secret())
     };
     result
         .map(|inner| Connection {
@@ -257,6 +253,34 @@ mod tests {
         assert_eq!(
             url.scrub("failed to connect to amqp://app:s%40cret@mq (s@cret)"),
             "failed to connect to amqp://app:***@mq (***)"
+        );
+    }
+
+    #[test]
+    fn amiquip_is_handed_each_url_as_written_and_debug_never_shows_one() {
+        let given = "amqps://app:s%40cr%C3%A9t@mq.example.com:5671/%2f?heartbeat=10 , amqp://app:%中x@[::1]/v";
+        let url = AmqpUrl::new(given).with_order(NodeOrder::Listed);
+        assert_eq!(url.expose_secret(), given);
+        let nodes = url.nodes();
+        assert_eq!(
+            nodes.iter().map(AmqpUrl::expose_secret).collect::<Vec<_>>(),
+            [
+                "amqps://app:s%40cr%C3%A9t@mq.example.com:5671/%2f?heartbeat=10",
+                "amqp://app:%中x@[::1]/v"
+            ]
+        );
+        assert_eq!(
+            url.to_string(),
+            "amqps://app:***@mq.example.com:5671/%2f?heartbeat=10,amqp://app:***@[::1]/v"
+        );
+        let debug = format!("{url:?} {nodes:?}");
+        for secret in ["s%40cr", "s@cr", "%中x", "中"] {
+            assert!(!debug.contains(secret), "{debug}");
+        }
+        // As amiquip quotes it (the `url` crate's writing) and as meant.
+        assert_eq!(
+            url.scrub("amqp://app:%%E4%B8%ADx@[::1]/v: s@cr\u{e9}t"),
+            "amqp://app:***@[::1]/v: ***"
         );
     }
 
@@ -314,7 +338,10 @@ mod tests {
         assert_eq!(spread[0], listed[start]);
         assert_eq!(spread[1], listed[(start + 1) % 3]);
         assert_eq!(AmqpUrl::new("amqp://a@h/v").nodes().len(), 1);
-        assert!(NodeOrder::parse("random").is_err());
+        assert_eq!(
+            NodeOrder::parse("random").unwrap_err().to_string(),
+            "expected spread or listed, got \"random\""
+        );
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! What can go wrong talking to RabbitMQ, typed so callers can decide:
 //! a lost connection is worth a retry, a topology mismatch needs an operator.
 
+use std::time::Duration;
+
 use crate::connection::AmqpUrl;
+use crate::topology::{duration_label, MAX_TTL_MS};
 
 /// Errors of this crate. Messages never contain the AMQP password.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +50,54 @@ pub enum BrokerError {
     #[error("the broker did not confirm {unconfirmed} message(s) within {waited_ms} ms")]
     ConfirmTimeout { unconfirmed: usize, waited_ms: u128 },
 }
+
+/// A topology (or a part of one: a retry ladder, a payment window, a queue
+/// type) that cannot be declared or served. The messages name the setting
+/// at fault; they are shown to users as clap and API errors.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TopologyError {
+    /// `QUEUE_TYPE` is neither `classic` nor `quorum`.
+    #[error("unknown queue type {0:?}; use classic or quorum")]
+    UnknownQueueType(String),
+    /// An empty retry ladder.
+    #[error("the retry ladder (RETRY_DELAYS) needs at least one delay, e.g. 5s,30s,2m,10m")]
+    EmptyRetryLadder,
+    /// A retry delay RabbitMQ's `x-message-ttl` cannot hold (in ms).
+    #[error("a retry delay must be from 1 ms to {MAX_TTL_MS} ms (about 24.8 days), got {0} ms")]
+    RetryDelayOutOfRange(u128),
+    /// No payment window at all.
+    #[error("at least one payment window is needed")]
+    NoWindow,
+    /// A delay or retry queue whose TTL RabbitMQ cannot hold (in ms).
+    #[error(
+        "{queue}: a delay must be from 1 ms to {MAX_TTL_MS} ms (about 24.8 days), got {ms} ms"
+    )]
+    DelayOutOfRange { queue: String, ms: u128 },
+    /// A payment window shorter than every delay queue's TTL: its message
+    /// could only come out after the deadline.
+    #[error(
+        "a payment window of {} cannot be served: the shortest delay queue holds messages \
+         {}; windows of {} or longer can be served (delay queues: {queues}); choose a longer \
+         window, or add a delay queue of {} or less to DELAY_WINDOWS in the settings of \
+         every process and run `order-producer declare` (docs/operations.md, \
+         \"Changing the payment window\")",
+        duration_label(*window),
+        duration_label(*shortest),
+        duration_label(*shortest),
+        duration_label(*window)
+    )]
+    WindowTooShort {
+        window: Duration,
+        shortest: Duration,
+        /// The delay queues, `name (ttl)` each, comma-separated.
+        queues: String,
+    },
+}
+
+/// `AMQP_NODE_ORDER` is neither `spread` nor `listed`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("expected spread or listed, got {0:?}")]
+pub struct UnknownNodeOrder(pub String);
 
 /// A queue on the broker whose arguments differ from the wanted ones.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

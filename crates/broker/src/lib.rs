@@ -23,7 +23,7 @@ pub mod testing;
 pub use amiquip::{AmqpProperties, AmqpValue, Delivery, FieldTable};
 pub use connection::{connect, AmqpUrl, Connection, NodeOrder};
 pub use consumer::{ConsumerChannel, ConsumerEvent, QueueConsumer};
-pub use error::{BrokerError, Mismatch};
+pub use error::{BrokerError, Mismatch, TopologyError, UnknownNodeOrder};
 pub use message::{DecodeError, TimeoutMessage};
 pub use parked::{ParkedLock, ParkedMessage, ParkedReader, ParkedStream};
 pub use publisher::{Confirmation, ConfirmedPublisher, Outgoing};

@@ -24,7 +24,7 @@ use amiquip::{
 };
 
 use crate::connection::{AmqpUrl, Connection};
-use crate::error::{BrokerError, Mismatch};
+use crate::error::{BrokerError, Mismatch, TopologyError};
 
 /// The dead-letter exchange every delay and retry queue expires into.
 pub const EXCHANGE: &str = "exchange.ordertimeout";
@@ -104,13 +104,11 @@ pub enum QueueType {
 
 impl QueueType {
     /// `classic` or `quorum`.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, TopologyError> {
         match s {
             "classic" => Ok(Self::Classic),
             "quorum" => Ok(Self::Quorum),
-            other => Err(format!(
-                "unknown queue type {other:?}; use classic or quorum"
-            )),
+            other => Err(TopologyError::UnknownQueueType(other.to_owned())),
         }
     }
 
@@ -124,9 +122,9 @@ impl QueueType {
 }
 
 impl std::str::FromStr for QueueType {
-    type Err = String;
+    type Err = TopologyError;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, TopologyError> {
         Self::parse(s)
     }
 }
@@ -165,12 +163,9 @@ pub struct RetryLadder(Vec<Duration>);
 impl RetryLadder {
     /// `delays` sorted, duplicates dropped; refused when empty or when a
     /// delay is out of range.
-    pub fn new(delays: &[Duration]) -> Result<Self, String> {
+    pub fn new(delays: &[Duration]) -> Result<Self, TopologyError> {
         if delays.is_empty() {
-            return Err(
-                "the retry ladder (RETRY_DELAYS) needs at least one delay, e.g. 5s,30s,2m,10m"
-                    .into(),
-            );
+            return Err(TopologyError::EmptyRetryLadder);
         }
         let mut steps = delays.to_vec();
         steps.sort();
@@ -179,10 +174,7 @@ impl RetryLadder {
             .iter()
             .find(|d| d.as_millis() == 0 || d.as_millis() > MAX_TTL_MS)
         {
-            return Err(format!(
-                "a retry delay must be from 1 ms to {MAX_TTL_MS} ms (about 24.8 days), got {} ms",
-                d.as_millis()
-            ));
+            return Err(TopologyError::RetryDelayOutOfRange(d.as_millis()));
         }
         Ok(Self(steps))
     }
@@ -232,11 +224,11 @@ pub struct Topology {
 }
 
 /// Largest TTL RabbitMQ's 32-bit `x-message-ttl` argument can hold (~24.8 days).
-const MAX_TTL_MS: u128 = i32::MAX as u128;
+pub(crate) const MAX_TTL_MS: u128 = i32::MAX as u128;
 
 impl Topology {
     /// One delay queue, `queue.ordercreate`, with `ttl`; default retry ladder.
-    pub fn single(ttl: Duration, queue_type: QueueType) -> Result<Self, String> {
+    pub fn single(ttl: Duration, queue_type: QueueType) -> Result<Self, TopologyError> {
         Self::build(
             vec![DelayQueue {
                 name: DELAY_QUEUE.to_owned(),
@@ -248,9 +240,9 @@ impl Topology {
 
     /// One delay queue per payment window, `queue.ordercreate.<window>`;
     /// default retry ladder.
-    pub fn windows(windows: &[Duration], queue_type: QueueType) -> Result<Self, String> {
+    pub fn windows(windows: &[Duration], queue_type: QueueType) -> Result<Self, TopologyError> {
         if windows.is_empty() {
-            return Err("at least one payment window is needed".to_owned());
+            return Err(TopologyError::NoWindow);
         }
         let queues = windows
             .iter()
@@ -262,7 +254,10 @@ impl Topology {
         Self::build(queues, queue_type)
     }
 
-    fn build(mut delay_queues: Vec<DelayQueue>, queue_type: QueueType) -> Result<Self, String> {
+    fn build(
+        mut delay_queues: Vec<DelayQueue>,
+        queue_type: QueueType,
+    ) -> Result<Self, TopologyError> {
         delay_queues.sort_by_key(|q| q.ttl);
         delay_queues.dedup();
         let mut topo = Self {
@@ -276,7 +271,7 @@ impl Topology {
     }
 
     /// Replaces the retry ladder (`queue.ordertimeout.retry.<delay>` each).
-    pub fn with_retry_ladder(mut self, ladder: &RetryLadder) -> Result<Self, String> {
+    pub fn with_retry_ladder(mut self, ladder: &RetryLadder) -> Result<Self, TopologyError> {
         self.retry_queues = ladder
             .steps()
             .iter()
@@ -290,7 +285,7 @@ impl Topology {
     }
 
     /// [`Topology::with_retry_ladder`] of [`RetryLadder::new`]`(delays)`.
-    pub fn with_retry_delays(self, delays: &[Duration]) -> Result<Self, String> {
+    pub fn with_retry_delays(self, delays: &[Duration]) -> Result<Self, TopologyError> {
         self.with_retry_ladder(&RetryLadder::new(delays)?)
     }
 
@@ -300,14 +295,14 @@ impl Topology {
         RetryLadder(self.retry_queues.iter().map(|q| q.ttl).collect())
     }
 
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), TopologyError> {
         for q in self.delay_queues.iter().chain(&self.retry_queues) {
             let ms = q.ttl.as_millis();
             if ms == 0 || ms > MAX_TTL_MS {
-                return Err(format!(
-                    "{}: a delay must be from 1 ms to {MAX_TTL_MS} ms (about 24.8 days), got {ms} ms",
-                    q.name
-                ));
+                return Err(TopologyError::DelayOutOfRange {
+                    queue: q.name.clone(),
+                    ms,
+                });
             }
         }
         Ok(())
@@ -358,7 +353,7 @@ impl Topology {
     /// The window of an order: `given`, else the longest delay queue's TTL,
     /// refused (as [`Topology::check_window`]) when no delay queue can
     /// serve it.
-    pub fn window_or_default(&self, given: Option<Duration>) -> Result<Duration, String> {
+    pub fn window_or_default(&self, given: Option<Duration>) -> Result<Duration, TopologyError> {
         let window = given.unwrap_or_else(|| {
             self.delay_queues
                 .last()
@@ -372,7 +367,7 @@ impl Topology {
     /// Refuses a payment window shorter than every delay queue's TTL (its
     /// message could only come out after the deadline); the message names
     /// the windows that can be served, for an API answer or a usage error.
-    pub fn check_window(&self, window: Duration) -> Result<(), String> {
+    pub fn check_window(&self, window: Duration) -> Result<(), TopologyError> {
         let shortest = self.shortest_window();
         if window >= shortest {
             return Ok(());
@@ -382,18 +377,11 @@ impl Topology {
             .iter()
             .map(|q| format!("{} ({})", q.name, duration_label(q.ttl)))
             .collect();
-        Err(format!(
-            "a payment window of {} cannot be served: the shortest delay queue holds messages \
-             {}; windows of {} or longer can be served (delay queues: {}); choose a longer \
-             window, or add a delay queue of {} or less to DELAY_WINDOWS in the settings of \
-             every process and run `order-producer declare` (docs/operations.md, \
-             \"Changing the payment window\")",
-            duration_label(window),
-            duration_label(shortest),
-            duration_label(shortest),
-            queues.join(", "),
-            duration_label(window),
-        ))
+        Err(TopologyError::WindowTooShort {
+            window,
+            shortest,
+            queues: queues.join(", "),
+        })
     }
 
     /// The retry queue for a wish to look again after `delay`, chosen like
@@ -827,7 +815,7 @@ mod tests {
 
     #[test]
     fn a_retry_ladder_is_never_empty_sorted_and_clamps_at_its_longest_step() {
-        assert!(RetryLadder::new(&[]).unwrap_err().contains("at least one"));
+        assert_eq!(RetryLadder::new(&[]), Err(TopologyError::EmptyRetryLadder));
         assert!(RetryLadder::new(&[Duration::ZERO]).is_err());
         let l = RetryLadder::new(&[
             Duration::from_secs(30),
@@ -900,7 +888,10 @@ mod tests {
     #[test]
     fn a_window_shorter_than_every_delay_queue_is_refused_naming_what_can_be_served() {
         let t = Topology::single(Duration::from_secs(20), QueueType::Classic).unwrap();
-        let err = t.check_window(Duration::from_secs(3)).unwrap_err();
+        let err = t
+            .check_window(Duration::from_secs(3))
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("a payment window of 3s cannot be served")
                 && err.contains("windows of 20s or longer can be served")
@@ -941,6 +932,49 @@ mod tests {
         assert!(Topology::single(Duration::ZERO, QueueType::Classic).is_err());
         assert!(Topology::single(Duration::from_hours(720), QueueType::Classic).is_err());
         assert!(Topology::windows(&[], QueueType::Classic).is_err());
+    }
+
+    #[test]
+    fn refusals_say_what_they_said_as_strings() {
+        // clap, the API and the docs show these texts: typed, they read the same.
+        let text = |e: TopologyError| e.to_string();
+        assert_eq!(
+            text(QueueType::parse("fast").unwrap_err()),
+            "unknown queue type \"fast\"; use classic or quorum"
+        );
+        assert_eq!("quorum".parse::<QueueType>(), Ok(QueueType::Quorum));
+        assert_eq!(
+            text(RetryLadder::new(&[]).unwrap_err()),
+            "the retry ladder (RETRY_DELAYS) needs at least one delay, e.g. 5s,30s,2m,10m"
+        );
+        assert_eq!(
+            text(RetryLadder::new(&[Duration::ZERO]).unwrap_err()),
+            "a retry delay must be from 1 ms to 2147483647 ms (about 24.8 days), got 0 ms"
+        );
+        assert_eq!(
+            text(Topology::windows(&[], QueueType::Classic).unwrap_err()),
+            "at least one payment window is needed"
+        );
+        assert_eq!(
+            text(Topology::single(Duration::ZERO, QueueType::Classic).unwrap_err()),
+            "queue.ordercreate: a delay must be from 1 ms to 2147483647 ms (about 24.8 days), got 0 ms"
+        );
+        let t = Topology::windows(
+            &[Duration::from_secs(20), Duration::from_mins(1)],
+            QueueType::Classic,
+        )
+        .unwrap();
+        assert_eq!(
+            text(
+                t.window_or_default(Some(Duration::from_secs(3)))
+                    .unwrap_err()
+            ),
+            "a payment window of 3s cannot be served: the shortest delay queue holds messages \
+             20s; windows of 20s or longer can be served (delay queues: queue.ordercreate.20s \
+             (20s), queue.ordercreate.1m (1m)); choose a longer window, or add a delay queue \
+             of 3s or less to DELAY_WINDOWS in the settings of every process and run \
+             `order-producer declare` (docs/operations.md, \"Changing the payment window\")"
+        );
     }
 
     #[test]

@@ -7,6 +7,9 @@
 use std::fmt;
 use std::time::Duration;
 
+use secrecy::{ExposeSecret, SecretString};
+use url::{Position, Url};
+
 use diesel::pg::PgConnection;
 use diesel::r2d2::Pool;
 use diesel::{Connection, RunQueryDsl};
@@ -27,38 +30,48 @@ pub type PgPool = Pool<PgManager>;
 /// A connection checked out of a [`PgPool`]; it returns to the pool on drop.
 pub type PooledConnection = diesel::r2d2::PooledConnection<PgManager>;
 
-/// A PostgreSQL URL whose password never reaches logs, errors or `Debug`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct DatabaseUrl(String);
+/// A PostgreSQL URL whose password never reaches logs, errors or `Debug`:
+/// held as a [`SecretString`], read only through
+/// [`DatabaseUrl::expose_secret`] (to connect).
+#[derive(Clone)]
+pub struct DatabaseUrl(SecretString);
 
 impl DatabaseUrl {
+    /// The URL as given; libpq reads it, so anything libpq accepts is kept
+    /// (its key=value form too, which prints as `[redacted: not a URL]`).
     #[must_use]
     pub fn new(url: impl Into<String>) -> Self {
-        Self(url.into())
+        Self(SecretString::from(url.into()))
     }
 
     /// The full URL, password included: only for handing to the driver.
     #[must_use]
-    pub fn expose(&self) -> &str {
-        &self.0
+    pub fn expose_secret(&self) -> &str {
+        self.0.expose_secret()
     }
 
-    /// `text` with every occurrence of this URL's password replaced by `***`:
-    /// for driver messages that may quote parts of the URL.
+    /// `text` with every occurrence of this URL's password (as written and
+    /// percent-decoded) replaced by `***`: for driver messages that may
+    /// quote parts of the URL.
     #[must_use]
     pub fn scrub(&self, text: &str) -> String {
-        match password_of(&self.0) {
-            Some(pw) if !pw.is_empty() => text.replace(pw, "***"),
-            _ => text.to_owned(),
-        }
+        scrub_password(self.expose_secret(), text)
     }
 
     /// The URL with any password replaced by `***`.
     #[must_use]
     pub fn redacted(&self) -> String {
-        redact_password(&self.0)
+        redact_password(self.expose_secret())
     }
 }
+
+impl PartialEq for DatabaseUrl {
+    fn eq(&self, other: &Self) -> bool {
+        self.expose_secret() == other.expose_secret()
+    }
+}
+
+impl Eq for DatabaseUrl {}
 
 impl fmt::Debug for DatabaseUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -74,78 +87,131 @@ impl fmt::Display for DatabaseUrl {
     }
 }
 
+/// A URL read by the `url` crate. libpq also takes URLs that are not
+/// WHATWG URLs, which `url` refuses: several hosts with ports
+/// (`postgres://u:p@h1:5432,h2:5432/db`) or none before the path
+/// (`postgres://u@/db?host=/run/postgresql`). Those are read with one
+/// stand-in host, and `hosts` keeps the hosts as written, to be put back.
+struct Parsed {
+    url: Url,
+    hosts: Option<String>,
+}
+
+/// Stands in for libpq's host list while `url` reads the rest.
+const STAND_IN_HOST: &str = "libpq-hosts.invalid";
+
+impl Parsed {
+    fn new(text: &str) -> Option<Self> {
+        // Without `://`, `url` would read `user:secret@host` as a scheme
+        // and a path, the secret in the clear: not a URL of ours.
+        let after_scheme = text.find("://")? + 3;
+        if let Ok(url) = Url::parse(text) {
+            return Some(Self { url, hosts: None });
+        }
+        // The host list ends the authority: it follows the last `@` (the
+        // userinfo's end, as `url` reads it) before the path, query or
+        // fragment.
+        let rest = &text[after_scheme..];
+        let authority_end = after_scheme + rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let hosts_start = text[after_scheme..authority_end]
+            .rfind('@')
+            .map_or(after_scheme, |i| after_scheme + i + 1);
+        let stood_in = format!(
+            "{}{STAND_IN_HOST}{}",
+            &text[..hosts_start],
+            &text[authority_end..]
+        );
+        let url = Url::parse(&stood_in).ok()?;
+        Some(Self {
+            url,
+            hosts: Some(text[hosts_start..authority_end].to_owned()),
+        })
+    }
+
+    /// The URL written out, hosts as given.
+    fn write(&self) -> String {
+        match &self.hosts {
+            None => self.url.to_string(),
+            Some(hosts) => format!(
+                "{}{hosts}{}",
+                &self.url[..Position::BeforeHost],
+                &self.url[Position::AfterPort..]
+            ),
+        }
+    }
+}
+
 /// `scheme://user:secret@host/db` -> `scheme://user:***@host/db`; also hides
 /// a `password=` query parameter. Anything unparseable is hidden whole.
 #[must_use]
 pub fn redact_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
+    let Some(mut parsed) = Parsed::new(url) else {
         return "[redacted: not a URL]".to_owned();
     };
-    let (authority, tail) = match rest.find(['/', '?']) {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    let authority = match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{user}:***@{host}"),
-            None => authority.to_owned(),
-        },
-        None => authority.to_owned(),
-    };
-    let tail = match tail.split_once('?') {
-        Some((path, query)) => {
-            let query: Vec<String> = query
-                .split('&')
-                .map(|kv| {
-                    if kv.to_ascii_lowercase().starts_with("password=") {
-                        "password=***".to_owned()
-                    } else {
-                        kv.to_owned()
-                    }
-                })
-                .collect();
-            format!("{path}?{}", query.join("&"))
-        }
-        None => tail.to_owned(),
-    };
-    format!("{scheme}://{authority}{tail}")
+    if parsed.url.password().is_some() {
+        // Cannot fail: the URL has a host (it has a password).
+        let _ = parsed.url.set_password(Some("***"));
+    }
+    if let Some(query) = parsed.url.query() {
+        let query: Vec<&str> = query
+            .split('&')
+            .map(|kv| {
+                if kv.to_ascii_lowercase().starts_with("password=") {
+                    "password=***"
+                } else {
+                    kv
+                }
+            })
+            .collect();
+        let query = query.join("&");
+        parsed.url.set_query(Some(&query));
+    }
+    parsed.write()
 }
 
 /// The password in a URL's userinfo (`scheme://user:PASSWORD@host/...`),
-/// still percent-encoded, if there is one.
+/// percent-encoded as the `url` crate writes it, if there is one.
 #[must_use]
-pub fn password_of(url: &str) -> Option<&str> {
-    let rest = url.split_once("://")?.1;
-    let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
-    let userinfo = authority.rsplit_once('@')?.0;
-    userinfo.split_once(':').map(|(_, pw)| pw)
+pub fn password_of(url: &str) -> Option<String> {
+    Parsed::new(url)?.url.password().map(str::to_owned)
 }
 
-/// `url` with its database (last path segment) replaced by `db`.
+/// `text` with every occurrence of `url`'s password replaced by `***`: as
+/// the `url` crate writes it (which is how amiquip quotes it) and
+/// percent-decoded (how the server and the driver know it).
+#[must_use]
+pub fn scrub_password(url: &str, text: &str) -> String {
+    let Some(password) = password_of(url) else {
+        return text.to_owned();
+    };
+    let mut out = text.replace(&password, "***");
+    let decoded = percent_encoding::percent_decode_str(&password).decode_utf8_lossy();
+    if !decoded.is_empty() && decoded != password {
+        out = out.replace(decoded.as_ref(), "***");
+    }
+    out
+}
+
+/// `url` with its database (its path) replaced by `db`; the rest as the
+/// `url` crate writes it.
 #[must_use]
 pub fn url_with_database(url: &str, db: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let server = match base[scheme_end..].find('/') {
-        Some(i) => &base[..scheme_end + i],
-        None => base,
-    };
-    match query {
-        Some(q) => format!("{server}/{db}?{q}"),
-        None => format!("{server}/{db}"),
+    match Parsed::new(url) {
+        Some(mut parsed) => {
+            parsed.url.set_path(db);
+            parsed.write()
+        }
+        None => url.to_owned(),
     }
 }
 
-/// The name of the database a URL points at (its last path segment), if any.
+/// The name of the database a URL points at (its path, without the
+/// leading `/`), if any.
 #[must_use]
-pub fn database_name(url: &str) -> Option<&str> {
-    let base = url.split_once('?').map_or(url, |(b, _)| b);
-    let rest = base.split_once("://")?.1;
-    let db = &rest[rest.find('/')? + 1..];
-    (!db.is_empty()).then_some(db)
+pub fn database_name(url: &str) -> Option<String> {
+    let parsed = Parsed::new(url)?;
+    let db = parsed.url.path().strip_prefix('/')?;
+    (!db.is_empty()).then(|| db.to_owned())
 }
 
 /// Creates the database `url` names unless it exists, connecting to the
@@ -158,18 +224,18 @@ pub fn create_database_if_missing(url: &DatabaseUrl) -> Result<bool, StoreError>
         #[diesel(sql_type = Bool)]
         exists: bool,
     }
-    let name = database_name(url.expose())
+    let name = database_name(url.expose_secret())
         .ok_or_else(|| StoreError::Connect(format!("{url} names no database")))?;
     if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
         return Err(StoreError::Connect(format!(
             "will not create database {name:?}: only A-Z a-z 0-9 _ are supported in its name"
         )));
     }
-    let maintenance = DatabaseUrl::new(url_with_database(url.expose(), "postgres"));
+    let maintenance = DatabaseUrl::new(url_with_database(url.expose_secret(), "postgres"));
     let mut conn = connect(&maintenance)?;
     let exists =
         diesel::sql_query("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS exists")
-            .bind::<Text, _>(name)
+            .bind::<Text, _>(&name)
             .get_result::<Exists>(&mut conn)?
             .exists;
     if exists {
@@ -188,7 +254,7 @@ pub fn create_database_if_missing(url: &DatabaseUrl) -> Result<bool, StoreError>
 
 /// One connection, for short-lived commands.
 pub fn connect(url: &DatabaseUrl) -> Result<PgConnection, StoreError> {
-    PgConnection::establish(url.expose())
+    PgConnection::establish(url.expose_secret())
         .map_err(|e| StoreError::Connect(url.scrub(&format!("{}: {e}", url.redacted()))))
 }
 
@@ -221,7 +287,7 @@ pub fn build_counted_pool(
         .connection_timeout(connect_timeout)
         .test_on_check_out(true)
         .build(PgManager::new(
-            url.expose(),
+            url.expose_secret(),
             CHECK_IDLE_AFTER,
             counter.cloned(),
         ))
@@ -357,12 +423,16 @@ mod tests {
         );
         assert_eq!(redact_password("postgres://db"), "postgres://db");
         assert_eq!(redact_password("s3cret"), "[redacted: not a URL]");
+        assert_eq!(
+            redact_password("app:s3cret@db/orders"),
+            "[redacted: not a URL]"
+        );
     }
 
     #[test]
     fn database_names_are_found_and_replaced() {
         assert_eq!(
-            database_name("postgres://u@h:5432/orders?sslmode=disable"),
+            database_name("postgres://u@h:5432/orders?sslmode=disable").as_deref(),
             Some("orders")
         );
         assert_eq!(database_name("postgres://u@h:5432"), None);
@@ -378,7 +448,59 @@ mod tests {
         let url = DatabaseUrl::new("postgres://app:s3cret@db/orders");
         assert!(!format!("{url:?}").contains("s3cret"));
         assert!(!url.to_string().contains("s3cret"));
-        assert_eq!(url.expose(), "postgres://app:s3cret@db/orders");
+        assert_eq!(url.expose_secret(), "postgres://app:s3cret@db/orders");
         assert_eq!(url.scrub("bad token near s3cret"), "bad token near ***");
+        // The secret itself prints as secrecy's `[REDACTED]`, never the URL.
+        assert!(!format!("{:?}", url.0).contains("s3cret"));
+    }
+
+    #[test]
+    fn libpq_urls_that_are_not_whatwg_urls_keep_working() {
+        // Several hosts with ports, and no host before the path: the `url`
+        // crate refuses both, libpq takes both; the hosts are kept as given.
+        let several =
+            "postgres://app:s3cret@h1:5432,h2:5433/orders?target_session_attrs=read-write";
+        assert_eq!(
+            redact_password(several),
+            "postgres://app:***@h1:5432,h2:5433/orders?target_session_attrs=read-write"
+        );
+        assert_eq!(password_of(several).as_deref(), Some("s3cret"));
+        assert_eq!(database_name(several).as_deref(), Some("orders"));
+        assert_eq!(
+            url_with_database(several, "postgres"),
+            "postgres://app:s3cret@h1:5432,h2:5433/postgres?target_session_attrs=read-write"
+        );
+        let socket = "postgres://app:s3cret@/orders?host=/run/postgresql";
+        assert_eq!(
+            redact_password(socket),
+            "postgres://app:***@/orders?host=/run/postgresql"
+        );
+        assert_eq!(database_name(socket).as_deref(), Some("orders"));
+        for as_given in [
+            "postgres:///orders?host=/run/postgresql",
+            "postgres://%2Frun%2Fpostgresql/orders",
+            "postgres://app:***@[::1]:5432/orders?sslmode=verify-full",
+            "postgresql://app@Db.Example.com/Orders",
+        ] {
+            assert_eq!(redact_password(as_given), as_given);
+        }
+        // libpq's key=value form is no URL: hidden whole, passed on as is.
+        let keywords = DatabaseUrl::new("host=db password=s3cret");
+        assert_eq!(keywords.to_string(), "[redacted: not a URL]");
+        assert_eq!(keywords.expose_secret(), "host=db password=s3cret");
+    }
+
+    #[test]
+    fn a_password_is_scrubbed_as_written_and_decoded() {
+        let url = DatabaseUrl::new("postgres://app:s%40cret@db/orders");
+        assert_eq!(url.to_string(), "postgres://app:***@db/orders");
+        assert_eq!(
+            url.scrub("for app:s%40cret, that is s@cret"),
+            "for app:***, that is ***"
+        );
+        // A `%` before a wide character once panicked a hand-written decoder.
+        let url = DatabaseUrl::new("postgres://app:%中x@db/orders");
+        assert_eq!(url.to_string(), "postgres://app:***@db/orders");
+        assert_eq!(url.scrub("refused app:%中x"), "refused app:***");
     }
 }

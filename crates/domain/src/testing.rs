@@ -186,7 +186,7 @@ impl TestDb {
     /// A new connection to this database.
     #[must_use]
     pub fn conn(&self) -> PgConnection {
-        PgConnection::establish(self.url.expose()).expect("connect to test database")
+        PgConnection::establish(self.url.expose_secret()).expect("connect to test database")
     }
 
     /// A pool of `size` connections to this database.

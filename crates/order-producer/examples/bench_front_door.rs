@@ -232,7 +232,7 @@ fn main() {
     let base = format!("http://127.0.0.1:{port}");
     let child = Command::new(&bin)
         .arg("serve")
-        .env("DATABASE_URL", db.url().expose())
+        .env("DATABASE_URL", db.url().expose_secret())
         .env("API_LISTEN", format!("127.0.0.1:{port}"))
         .env("API_TOKEN_FILE", &token_file)
         .env("WECHATPAY_APPID", APPID)
@@ -376,7 +376,7 @@ fn main() {
     for i in 0..per_process {
         let out = Command::new(&bin)
             .args(["create-order", "--item", &format!("B{:02}:1", i % SKUS)])
-            .env("DATABASE_URL", db.url().expose())
+            .env("DATABASE_URL", db.url().expose_secret())
             .env("RUST_LOG", "warn")
             .output()
             .unwrap();

@@ -87,7 +87,7 @@ fn run(bin: &str, n: usize) -> f64 {
         let started = Instant::now();
         let status = Command::new(bin)
             .args(["parked", "--limit", &n.to_string()])
-            .env("AMQP_URL", vhost.url().expose())
+            .env("AMQP_URL", vhost.url().expose_secret())
             .stdout(Stdio::null())
             .status()
             .expect("run order-producer");
@@ -98,7 +98,7 @@ fn run(bin: &str, n: usize) -> f64 {
     let started = Instant::now();
     let status = Command::new(bin)
         .args(["parked", "--replay", "--limit", &n.to_string()])
-        .env("AMQP_URL", vhost.url().expose())
+        .env("AMQP_URL", vhost.url().expose_secret())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .status()

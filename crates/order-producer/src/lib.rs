@@ -283,7 +283,7 @@ pub fn run(cli: &Cli, stop: &Arc<AtomicBool>) -> anyhow::Result<ExitCode> {
         Command::Stock(StockCommand::Set(args)) => stock_set(args, &mut out),
         Command::CreateOrder(args) => create_order(args, &mut out),
         Command::Publish(args) => {
-            let topology = args.topology.topology().map_err(UsageError)?;
+            let topology = args.topology.topology()?;
             let mut conn = connect(&args.database)?;
             require_schema(&mut conn)?;
             let report =
@@ -301,7 +301,7 @@ pub fn run(cli: &Cli, stop: &Arc<AtomicBool>) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status(args) => {
-            let topology = args.topology.topology().map_err(UsageError)?;
+            let topology = args.topology.topology()?;
             let mut conn = connect(&args.database)?;
             require_schema(&mut conn)?;
             status_cmd(args, &mut conn, &topology, &mut out)
@@ -336,7 +336,7 @@ fn stock_set(args: &StockSetArgs, out: &mut impl Write) -> anyhow::Result<ExitCo
 
 /// `create-order`: one order, its number alone on stdout.
 fn create_order(args: &CreateOrderArgs, out: &mut impl Write) -> anyhow::Result<ExitCode> {
-    let topology = args.topology.topology().map_err(UsageError)?;
+    let topology = args.topology.topology()?;
     let mut conn = connect(&args.database)?;
     require_schema(&mut conn)?;
     let window = topology
@@ -379,7 +379,7 @@ fn status_cmd(
 }
 
 fn declare(args: &DeclareArgs) -> anyhow::Result<ExitCode> {
-    let topology = args.topology.topology().map_err(UsageError)?;
+    let topology = args.topology.topology()?;
     let amqp = args.broker.url();
     let mut conn = broker::connect(&amqp).context("is RabbitMQ running and AMQP_URL right?")?;
     let declared = topology
@@ -418,7 +418,7 @@ fn parked_cmd(args: &ParkedArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode> 
 }
 
 fn relay(args: &RelayArgs, stop: &Arc<AtomicBool>) -> anyhow::Result<ExitCode> {
-    let topology = args.topology.topology().map_err(UsageError)?;
+    let topology = args.topology.topology()?;
     let settings = relay::Settings {
         batch_size: args.relay_batch_size,
         poll_interval: args.relay_poll_interval,

@@ -118,8 +118,8 @@ impl Env {
         }
         command
             .args(["--worker-concurrency", &concurrency.to_string()])
-            .env("DATABASE_URL", self.db.url().expose())
-            .env("AMQP_URL", self.vhost.url().expose())
+            .env("DATABASE_URL", self.db.url().expose_secret())
+            .env("AMQP_URL", self.vhost.url().expose_secret())
             .env(
                 "DELAY_TTL_MS",
                 self.topology.delay_queues()[0].ttl.as_millis().to_string(),

@@ -187,7 +187,7 @@ pub struct RunArgs {
     pub settle: SettleSettings,
 }
 
-fn parse_human_duration(s: &str) -> Result<humantime::Duration, String> {
+fn parse_human_duration(s: &str) -> Result<humantime::Duration, service::DurationError> {
     parse_duration(s).map(humantime::Duration::from)
 }
 
@@ -283,7 +283,7 @@ pub fn run(cli: &Cli, stop: &Arc<AtomicBool>) -> anyhow::Result<ExitCode> {
         )?;
         return settle_now(&settler, &args.order_no);
     }
-    let topology = cli.topology.topology().map_err(UsageError)?;
+    let topology = cli.topology.topology()?;
     // Always counting: the summary line reads the counters, scraped or not.
     let metrics = service::Metrics::new("worker");
     let settler = prepare_with_metrics(cli, metrics.clone())?;

@@ -176,7 +176,7 @@ fn stopping_the_leader_of_each_queue_loses_nothing_and_settles_each_order_once()
     let mut argv = vec![
         "order-producer",
         "--database-url",
-        db.url().expose(),
+        db.url().expose_secret(),
         "--amqp-url",
         &relay_urls,
     ];
@@ -201,7 +201,7 @@ fn stopping_the_leader_of_each_queue_loses_nothing_and_settles_each_order_once()
             Command::new(env!("CARGO_BIN_EXE_order-timeout-worker"))
                 .args(["--worker-concurrency", "4"])
                 .args(topology_flags)
-                .env("DATABASE_URL", db.url().expose())
+                .env("DATABASE_URL", db.url().expose_secret())
                 .env("AMQP_URL", urls_from(&nodes, first))
                 .envs(files.worker_env(&sim.base_url()))
                 .env("WORKER_RECHECK_AFTER", "1h")

@@ -261,9 +261,9 @@ fn start_relay(
     let cli = service::cli::try_parse_from::<order_producer::Cli>([
         "order-producer",
         "--database-url",
-        stack.db.url().expose(),
+        stack.db.url().expose_secret(),
         "--amqp-url",
-        stack.vhost.url().expose(),
+        stack.vhost.url().expose_secret(),
         "--delay-ttl-ms",
         "300",
         "--retry-delays",

@@ -927,12 +927,14 @@ fn build_agent(config: &Config) -> Result<ureq::Agent, ConfigError> {
     // ureq would otherwise follow ALL_PROXY/HTTPS_PROXY/HTTP_PROXY from
     // the environment, sending signed requests wherever they point.
     let proxy = match &config.proxy {
-        Some(url) => Some(
-            ureq::Proxy::new(url.expose()).map_err(|_| ConfigError::Invalid {
-                setting: "WECHATPAY_PROXY",
-                reason: "expected a proxy URL such as http://proxy.internal:3128".to_owned(),
-            })?,
-        ),
+        Some(url) => {
+            Some(
+                ureq::Proxy::new(url.expose_secret()).map_err(|_| ConfigError::Invalid {
+                    setting: "WECHATPAY_PROXY",
+                    reason: "expected a proxy URL such as http://proxy.internal:3128".to_owned(),
+                })?,
+            )
+        }
         None => None,
     };
 

@@ -11,6 +11,9 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use secrecy::{ExposeSecret, SecretString};
+use url::{Position, Url};
+
 /// The production API.
 pub const DEFAULT_BASE_URL: &str = "https://api.mch.weixin.qq.com";
 /// WeChat Pay's backup domain, worth trying only when the main one cannot be
@@ -71,35 +74,75 @@ pub struct Config {
     pub proxy: Option<ProxyUrl>,
 }
 
-/// A proxy URL, which may carry a password: `Debug` and `Display` hide it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct ProxyUrl(String);
+/// A proxy URL, which may carry a password: held as a [`SecretString`],
+/// read only by the HTTP client ([`ProxyUrl::expose_secret`]); `Debug` and
+/// `Display` hide the password.
+#[derive(Clone)]
+pub struct ProxyUrl(SecretString);
 
 impl ProxyUrl {
+    /// The URL as given (ureq reads it when the client is built:
+    /// `[scheme://][user:password@]host:port`).
     #[must_use]
     pub fn new(url: impl Into<String>) -> Self {
-        Self(url.into())
+        Self(SecretString::from(url.into()))
     }
 
     /// The URL with its password, for the HTTP client only.
     #[must_use]
-    pub fn expose(&self) -> &str {
-        &self.0
+    pub fn expose_secret(&self) -> &str {
+        self.0.expose_secret()
+    }
+
+    /// `scheme://user:password@host` -> `scheme://user:***@host`, read by
+    /// the `url` crate; what it cannot read is hidden whole.
+    fn redacted(&self) -> String {
+        let given = self.expose_secret();
+        // ureq takes a proxy without a scheme as `http://`; so does the
+        // `url` crate here (it would read `user:` as a scheme).
+        let schemeless = !given.contains("://");
+        let Ok(mut url) = Url::parse(&if schemeless {
+            format!("http://{given}")
+        } else {
+            given.to_owned()
+        }) else {
+            return "[redacted: not a URL]".to_owned();
+        };
+        if url.password().is_some() {
+            // Cannot fail: the URL has a host (it has a password).
+            let _ = url.set_password(Some("***"));
+        }
+        // `url` writes the path `/` of an http URL given without one; shown
+        // as given.
+        let shown = if url.path() == "/"
+            && !given.ends_with('/')
+            && url.query().is_none()
+            && url.fragment().is_none()
+        {
+            &url[..Position::AfterPort]
+        } else {
+            url.as_str()
+        };
+        let shown = if schemeless {
+            shown.strip_prefix("http://").unwrap_or(shown)
+        } else {
+            shown
+        };
+        shown.to_owned()
     }
 }
 
+impl PartialEq for ProxyUrl {
+    fn eq(&self, other: &Self) -> bool {
+        self.expose_secret() == other.expose_secret()
+    }
+}
+
+impl Eq for ProxyUrl {}
+
 impl fmt::Display for ProxyUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // `scheme://user:password@host` -> `scheme://user:***@host`
-        let (scheme, rest) = self.0.split_once("://").unwrap_or(("", &self.0));
-        let sep = if scheme.is_empty() { "" } else { "://" };
-        match rest.split_once('@') {
-            Some((userinfo, host)) => {
-                let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-                write!(f, "{scheme}{sep}{user}:***@{host}")
-            }
-            None => f.write_str(&self.0),
-        }
+        f.write_str(&self.redacted())
     }
 }
 
@@ -220,11 +263,38 @@ mod tests {
         let p = ProxyUrl::new("http://ops:s3cret@proxy.internal:3128");
         assert_eq!(p.to_string(), "http://ops:***@proxy.internal:3128");
         assert!(!format!("{p:?}").contains("s3cret"));
-        let c = Config::new("1", "AB", "/k.pem").with_proxy(p);
+        let c = Config::new("1", "AB", "/k.pem").with_proxy(p.clone());
         assert!(!format!("{c:?}").contains("s3cret"));
         assert_eq!(
             ProxyUrl::new("http://proxy:3128").to_string(),
             "http://proxy:3128"
         );
+        assert_eq!(
+            p.expose_secret(),
+            "http://ops:s3cret@proxy.internal:3128",
+            "handed to ureq as given"
+        );
+    }
+
+    #[test]
+    fn a_proxy_password_never_prints_whatever_the_form() {
+        for (given, shown) in [
+            // ureq takes a proxy without a scheme as http.
+            (
+                "ops:s3cret@proxy.internal:3128",
+                "ops:***@proxy.internal:3128",
+            ),
+            (
+                "socks5://ops:s3cret@proxy:1080",
+                "socks5://ops:***@proxy:1080",
+            ),
+            ("https://ops:s%40s3cret@proxy/", "https://ops:***@proxy/"),
+            ("http://ops:s3cret@bad proxy", "[redacted: not a URL]"),
+            ("proxy.internal:3128", "proxy.internal:3128"),
+        ] {
+            let p = ProxyUrl::new(given);
+            assert_eq!(p.to_string(), shown, "{given}");
+            assert!(!format!("{p:?}").contains("s3cret"), "{given}");
+        }
     }
 }

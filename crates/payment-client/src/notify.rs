@@ -20,6 +20,7 @@ use std::fmt;
 use std::path::Path;
 
 use openssl::symm::{decrypt_aead, Cipher};
+use secrecy::{ExposeSecret, SecretSlice};
 use serde::Deserialize;
 
 use crate::config::ConfigError;
@@ -39,7 +40,7 @@ const TAG_LEN: usize = 16;
 /// decrypts notification resources. `Debug` never shows it and no error
 /// contains it.
 #[derive(Clone)]
-pub struct ApiV3Key([u8; API_V3_KEY_LEN]);
+pub struct ApiV3Key(SecretSlice<u8>);
 
 impl fmt::Debug for ApiV3Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -50,9 +51,10 @@ impl fmt::Debug for ApiV3Key {
 impl ApiV3Key {
     /// Exactly 32 bytes, or [`ConfigError::ApiV3KeyLength`].
     pub fn new(bytes: &[u8]) -> Result<Self, ConfigError> {
-        <[u8; API_V3_KEY_LEN]>::try_from(bytes)
-            .map(Self)
-            .map_err(|_| ConfigError::ApiV3KeyLength(bytes.len()))
+        if bytes.len() != API_V3_KEY_LEN {
+            return Err(ConfigError::ApiV3KeyLength(bytes.len()));
+        }
+        Ok(Self(SecretSlice::from(bytes.to_vec())))
     }
 
     /// Reads a file of exactly 32 bytes; one trailing `\n` or `\r\n` (as an
@@ -175,7 +177,7 @@ pub fn decrypt_resource(
     let (ciphertext, tag) = data.split_at(data.len() - TAG_LEN);
     decrypt_aead(
         Cipher::aes_256_gcm(),
-        &key.0,
+        key.0.expose_secret(),
         Some(nonce.as_bytes()),
         associated_data.as_bytes(),
         ciphertext,
@@ -532,7 +534,7 @@ mod tests {
             match ApiV3Key::load(&path) {
                 Ok(loaded) => {
                     assert!(ok, "{name}");
-                    assert_eq!(loaded.0, *key);
+                    assert_eq!(loaded.0.expose_secret(), key);
                 }
                 Err(e) => {
                     assert!(!ok, "{name}: {e}");

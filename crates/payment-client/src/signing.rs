@@ -54,6 +54,10 @@ pub fn new_nonce() -> String {
 }
 
 /// The merchant's RSA private key. Its `Debug` never shows the key.
+///
+/// Not a `secrecy::SecretBox`: that needs a key it can zero itself
+/// (`Zeroize`), and this one lives in OpenSSL's memory, which OpenSSL
+/// clears when the key is freed; `Debug` is written by hand instead.
 pub struct MerchantKey {
     key: PKey<Private>,
 }
@@ -70,15 +74,13 @@ impl MerchantKey {
     /// prompting for a passphrase on the terminal of a daemon.
     ///
     /// The error text never contains the PEM.
-    pub fn from_pem(pem: &[u8]) -> Result<Self, String> {
+    pub fn from_pem(pem: &[u8]) -> Result<Self, KeyError> {
         // A callback that supplies no passphrase: OpenSSL's default would
         // read one from the controlling terminal.
-        let key = PKey::private_key_from_pem_callback(pem, |_| Ok(0)).map_err(|_| {
-            "not an unencrypted PEM private key (expected PKCS#8 `BEGIN PRIVATE KEY` or PKCS#1 `BEGIN RSA PRIVATE KEY`)"
-                .to_owned()
-        })?;
+        let key = PKey::private_key_from_pem_callback(pem, |_| Ok(0))
+            .map_err(|_| KeyError::NotAPrivateKey)?;
         if key.rsa().is_err() {
-            return Err("not an RSA key (WeChat Pay APIv3 merchant keys are RSA 2048)".to_owned());
+            return Err(KeyError::NotRsa);
         }
         Ok(Self { key })
     }
@@ -90,10 +92,10 @@ impl MerchantKey {
             path: path.to_owned(),
             reason: e.to_string(),
         })?;
-        Self::from_pem(&pem).map_err(|reason| ConfigError::KeyFile {
+        Self::from_pem(&pem).map_err(|e| ConfigError::KeyFile {
             what: "merchant private key",
             path: path.to_owned(),
-            reason,
+            reason: e.to_string(),
         })
     }
 
@@ -103,6 +105,17 @@ impl MerchantKey {
         signer.update(message)?;
         Ok(openssl::base64::encode_block(&signer.sign_to_vec()?))
     }
+}
+
+/// Why a PEM is not a merchant key. The text never contains the PEM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// Not PEM, not a private key, or encrypted.
+    #[error("not an unencrypted PEM private key (expected PKCS#8 `BEGIN PRIVATE KEY` or PKCS#1 `BEGIN RSA PRIVATE KEY`)")]
+    NotAPrivateKey,
+    /// A private key, but not RSA.
+    #[error("not an RSA key (WeChat Pay APIv3 merchant keys are RSA 2048)")]
+    NotRsa,
 }
 
 /// The value of the `Authorization` header for one signed request.
@@ -246,7 +259,8 @@ a7UAdb1c08hEQFVRbF14AR73xbnd8N0obCWJPCbzMCtkaSef4FdEEgEXJiw0VAJT
     #[test]
     fn refuses_public_keys_and_garbage_without_echoing_them() {
         let err = MerchantKey::from_pem(GO_SDK_PUBLIC_KEY.as_bytes()).unwrap_err();
-        assert!(!err.contains("MIIB"), "{err}");
+        assert_eq!(err, KeyError::NotAPrivateKey);
+        assert!(!err.to_string().contains("MIIB"), "{err}");
         assert!(MerchantKey::from_pem(b"not a key at all").is_err());
     }
 

@@ -13,6 +13,7 @@ use clap::Args;
 use domain::DatabaseUrl;
 
 use crate::duration::parse_duration;
+use crate::UsageError;
 
 /// Where the database is.
 #[derive(Debug, Clone, Args)]
@@ -104,14 +105,16 @@ impl BrokerArgs {
 }
 
 impl TopologyArgs {
-    /// The topology these options describe; the error says what is wrong.
-    pub fn topology(&self) -> Result<Topology, String> {
+    /// The topology these options describe; a usage error (exit code 2)
+    /// saying what is wrong when there is none.
+    pub fn topology(&self) -> Result<Topology, UsageError> {
         let topo = if self.delay_windows.is_empty() {
-            Topology::single(Duration::from_millis(self.delay_ttl_ms), self.queue_type)?
+            Topology::single(Duration::from_millis(self.delay_ttl_ms), self.queue_type)
         } else {
-            Topology::windows(&self.delay_windows, self.queue_type)?
+            Topology::windows(&self.delay_windows, self.queue_type)
         };
-        topo.with_retry_ladder(&self.retry_delays)
+        topo.and_then(|t| t.with_retry_ladder(&self.retry_delays))
+            .map_err(|e| UsageError(e.to_string()))
     }
 }
 
@@ -120,8 +123,9 @@ fn parse_retry_ladder(s: &str) -> Result<RetryLadder, String> {
     let delays = s
         .split(',')
         .map(|d| parse_duration(d.trim()))
-        .collect::<Result<Vec<_>, _>>()?;
-    RetryLadder::new(&delays)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    RetryLadder::new(&delays).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -150,6 +150,16 @@ mod tests {
     }
 
     #[test]
+    fn a_proxy_password_never_shows_in_the_parsed_arguments() {
+        let cli = Cli::try_parse_from(["x", "--wechatpay-proxy", "ops:s3cret@proxy:3128"]).unwrap();
+        let debug = format!("{cli:?}");
+        assert!(!debug.contains("s3cret"), "{debug}");
+        assert!(debug.contains("ops:***@proxy:3128"), "{debug}");
+        let proxy = cli.payment.proxy.unwrap();
+        assert_eq!(proxy.expose_secret(), "ops:s3cret@proxy:3128");
+    }
+
+    #[test]
     fn the_default_timeouts_are_the_clients() {
         let cli = Cli::try_parse_from(["x"]).unwrap();
         assert_eq!(cli.payment.timeout, payment_client::DEFAULT_TIMEOUT);

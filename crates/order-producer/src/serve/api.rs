@@ -56,7 +56,7 @@ pub struct PaymentWindow(pub Duration);
 impl TryFrom<String> for PaymentWindow {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
-        let d = service::parse_duration(&s)?;
+        let d = service::parse_duration(&s).map_err(|e| e.to_string())?;
         if (MIN_WINDOW..=domain::MAX_PAYMENT_WINDOW).contains(&d) {
             Ok(Self(d))
         } else {

@@ -226,7 +226,7 @@ fn state(args: &ServeArgs, metrics: &Metrics) -> anyhow::Result<AppState> {
         .map_err(|e| UsageError(format!("WeChat Pay client not usable: {e}")))?
         .with_observer(Arc::new(metrics.clone()));
     let verifier = NotificationVerifier::new(payments.key_store().clone(), apiv3);
-    let topology = args.topology.topology().map_err(UsageError)?;
+    let topology = args.topology.topology()?;
     // A default window no delay queue can serve would make every order
     // without a window of its own come out after its deadline.
     let default_window = topology
@@ -385,7 +385,7 @@ pub fn start(args: &ServeArgs, stop: Arc<AtomicBool>) -> anyhow::Result<Running>
         service::collector::Settings {
             database: args.database.url(),
             amqp: args.broker.url(),
-            topology: args.topology.topology().map_err(UsageError)?,
+            topology: args.topology.topology()?,
             interval: args.metrics.metrics_gauge_interval,
         },
         Arc::clone(&stop),

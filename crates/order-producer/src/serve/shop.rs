@@ -128,7 +128,7 @@ pub(super) async fn create(
     state
         .topology
         .check_window(window)
-        .map_err(|e| ApiError::field("payment_window", e))?;
+        .map_err(|e| ApiError::field("payment_window", e.to_string()))?;
     let pool = state.pool.clone();
     let created = blocking(move || {
         let mut conn = domain::checkout(&pool).map_err(|e| ApiError::from_store(&e))?;

@@ -95,13 +95,19 @@ fn cases(door: &FrontDoor, words: &[&str]) -> (u8, String) {
         .chain(words)
         .map(|s| (*s).to_owned())
         .collect();
-    argv.extend(["--database-url".into(), door.db.url().expose().to_owned()]);
+    argv.extend([
+        "--database-url".into(),
+        door.db.url().expose_secret().to_owned(),
+    ]);
     match words.first().copied() {
         Some("accept" | "refund" | "recheck" | "retry-refund" | "refund-done") => {
             argv.extend(door.wechatpay_args());
         }
         Some("resolve") => {}
-        _ => argv.extend(["--amqp-url".into(), door.vhost.url().expose().to_owned()]),
+        _ => argv.extend([
+            "--amqp-url".into(),
+            door.vhost.url().expose_secret().to_owned(),
+        ]),
     }
     let cli = Cli::try_parse_from(argv).unwrap();
     let order_producer::Command::Cases(cases) = &cli.command else {

@@ -24,7 +24,7 @@ fn stock(db: &TestDb, code: &str) -> u32 {
 #[test]
 fn migrate_creates_the_schema_and_a_second_run_changes_nothing() {
     let db = TestDb::empty();
-    let url = db.url().expose().to_owned();
+    let url = db.url().expose_secret().to_owned();
     let all = domain::pending_migrations(&mut db.conn()).unwrap().len();
     let first = producer(&url, &["migrate"]);
     assert!(first.status.success(), "{}", stderr(&first));
@@ -50,7 +50,7 @@ fn migrate_creates_a_missing_database() {
     // The database TestDb::empty() names, dropped first so migrate must create it.
     let db = TestDb::empty();
     domain::testing::drop_database(db.name());
-    let out = producer(db.url().expose(), &["migrate"]);
+    let out = producer(db.url().expose_secret(), &["migrate"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("created database"),
@@ -65,7 +65,7 @@ fn migrate_creates_a_missing_database() {
 #[test]
 fn stock_set_then_create_order_prints_only_the_order_number() {
     let db = TestDb::new();
-    let url = db.url().expose().to_owned();
+    let url = db.url().expose_secret().to_owned();
     let set = producer(
         &url,
         &[
@@ -102,7 +102,7 @@ fn stock_set_then_create_order_prints_only_the_order_number() {
 #[test]
 fn create_order_respects_the_payment_window() {
     let db = TestDb::new();
-    let url = db.url().expose().to_owned();
+    let url = db.url().expose_secret().to_owned();
     assert!(producer(
         &url,
         &[
@@ -158,7 +158,7 @@ fn create_order_respects_the_payment_window() {
 #[test]
 fn create_order_beyond_the_stock_fails_naming_the_sku_and_leaves_stock_alone() {
     let db = TestDb::new();
-    let url = db.url().expose().to_owned();
+    let url = db.url().expose_secret().to_owned();
     assert!(producer(
         &url,
         &[
@@ -215,7 +215,7 @@ fn create_order_beyond_the_stock_fails_naming_the_sku_and_leaves_stock_alone() {
 #[test]
 fn bad_usage_exits_2_saying_what_is_wrong() {
     let db = TestDb::new();
-    let url = db.url().expose().to_owned();
+    let url = db.url().expose_secret().to_owned();
     let cases: &[(&[&str], &str)] = &[
         (&["create-order"], "--item"),
         (&["create-order", "--item", "TEA:0"], "quantity for SKU TEA"),
@@ -258,7 +258,7 @@ fn bad_usage_exits_2_saying_what_is_wrong() {
 fn an_unmigrated_schema_exits_2_telling_to_migrate() {
     let db = TestDb::empty();
     let out = producer(
-        db.url().expose(),
+        db.url().expose_secret(),
         &["stock", "set", "--sku", "TEA", "--quantity", "1"],
     );
     assert_eq!(out.status.code(), Some(2));
@@ -291,7 +291,7 @@ fn commands_at_trace_level_print_no_password() {
     let db_url =
         env.db
             .url()
-            .expose()
+            .expose_secret()
             .replacen("postgres@", &format!("postgres:{db_password}@"), 1);
     let orders = env.orders(2, std::time::Duration::from_mins(30));
     let mut printed = String::new();
@@ -305,7 +305,7 @@ fn commands_at_trace_level_print_no_password() {
         let out = env
             .command(args)
             .env("RUST_LOG", "trace")
-            .env("AMQP_URL", user.url.expose())
+            .env("AMQP_URL", user.url.expose_secret())
             .env("DATABASE_URL", &db_url)
             .output()
             .unwrap();
@@ -335,7 +335,7 @@ fn parked_without_a_topology_is_a_configuration_error() {
 #[test]
 fn a_sku_needs_a_price_and_one_without_is_not_for_sale() {
     let db = TestDb::new();
-    let url = db.url().expose().to_owned();
+    let url = db.url().expose_secret().to_owned();
     for extra in [&[][..], &["--price-fen", "0"][..]] {
         let mut args = vec!["stock", "set", "--sku", "NEW", "--quantity", "5"];
         args.extend_from_slice(extra);
@@ -403,7 +403,13 @@ fn a_sku_needs_a_price_and_one_without_is_not_for_sale() {
 
 fn psql(db: &TestDb, sql: &str) {
     let out = std::process::Command::new("psql")
-        .args([db.url().expose(), "-v", "ON_ERROR_STOP=1", "-qc", sql])
+        .args([
+            db.url().expose_secret(),
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-qc",
+            sql,
+        ])
         .output()
         .expect("psql");
     assert!(
@@ -416,7 +422,7 @@ fn psql(db: &TestDb, sql: &str) {
 #[test]
 fn a_decision_that_does_not_apply_exits_2_and_names_why() {
     let db = TestDb::new();
-    let url = db.url().expose().to_owned();
+    let url = db.url().expose_secret().to_owned();
     let out = producer(
         &url,
         &[

@@ -494,7 +494,7 @@ fn sigterm_stops_the_replay_command_cleanly_after_the_window_in_hand() {
     let out_path = std::env::temp_dir().join(format!("{}-replay.out", vhost.name()));
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_order-producer"))
         .args(["parked", "--replay"])
-        .env("AMQP_URL", vhost.url().expose())
+        .env("AMQP_URL", vhost.url().expose_secret())
         .env("RUST_LOG", "info")
         .stdout(std::fs::File::create(&out_path).unwrap())
         .stderr(std::process::Stdio::null())
@@ -531,7 +531,7 @@ fn the_replay_command_sends_back_every_message_without_a_limit() {
     let run = |args: &[&str]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_order-producer"))
             .args(args)
-            .env("AMQP_URL", vhost.url().expose())
+            .env("AMQP_URL", vhost.url().expose_secret())
             .output()
             .unwrap()
     };

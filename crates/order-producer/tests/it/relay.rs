@@ -77,7 +77,7 @@ fn the_setup_script_then_create_order_and_relay_once_give_one_message_per_order(
     let out = std::process::Command::new("bash")
         .arg(script)
         .env("ORDER_PRODUCER", env!("CARGO_BIN_EXE_order-producer"))
-        .env("AMQP_URL", env.vhost.url().expose())
+        .env("AMQP_URL", env.vhost.url().expose_secret())
         .env("DELAY_TTL_MS", "600000")
         .output()
         .unwrap();

@@ -33,7 +33,7 @@ fn setup() -> Setup {
 fn serve(s: &Setup, port: u16) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_order-producer"));
     c.arg("serve")
-        .env("DATABASE_URL", s.db.url().expose())
+        .env("DATABASE_URL", s.db.url().expose_secret())
         .env("API_LISTEN", format!("127.0.0.1:{port}"))
         .env("API_TOKEN_FILE", s.dir.0.join("token"))
         .env("WECHATPAY_APPID", APPID)

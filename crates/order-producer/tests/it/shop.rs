@@ -14,7 +14,7 @@ use serde_json::Value;
 fn rows(door: &FrontDoor, table: &str) -> i64 {
     let out = std::process::Command::new("psql")
         .args([
-            door.db.url().expose(),
+            door.db.url().expose_secret(),
             "-tAc",
             &format!("SELECT count(*) FROM {table}"),
         ])
@@ -236,7 +236,7 @@ fn a_sku_without_a_price_is_refused_naming_it_and_nothing_is_reserved() {
     let door = FrontDoor::start();
     let out = std::process::Command::new("psql")
         .args([
-            door.db.url().expose(),
+            door.db.url().expose_secret(),
             "-v",
             "ON_ERROR_STOP=1",
             "-qc",

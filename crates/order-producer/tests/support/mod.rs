@@ -33,8 +33,8 @@ impl Env {
     pub fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_order-producer"));
         c.args(args)
-            .env("DATABASE_URL", self.db.url().expose())
-            .env("AMQP_URL", self.vhost.url().expose())
+            .env("DATABASE_URL", self.db.url().expose_secret())
+            .env("AMQP_URL", self.vhost.url().expose_secret())
             .env("RUST_LOG", "info")
             .env_remove("LOG_FORMAT")
             .env_remove("DELAY_WINDOWS")

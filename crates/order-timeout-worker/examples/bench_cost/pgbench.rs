@@ -85,7 +85,7 @@ pub fn run(clients: u32, per_client: u32) -> Pgbench {
         .arg(format!("{dir}/close_notpay.sql@3"))
         .arg("-f")
         .arg(format!("{dir}/pay.sql@1"))
-        .arg(db.url().expose())
+        .arg(db.url().expose_secret())
         .output()
         .unwrap_or_else(|e| {
             panic!("cannot run {bin} ({e}): install pgbench (postgresql-client) or set PGBENCH")

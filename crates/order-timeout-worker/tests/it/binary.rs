@@ -69,7 +69,7 @@ fn a_missing_topology_or_schema_exits_2() {
     let stack = Stack::new();
     let fresh = broker::testing::TestVhost::new();
     let out = worker(&stack, &[])
-        .env("AMQP_URL", fresh.url().expose())
+        .env("AMQP_URL", fresh.url().expose_secret())
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
@@ -103,7 +103,7 @@ fn a_missing_topology_or_schema_exits_2() {
 
     let empty = domain::testing::TestDb::empty();
     let out = worker(&stack, &[])
-        .env("DATABASE_URL", empty.url().expose())
+        .env("DATABASE_URL", empty.url().expose_secret())
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
@@ -430,7 +430,7 @@ fn a_broker_that_is_away_at_start_is_waited_for_not_an_exit() {
     let url = broker::AmqpUrl::new(format!("amqp://guest:guest@{host}/{vhost}"));
     let mut child = KillOnDrop(
         worker(&stack, &[])
-            .env("AMQP_URL", url.expose())
+            .env("AMQP_URL", url.expose_secret())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()

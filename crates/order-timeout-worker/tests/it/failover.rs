@@ -84,7 +84,7 @@ fn via(stack: &Stack, port: u16) -> String {
     stack
         .vhost
         .url()
-        .expose()
+        .expose_secret()
         .replace("127.0.0.1:5672", &format!("127.0.0.1:{port}"))
 }
 
@@ -92,12 +92,16 @@ fn via(stack: &Stack, port: u16) -> String {
 fn a_worker_whose_node_stops_goes_on_with_the_next_and_settles_everything_once() {
     let stack = Stack::new();
     assert!(
-        stack.vhost.url().expose().contains("127.0.0.1:5672"),
+        stack.vhost.url().expose_secret().contains("127.0.0.1:5672"),
         "this test forwards to the broker on 127.0.0.1:5672"
     );
     let first = Node::start("127.0.0.1:5672");
     // Node 1: through the forwarder; node 2: the broker itself.
-    let urls = format!("{},{}", via(&stack, first.port), stack.vhost.url().expose());
+    let urls = format!(
+        "{},{}",
+        via(&stack, first.port),
+        stack.vhost.url().expose_secret()
+    );
     let mut worker = KillOnDrop(
         stack
             .worker_command(&["--worker-concurrency", "4"])
@@ -159,12 +163,12 @@ fn a_worker_whose_node_stops_goes_on_with_the_next_and_settles_everything_once()
 fn every_command_takes_several_urls_and_skips_a_node_that_is_down() {
     let stack = Stack::new();
     // Nothing listens on port 1: a node that is down, listed first.
-    let urls = format!("{},{}", via(&stack, 1), stack.vhost.url().expose());
+    let urls = format!("{},{}", via(&stack, 1), stack.vhost.url().expose_secret());
     let producer = |args: &[&str]| {
         let mut argv = vec![
             "order-producer",
             "--database-url",
-            stack.db.url().expose(),
+            stack.db.url().expose_secret(),
             "--amqp-url",
             &urls,
             "--amqp-node-order",

@@ -69,7 +69,7 @@ fn json_logs_are_one_object_a_line_and_settlement_lines_name_the_order() {
         worker(&stack, &["--worker-concurrency", "2"])
             .env("LOG_FORMAT", "json")
             .env("RUST_LOG", "trace")
-            .env("AMQP_URL", amqp_user.url.expose())
+            .env("AMQP_URL", amqp_user.url.expose_secret())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log_path).unwrap())
             .spawn()
@@ -143,7 +143,7 @@ fn json_logs_are_one_object_a_line_and_settlement_lines_name_the_order() {
     let empty = domain::testing::TestDb::empty();
     let out = worker(&stack, &["settle", no.as_str()])
         .env("LOG_FORMAT", "json")
-        .env("DATABASE_URL", empty.url().expose())
+        .env("DATABASE_URL", empty.url().expose_secret())
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));

@@ -18,12 +18,11 @@ fn a_worker_at_trace_level_prints_no_secret() {
     // Trust authentication ignores the password, so the worker still
     // connects; it must never print it.
     let db_password = "db-s3cret-5c2e91";
-    let db_url =
-        stack
-            .db
-            .url()
-            .expose()
-            .replacen("postgres@", &format!("postgres:{db_password}@"), 1);
+    let db_url = stack.db.url().expose_secret().replacen(
+        "postgres@",
+        &format!("postgres:{db_password}@"),
+        1,
+    );
     assert!(db_url.contains(db_password), "{db_url}");
     let proxy = RecordingProxy::start();
     let proxy_password = "proxy-s3cret-84d0";
@@ -36,7 +35,7 @@ fn a_worker_at_trace_level_prints_no_secret() {
     let mut child = KillOnDrop(
         worker(&stack, &["--worker-concurrency", "2"])
             .env("RUST_LOG", "trace")
-            .env("AMQP_URL", amqp_user.url.expose())
+            .env("AMQP_URL", amqp_user.url.expose_secret())
             .env("DATABASE_URL", &db_url)
             .env(
                 "WECHATPAY_PROXY",
@@ -66,7 +65,7 @@ fn a_worker_at_trace_level_prints_no_secret() {
     // `settle` too, through the same logging set-up.
     let settle = worker(&stack, &["settle", no.as_str()])
         .env("RUST_LOG", "trace")
-        .env("AMQP_URL", amqp_user.url.expose())
+        .env("AMQP_URL", amqp_user.url.expose_secret())
         .env("DATABASE_URL", &db_url)
         .output()
         .unwrap();

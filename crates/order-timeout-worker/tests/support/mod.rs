@@ -450,8 +450,8 @@ impl Stack {
     pub(crate) fn worker_command(&self, args: &[&str]) -> std::process::Command {
         let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_order-timeout-worker"));
         c.args(args)
-            .env("DATABASE_URL", self.db.url().expose())
-            .env("AMQP_URL", self.vhost.url().expose())
+            .env("DATABASE_URL", self.db.url().expose_secret())
+            .env("AMQP_URL", self.vhost.url().expose_secret())
             .env("DELAY_TTL_MS", "300")
             .env("RETRY_DELAYS", "100ms,200ms,400ms")
             .envs(self.files.worker_env(&self.sim.base_url()))
