@@ -1,4 +1,4 @@
-//! Front door benchmark (not a test; run by scripts/bench-front-door.sh).
+//! Front door benchmark (not a test; run by `scripts/bench.sh front-door`).
 //!
 //! Starts the release `order-producer serve` as a child process against a
 //! fresh database, then, from 32 client threads on keep-alive connections:
