@@ -1,7 +1,7 @@
 -- pgbench: one settlement's writes, as the worker makes them, for a close on
 -- ORDER_NOT_EXIST (60% of the bench mix; a recheck is scheduled). Run by
--- examples/bench_worker.rs (see scripts/bench.sh) against a database of
--- pending orders bench0000000001.. (order id = its number), with -D k=0
+-- crates/bench/src/bin/worker (see `scripts/bench.sh worker`) against a
+-- database of pending orders bench0000000001.. (order id = its number), with -D k=0
 -- -D nclients=C -D sku=ID: each client counts its transactions in :k, so
 -- every transaction settles its own pending order (ids interleaved by
 -- client), never one settled before.

@@ -5,8 +5,7 @@
 //! a status as an error. Used by this crate's tests and the worker's.
 
 use std::net::TcpListener;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,29 +26,9 @@ pub const UNIT_FEN: i64 = 50;
 /// `--api-max-body-bytes` of the test front door.
 pub const MAX_BODY: usize = 4096;
 
-/// A temporary directory, removed on drop.
-#[derive(Debug)]
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    #[must_use]
-    pub fn new(prefix: &str) -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "{prefix}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).expect("create a temporary directory");
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+/// A temporary directory, removed on drop (`tempfile`'s, here so that the
+/// worker's tests find it beside [`free_port`]).
+pub use tempfile::TempDir;
 
 /// A free loopback port (bound, read, released).
 #[must_use]
@@ -119,7 +98,7 @@ impl FrontDoor {
     pub fn start_with(extra: &[&str]) -> Self {
         let db = TestDb::new();
         let vhost = TestVhost::new();
-        let dir = TempDir::new("ot-front-door");
+        let dir = TempDir::new().expect("a temporary directory");
         let sim = Simulator::start(
             "127.0.0.1:0",
             SimKeys::shared(),
@@ -134,7 +113,7 @@ impl FrontDoor {
             },
         )
         .expect("start the simulator");
-        let files = sim.write_client_files(&dir.0).expect("client files");
+        let files = sim.write_client_files(dir.path()).expect("client files");
         let mut conn = db.conn();
         for sku in ["TEA", "MUG"] {
             let _ = domain::set_stock(
@@ -180,7 +159,7 @@ impl FrontDoor {
 
     /// The command line `serve` runs with.
     fn cli(&self, port: u16, extra: &[&str]) -> Cli {
-        let token_file = self.dir.0.join("token");
+        let token_file = self.dir.path().join("token");
         std::fs::write(&token_file, format!("{TOKEN}\n")).expect("write the token");
         let listen = format!("127.0.0.1:{port}");
         let mut args: Vec<String> = [

@@ -150,8 +150,8 @@ fn stopping_the_leader_of_each_queue_loses_nothing_and_settles_each_order_once()
 
     let db = TestDb::new();
     let keys = SimKeys::generate().unwrap();
-    let dir = support::TempDir::new("ot-worker-test");
-    let files = keys.write_client_files(&dir.0).unwrap();
+    let dir = support::TempDir::new().unwrap();
+    let files = keys.write_client_files(dir.path()).unwrap();
     let sim = Simulator::start("127.0.0.1:0", &keys, wechatpay_sim::SimConfig::default()).unwrap();
     let _ = domain::set_stock(
         &mut db.conn(),

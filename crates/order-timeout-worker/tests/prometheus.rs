@@ -162,8 +162,8 @@ impl Prometheus {
 #[test]
 fn prometheus_scrapes_the_worker_and_the_relay_and_counts_by_outcome() {
     let stack = Stack::new();
-    let dir = TempDir::new("ot-worker-test");
-    let token_file = dir.0.join("metrics.token");
+    let dir = TempDir::new().unwrap();
+    let token_file = dir.path().join("metrics.token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
 
     let worker_addr = format!("127.0.0.1:{}", free_port());
@@ -173,7 +173,7 @@ fn prometheus_scrapes_the_worker_and_the_relay_and_counts_by_outcome() {
     let relay = start_relay(&stack, &relay_addr, &stop);
 
     let prometheus = Prometheus::start(
-        &dir.0,
+        dir.path(),
         &[
             ("order-timeout-worker", &worker_addr, Some(&token_file)),
             ("order-timeout-relay", &relay_addr, None),

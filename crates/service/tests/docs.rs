@@ -407,7 +407,8 @@ fn links_in_code_are_not_links() {
 
 #[test]
 fn a_broken_link_is_reported_with_file_and_line() {
-    let dir = std::env::temp_dir().join(format!("docs-link-test-{}", std::process::id()));
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let dir = scratch.path();
     fs::create_dir_all(dir.join("docs")).expect("temp dir");
     fs::write(dir.join("README.md"), "# Top\n\n[ok](docs/a.md#part-one)\n[gone](docs/missing.md)\n[bad anchor](docs/a.md#nope)\n[self](#top)\n[web](https://example.com/x)\n").expect("write");
     fs::write(
@@ -416,10 +417,9 @@ fn a_broken_link_is_reported_with_file_and_line() {
     )
     .expect("write");
     let broken = broken_links(
-        &dir,
+        dir,
         &[PathBuf::from("README.md"), PathBuf::from("docs/a.md")],
     );
-    fs::remove_dir_all(&dir).ok();
     assert_eq!(
         broken,
         [

@@ -41,15 +41,6 @@ fn read(relative: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
 }
 
-/// A scratch directory of this test process (removed by the caller).
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ot-monitoring-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)
-        .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
-    dir
-}
-
 /// Runs promtool with `args`; panics with its output unless it succeeds,
 /// and with how to install it when it is missing.
 fn promtool(args: &[&str]) {
@@ -99,7 +90,8 @@ fn prometheus_config_is_valid() {
         config.matches("job_name:").count(),
         "every scrape job of {PROMETHEUS_YML} should read the token from {TOKEN_IN_PROMETHEUS}"
     );
-    let dir = scratch("config");
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path();
     std::fs::write(
         dir.join("prometheus.yml"),
         config.replace(&quoted, "credentials_file: metrics.token"),
@@ -116,7 +108,6 @@ fn prometheus_config_is_valid() {
         "config",
         &dir.join("prometheus.yml").display().to_string(),
     ]);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -145,11 +136,10 @@ fn dashboard_queries_are_valid_promql() {
         )
         .unwrap();
     }
-    let dir = scratch("dashboard");
-    let file = dir.join("dashboard-queries.yml");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("dashboard-queries.yml");
     std::fs::write(&file, rules).unwrap();
     promtool(&["check", "rules", &file.display().to_string()]);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 // ---- metric names -----------------------------------------------------------

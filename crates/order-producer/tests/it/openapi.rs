@@ -71,8 +71,8 @@ fn the_served_document_is_the_checked_in_one() {
 /// `openapi-spec-validator` (a Python package; `.ci/run` installs it).
 #[test]
 fn the_document_validates_as_openapi_3_1() {
-    let dir = order_producer::testing::TempDir::new("ot-openapi");
-    let file = dir.0.join("openapi.json");
+    let dir = order_producer::testing::TempDir::new().unwrap();
+    let file = dir.path().join("openapi.json");
     std::fs::write(&file, order_producer::serve::openapi::document()).unwrap();
     let out = std::process::Command::new("openapi-spec-validator")
         .arg(&file)

@@ -491,7 +491,8 @@ fn sigterm_stops_the_replay_command_cleanly_after_the_window_in_hand() {
     let n = 20_000;
     let messages: Vec<Park> = (0..n).map(|i| valid(&format!("term{i:07}"))).collect();
     park(&vhost, &messages);
-    let out_path = std::env::temp_dir().join(format!("{}-replay.out", vhost.name()));
+    let out_dir = order_producer::testing::TempDir::new().unwrap();
+    let out_path = out_dir.path().join("replay.out");
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_order-producer"))
         .args(["parked", "--replay"])
         .env("AMQP_URL", vhost.url().expose_secret())
@@ -514,7 +515,6 @@ fn sigterm_stops_the_replay_command_cleanly_after_the_window_in_hand() {
     let status = child.0.wait().unwrap();
     assert_eq!(status.code(), Some(0), "SIGTERM is a clean stop");
     let out = std::fs::read_to_string(&out_path).unwrap();
-    let _ = std::fs::remove_file(&out_path);
 
     let still = parked_now(&vhost).len();
     let replayed = drained(&vhost, TIMEOUT_QUEUE).len();

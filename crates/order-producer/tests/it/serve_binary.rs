@@ -18,10 +18,10 @@ struct Setup {
 }
 
 fn setup() -> Setup {
-    let dir = TempDir::new("ot-serve-binary");
+    let dir = TempDir::new().unwrap();
     let sim = Simulator::start("127.0.0.1:0", SimKeys::shared(), SimConfig::default()).unwrap();
-    let files = sim.write_client_files(&dir.0).unwrap();
-    std::fs::write(dir.0.join("token"), format!("{TOKEN}\n")).unwrap();
+    let files = sim.write_client_files(dir.path()).unwrap();
+    std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).unwrap();
     Setup {
         db: TestDb::new(),
         sim,
@@ -35,7 +35,7 @@ fn serve(s: &Setup, port: u16) -> Command {
     c.arg("serve")
         .env("DATABASE_URL", s.db.url().expose_secret())
         .env("API_LISTEN", format!("127.0.0.1:{port}"))
-        .env("API_TOKEN_FILE", s.dir.0.join("token"))
+        .env("API_TOKEN_FILE", s.dir.path().join("token"))
         .env("WECHATPAY_APPID", APPID)
         .env("WECHATPAY_APIV3_KEY_FILE", &s.files.apiv3_key_file)
         .env(
@@ -79,9 +79,9 @@ fn http(port: u16, request: &str) -> String {
 #[test]
 fn bad_settings_exit_2_naming_the_setting_without_echoing_secrets() {
     let s = setup();
-    let short = s.dir.0.join("short");
+    let short = s.dir.path().join("short");
     std::fs::write(&short, "tiny-secret").unwrap();
-    let bad_key = s.dir.0.join("apiv3");
+    let bad_key = s.dir.path().join("apiv3");
     std::fs::write(&bad_key, "not-32-bytes-secret").unwrap();
     // (what, variable, value: empty = unset, what the message must name)
     let cases = [
@@ -163,7 +163,7 @@ fn bad_settings_exit_2_naming_the_setting_without_echoing_secrets() {
 #[test]
 fn a_default_window_no_delay_queue_can_serve_exits_2() {
     let s = setup();
-    let log = s.dir.0.join("refused.log");
+    let log = s.dir.path().join("refused.log");
     let mut child = KillOnDrop(
         serve(&s, free_port())
             .env("DELAY_TTL_MS", "20000")
@@ -221,7 +221,7 @@ fn serve_until_sigterm(format: Option<&str>) -> String {
     let s = setup();
     let port = free_port();
     // A file, not a pipe: at trace level the log would fill a pipe nobody reads.
-    let log_path = s.dir.0.join("serve.log");
+    let log_path = s.dir.path().join("serve.log");
     let mut command = serve(&s, port);
     if let Some(format) = format {
         command.env("LOG_FORMAT", format);

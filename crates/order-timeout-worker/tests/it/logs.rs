@@ -64,7 +64,8 @@ fn json_logs_are_one_object_a_line_and_settlement_lines_name_the_order() {
     let amqp_user = stack.vhost.secret_user();
     let no = stack.order();
     stack.sim_put(&no, "NOTPAY");
-    let log_path = std::env::temp_dir().join(format!("ot-json-logs-{}.log", std::process::id()));
+    let log_dir = crate::support::TempDir::new().unwrap();
+    let log_path = log_dir.path().join("worker.log");
     let mut child = KillOnDrop(
         worker(&stack, &["--worker-concurrency", "2"])
             .env("LOG_FORMAT", "json")
@@ -89,7 +90,6 @@ fn json_logs_are_one_object_a_line_and_settlement_lines_name_the_order() {
     stack.wait_depth("queue.ordertimeout.parked", 1, Duration::from_secs(10));
     terminate(&mut child);
     let log = std::fs::read_to_string(&log_path).unwrap();
-    let _ = std::fs::remove_file(&log_path);
     assert!(
         !log.contains(&amqp_user.password),
         "the AMQP password was logged"

@@ -52,8 +52,8 @@ fn raw_status(addr: &str, request: &[u8]) -> u16 {
 #[test]
 fn the_worker_counts_a_known_mix_and_serves_its_probes() {
     let stack = Stack::new();
-    let dir = TempDir::new("ot-worker-test");
-    let token_file = dir.0.join("metrics.token");
+    let dir = TempDir::new().unwrap();
+    let token_file = dir.path().join("metrics.token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
     let addr = format!("127.0.0.1:{}", free_port());
     let mut child = KillOnDrop(
@@ -321,8 +321,8 @@ fn a_metrics_listener_off_loopback_needs_a_token_and_bad_ones_exit_2() {
         stderr(&out)
     );
 
-    let dir = TempDir::new("ot-worker-test");
-    let short = dir.0.join("short.token");
+    let dir = TempDir::new().unwrap();
+    let short = dir.path().join("short.token");
     std::fs::write(&short, "tiny-secret\n").unwrap();
     let out = worker(&stack, &[])
         .env("METRICS_LISTEN", format!("127.0.0.1:{}", free_port()))

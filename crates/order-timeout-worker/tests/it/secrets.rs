@@ -31,7 +31,8 @@ fn a_worker_at_trace_level_prints_no_secret() {
 
     let no = stack.order();
     stack.sim_put(&no, "NOTPAY");
-    let log_path = std::env::temp_dir().join(format!("ot-secrets-{}.log", std::process::id()));
+    let log_dir = crate::support::TempDir::new().unwrap();
+    let log_path = log_dir.path().join("worker.log");
     let mut child = KillOnDrop(
         worker(&stack, &["--worker-concurrency", "2"])
             .env("RUST_LOG", "trace")
@@ -75,7 +76,6 @@ fn a_worker_at_trace_level_prints_no_secret() {
         String::from_utf8_lossy(&settle.stdout),
         String::from_utf8_lossy(&settle.stderr)
     );
-    let _ = std::fs::remove_file(&log_path);
     assert!(
         log.contains("TRACE") || log.contains("DEBUG"),
         "the run logged at trace level"

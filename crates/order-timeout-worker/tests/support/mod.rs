@@ -57,8 +57,8 @@ impl Stack {
     pub(crate) fn new() -> Self {
         let db = TestDb::new();
         let vhost = TestVhost::new();
-        let dir = TempDir::new("ot-worker-test");
-        let files = keys().write_client_files(&dir.0).unwrap();
+        let dir = TempDir::new().unwrap();
+        let files = keys().write_client_files(dir.path()).unwrap();
         let sim =
             Simulator::start("127.0.0.1:0", keys(), wechatpay_sim::SimConfig::default()).unwrap();
         let topology = short_topology();

@@ -1,5 +1,5 @@
 //! `parked --replay` throughput benchmark (not a test; run by
-//! scripts/bench-parked.sh).
+//! `scripts/bench.sh parked`).
 //!
 //! For each run: a fresh vhost with the topology, N valid timeout messages
 //! parked straight into `queue.ordertimeout.parked` with the worker's park

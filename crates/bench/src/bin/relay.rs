@@ -1,4 +1,4 @@
-//! Relay throughput benchmark (not a test; run by scripts/bench-relay.sh).
+//! Relay throughput benchmark (not a test; run by `scripts/bench.sh relay`).
 //!
 //! For each run: a fresh database and vhost, N outbox rows (inserted in
 //! bulk), then the relay drains them: rows created -> published, confirmed

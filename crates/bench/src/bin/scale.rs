@@ -1,4 +1,4 @@
-//! Scale benchmark (not a test; run by scripts/bench-scale.sh). Prints
+//! Scale benchmark (not a test; run by `scripts/bench.sh scale`). Prints
 //! figures. For classic queues on the local broker and for quorum queues on
 //! the three-node cluster of scripts/cluster.sh (on this same machine):
 //!
@@ -276,9 +276,8 @@ fn drain(broker: &Broker, db: &TestDb, keys: &SimKeys, secs: u64, ttl: Duration)
         &mut conn,
         "UPDATE orders SET deadline = now() - interval '1 minute', created_at = now() - interval '61 minutes'",
     );
-    let dir = std::env::temp_dir().join(format!("ot-scale-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let files = keys.write_client_files(&dir).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let files = keys.write_client_files(dir.path()).unwrap();
     let sim = Simulator::start("127.0.0.1:0", keys, wechatpay_sim::SimConfig::default()).unwrap();
     let bin = std::env::var("BENCH_WORKER_BIN")
         .unwrap_or_else(|_| "target/release/order-timeout-worker".into());
@@ -309,7 +308,7 @@ fn drain(broker: &Broker, db: &TestDb, keys: &SimKeys, secs: u64, ttl: Duration)
         .args(["-TERM", &worker.id().to_string()])
         .status();
     let _ = worker.wait();
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
     (c1 - c0) as f64 / (t1 - t0).as_secs_f64()
 }
 

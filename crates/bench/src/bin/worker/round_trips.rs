@@ -12,7 +12,7 @@ use chrono::Utc;
 use domain::pool::{RoundTrips, Sent};
 use domain::testing::TestDb;
 use domain::OrderNo;
-use order_timeout_worker::settle::{Settler, Trigger};
+use service::settle::{Settler, Trigger};
 use wechatpay_sim::{ClientFiles, SimKeys, Simulator};
 
 /// Orders of each kind settled (the first of each only warms the

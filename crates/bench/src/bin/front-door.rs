@@ -1,4 +1,4 @@
-//! Front door benchmark (not a test; run by scripts/bench-front-door.sh).
+//! Front door benchmark (not a test; run by `scripts/bench.sh front-door`).
 //!
 //! Starts the release `order-producer serve` as a child process against a
 //! fresh database, then, from 32 client threads on keep-alive connections:
@@ -205,10 +205,10 @@ fn main() {
     let bin = std::env::var("BENCH_PRODUCER_BIN").expect("BENCH_PRODUCER_BIN");
 
     let db = TestDb::new();
-    let dir = TempDir::new("ot-bench-front-door");
+    let dir = TempDir::new().expect("a temporary directory");
     let keys = SimKeys::generate().unwrap();
     let sim = Simulator::start("127.0.0.1:0", &keys, wechatpay_sim::SimConfig::default()).unwrap();
-    let files = sim.write_client_files(&dir.0).unwrap();
+    let files = sim.write_client_files(dir.path()).unwrap();
     {
         let mut conn = db.conn();
         for i in 0..=SKUS {
@@ -226,7 +226,7 @@ fn main() {
             .unwrap();
         }
     }
-    let token_file = dir.0.join("token");
+    let token_file = dir.path().join("token");
     std::fs::write(&token_file, TOKEN).unwrap();
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");

@@ -1,7 +1,7 @@
 //! Benchmark (not a test): RSA signatures per second on one thread, and
 //! query+close round trips per second against the in-process simulator.
 //!
-//! Run through `scripts/bench-signing.sh` (release build). Prints the median
+//! Run through `scripts/bench.sh signing` (release build). Prints the median
 //! of several runs; each run lasts about `--seconds`.
 
 use std::time::{Duration, Instant};
@@ -45,9 +45,11 @@ fn main() {
         }
     }
 
-    let dir = std::env::temp_dir().join(format!("payment-client-bench-{}", std::process::id()));
+    let dir = tempfile::tempdir().expect("a temporary directory");
     let keys = SimKeys::generate().expect("generate keys");
-    let files = keys.write_client_files(&dir).expect("write key files");
+    let files = keys
+        .write_client_files(dir.path())
+        .expect("write key files");
     let key = MerchantKey::load(&files.merchant_key_file).expect("load merchant key");
 
     // What a real query signs: method, path with query, timestamp, nonce, empty body.
@@ -104,7 +106,7 @@ fn main() {
         median(trips.clone()),
         fmt_runs(&trips)
     );
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
 }
 
 /// Full round trips: each is a signed query and a signed close, both
@@ -170,10 +172,10 @@ fn unix_now() -> u64 {
 /// Signs as the simulated WeChat Pay would (its private key is only in the
 /// key files, so go through a PEM round trip).
 fn sim_sign(keys: &SimKeys, message: &[u8]) -> String {
-    let dir = std::env::temp_dir().join(format!("payment-client-bench-wx-{}", std::process::id()));
-    keys.write_all(&dir).expect("write keys");
-    let pem = std::fs::read(dir.join("wechatpay_private_key.pem")).expect("read key");
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    keys.write_all(dir.path()).expect("write keys");
+    let pem = std::fs::read(dir.path().join("wechatpay_private_key.pem")).expect("read key");
+    drop(dir);
     MerchantKey::from_pem(&pem)
         .expect("parse key")
         .sign(message)

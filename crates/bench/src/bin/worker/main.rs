@@ -1,5 +1,5 @@
-//! Worker benchmark (not a test; run by scripts/bench.sh). Prints figures as
-//! markdown tables, fit to paste into docs/benchmarks.md.
+//! Worker benchmark (not a test; run by `scripts/bench.sh worker`). Prints
+//! figures as markdown tables, fit to paste into docs/benchmarks.md.
 //!
 //! 1. PostgreSQL baseline: pgbench doing only the writes of the mix's
 //!    settlements, one settlement per transaction (scripts/pgbench/), 2
@@ -21,7 +21,7 @@
 //!    x latency)) against what was achieved, and what limited it.
 //!    Then, once: PostgreSQL round trips and statements per settlement by
 //!    outcome, counted on the connection while the worker's `Settler`
-//!    settles orders of each kind in this process (`bench_cost/round_trips`).
+//!    settles orders of each kind in this process (`round_trips`).
 //! 3. Lag: orders created at a steady rate with a 1 s payment window, the
 //!    relay and the worker running; lag = settlement time - deadline,
 //!    p50/p95/p99, and the worker's peak RSS.
@@ -36,20 +36,17 @@
 //! (30), `--metrics-orders N` (5000), `--metrics-pairs P` (3).
 //! `--only-cost` runs 1, 2 and 5; `--only-metrics` runs 4 alone;
 //! `--skip-metrics` leaves 4 out. `BENCH_WORKER_BIN` names the worker binary
-//! (scripts/bench.sh sets it to the fresh release build unless given).
+//! (`scripts/bench.sh worker` sets it to the fresh release build unless
+//! given).
 //!
 //! Each run uses a fresh database and vhost and the in-process simulator.
 //! This machine's RSA-2048 signature rate (one thread) is printed beside
 //! every table, measured before and after: it differs several-fold between
 //! machines and between hours on a shared one.
 
-#[path = "bench_cost/crypto.rs"]
 mod crypto;
-#[path = "bench_cost/pgbench.rs"]
 mod pgbench;
-#[path = "bench_cost/procfs.rs"]
 mod procfs;
-#[path = "bench_cost/round_trips.rs"]
 mod round_trips;
 
 use std::process::{Child, Command, Stdio};
@@ -84,15 +81,15 @@ struct Env {
     sim: Simulator,
     files: ClientFiles,
     topology: Topology,
-    dir: std::path::PathBuf,
+    _dir: tempfile::TempDir,
 }
 
 impl Env {
     fn new(keys: &SimKeys, window: Duration) -> Self {
         let db = TestDb::new();
         let vhost = TestVhost::new();
-        let dir = temp_dir("ot-bench");
-        let files = keys.write_client_files(&dir).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let files = keys.write_client_files(dir.path()).unwrap();
         let sim =
             Simulator::start("127.0.0.1:0", keys, wechatpay_sim::SimConfig::default()).unwrap();
         let topology = Topology::single(window, QueueType::Classic).unwrap();
@@ -105,7 +102,7 @@ impl Env {
             sim,
             files,
             topology,
-            dir,
+            _dir: dir,
         }
     }
 
@@ -131,24 +128,6 @@ impl Env {
             .spawn()
             .expect("start the worker (build it with cargo build --release)")
     }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A fresh directory under the system's temporary directory.
-fn temp_dir(prefix: &str) -> std::path::PathBuf {
-    let suffix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        % 1_000_000_007;
-    let dir = std::env::temp_dir().join(format!("{prefix}-{}-{suffix}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 fn stop(mut child: Child) {
@@ -1015,8 +994,8 @@ fn main() {
     print_baseline(&baseline, (sig_before, wechatpay_sim::signature_rate()));
 
     // Key files for timing the worker's crypto alone.
-    let crypto_dir = temp_dir("ot-bench-crypto");
-    let files = keys.write_client_files(&crypto_dir).unwrap();
+    let crypto_dir = tempfile::tempdir().unwrap();
+    let files = keys.write_client_files(crypto_dir.path()).unwrap();
     let mut runs = Vec::new();
     for (latency, concurrency) in scenarios {
         let r = cost_run(&keys, &files, n, latency, concurrency);
@@ -1025,7 +1004,7 @@ fn main() {
     }
     print_summary(&runs);
     round_trips::print(&keys, &files);
-    let _ = std::fs::remove_dir_all(&crypto_dir);
+    drop(crypto_dir);
 
     let lag = (!only_cost).then(|| {
         let sig_before = wechatpay_sim::signature_rate();
