@@ -51,8 +51,11 @@ pub fn close_unpaid(
     reason: &str,
     recheck_at: Option<DateTime<Utc>>,
 ) -> Result<CloseOutcome, StoreError> {
-    // The batch statement with a batch of one: the worker bench measured no
-    // cost against a statement of its own for one order (docs/benchmarks.md).
+    // The batch statement with a batch of one, not a text of its own: the
+    // worker bench (docs/benchmarks.md, issue 24) gave the same orders/s
+    // (medians 536 before, 531 after at 50 ms and 64 lanes, where most
+    // closes run alone; none lower at latency 0), but PostgreSQL spent more
+    // CPU per settled order there (0.48 -> 0.58 ms): the array form's price.
     if let Some(row) = run_close(conn, &[order_no.as_str()], &[reason], &[recheck_at])?.pop() {
         return Ok(row.outcome());
     }
