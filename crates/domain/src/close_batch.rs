@@ -6,8 +6,9 @@
 //! as it would call [`crate::close_unpaid`]. What is shared is the trip to
 //! the database. While one lane's statement runs, the closes other lanes ask
 //! for queue up; when it returns, one of them takes everything queued and
-//! runs it as one statement ([`close_unpaid_batch`]): one round trip, one
-//! commit, one update per SKU for the whole batch. Nothing waits for a
+//! runs it as one statement ([`close_unpaid_batch`]: the statement of every
+//! close, a lone one included): one round trip, one commit, one update per
+//! SKU for the whole batch. Nothing waits for a
 //! batch to fill: alone, a close runs at once, as the single statement.
 //!
 //! The statement keeps every rule of [`crate::close_unpaid`]: an order
@@ -22,123 +23,16 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Condvar, Mutex};
 
 use chrono::{DateTime, Utc};
-use diesel::pg::Pg;
 use diesel::prelude::*;
-use diesel::query_builder::AstPass;
-use diesel::result::QueryResult;
 
 use crate::db::{checkout, PgPool};
 use crate::error::StoreError;
 use crate::order_no::OrderNo;
 use crate::orders::{close_unpaid, CloseOutcome};
-use crate::prepared::{unknown_placeholder, Prepared, Statement};
+pub use crate::orders::{close_unpaid_batch, CloseRequest};
 
 /// The most closes one statement carries, by default.
 pub const DEFAULT_MAX_BATCH: u16 = 64;
-
-/// One close asked for: the arguments of [`crate::close_unpaid`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CloseRequest {
-    pub order_no: OrderNo,
-    pub reason: String,
-    pub recheck_at: Option<DateTime<Utc>>,
-}
-
-/// Closes, in one statement, every order of `requests` that is still
-/// pending (order numbers must be distinct); returns, for each order it
-/// closed, its lines and units given back. Orders it did not close are
-/// absent: ask [`crate::close_unpaid`] what they are.
-pub fn close_unpaid_batch(
-    conn: &mut PgConnection,
-    requests: &[CloseRequest],
-) -> Result<HashMap<OrderNo, CloseOutcome>, StoreError> {
-    #[derive(QueryableByName)]
-    struct Row {
-        #[diesel(sql_type = diesel::sql_types::Text)]
-        order_no: String,
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        lines: i64,
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        units: i64,
-    }
-    let rows: Vec<Row> = Statement(CloseBatch {
-        order_nos: requests
-            .iter()
-            .map(|r| r.order_no.as_str().to_owned())
-            .collect(),
-        reasons: requests.iter().map(|r| r.reason.clone()).collect(),
-        recheck_ats: requests.iter().map(|r| r.recheck_at).collect(),
-        now: Utc::now(),
-    })
-    .load(conn)?;
-    rows.into_iter()
-        .map(|row| {
-            let no = OrderNo::parse(&row.order_no)
-                .map_err(|e| crate::models::corrupt("orders.order_no", e))?;
-            Ok((
-                no,
-                CloseOutcome::Closed {
-                    lines: usize::try_from(row.lines).unwrap_or_default(),
-                    units: u64::try_from(row.units).unwrap_or_default(),
-                },
-            ))
-        })
-        .collect()
-}
-
-/// [`close_unpaid_batch`]'s statement: `CLOSE_PENDING_SQL` over arrays.
-const CLOSE_BATCH_SQL: &str = "
-WITH r AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[])
-        AS r(order_no, reason, recheck_at)
-), o AS (
-    UPDATE orders SET status = 'closed', closed_at = $4, updated_at = $4,
-                      close_reason = r.reason, recheck_at = r.recheck_at,
-                      anomaly = NULL, anomaly_at = NULL
-      FROM r
-     WHERE orders.order_no = r.order_no AND orders.status = 'pending_payment'
- RETURNING orders.id, orders.order_no, r.reason
-), i AS (
-    SELECT order_items.order_id, order_items.sku_id, order_items.quantity
-      FROM order_items JOIN o ON o.id = order_items.order_id
-), t AS (
-    SELECT sku_id, sum(quantity)::int AS quantity FROM i GROUP BY sku_id
-), l AS MATERIALIZED (
-    SELECT skus.id FROM skus WHERE skus.id IN (SELECT sku_id FROM t)
-     ORDER BY skus.id FOR UPDATE
-), s AS (
-    UPDATE skus SET stock = skus.stock + t.quantity, updated_at = $4
-      FROM t WHERE skus.id = t.sku_id AND skus.id IN (SELECT id FROM l)
-), e AS (
-    INSERT INTO order_events (order_id, kind, detail) SELECT id, 'closed', reason FROM o
-)
-SELECT o.order_no, count(i.sku_id) AS lines, coalesce(sum(i.quantity), 0)::bigint AS units
-  FROM o LEFT JOIN i ON i.order_id = o.id
- GROUP BY o.order_no
-";
-
-/// The binds of [`CLOSE_BATCH_SQL`].
-struct CloseBatch {
-    order_nos: Vec<String>,
-    reasons: Vec<String>,
-    recheck_ats: Vec<Option<DateTime<Utc>>>,
-    now: DateTime<Utc>,
-}
-
-impl Prepared for CloseBatch {
-    const SQL: &'static str = CLOSE_BATCH_SQL;
-
-    fn bind<'b>(&'b self, n: usize, out: &mut AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        use diesel::sql_types::{Array, Nullable, Text, Timestamptz};
-        match n {
-            1 => out.push_bind_param::<Array<Text>, _>(&self.order_nos),
-            2 => out.push_bind_param::<Array<Text>, _>(&self.reasons),
-            3 => out.push_bind_param::<Array<Nullable<Timestamptz>>, _>(&self.recheck_ats),
-            4 => out.push_bind_param::<Timestamptz, _>(&self.now),
-            n => Err(unknown_placeholder(n)),
-        }
-    }
-}
 
 /// Closes asked for by many threads, run together (see the module docs).
 /// Share one per pool; cheap to call from every lane.

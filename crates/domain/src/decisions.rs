@@ -18,7 +18,7 @@ use diesel::prelude::*;
 use crate::error::StoreError;
 use crate::models::corrupt;
 use crate::order_no::OrderNo;
-use crate::orders::{close_unpaid, insert_payment, CloseOutcome, PaymentRecord};
+use crate::orders::{close_unpaid, insert_payment, pay_pending, CloseOutcome, PaymentRecord};
 use crate::refunds::{record_refund_status, Refund, RefundStatus};
 use crate::schema::{order_events, orders, payments, refunds};
 use crate::values::{Anomaly, OrderStatus};
@@ -207,23 +207,11 @@ pub fn accept_payment(
         let (order_id, status, anomaly) = lock_anomaly(conn, order_no)?;
         acceptable(order_no, status)?;
         check_transaction_free(conn, payment)?;
-        let now = Utc::now();
-        diesel::update(orders::table.find(order_id))
-            .set((
-                orders::status.eq(OrderStatus::Paid),
-                orders::paid_at.eq(payment.success_time),
-                orders::updated_at.eq(now),
-                orders::anomaly.eq(None::<String>),
-                orders::anomaly_at.eq(None::<DateTime<Utc>>),
-            ))
-            .execute(conn)?;
-        insert_payment(conn, order_id, payment, false)?;
-        crate::orders::record_event(
-            conn,
-            order_id,
-            "paid",
-            &format!("transaction {}, {}", payment.transaction_id, payment.amount),
-        )?;
+        // The row is locked and pending: the one statement that pays a
+        // pending order pays it.
+        if !pay_pending(conn, order_no, payment)? {
+            return Err(refused(format!("order {order_no} is no longer pending")));
+        }
         record_decision(
             conn,
             order_id,

@@ -6,16 +6,14 @@
 //! only record what was seen and when to look again.
 
 use chrono::{DateTime, Utc};
-use diesel::pg::Pg;
 use diesel::prelude::*;
-use diesel::query_builder::AstPass;
-use diesel::result::QueryResult;
+use diesel::sql_types::{Text, Timestamptz};
 
 use crate::error::StoreError;
+use crate::events::record_event;
 use crate::models::corrupt;
 use crate::order_no::OrderNo;
-use crate::orders::record_event;
-use crate::prepared::{unknown_placeholder, Prepared, Statement};
+use crate::prepared::{prepared, Sql};
 use crate::schema::{order_events, orders};
 use crate::values::{Anomaly, OrderStatus};
 
@@ -174,10 +172,10 @@ pub fn finish_recheck(
         #[diesel(sql_type = diesel::sql_types::BigInt)]
         n: i64,
     }
-    let done: Done = Statement(FinishRecheck {
-        now: Utc::now(),
-        order_no: order_no.as_str().to_owned(),
-        found: found.to_owned(),
+    let done: Done = prepared::<FinishRecheck, _>(|q| {
+        q.bind::<Timestamptz, _>(Utc::now())
+            .bind::<Text, _>(order_no.as_str())
+            .bind::<Text, _>(found)
     })
     .get_result(conn)?;
     Ok(done.n == 1)
@@ -196,25 +194,10 @@ WITH o AS (
 SELECT count(*) AS n FROM o
 ";
 
-/// The binds of [`FINISH_RECHECK_SQL`].
-struct FinishRecheck {
-    now: DateTime<Utc>,
-    order_no: String,
-    found: String,
-}
+struct FinishRecheck;
 
-impl Prepared for FinishRecheck {
-    const SQL: &'static str = FINISH_RECHECK_SQL;
-
-    fn bind<'b>(&'b self, n: usize, out: &mut AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        use diesel::sql_types::{Text, Timestamptz};
-        match n {
-            1 => out.push_bind_param::<Timestamptz, _>(&self.now),
-            2 => out.push_bind_param::<Text, _>(&self.order_no),
-            3 => out.push_bind_param::<Text, _>(&self.found),
-            n => Err(unknown_placeholder(n)),
-        }
-    }
+impl Sql for FinishRecheck {
+    const TEXT: &'static str = FINISH_RECHECK_SQL;
 }
 
 /// Notes that the sweep could not settle the order now: counts the failure

@@ -15,6 +15,7 @@ pub mod close_batch;
 pub mod db;
 pub mod decisions;
 pub mod error;
+pub mod events;
 pub mod followup;
 pub mod models;
 pub mod order_no;
@@ -41,6 +42,7 @@ pub use decisions::{
 };
 pub use diesel::PgConnection;
 pub use error::{ConstraintKind, StoreError};
+pub use events::order_events;
 pub use followup::{
     defer_check, finish_recheck, needs_human, needs_human_count, overdue_pending, record_anomaly,
     AnomalyOutcome, NeedsHuman,
@@ -49,9 +51,9 @@ pub use models::{Order, OrderEvent, OrderItem, Payment, Sku};
 pub use order_no::{OrderNo, OrderNoError};
 pub use orders::{
     close_unpaid, count_by_status, create_order, create_order_idempotent, find_order, mark_paid,
-    order_events, order_items, paid_after_close_count, payments_of, pending_past_deadline,
-    rechecks_due, record_prepay, CloseOutcome, CreatedOrder, IdempotencyKey, MarkPaidOutcome,
-    NewOrder, OrderLine, OverdueOrder, PaymentRecord, SweepCursor, MAX_PAYMENT_WINDOW,
+    order_items, paid_after_close_count, payments_of, pending_past_deadline, rechecks_due,
+    record_prepay, CloseOutcome, CreatedOrder, IdempotencyKey, MarkPaidOutcome, NewOrder,
+    OrderLine, OverdueOrder, PaymentRecord, SweepCursor, MAX_PAYMENT_WINDOW,
 };
 pub use outbox::{
     outbox_backlog, relay_batch, unpublished_count, OutboxMessage, PublishReport, RelayBatch,

@@ -4,75 +4,58 @@
 //! plans it on every call: for the multi-statement CTEs of the hot paths
 //! (creating an order, paying a pending one) that planning cost more CPU
 //! than executing them (pgbench here: 2,200 transactions/s unprepared,
-//! 3,600/s prepared). A type implementing [`Prepared`] gets a static query
+//! 3,600/s prepared). A statement declared with [`Sql`] gets a static query
 //! id, so diesel's statement cache prepares it once per connection.
+//!
+//! Its parameters are bound exactly as `sql_query` binds them: the text goes
+//! out as written (`$1`, `$2`, ... in it) and `.bind::<SqlType, _>(value)`
+//! adds the values in placeholder order. A count or a type that does not
+//! match the text is refused by PostgreSQL when it prepares the statement,
+//! which every test of the statement does.
+
+use std::marker::PhantomData;
 
 use diesel::pg::Pg;
-use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
+use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId, SqlQuery};
 use diesel::result::QueryResult;
 
-/// A statement with a fixed SQL text whose `$N` placeholders are bound by
-/// [`Prepared::bind`]; it is prepared once per connection.
-pub(crate) trait Prepared {
-    /// The SQL, with `$1`, `$2`, ... first used in increasing order (a
-    /// placeholder may be used again later).
-    const SQL: &'static str;
-
-    /// Pushes the value of placeholder `n` with its SQL type.
-    fn bind<'b>(&'b self, n: usize, out: &mut AstPass<'_, 'b, Pg>) -> QueryResult<()>;
+/// A hand-written statement: one type per SQL text, whose type id is the
+/// statement cache's key for it.
+pub(crate) trait Sql: 'static {
+    /// The SQL, its parameters written `$1`, `$2`, ...
+    const TEXT: &'static str;
 }
 
-/// A [`Prepared`] statement, ready for diesel's `RunQueryDsl`.
-pub(crate) struct Statement<P>(pub P);
+/// The statement `S` with its binds `Q` (a `sql_query` of `S::TEXT` and its
+/// `.bind` chain), cached by `S`.
+pub(crate) struct Prepared<S, Q>(Q, PhantomData<S>);
 
-impl<P: Prepared + 'static> QueryId for Statement<P> {
-    type QueryId = P;
+/// The statement `S`, bound by `binds` in placeholder order, e.g.
+/// `prepared::<S, _>(|q| q.bind::<Text, _>(a).bind::<BigInt, _>(b))`.
+pub(crate) fn prepared<S: Sql, Q>(binds: impl FnOnce(SqlQuery) -> Q) -> Prepared<S, Q> {
+    Prepared(binds(diesel::sql_query(S::TEXT)), PhantomData)
+}
+
+impl<S: Sql, Q> QueryId for Prepared<S, Q> {
+    type QueryId = S;
     const HAS_STATIC_QUERY_ID: bool = true;
 }
 
-impl<P: Prepared> Query for Statement<P> {
+impl<S, Q> Query for Prepared<S, Q> {
     type SqlType = diesel::sql_types::Untyped;
 }
 
-impl<P: Prepared, Conn> diesel::RunQueryDsl<Conn> for Statement<P> {}
+impl<S, Q, Conn> diesel::RunQueryDsl<Conn> for Prepared<S, Q> {}
 
-impl<P: Prepared> QueryFragment<Pg> for Statement<P> {
-    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        let mut next = 1;
-        let mut highest = 0;
-        let mut rest = P::SQL;
-        while let Some(pos) = rest.find('$') {
-            let digits = rest[pos + 1..]
-                .bytes()
-                .take_while(u8::is_ascii_digit)
-                .count();
-            let n: usize = rest[pos + 1..pos + 1 + digits].parse().unwrap_or(0);
-            highest = highest.max(n);
-            if n == next {
-                out.push_sql(&rest[..pos]);
-                self.0.bind(n, &mut out)?;
-                next += 1;
-            } else {
-                out.push_sql(&rest[..=pos + digits]);
-            }
-            rest = &rest[pos + 1 + digits..];
-        }
-        out.push_sql(rest);
-        if highest >= next {
-            // A placeholder first used out of order would be sent unbound.
-            return Err(diesel::result::Error::QueryBuilderError(
-                format!(
-                    "placeholders of {} are not first used in order",
-                    std::any::type_name::<P>()
-                )
-                .into(),
-            ));
-        }
-        Ok(())
+impl<S, Q: QueryFragment<Pg>> QueryFragment<Pg> for Prepared<S, Q> {
+    fn walk_ast<'b>(&'b self, out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        self.0.walk_ast(out)
     }
-}
 
-/// The error for a placeholder a statement does not bind.
-pub(crate) fn unknown_placeholder(n: usize) -> diesel::result::Error {
-    diesel::result::Error::QueryBuilderError(format!("no bind for placeholder ${n}").into())
+    /// `sql_query` calls itself unsafe to cache because its text can differ
+    /// from call to call; here the text is `S::TEXT`, the same for every
+    /// value of the type the cache knows it by.
+    fn is_safe_to_cache_prepared(&self, _backend: &Pg) -> QueryResult<bool> {
+        Ok(true)
+    }
 }

@@ -15,8 +15,9 @@ use diesel::prelude::*;
 
 use crate::decisions::{record_decision, Decision};
 use crate::error::StoreError;
+use crate::events::record_event;
 use crate::order_no::OrderNo;
-use crate::orders::{order_id_of, record_event};
+use crate::orders::order_id_of;
 use crate::schema::{bill_rows, discrepancies, orders, payments, reconciliations, refunds};
 
 /// Beijing time, the bill's clock.

@@ -14,9 +14,9 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 
 use crate::error::StoreError;
+use crate::events::record_event;
 use crate::models::corrupt;
 use crate::order_no::OrderNo;
-use crate::orders::record_event;
 use crate::schema::{orders, payments, refunds};
 use crate::values::Fen;
 

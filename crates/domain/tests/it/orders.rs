@@ -256,3 +256,51 @@ fn a_sku_without_a_price_is_not_for_sale_and_nothing_is_reserved() {
     assert_eq!(unpublished_count(&mut conn).unwrap(), 0);
     assert_eq!(domain::count_by_status(&mut conn).unwrap()[0].1, 0);
 }
+
+/// The hand-written statements are prepared once per connection and then
+/// only executed (why `prepared` exists): after two of each on one
+/// connection, each is once in `pg_prepared_statements`.
+#[test]
+fn hot_statements_are_prepared_once_per_connection() {
+    use diesel::sql_types::{BigInt, Text};
+    use diesel::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct N {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let db = TestDb::new();
+    let mut conn = db.conn();
+    load(&mut conn, "TEA", 10, 100);
+    load(&mut conn, "MUG", 10, 100);
+    for round in 0..2 {
+        let one = order(&mut conn, &[("TEA", 1)]);
+        let _ = order(&mut conn, &[("TEA", 1), ("MUG", 1)]);
+        let paid = order(&mut conn, &[("MUG", 1)]);
+        let tx = format!("tx-prepared-{round}");
+        let _ = domain::mark_paid(
+            &mut conn,
+            &paid.order_no,
+            &crate::payments::payment(&tx, 100),
+        )
+        .unwrap();
+        let _ = domain::close_unpaid(&mut conn, &one.order_no, "test", None).unwrap();
+    }
+    for (what, text) in [
+        ("create, several lines", "%unnest($1::text[], $2::int4[])%"),
+        (
+            "close",
+            "%unnest($1::text[], $2::text[], $3::timestamptz[])%",
+        ),
+        ("pay", "%UPDATE orders SET status = 'paid'%"),
+    ] {
+        let n = diesel::sql_query(
+            "SELECT count(*) AS n FROM pg_prepared_statements WHERE statement LIKE $1",
+        )
+        .bind::<Text, _>(text)
+        .get_result::<N>(&mut conn)
+        .unwrap()
+        .n;
+        assert_eq!(n, 1, "{what}: prepared {n} times");
+    }
+}
