@@ -4,15 +4,12 @@
 //! which would break tests running beside it, and cargo runs test binaries
 //! one at a time.
 
-#[path = "support/mod.rs"]
-mod support;
-
 use std::collections::HashSet;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use broker::testing::rabbitmqctl;
-use support::Env;
+use order_producer::testing::{Env, KillOnDrop};
 
 /// A minute longer than the delay queue's TTL (30 min): the relay routes by
 /// the time left until the deadline, so orders made a few seconds before
@@ -33,9 +30,9 @@ impl Drop for RestartGuard {
 
 #[test]
 fn a_broker_restart_during_relaying_loses_nothing() {
-    let env = Env::new();
+    let env = Env::new(env!("CARGO_BIN_EXE_order-producer"));
     env.ok(&["declare"]);
-    let mut relay = support::KillOnDrop(
+    let mut relay = KillOnDrop(
         env.command(&[
             "relay",
             "--relay-batch-size",

@@ -517,8 +517,8 @@ mod tests {
 
     #[test]
     fn a_key_file_may_end_in_one_newline() {
-        let dir = std::env::temp_dir().join(format!("apiv3-key-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let key = b"0123456789abcdefABCDEF0123456789";
         for (name, content, ok) in [
             ("plain", key.to_vec(), true),
@@ -549,7 +549,6 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(missing.contains("APIv3 key") && missing.contains("missing"));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

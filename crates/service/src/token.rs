@@ -83,8 +83,8 @@ mod tests {
 
     #[test]
     fn tokens_are_checked_and_never_echoed() {
-        let dir = std::env::temp_dir().join(format!("ot-token-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let short = dir.join("short");
         std::fs::write(&short, "tiny-secret\n").unwrap();
         let err = BearerToken::load(&short, "API_TOKEN_FILE")
@@ -102,7 +102,6 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(missing.contains("METRICS_TOKEN_FILE"), "{missing}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -285,7 +285,7 @@ fn an_unreachable_database_exits_1_without_printing_the_password() {
 
 #[test]
 fn commands_at_trace_level_print_no_password() {
-    let env = crate::Env::new();
+    let env = crate::env();
     let user = env.vhost.secret_user();
     let db_password = "db-s3cret-19be04";
     let db_url =
@@ -320,7 +320,7 @@ fn commands_at_trace_level_print_no_password() {
 
 #[test]
 fn parked_without_a_topology_is_a_configuration_error() {
-    let env = crate::Env::new();
+    let env = crate::env();
     let out = env.run(&["parked"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(

@@ -1,8 +1,8 @@
-use crate::{stderr, Env};
+use crate::stderr;
 
 #[test]
 fn declare_prints_what_it_declared_and_is_idempotent() {
-    let env = Env::new();
+    let env = crate::env();
     let first = env.ok(&["declare"]);
     assert!(first.contains("exchange.ordertimeout"), "{first}");
     for q in [
@@ -21,7 +21,7 @@ fn declare_prints_what_it_declared_and_is_idempotent() {
 
 #[test]
 fn a_changed_ttl_exits_2_naming_queue_argument_and_both_values() {
-    let env = Env::new();
+    let env = crate::env();
     env.ok(&["declare"]);
     let out = env.run(&["declare", "--delay-ttl-ms", "60000"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
@@ -41,7 +41,7 @@ fn a_changed_ttl_exits_2_naming_queue_argument_and_both_values() {
 
 #[test]
 fn several_windows_get_a_delay_queue_each() {
-    let env = Env::new();
+    let env = crate::env();
     let out = env.ok(&[
         "declare",
         "--delay-windows",
@@ -60,7 +60,7 @@ fn several_windows_get_a_delay_queue_each() {
 
 #[test]
 fn an_unreachable_broker_exits_1_without_the_password() {
-    let env = Env::new();
+    let env = crate::env();
     let out = env
         .command(&["declare"])
         .env("AMQP_URL", "amqp://guest:s3cr3tpw@127.0.0.1:1/%2f")

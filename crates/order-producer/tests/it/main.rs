@@ -12,7 +12,9 @@ mod relay;
 mod serve_binary;
 mod shop;
 
-#[path = "../support/mod.rs"]
-mod support;
+pub(crate) use order_producer::testing::{stderr, stdout, Env, KillOnDrop};
 
-pub(crate) use support::{stderr, stdout, Env, KillOnDrop};
+/// A database, a vhost and this crate's binary for one test.
+pub(crate) fn env() -> Env {
+    Env::new(env!("CARGO_BIN_EXE_order-producer"))
+}

@@ -27,7 +27,7 @@ fn spawn_relay(env: &Env, amqp_url: Option<&str>, addr: &str) -> KillOnDrop {
 
 #[test]
 fn the_relay_counts_what_it_publishes_and_reads_the_gauges() {
-    let env = Env::new();
+    let env = crate::env();
     env.ok(&["declare"]);
     let orders = env.orders(7, Duration::from_mins(30));
     let addr = format!("127.0.0.1:{}", free_port());
@@ -65,7 +65,7 @@ fn the_relay_counts_what_it_publishes_and_reads_the_gauges() {
 
 #[test]
 fn a_relay_without_its_broker_is_alive_but_not_ready() {
-    let env = Env::new();
+    let env = crate::env();
     let addr = format!("127.0.0.1:{}", free_port());
     // A vhost that does not exist: the relay keeps retrying.
     let _relay = spawn_relay(
@@ -89,7 +89,7 @@ fn a_relay_without_its_broker_is_alive_but_not_ready() {
 
 #[test]
 fn two_processes_never_both_report_the_gauges() {
-    let env = Env::new();
+    let env = crate::env();
     env.ok(&["declare"]);
     let a = format!("127.0.0.1:{}", free_port());
     let b = format!("127.0.0.1:{}", free_port());
@@ -143,7 +143,7 @@ fn two_processes_never_both_report_the_gauges() {
 
 #[test]
 fn status_json_has_the_same_facts() {
-    let env = Env::new();
+    let env = crate::env();
     let missing = env.run(&["status", "--json"]);
     assert_eq!(missing.status.code(), Some(1));
     let report: serde_json::Value = serde_json::from_slice(&missing.stdout).unwrap();

@@ -57,7 +57,7 @@ fn signal(child: &Child, sig: &str) {
 
 #[test]
 fn relay_once_puts_one_confirmed_message_per_order_into_the_delay_queue() {
-    let env = Env::new();
+    let env = crate::env();
     let orders = env.orders(25, WINDOW);
     env.ok(&["relay", "--once", "--relay-batch-size", "10"]);
     assert_eq!(unpublished(&env), 0);
@@ -69,7 +69,7 @@ fn relay_once_puts_one_confirmed_message_per_order_into_the_delay_queue() {
 
 #[test]
 fn the_setup_script_then_create_order_and_relay_once_give_one_message_per_order() {
-    let env = Env::new();
+    let env = crate::env();
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../scripts/setup-topology.sh"
@@ -118,7 +118,7 @@ fn the_setup_script_then_create_order_and_relay_once_give_one_message_per_order(
 
 #[test]
 fn orders_go_to_the_delay_queue_of_their_window() {
-    let env = Env::new();
+    let env = crate::env();
     let short = env.orders(3, Duration::from_mins(1));
     let long = env.orders(2, WINDOW);
     env.ok(&["relay", "--once", "--delay-windows", "1m,30m"]);
@@ -128,7 +128,7 @@ fn orders_go_to_the_delay_queue_of_their_window() {
 
 #[test]
 fn a_crash_between_publish_and_mark_loses_nothing() {
-    let env = Env::new();
+    let env = crate::env();
     let orders = env.orders(10, WINDOW);
     env.ok(&["declare"]);
     // A relay that publishes (and gets confirms) but dies before marking.
@@ -170,7 +170,7 @@ fn a_crash_between_publish_and_mark_loses_nothing() {
 
 #[test]
 fn a_relay_killed_mid_stream_loses_nothing() {
-    let env = Env::new();
+    let env = crate::env();
     let orders = env.orders(3000, WINDOW);
     env.ok(&["declare"]);
     let mut relay = spawn_relay(&env, &["--relay-batch-size", "50"]);
@@ -203,7 +203,7 @@ fn a_relay_killed_mid_stream_loses_nothing() {
 
 #[test]
 fn two_relays_at_once_publish_each_row_once() {
-    let env = Env::new();
+    let env = crate::env();
     let orders = env.orders(2000, WINDOW);
     env.ok(&["declare"]);
     let quiet =
@@ -220,7 +220,7 @@ fn two_relays_at_once_publish_each_row_once() {
 
 #[test]
 fn sigterm_stops_a_running_relay_cleanly_with_exit_0() {
-    let env = Env::new();
+    let env = crate::env();
     let mut relay = spawn_relay(&env, &[]);
     let orders = env.orders(5, WINDOW);
     let started = Instant::now();
@@ -242,7 +242,7 @@ fn sigterm_stops_a_running_relay_cleanly_with_exit_0() {
 
 #[test]
 fn the_relay_survives_a_lost_connection() {
-    let env = Env::new();
+    let env = crate::env();
     let mut relay = spawn_relay(&env, &["--relay-poll-interval", "50ms"]);
     let first = env.orders(5, WINDOW);
     let started = Instant::now();
@@ -270,7 +270,7 @@ fn the_relay_survives_a_lost_connection() {
 
 #[test]
 fn publish_re_emits_pending_orders_and_refuses_others() {
-    let env = Env::new();
+    let env = crate::env();
     let orders = env.orders(2, WINDOW);
     let paid = domain::OrderNo::parse(&orders[1]).unwrap();
     let _ = domain::mark_paid(
@@ -314,7 +314,7 @@ fn publish_re_emits_pending_orders_and_refuses_others() {
 
 #[test]
 fn status_reports_queues_orders_backlog_refunds_and_stock() {
-    let env = Env::new();
+    let env = crate::env();
     let missing = env.run(&["status"]);
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stdout).contains("MISSING"));
@@ -374,7 +374,7 @@ fn status_reports_queues_orders_backlog_refunds_and_stock() {
 #[test]
 fn parked_lists_and_replays_what_the_worker_gave_up_on() {
     use broker::{AmqpProperties, AmqpValue, FieldTable};
-    let env = Env::new();
+    let env = crate::env();
     env.ok(&["declare"]);
     let orders = env.orders(1, WINDOW);
     let now = chrono::Utc::now();
@@ -448,7 +448,7 @@ fn parked_lists_and_replays_what_the_worker_gave_up_on() {
 
 #[test]
 fn a_relay_whose_delay_queue_is_deleted_declares_it_again_and_loses_nothing() {
-    let env = Env::new();
+    let env = crate::env();
     let mut relay = spawn_relay(&env, &["--relay-poll-interval", "50ms"]);
     let first = env.orders(3, WINDOW);
     let started = Instant::now();
