@@ -153,25 +153,15 @@ impl Worker {
         }
     }
 
-    #[must_use]
-    pub fn settler(&self) -> &Settler {
-        &self.settler
-    }
-
-    #[must_use]
-    pub fn settings(&self) -> &ConsumerSettings {
-        &self.settings
-    }
-
     /// The summary line's counts (shared: they keep counting while it runs).
     #[must_use]
     pub fn summary(&self) -> Arc<Summary> {
         Arc::clone(&self.summary)
     }
 
-    /// Runs the consumer, the sweep and the summary until `stop` is raised,
-    /// then lets every lane finish the message in hand, gives prefetched
-    /// messages back, and closes the connection.
+    /// Runs the lanes, the sweep, the refunds and the summary until `stop`
+    /// is raised, then lets every lane finish the message in hand, gives
+    /// prefetched messages back, and closes the connection.
     pub fn run(&self, stop: &AtomicBool) {
         std::thread::scope(|scope| {
             scope.spawn(|| self.sweeper.run(stop));
