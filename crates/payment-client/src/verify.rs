@@ -8,6 +8,9 @@
 //! (`PUB_KEY_ID_...`) or a platform certificate serial. A timestamp 5 minutes
 //! or more away from our clock is refused (replayed or badly delayed), and
 //! [`ReplayGuard`] refuses a signed answer seen before within that window.
+//! A `Wechatpay-Signature-Type` header, when sent, must be
+//! `WECHATPAY2-SHA256-RSA2048`: an answer claiming another scheme is not
+//! verified under this one.
 
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -32,6 +35,11 @@ pub const HEADER_TIMESTAMP: &str = "Wechatpay-Timestamp";
 pub const HEADER_NONCE: &str = "Wechatpay-Nonce";
 pub const HEADER_SIGNATURE: &str = "Wechatpay-Signature";
 pub const HEADER_SERIAL: &str = "Wechatpay-Serial";
+/// Sent with notifications (and by newer API answers); when present it
+/// must name the one scheme verified here.
+pub const HEADER_SIGNATURE_TYPE: &str = "Wechatpay-Signature-Type";
+/// The signature scheme of APIv3: SHA256withRSA over the message below.
+pub const SIGNATURE_TYPE: &str = "WECHATPAY2-SHA256-RSA2048";
 
 /// Why a response was not trusted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -221,6 +229,9 @@ impl KeyStore {
         let nonce = get(HEADER_NONCE)?;
         let signature = get(HEADER_SIGNATURE)?;
         let serial = get(HEADER_SERIAL)?;
+        if header(HEADER_SIGNATURE_TYPE).is_some_and(|t| t.trim() != SIGNATURE_TYPE) {
+            return Err(VerifyError::InvalidHeader(HEADER_SIGNATURE_TYPE));
+        }
 
         let ts: u64 = timestamp
             .parse()
@@ -347,6 +358,23 @@ mod tests {
             check(&h, b"", NOW - 300),
             Err(VerifyError::StaleTimestamp { skew_secs: 300 })
         );
+    }
+
+    #[test]
+    fn a_signature_type_when_sent_must_be_wechatpay2_sha256_rsa2048() {
+        let body = br#"{"trade_state":"NOTPAY"}"#;
+        let mut h = signed(NOW, "t1", body);
+        h.push((HEADER_SIGNATURE_TYPE, SIGNATURE_TYPE.to_owned()));
+        check(&h, body, NOW).unwrap();
+        for other in ["WECHATPAY2-SM2-WITH-SM3", "", "wechatpay2-sha256-rsa2048"] {
+            let mut h = signed(NOW, "t2", body);
+            h.push((HEADER_SIGNATURE_TYPE, other.to_owned()));
+            assert_eq!(
+                check(&h, body, NOW),
+                Err(VerifyError::InvalidHeader(HEADER_SIGNATURE_TYPE)),
+                "{other:?}"
+            );
+        }
     }
 
     #[test]

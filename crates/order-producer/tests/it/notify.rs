@@ -120,6 +120,7 @@ fn untrustworthy_notifications_are_refused_and_change_nothing() {
         "Wechatpay-Serial",
         "PUB_KEY_ID_0000000000000000000000000000000000",
     );
+    let other_scheme = with_header("Wechatpay-Signature-Type", "WECHATPAY2-SM2-WITH-SM3");
     let mut unsigned = good.clone();
     unsigned
         .headers
@@ -138,6 +139,7 @@ fn untrustworthy_notifications_are_refused_and_change_nothing() {
         ("from the future", &future, 401),
         ("probe", &probe, 401),
         ("unknown serial", &unknown_serial, 401),
+        ("another signature type", &other_scheme, 401),
         ("unsigned", &unsigned, 401),
         ("undecryptable", &other_key, 400),
     ] {

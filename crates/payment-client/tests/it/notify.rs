@@ -114,8 +114,8 @@ impl Headers {
             (verify::HEADER_SIGNATURE, signature),
             (verify::HEADER_SERIAL, PUBLIC_KEY_ID.to_owned()),
             (
-                "Wechatpay-Signature-Type",
-                "WECHATPAY2-SHA256-RSA2048".to_owned(),
+                verify::HEADER_SIGNATURE_TYPE,
+                verify::SIGNATURE_TYPE.to_owned(),
             ),
         ])
     }
@@ -200,6 +200,17 @@ fn a_notification_signed_by_an_unknown_serial_is_not_opened() {
     assert_eq!(
         open(&headers, &body).unwrap_err(),
         NotifyError::Unverified(VerifyError::UnknownSerial("PUB_KEY_ID_0119999999".into()))
+    );
+}
+
+#[test]
+fn a_notification_claiming_another_signature_type_is_not_opened() {
+    let body = good_body();
+    let headers =
+        Headers::signed(&body, now()).set(verify::HEADER_SIGNATURE_TYPE, "WECHATPAY2-SM2-WITH-SM3");
+    assert_eq!(
+        open(&headers, &body).unwrap_err(),
+        NotifyError::Unverified(VerifyError::InvalidHeader(verify::HEADER_SIGNATURE_TYPE))
     );
 }
 
