@@ -250,7 +250,7 @@ fn parse_item(s: &str) -> Result<OrderLine, String> {
 /// Runs one command; errors carry context for the user. `stop` is raised
 /// by SIGTERM/SIGINT (the binary registers it); `relay` and `serve` watch it.
 pub fn run(cli: &Cli, stop: &Arc<AtomicBool>) -> anyhow::Result<ExitCode> {
-    let mut out = std::io::stdout().lock();
+    let mut out = service::stdout();
     match &cli.command {
         Command::Declare(args) => declare(args),
         Command::Relay(args) => relay(args, stop),
@@ -386,7 +386,7 @@ fn declare(args: &DeclareArgs) -> anyhow::Result<ExitCode> {
         .declare(&mut conn, &amqp)
         .context("the topology was not declared")?;
     let _ = conn.close();
-    let mut out = std::io::stdout().lock();
+    let mut out = service::stdout();
     writeln!(
         out,
         "declared on {amqp} ({} queues):",
@@ -405,7 +405,7 @@ fn parked_cmd(args: &ParkedArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode> 
         args.limit
             .unwrap_or(if args.replay { u32::MAX } else { 1000 }),
         stop,
-        &mut std::io::stdout().lock(),
+        &mut service::stdout(),
     )?;
     if args.replay {
         log::info!(

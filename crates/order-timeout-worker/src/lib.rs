@@ -369,7 +369,7 @@ fn settle_now(settler: &Settler, order_no: &OrderNo) -> anyhow::Result<ExitCode>
     let refunds = domain::checkout(settler.pool())
         .and_then(|mut c| domain::refunds_of(&mut c, order_no))
         .context("could not read the order's refunds")?;
-    let mut out = std::io::stdout().lock();
+    let mut out = service::stdout();
     let mut line = s.to_string();
     if s == (Settlement::PaidAfterClose {
         newly_recorded: false,

@@ -133,7 +133,7 @@ pub fn run(args: &ReconcileArgs, stop: &AtomicBool) -> anyhow::Result<ExitCode> 
         }
         match service::reconcile::reconcile_day(&database, &client, day, patience, stop) {
             Ok(report) => {
-                let mut out = std::io::stdout().lock();
+                let mut out = service::stdout();
                 if args.json {
                     serde_json::to_writer(&mut out, &report)?;
                     writeln!(out)?;

@@ -1,6 +1,7 @@
 //! Exit codes, decided in one place: 0 success, 2 bad usage or
 //! configuration, 1 anything else; and the `main` every binary runs.
 
+use std::io::{self, Write};
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -41,6 +42,52 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
     }
 }
 
+/// The reader of standard output went away (`order-producer cases | head`):
+/// the command ends quietly, exit 1 (it did not write everything), with no
+/// error line, as the tools of a pipeline do.
+#[derive(Debug, thiserror::Error)]
+#[error("the reader of standard output went away")]
+pub struct ReaderGone;
+
+/// Standard output as the commands write their reports to it: a write to a
+/// closed pipe is a [`ReaderGone`] that [`main`] knows, rather than an
+/// `error: Broken pipe (os error 32)` line. Any other error stays as it is.
+#[derive(Debug)]
+pub struct Stdout(io::StdoutLock<'static>);
+
+#[must_use]
+pub fn stdout() -> Stdout {
+    Stdout(io::stdout().lock())
+}
+
+fn reader_gone(e: io::Error) -> io::Error {
+    if e.kind() == io::ErrorKind::BrokenPipe {
+        io::Error::new(io::ErrorKind::BrokenPipe, ReaderGone)
+    } else {
+        e
+    }
+}
+
+impl Write for Stdout {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf).map_err(reader_gone)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush().map_err(reader_gone)
+    }
+}
+
+fn is_reader_gone(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<ReaderGone>().is_some()
+            || e.downcast_ref::<io::Error>()
+                .and_then(io::Error::get_ref)
+                .and_then(|inner| inner.downcast_ref::<ReaderGone>())
+                .is_some()
+    })
+}
+
 /// The whole `main` of a binary: parses the command line (renamed settings
 /// mapped, see [`crate::cli::parse`]; clap exits 2 on bad usage), sets up
 /// logging (an unknown `LOG_FORMAT` exits 2) and logs each deprecated name used, sets up the stop flag, runs
@@ -69,6 +116,10 @@ pub fn main<C: clap::Parser>(
     };
     match run(&cli, &stop) {
         Ok(code) => code,
+        Err(err) if is_reader_gone(&err) => {
+            log::debug!("{err:#}");
+            ExitCode::FAILURE
+        }
         Err(err) => {
             crate::logging::fatal("error", &format!("{err:#}"));
             ExitCode::from(exit_code(&err))
@@ -79,6 +130,18 @@ pub fn main<C: clap::Parser>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_closed_pipe_is_known_through_any_context() {
+        let gone = anyhow::Error::new(reader_gone(io::Error::from(io::ErrorKind::BrokenPipe)))
+            .context("writing the report");
+        assert!(is_reader_gone(&gone));
+        // Another broken pipe (a socket) is an error like any other.
+        let socket = anyhow::Error::new(io::Error::from(io::ErrorKind::BrokenPipe));
+        assert!(!is_reader_gone(&socket));
+        let other = anyhow::Error::new(reader_gone(io::Error::other("disk full")));
+        assert!(!is_reader_gone(&other));
+    }
 
     #[test]
     fn usage_anywhere_in_the_chain_is_2_else_1() {

@@ -39,7 +39,7 @@ pub mod token;
 pub use args::{BrokerArgs, DatabaseArgs, TopologyArgs};
 pub use backoff::Backoff;
 pub use duration::{parse_duration, DurationError};
-pub use exit::{exit_code, main, UsageError};
+pub use exit::{exit_code, main, stdout, UsageError};
 pub use metrics::Metrics;
 pub use payment_args::{PaymentArgs, SettingError};
 pub use settle::{Outcome, Trigger};

@@ -473,3 +473,33 @@ fn a_decision_that_does_not_apply_exits_2_and_names_why() {
         stdout(&out)
     );
 }
+
+#[test]
+fn a_reader_that_goes_away_ends_a_report_quietly() {
+    // `order-producer status | head -1`: the pipe closes before the report
+    // is written; the command stops without an `error: Broken pipe` line.
+    let env = crate::env();
+    let _ = env.ok(&["migrate"]);
+    let _ = env.ok(&["declare"]);
+    let mut child = env
+        .command(&["status"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert!(
+        !err.contains("Broken pipe") && !err.contains("error"),
+        "{err}"
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "it did not write everything: {err}"
+    );
+    // With a reader, the same report is written whole.
+    let whole = env.ok(&["status"]);
+    assert!(whole.lines().count() > 5, "{whole}");
+}
