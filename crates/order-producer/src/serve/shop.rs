@@ -104,6 +104,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         (status = 408, description = "`REQUEST_TIMEOUT`: the body did not arrive within API_REQUEST_TIMEOUT", body = ApiError),
         (status = 409, description = "`INSUFFICIENT_STOCK` or `SKU_NOT_FOR_SALE` (no price) (`field`: `items`); nothing reserved", body = ApiError),
         (status = 413, description = "`BODY_TOO_LARGE`: above API_MAX_BODY_BYTES", body = ApiError),
+        (status = 415, description = "`UNSUPPORTED_MEDIA_TYPE`: a `Content-Type` other than `application/json` (e.g. a form, curl's default with `-d`)", body = ApiError),
         (status = 422, description = "`IDEMPOTENCY_KEY_REUSED`: the key was used with another body", body = ApiError),
         (status = "default", description = "`INTERNAL` (500), `UNAVAILABLE` (503: the database; try again), `METHOD_NOT_ALLOWED` (405)", body = ApiError),
     )
@@ -113,6 +114,7 @@ pub(super) async fn create(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    json_content_type(&headers)?;
     let request = CreateOrderRequest::parse(&body)?;
     let key = idempotency_key(&headers)?;
     let window = request.payment_window.map_or(state.default_window, |w| w.0);
@@ -413,6 +415,35 @@ fn prepay_error(no: &OrderNo, e: &payment_client::Error) -> ApiError {
                 e.provider_code().unwrap_or("no code")
             ),
         )
+    }
+}
+
+/// A body sent as something else than JSON is refused rather than read as
+/// JSON anyway: a form (`curl -d` without `-H 'Content-Type:
+/// application/json'`) is a client's mistake worth naming. No
+/// `Content-Type` at all is read as JSON.
+fn json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let essence = value
+        .to_str()
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim();
+    if essence.eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UNSUPPORTED_MEDIA_TYPE",
+            format!(
+                "the body must be JSON sent as Content-Type: application/json, not {:?}",
+                value.to_str().unwrap_or("(not text)")
+            ),
+        ))
     }
 }
 

@@ -125,6 +125,19 @@ fn shop_statuses(door: &FrontDoor) {
         401,
         "no token",
     );
+    expect(
+        door.send(
+            "POST",
+            "/v1/orders",
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/x-www-form-urlencoded"),
+            ],
+            Some(tea.as_bytes()),
+        ),
+        415,
+        "a form",
+    );
     let unknown = r#"{"items":[{"sku":"NOPE","quantity":1}]}"#;
     expect(
         door.call("POST", "/v1/orders", Some(unknown)),

@@ -147,6 +147,42 @@ fn a_payment_window_no_delay_queue_can_serve_is_refused_naming_the_windows_that_
 }
 
 #[test]
+fn a_body_sent_as_a_form_is_refused_and_nothing_is_written() {
+    let door = FrontDoor::start();
+    let before = footprint(&door);
+    let auth = format!("Bearer {TOKEN}");
+    let post = |content_type: &str| {
+        door.send(
+            "POST",
+            "/v1/orders",
+            &[("Authorization", &auth), ("Content-Type", content_type)],
+            Some(TEA2.as_bytes()),
+        )
+    };
+    // curl's default with `-d` and no `-H 'Content-Type: application/json'`.
+    for form in [
+        "application/x-www-form-urlencoded",
+        "text/plain",
+        "application/jsonx",
+    ] {
+        let a = post(form);
+        assert_eq!(a.status, 415, "{form}: {}", a.body);
+        assert_eq!(a.json()["code"], "UNSUPPORTED_MEDIA_TYPE", "{}", a.body);
+        assert!(
+            a.json()["message"]
+                .as_str()
+                .unwrap()
+                .contains("Content-Type: application/json"),
+            "{}",
+            a.body
+        );
+    }
+    assert_eq!(footprint(&door), before, "nothing written");
+    let ok = post("Application/JSON; charset=utf-8");
+    assert_eq!(ok.status, 201, "{}", ok.body);
+}
+
+#[test]
 fn bad_input_is_refused_naming_the_field_and_nothing_is_written() {
     let door = FrontDoor::start();
     let before = footprint(&door);
