@@ -65,8 +65,8 @@ pub struct ConsumerSettings {
 /// worker does at start. A broker that cannot be reached (down, restarting,
 /// the vhost not there yet) is an outage: it is retried with jittered
 /// back-off, logged at WARN, as the relay does, while readiness stays false.
-/// A topology that is missing or differs is configuration: returned as the
-/// error (exit 2). `Ok(false)`: `stop` was raised while waiting.
+/// A topology that is missing or differs, and credentials the broker
+/// refuses, are configuration: returned as the error (exit 2). `Ok(false)`: `stop` was raised while waiting.
 pub fn await_topology(
     topology: &Topology,
     url: &AmqpUrl,
@@ -88,6 +88,8 @@ pub fn await_topology(
                     Err(other) => other,
                 }
             }
+            // A wrong password does not get right by waiting: exit 2.
+            Err(e @ BrokerError::AccessRefused { .. }) => return Err(e),
             Err(e) => e,
         };
         let pause = backoff.next_delay();

@@ -16,7 +16,7 @@ pub struct UsageError(pub String);
 
 /// The exit code for an error: 2 when bad usage or configuration caused it
 /// (a [`UsageError`] anywhere in its chain, a topology the broker lacks or
-/// holds with other arguments, or an operator's decision refused as not
+/// holds with other arguments, credentials the broker refuses, or an operator's decision refused as not
 /// applying), 1 for anything else.
 #[must_use]
 pub fn exit_code(err: &anyhow::Error) -> u8 {
@@ -28,6 +28,7 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
                     BrokerError::TopologyMismatch(_)
                         | BrokerError::TopologyMissing { .. }
                         | BrokerError::RetryDelaysDiffer { .. }
+                        | BrokerError::AccessRefused { .. }
                 )
             )
             || matches!(
