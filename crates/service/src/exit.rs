@@ -16,8 +16,8 @@ pub struct UsageError(pub String);
 
 /// The exit code for an error: 2 when bad usage or configuration caused it
 /// (a [`UsageError`] anywhere in its chain, a topology the broker lacks or
-/// holds with other arguments, credentials the broker refuses, or an operator's decision refused as not
-/// applying), 1 for anything else.
+/// holds with other arguments, credentials the broker refuses, or an
+/// operator's decision refused as not applying), 1 for anything else.
 #[must_use]
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     let usage = err.chain().any(|e| {
@@ -54,11 +54,11 @@ pub struct ReaderGone;
 /// closed pipe is a [`ReaderGone`] that [`main`] knows, rather than an
 /// `error: Broken pipe (os error 32)` line. Any other error stays as it is.
 #[derive(Debug)]
-pub struct Stdout(io::StdoutLock<'static>);
+pub struct ReportOut(io::StdoutLock<'static>);
 
 #[must_use]
-pub fn stdout() -> Stdout {
-    Stdout(io::stdout().lock())
+pub fn stdout() -> ReportOut {
+    ReportOut(io::stdout().lock())
 }
 
 fn reader_gone(e: io::Error) -> io::Error {
@@ -69,7 +69,7 @@ fn reader_gone(e: io::Error) -> io::Error {
     }
 }
 
-impl Write for Stdout {
+impl Write for ReportOut {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.0.write(buf).map_err(reader_gone)
     }
