@@ -13,9 +13,9 @@ pub enum BrokerError {
     /// restarting, socket closed).
     #[error("{context}: {message}")]
     Connection { context: String, message: String },
-    /// The broker refused the user, the password or access to the vhost:
-    /// configuration, not an outage (retrying will not help).
-    #[error("{context}: the broker refused the credentials ({message}); check the user, password and vhost in AMQP_URL")]
+    /// The broker refused the user or the password: configuration, not an
+    /// outage (retrying will not help).
+    #[error("{context}: the broker refused the credentials ({message}); check the user and password in AMQP_URL")]
     AccessRefused { context: String, message: String },
     /// The broker closed the channel or connection with an AMQP reply code
     /// (404 `NOT_FOUND`, 406 `PRECONDITION_FAILED`, 320 `CONNECTION_FORCED`, ...).
@@ -122,18 +122,12 @@ impl BrokerError {
     /// Converts an amiquip error, scrubbing the URL's password from it.
     pub(crate) fn from_amiquip(url: &AmqpUrl, context: &str, e: amiquip::Error) -> Self {
         match e {
+            // Not 530 NOT_ALLOWED (a vhost that does not exist, or not for
+            // this user): that is waited for, a deployment may create the
+            // vhost after the worker starts.
             amiquip::Error::InvalidCredentials => Self::AccessRefused {
                 context: context.to_owned(),
                 message: "invalid credentials".to_owned(),
-            },
-            // 530 NOT_ALLOWED: the user may not use this vhost (or it does
-            // not exist); 403 ACCESS_REFUSED.
-            amiquip::Error::ServerClosedConnection {
-                code: code @ (403 | 530),
-                message,
-            } => Self::AccessRefused {
-                context: context.to_owned(),
-                message: format!("{code}: {}", url.scrub(&message)),
             },
             amiquip::Error::ServerClosedChannel { code, message, .. }
             | amiquip::Error::ServerClosedConnection { code, message } => Self::Server {
